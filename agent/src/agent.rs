@@ -1,0 +1,355 @@
+//! The daemon: a thin tokio layer that feeds the sans-IO [`Gossiper`] with real time, real randomness and
+//! real UDP datagrams, and hands its events to whoever subscribes.
+//!
+//! One task owns the socket and runs a `select!` over receive, timer, seed refresh and shutdown. The
+//! gossiper sits behind a `std::sync::Mutex` that readers (the API, tests) lock briefly; the lock is never
+//! held across an `.await`.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::gossip::{Event, Gossiper, Member, NodeId, Stats, Transmit};
+
+/// How often seed host names are resolved again (a Pi's DHCP address may change).
+const SEED_REFRESH: Duration = Duration::from_secs(30);
+
+/// A running agent.
+pub struct Agent {
+    gossiper: Arc<Mutex<Gossiper>>,
+    started: Instant,
+    events: broadcast::Sender<Event>,
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Agent {
+    /// Binds the socket, loads or creates the node's identity, and starts gossiping.
+    pub async fn start(config: Config) -> anyhow::Result<Agent> {
+        let socket = UdpSocket::bind(config.gossip.bind)
+            .await
+            .with_context(|| format!("gossip.bind: cannot bind UDP {}", config.gossip.bind))?;
+        let local_addr = socket.local_addr()?;
+        let seeds = resolve_seeds(&config.gossip.seeds).await;
+        let advertise = advertise_addr(&config, local_addr, &seeds)?;
+        let identity = Identity::load_or_create(&config.state_dir)?;
+
+        let started = Instant::now();
+        let mut gossip_config = config.gossip_config();
+        gossip_config.seeds = seeds;
+        let mut gossiper = Gossiper::new(
+            gossip_config,
+            config.security(),
+            identity.id,
+            identity.generation,
+            advertise,
+            Duration::ZERO,
+        );
+        let name = if config.node_name.is_empty() {
+            hostname()
+        } else {
+            config.node_name.clone()
+        };
+        gossiper.set("name", &name)?;
+        gossiper.set("version", env!("CARGO_PKG_VERSION"))?;
+        tracing::info!(
+            id = %identity.id,
+            generation = identity.generation,
+            %advertise,
+            cluster = %config.cluster,
+            "agent started"
+        );
+
+        let gossiper = Arc::new(Mutex::new(gossiper));
+        let (events, _) = broadcast::channel(1024);
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run_loop(
+            Arc::clone(&gossiper),
+            socket,
+            started,
+            events.clone(),
+            config.gossip.seeds.clone(),
+            stopped,
+        ));
+        Ok(Agent {
+            gossiper,
+            started,
+            events,
+            local_addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Gossiper> {
+        self.gossiper.lock().expect("gossiper lock poisoned")
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.lock().id()
+    }
+
+    /// The address the gossip socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Every known member as seen by this agent.
+    pub fn members(&self) -> Vec<Member> {
+        let now = self.started.elapsed();
+        self.lock().members(now)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.lock().stats().clone()
+    }
+
+    /// Membership events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Sets a key of this node's gossiped state.
+    pub fn set(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        Ok(self.lock().set(key, value)?)
+    }
+
+    /// Leaves the cluster gracefully and waits for the agent to stop.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.context("agent task panicked")?
+    }
+
+    /// Stops the agent abruptly, without a word to its peers: what a power cut looks like to them.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Runs an agent until `shutdown` completes, then leaves the cluster gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut agent = Agent::start(config).await?;
+    // The loop only ends on its own when it fails.
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        r = &mut agent.task => Some(r),
+    };
+    match failed {
+        None => {
+            tracing::info!("shutting down: leaving the cluster");
+            agent.shutdown().await
+        }
+        Some(r) => r.context("agent task panicked")?,
+    }
+}
+
+async fn run_loop(
+    gossiper: Arc<Mutex<Gossiper>>,
+    socket: UdpSocket,
+    started: Instant,
+    events: broadcast::Sender<Event>,
+    seed_names: Vec<String>,
+    mut stop: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let mut rng = ChaCha20Rng::from_entropy();
+    let mut buf = vec![0u8; 65536];
+    let mut refresh =
+        tokio::time::interval_at(tokio::time::Instant::now() + SEED_REFRESH, SEED_REFRESH);
+    loop {
+        let wake = gossiper.lock().expect("lock").next_wakeup();
+        let out = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    let mut g = gossiper.lock().expect("lock");
+                    g.handle_datagram(started.elapsed(), from, &buf[..n], &mut rng);
+                    drain(&mut g, &events)
+                }
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here on Linux; they are not fatal.
+                    tracing::debug!(error = %e, "receive failed");
+                    Vec::new()
+                }
+            },
+            _ = tokio::time::sleep_until((started + wake).into()) => {
+                let mut g = gossiper.lock().expect("lock");
+                g.handle_tick(started.elapsed(), &mut rng);
+                drain(&mut g, &events)
+            }
+            _ = refresh.tick(), if !seed_names.is_empty() => {
+                let seeds = resolve_seeds(&seed_names).await;
+                gossiper.lock().expect("lock").set_seeds(seeds);
+                Vec::new()
+            }
+            _ = &mut stop => {
+                let out = {
+                    let mut g = gossiper.lock().expect("lock");
+                    g.leave(started.elapsed(), &mut rng);
+                    drain(&mut g, &events)
+                };
+                send_all(&socket, out).await;
+                tracing::info!("left the cluster");
+                return Ok(());
+            }
+        };
+        send_all(&socket, out).await;
+    }
+}
+
+fn drain(g: &mut Gossiper, events: &broadcast::Sender<Event>) -> Vec<Transmit> {
+    while let Some(e) = g.poll_event() {
+        tracing::info!(node = %e.node, generation = e.generation, kind = ?e.kind, "membership");
+        // No subscriber is fine.
+        let _ = events.send(e);
+    }
+    std::iter::from_fn(|| g.poll_transmit()).collect()
+}
+
+async fn send_all(socket: &UdpSocket, out: Vec<Transmit>) {
+    for t in out {
+        if let Err(e) = socket.send_to(&t.datagram, t.to).await {
+            tracing::debug!(to = %t.to, error = %e, "send failed");
+        }
+    }
+}
+
+/// Resolves `host:port` seeds; names that do not resolve now are skipped and retried later.
+async fn resolve_seeds(seeds: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for seed in seeds {
+        match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(addrs) => out.extend(addrs.filter(SocketAddr::is_ipv4).take(1)),
+            Err(e) => tracing::warn!(%seed, error = %e, "cannot resolve seed; will retry"),
+        }
+    }
+    out
+}
+
+/// The address peers should use for this node.
+fn advertise_addr(
+    config: &Config,
+    local: SocketAddr,
+    seeds: &[SocketAddr],
+) -> anyhow::Result<SocketAddr> {
+    if let Some(a) = config.gossip.advertise {
+        return Ok(a);
+    }
+    if !local.ip().is_unspecified() {
+        return Ok(local);
+    }
+    // Ask the kernel which interface routes to the first seed: connecting a UDP socket sends nothing.
+    if let Some(seed) = seeds.first() {
+        let probe = std::net::UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), 0))?;
+        if probe.connect(seed).is_ok() {
+            if let Ok(a) = probe.local_addr() {
+                return Ok(SocketAddr::new(a.ip(), local.port()));
+            }
+        }
+    }
+    bail!(
+        "gossip.advertise: cannot tell which address peers should use (bound to {local}, no reachable \
+         seed); set gossip.advertise or bind to a specific address"
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The node's persistent identity: an id that never changes and a generation that grows on every start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub id: NodeId,
+    pub generation: u64,
+}
+
+impl Identity {
+    /// Reads the node id from `state_dir/node-id` (making a random one the first time) and stores a new
+    /// generation, `max(previous + 1, unix seconds)`: the clock alone would not do on a Pi, which has no
+    /// real-time clock and may boot with a time older than its last run.
+    pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Identity> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("state_dir: cannot create {}", state_dir.display()))?;
+        let id_path = state_dir.join("node-id");
+        let id = match std::fs::read_to_string(&id_path) {
+            Ok(text) => text
+                .trim()
+                .parse::<NodeId>()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", id_path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = NodeId(rand::random());
+                write_atomic(&id_path, &format!("{id}\n"))?;
+                id
+            }
+            Err(e) => return Err(e).context(format!("cannot read {}", id_path.display())),
+        };
+        let gen_path = state_dir.join("generation");
+        let previous = std::fs::read_to_string(&gen_path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let generation = (previous + 1).max(now);
+        write_atomic(&gen_path, &format!("{generation}\n"))?;
+        Ok(Identity { id, generation })
+    }
+}
+
+/// Writes `path` so that a power cut leaves either the old or the new content: temporary file, fsync,
+/// rename, fsync of the directory.
+pub fn write_atomic(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().context("path has no directory")?;
+    let tmp = path.with_extension("tmp");
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_persists_and_generation_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(dir.path()).unwrap();
+        let b = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.id, b.id);
+        assert!(b.generation > a.generation);
+        // A clock that went backwards (no RTC) still yields a larger generation.
+        std::fs::write(dir.path().join("generation"), "99999999999\n").unwrap();
+        let c = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(c.generation, 100_000_000_000);
+    }
+
+    #[test]
+    fn corrupt_node_id_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node-id"), "garbage").unwrap();
+        let e = format!("{:#}", Identity::load_or_create(dir.path()).unwrap_err());
+        assert!(e.contains("node-id") && e.contains("16 hex digits"), "{e}");
+    }
+}

@@ -1,0 +1,322 @@
+//! The agent's configuration file, `/etc/herd/herd.toml`: strict (unknown keys are errors), with named
+//! defaults, and validated up front so a mistake is reported with its key and file instead of surfacing
+//! later as odd behaviour.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+use crate::gossip::phi::PhiConfig;
+use crate::gossip::wire::{ClusterKey, Security};
+use crate::gossip::GossipConfig;
+
+/// A string that never shows in logs or `Debug` output.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of the cluster; agents only ever talk to agents of the same name.
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// Name shown for this node; empty means the host name.
+    #[serde(default)]
+    pub node_name: String,
+    /// Where the agent keeps its identity and state.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub gossip: GossipSection,
+    #[serde(default)]
+    pub failure_detector: FailureDetectorSection,
+}
+
+/// `[gossip]`: transport, peers and security.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GossipSection {
+    /// UDP address to listen on.
+    #[serde(default = "default_bind")]
+    pub bind: SocketAddr,
+    /// Address peers should use to reach this node; by default the bind address, or the address of the
+    /// interface that routes to the first seed.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// `host:port` of agents to contact when no peer is known.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// How often to gossip.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long dead and left nodes are remembered.
+    #[serde(default = "default_reap_after", with = "humantime_serde")]
+    pub reap_after: Duration,
+    /// The cluster key, 32 bytes in base64 (`herd keygen`).
+    #[serde(default)]
+    pub key: Option<Secret>,
+    /// Older keys still accepted while a new key is rolled out.
+    #[serde(default)]
+    pub previous_keys: Vec<Secret>,
+    /// Run without encryption or authentication. Only for tests and trusted labs.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// `[failure_detector]`: the phi accrual detector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureDetectorSection {
+    #[serde(default = "default_threshold")]
+    pub phi_threshold: f64,
+    #[serde(default = "default_window")]
+    pub window: usize,
+    #[serde(default = "default_min_std_dev", with = "humantime_serde")]
+    pub min_std_dev: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub acceptable_pause: Duration,
+    #[serde(default = "default_bootstrap", with = "humantime_serde")]
+    pub bootstrap_interval: Duration,
+}
+
+fn default_cluster() -> String {
+    "herd".into()
+}
+fn default_state_dir() -> PathBuf {
+    "/var/lib/herd".into()
+}
+fn default_bind() -> SocketAddr {
+    "0.0.0.0:7946".parse().expect("constant")
+}
+fn default_interval() -> Duration {
+    GossipConfig::new("").interval
+}
+fn default_reap_after() -> Duration {
+    GossipConfig::new("").reap_after
+}
+fn default_threshold() -> f64 {
+    PhiConfig::default().threshold
+}
+fn default_window() -> usize {
+    PhiConfig::default().window
+}
+fn default_min_std_dev() -> Duration {
+    PhiConfig::default().min_std_dev
+}
+fn default_bootstrap() -> Duration {
+    PhiConfig::default().bootstrap_interval
+}
+
+impl Default for GossipSection {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+impl Default for FailureDetectorSection {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`; errors name the file and the key.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let c = &self.cluster;
+        if c.is_empty()
+            || c.len() > 63
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!("cluster: {c:?} must be 1 to 63 characters of A-Z, a-z, 0-9, '-' and '_'");
+        }
+        if self.node_name.len() > 63 || self.node_name.chars().any(char::is_control) {
+            bail!("node_name: must be at most 63 printable characters");
+        }
+        let g = &self.gossip;
+        if g.interval < Duration::from_millis(10) || g.interval > Duration::from_secs(60) {
+            bail!(
+                "gossip.interval: {:?} must be between 10ms and 60s",
+                g.interval
+            );
+        }
+        if g.reap_after < g.interval * 10 {
+            bail!("gossip.reap_after: must be at least ten gossip intervals");
+        }
+        for (i, seed) in g.seeds.iter().enumerate() {
+            match seed.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => bail!("gossip.seeds[{i}]: {seed:?} is not host:port"),
+            }
+        }
+        match (&g.key, g.insecure) {
+            (None, false) => bail!(
+                "gossip.key: no cluster key; generate one with `herd keygen`, or set \
+                 gossip.insecure = true to run unencrypted"
+            ),
+            (Some(_), true) => {
+                bail!("gossip.insecure: true contradicts gossip.key; remove one of them")
+            }
+            _ => {}
+        }
+        if let Some(key) = &g.key {
+            ClusterKey::from_base64(&key.0).map_err(|e| anyhow::anyhow!("gossip.key: {e}"))?;
+        }
+        for (i, key) in g.previous_keys.iter().enumerate() {
+            ClusterKey::from_base64(&key.0)
+                .map_err(|e| anyhow::anyhow!("gossip.previous_keys[{i}]: {e}"))?;
+        }
+        let f = &self.failure_detector;
+        if !(f.phi_threshold.is_finite() && f.phi_threshold > 0.0) {
+            bail!("failure_detector.phi_threshold: must be a positive number");
+        }
+        if f.window == 0 || f.window > 10_000 {
+            bail!("failure_detector.window: must be between 1 and 10000");
+        }
+        if f.bootstrap_interval.is_zero() {
+            bail!("failure_detector.bootstrap_interval: must be more than zero");
+        }
+        Ok(())
+    }
+
+    /// The datagram protection this configuration asks for.
+    pub fn security(&self) -> Security {
+        match &self.gossip.key {
+            None => Security::Insecure,
+            Some(key) => {
+                let parse = |s: &Secret| ClusterKey::from_base64(&s.0).expect("validated");
+                let older: Vec<ClusterKey> = self.gossip.previous_keys.iter().map(parse).collect();
+                Security::keyring(&parse(key), &older)
+            }
+        }
+    }
+
+    /// The settings of the gossip core (seeds are resolved by the caller).
+    pub fn gossip_config(&self) -> GossipConfig {
+        let f = &self.failure_detector;
+        GossipConfig {
+            interval: self.gossip.interval,
+            reap_after: self.gossip.reap_after,
+            phi: PhiConfig {
+                threshold: f.phi_threshold,
+                window: f.window,
+                min_std_dev: f.min_std_dev,
+                acceptable_pause: f.acceptable_pause,
+                bootstrap_interval: f.bootstrap_interval,
+            },
+            ..GossipConfig::new(&self.cluster)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn shipped_config_parses_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlay/etc/herd/herd.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The overlay ships placeholders that the image pipeline fills in; fill them like it does.
+        let text = text.replace("{{ cluster_key }}", KEY);
+        let text = text.replace("{{ cluster }}", "herd");
+        let c = Config::parse(&text).unwrap();
+        let d = Config::parse(&format!("[gossip]\nkey = \"{KEY}\"")).unwrap();
+        assert_eq!(c.gossip_config().interval, d.gossip_config().interval);
+        assert_eq!(c.gossip_config().phi, d.gossip_config().phi);
+        assert_eq!(c.gossip_config().reap_after, d.gossip_config().reap_after);
+        assert_eq!(c.gossip.bind, d.gossip.bind);
+        assert_eq!(c.state_dir, d.state_dir);
+    }
+
+    #[test]
+    fn a_key_or_an_explicit_insecure_is_required() {
+        assert!(err("").contains("gossip.key: no cluster key"));
+        assert!(Config::parse("[gossip]\ninsecure = true").is_ok());
+        let both = format!("[gossip]\ninsecure = true\nkey = \"{KEY}\"");
+        assert!(err(&both).contains("gossip.insecure"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("[gossip]\nkey = \"nope\"").contains("gossip.key: is not valid base64"));
+        assert!(err("[gossip]\nkey = \"AAAA\"").contains("gossip.key: decodes to 3 bytes"));
+        assert!(err("bogus = 1\n[gossip]\ninsecure = true").contains("unknown field `bogus`"));
+        assert!(
+            err("[gossip]\ninsecure = true\nintervl = \"1s\"").contains("unknown field `intervl`")
+        );
+        assert!(err("[gossip]\ninsecure = true\ninterval = \"1ms\"").contains("gossip.interval"));
+        assert!(err("[gossip]\ninsecure = true\ninterval = \"soon\"").contains("interval"));
+        assert!(err("[gossip]\ninsecure = true\nseeds = [\"pi1\"]").contains("gossip.seeds[0]"));
+        assert!(err("cluster = \"a b\"\n[gossip]\ninsecure = true").contains("cluster:"));
+        assert!(
+            err("[gossip]\ninsecure = true\n[failure_detector]\nwindow = 0")
+                .contains("failure_detector.window")
+        );
+        assert!(
+            err("[gossip]\ninsecure = true\n[failure_detector]\nphi_threshold = -1.0")
+                .contains("failure_detector.phi_threshold")
+        );
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("herd.toml");
+        std::fs::write(&path, "[gossip]\nkey = \"x\"").unwrap();
+        let e = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("gossip.key"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            Config::load(&dir.path().join("missing.toml")).unwrap_err()
+        );
+        assert!(e.contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Config::parse(&format!(
+            "[gossip]\nkey = \"{KEY}\"\nprevious_keys = [\"{KEY}\"]"
+        ))
+        .unwrap();
+        let text = format!("{c:?} {:?}", c.security());
+        assert!(!text.contains(KEY), "{text}");
+        assert!(!text.contains("AAEC"), "{text}");
+    }
+}

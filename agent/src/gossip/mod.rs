@@ -1,0 +1,1005 @@
+//! The membership layer as a sans-IO state machine: scuttlebutt anti-entropy gossip plus phi accrual
+//! failure detection.
+//!
+//! [`Gossiper`] never reads a clock, a socket or a global RNG. Callers hand it the time, the randomness and
+//! the datagrams ([`Gossiper::handle_tick`], [`Gossiper::handle_datagram`]) and collect what it wants sent
+//! ([`Gossiper::poll_transmit`]) and what happened ([`Gossiper::poll_event`]). The tokio agent and the
+//! deterministic simulator drive the very same code.
+//!
+//! # Protocol in brief
+//! Every node owns versioned key/values, a heartbeat that grows every round, and a generation that grows on
+//! every restart. Each round a node sends a `Syn` with a digest to a random live peer (and, now and then, to
+//! a dead node and to a seed so partitions heal). The peer answers `Ack`: the deltas the sender lacks plus
+//! digest entries for what it lacks itself; the sender closes with `Ack2`. Digests are bounded: they cover a
+//! random arc of the id ring in full, plus the sender and recently changed nodes ("hot" rumours), so one
+//! datagram suffices at any cluster size. Heartbeats ride on digest entries, so liveness spreads even when
+//! no state changes. A graceful leave sets the heartbeat to [`LEFT_HEARTBEAT`], which, being the largest
+//! possible heartbeat, wins everywhere it meets an older one.
+
+pub mod phi;
+pub mod wire;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rand::{Rng, RngCore};
+
+use self::phi::{PhiAccrualDetector, PhiConfig};
+pub use self::wire::NodeId;
+use self::wire::{
+    Digest, DigestEntry, KeyValue, Message, NodeDelta, Packet, Security, WireError, MAX_KEY_LEN,
+    MAX_PAYLOAD, MAX_VALUE_LEN,
+};
+
+/// The heartbeat of a node that left gracefully.
+pub const LEFT_HEARTBEAT: u64 = u64::MAX;
+/// The reserved key holding a node's gossip address.
+pub const ADDR_KEY: &str = "_addr";
+
+/// Settings of the membership layer.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// The cluster's name: packets of other clusters are dropped.
+    pub cluster: String,
+    /// How often a node gossips (and beats its heart).
+    pub interval: Duration,
+    /// The failure detector.
+    pub phi: PhiConfig,
+    /// How long dead and left nodes are remembered before they are forgotten.
+    pub reap_after: Duration,
+    /// Addresses to contact when no peer is known, and now and then to heal partitions.
+    pub seeds: Vec<SocketAddr>,
+}
+
+impl GossipConfig {
+    /// The defaults of the agent for a cluster called `cluster`.
+    pub fn new(cluster: &str) -> Self {
+        GossipConfig {
+            cluster: cluster.to_string(),
+            interval: Duration::from_millis(200),
+            phi: PhiConfig::default(),
+            reap_after: Duration::from_secs(24 * 3600),
+            seeds: Vec::new(),
+        }
+    }
+}
+
+/// What the local node thinks of a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    Alive,
+    /// φ passed half the threshold: a warning, not a verdict.
+    Suspect,
+    /// φ passed the threshold.
+    Dead,
+    /// The node said goodbye.
+    Left,
+}
+
+/// Something that happened to a member, as seen by the local node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A node was heard of for the first time.
+    Joined,
+    /// A node's key/values changed.
+    Updated,
+    Suspect,
+    /// A suspect or dead node was heard from again.
+    Recovered,
+    Dead,
+    Left,
+    /// A node came back with a new generation and replaced its old self.
+    Restarted,
+    /// A dead or left node was forgotten.
+    Reaped,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub node: NodeId,
+    pub generation: u64,
+    /// The caller's clock when it happened.
+    #[serde(skip)]
+    pub at: Duration,
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub datagram: Vec<u8>,
+}
+
+/// Traffic counters, for metrics and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub largest_datagram_out: usize,
+    /// Datagrams that failed authentication or came unencrypted to an encrypted cluster.
+    pub rejected_auth: u64,
+    /// Datagrams of another cluster or protocol version.
+    pub rejected_foreign: u64,
+    /// Datagrams that authenticated but did not decode.
+    pub rejected_malformed: u64,
+}
+
+/// A member as seen by the local node: what the dashboard and the API show.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub generation: u64,
+    pub heartbeat: u64,
+    pub addr: Option<SocketAddr>,
+    pub liveness: Liveness,
+    pub phi: f64,
+    pub threshold: f64,
+    /// Time since a heartbeat of this member last arrived (zero for the local node).
+    pub last_heard: Duration,
+    pub is_self: bool,
+    pub kvs: BTreeMap<String, String>,
+}
+
+/// Why a local key/value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key {0:?} must be 1 to {MAX_KEY_LEN} characters of a-z, 0-9, '.', '-', '_', not starting with '_'")]
+    BadKey(String),
+    #[error("value of key {key:?} is {len} bytes, more than {MAX_VALUE_LEN}")]
+    ValueTooLong { key: String, len: usize },
+}
+
+#[derive(Debug, Clone)]
+struct Versioned {
+    value: Option<String>,
+    version: u64,
+}
+
+#[derive(Debug, Clone)]
+struct NodeState {
+    generation: u64,
+    heartbeat: u64,
+    max_version: u64,
+    kvs: HashMap<String, Versioned>,
+    addr: Option<SocketAddr>,
+    liveness: Liveness,
+    /// When `liveness` last changed, for reaping.
+    since: Duration,
+    /// When this node's state last changed here, for rumours.
+    changed_at: Duration,
+    detector: PhiAccrualDetector,
+    suspect_at: Duration,
+    dead_at: Duration,
+}
+
+impl NodeState {
+    fn new(phi: &PhiConfig, generation: u64, heartbeat: u64, now: Duration) -> Self {
+        let mut s = NodeState {
+            generation,
+            heartbeat,
+            max_version: 0,
+            kvs: HashMap::new(),
+            addr: None,
+            liveness: if heartbeat == LEFT_HEARTBEAT {
+                Liveness::Left
+            } else {
+                Liveness::Alive
+            },
+            since: now,
+            changed_at: now,
+            detector: PhiAccrualDetector::new(phi, now),
+            suspect_at: now,
+            dead_at: now,
+        };
+        s.schedule_verdicts(phi);
+        s
+    }
+
+    fn schedule_verdicts(&mut self, phi: &PhiConfig) {
+        let last = self.detector.last_arrival();
+        self.suspect_at = last + self.detector.silence_for(phi, phi.threshold / 2.0);
+        self.dead_at = last + self.detector.silence_for(phi, phi.threshold);
+    }
+
+    fn entry(&self, node: NodeId) -> DigestEntry {
+        DigestEntry {
+            node,
+            generation: self.generation,
+            heartbeat: self.heartbeat,
+            max_version: self.max_version,
+        }
+    }
+
+    /// The delta a peer at `from_version` lacks, in version order, cut to `budget` bytes. `None` when not
+    /// even its header and first key/value fit.
+    fn delta(&self, node: NodeId, from_version: u64, budget: usize) -> Option<NodeDelta> {
+        let mut delta = NodeDelta {
+            node,
+            generation: self.generation,
+            heartbeat: self.heartbeat,
+            from_version,
+            kvs: Vec::new(),
+        };
+        let mut used = delta.header_len();
+        if used > budget {
+            return None;
+        }
+        let mut newer: Vec<(&String, &Versioned)> = self
+            .kvs
+            .iter()
+            .filter(|(_, v)| v.version > from_version)
+            .collect();
+        newer.sort_unstable_by_key(|(_, v)| v.version);
+        for (key, v) in newer {
+            let kv = KeyValue {
+                key: key.clone(),
+                version: v.version,
+                value: v.value.clone(),
+            };
+            used += kv.encoded_len();
+            if used > budget {
+                break;
+            }
+            delta.kvs.push(kv);
+        }
+        let wanted = self.max_version > from_version;
+        if wanted && delta.kvs.is_empty() {
+            return None;
+        }
+        Some(delta)
+    }
+}
+
+/// A forgotten node: stale news of it (this generation, this heartbeat or older) is ignored.
+#[derive(Debug, Clone, Copy)]
+struct Tombstone {
+    generation: u64,
+    heartbeat: u64,
+    until: Duration,
+}
+
+/// One node's view of the cluster and its side of the protocol.
+pub struct Gossiper {
+    config: GossipConfig,
+    security: Security,
+    cluster_id: u64,
+    id: NodeId,
+    nodes: BTreeMap<NodeId, NodeState>,
+    tombstones: HashMap<NodeId, Tombstone>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_tick: Duration,
+    stats: Stats,
+    left: bool,
+}
+
+impl std::fmt::Debug for Gossiper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gossiper")
+            .field("id", &self.id)
+            .field("cluster", &self.config.cluster)
+            .field("security", &self.security)
+            .field("members", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gossiper {
+    /// A node `id` in its `generation`, reachable at `addr`, starting at `now`.
+    pub fn new(
+        config: GossipConfig,
+        security: Security,
+        id: NodeId,
+        generation: u64,
+        addr: SocketAddr,
+        now: Duration,
+    ) -> Self {
+        let mut me = NodeState::new(&config.phi, generation, 0, now);
+        me.max_version = 1;
+        me.addr = Some(addr);
+        me.kvs.insert(
+            ADDR_KEY.to_string(),
+            Versioned {
+                value: Some(addr.to_string()),
+                version: 1,
+            },
+        );
+        let mut nodes = BTreeMap::new();
+        nodes.insert(id, me);
+        Gossiper {
+            cluster_id: wire::cluster_id(&config.cluster),
+            config,
+            security,
+            id,
+            nodes,
+            tombstones: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_tick: now,
+            stats: Stats::default(),
+            left: false,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.me().generation
+    }
+
+    pub fn config(&self) -> &GossipConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// When [`Gossiper::handle_tick`] wants to be called next.
+    pub fn next_wakeup(&self) -> Duration {
+        self.next_tick
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn set_seeds(&mut self, seeds: Vec<SocketAddr>) {
+        self.config.seeds = seeds;
+    }
+
+    fn me(&self) -> &NodeState {
+        &self.nodes[&self.id]
+    }
+
+    fn me_mut(&mut self) -> &mut NodeState {
+        self.nodes
+            .get_mut(&self.id)
+            .expect("the local node is always known")
+    }
+
+    /// Sets a key of the local node's state; peers learn it through gossip.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), KeyError> {
+        validate_key(key)?;
+        if value.len() > MAX_VALUE_LEN {
+            return Err(KeyError::ValueTooLong {
+                key: key.to_string(),
+                len: value.len(),
+            });
+        }
+        self.put(key, Some(value.to_string()));
+        Ok(())
+    }
+
+    /// Deletes a key of the local node's state (a versioned tombstone, so peers delete it too).
+    pub fn delete(&mut self, key: &str) -> Result<(), KeyError> {
+        validate_key(key)?;
+        if self.me().kvs.get(key).is_some_and(|v| v.value.is_some()) {
+            self.put(key, None);
+        }
+        Ok(())
+    }
+
+    /// Changes the address peers should reach this node at (DHCP renewals, a moved cable).
+    pub fn set_addr(&mut self, addr: SocketAddr) {
+        if self.me().addr != Some(addr) {
+            self.me_mut().addr = Some(addr);
+            self.put(ADDR_KEY, Some(addr.to_string()));
+        }
+    }
+
+    fn put(&mut self, key: &str, value: Option<String>) {
+        let me = self.me_mut();
+        if me.kvs.get(key).map(|v| &v.value) == Some(&value) {
+            return;
+        }
+        me.max_version += 1;
+        let version = me.max_version;
+        me.kvs.insert(key.to_string(), Versioned { value, version });
+    }
+
+    /// The local node's value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.me().kvs.get(key).and_then(|v| v.value.as_deref())
+    }
+
+    /// One round: beat the heart, reach verdicts, forget the long dead, gossip.
+    pub fn handle_tick(&mut self, now: Duration, rng: &mut impl RngCore) {
+        if self.left {
+            return;
+        }
+        self.next_tick = now + self.config.interval;
+        self.me_mut().heartbeat += 1;
+
+        let hot_window = self.hot_window();
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        let mut hot = Vec::new();
+        let mut reaped = Vec::new();
+        for (&id, s) in self.nodes.iter_mut() {
+            if id == self.id {
+                continue;
+            }
+            if s.liveness == Liveness::Alive && now >= s.suspect_at {
+                s.liveness = Liveness::Suspect;
+                s.since = now;
+                self.events.push_back(event(EventKind::Suspect, id, s, now));
+            }
+            if s.liveness == Liveness::Suspect && now >= s.dead_at {
+                s.liveness = Liveness::Dead;
+                s.since = now;
+                self.events.push_back(event(EventKind::Dead, id, s, now));
+            }
+            match s.liveness {
+                Liveness::Alive | Liveness::Suspect => live.push(id),
+                Liveness::Dead | Liveness::Left if now >= s.since + self.config.reap_after => {
+                    reaped.push(id)
+                }
+                Liveness::Dead => dead.push(id),
+                Liveness::Left => {}
+            }
+            if now < s.changed_at + hot_window {
+                hot.push((s.changed_at, id));
+            }
+        }
+        for id in reaped {
+            let s = self.nodes.remove(&id).expect("listed above");
+            self.tombstones.insert(
+                id,
+                Tombstone {
+                    generation: s.generation,
+                    heartbeat: s.heartbeat,
+                    until: now + self.config.reap_after,
+                },
+            );
+            self.events.push_back(event(EventKind::Reaped, id, &s, now));
+        }
+        self.tombstones.retain(|_, t| t.until > now);
+        // Most recent rumours first.
+        hot.sort_unstable_by(|a, b| b.cmp(a));
+        let hot: Vec<NodeId> = hot.into_iter().map(|(_, id)| id).collect();
+
+        let mut targets: Vec<SocketAddr> = Vec::with_capacity(3);
+        let addr_of = |nodes: &BTreeMap<NodeId, NodeState>, id: &NodeId| nodes[id].addr;
+        if !live.is_empty() {
+            let id = live[rng.gen_range(0..live.len())];
+            targets.extend(addr_of(&self.nodes, &id));
+        }
+        // Cassandra's rule: the more of the cluster looks dead, the more often we try one of them, so a
+        // healed partition is noticed within a round or two.
+        if !dead.is_empty() && rng.gen_bool((dead.len() as f64 / (live.len() + 1) as f64).min(1.0))
+        {
+            let id = dead[rng.gen_range(0..dead.len())];
+            targets.extend(addr_of(&self.nodes, &id));
+        }
+        let own = self.me().addr;
+        let seeds: Vec<SocketAddr> = self
+            .config
+            .seeds
+            .iter()
+            .copied()
+            .filter(|s| Some(*s) != own)
+            .collect();
+        if !seeds.is_empty()
+            && (live.is_empty()
+                || rng
+                    .gen_bool((seeds.len() as f64 / (live.len() + dead.len() + 1) as f64).min(1.0)))
+        {
+            targets.push(seeds[rng.gen_range(0..seeds.len())]);
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        for to in targets {
+            let digest = self.build_digest(rng, &hot);
+            self.send(to, Message::Syn { digest }, rng);
+        }
+    }
+
+    /// Announces a graceful leave to every live peer; the node gossips no more afterwards.
+    pub fn leave(&mut self, now: Duration, rng: &mut impl RngCore) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        let me = self.me_mut();
+        me.heartbeat = LEFT_HEARTBEAT;
+        me.changed_at = now;
+        let peers: Vec<SocketAddr> = self
+            .nodes
+            .iter()
+            .filter(|(id, s)| {
+                **id != self.id && matches!(s.liveness, Liveness::Alive | Liveness::Suspect)
+            })
+            .filter_map(|(_, s)| s.addr)
+            .collect();
+        for to in peers {
+            self.send(to, Message::Leave, rng);
+        }
+    }
+
+    /// Processes one datagram that arrived from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        datagram: &[u8],
+        rng: &mut impl RngCore,
+    ) {
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        let payload = match wire::open(&self.security, self.cluster_id, datagram) {
+            Ok(p) => p,
+            Err(WireError::NotAuthentic | WireError::Unencrypted | WireError::Encrypted) => {
+                self.stats.rejected_auth += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.rejected_foreign += 1;
+                return;
+            }
+        };
+        let Ok(packet) = Packet::decode(&payload) else {
+            self.stats.rejected_malformed += 1;
+            return;
+        };
+        if packet.sender == self.id || self.left {
+            return;
+        }
+        let sender = packet.sender;
+        match packet.message {
+            Message::Syn { digest } => self.on_syn(now, from, digest, rng),
+            Message::Ack { digest, deltas } => {
+                for d in deltas {
+                    self.apply_delta(now, sender, d);
+                }
+                self.observe(now, &digest.entries);
+                let budget = MAX_PAYLOAD - wire::packet_header_len(self.generation()) - 2;
+                let mut used = 0;
+                let mut deltas = Vec::new();
+                for e in &digest.entries {
+                    if let Some(d) = self.delta_for(e.node, Some(e), budget - used) {
+                        used += d.encoded_len();
+                        deltas.push(d);
+                    }
+                }
+                if !deltas.is_empty() {
+                    self.send(from, Message::Ack2 { deltas }, rng);
+                }
+            }
+            Message::Ack2 { deltas } => {
+                for d in deltas {
+                    self.apply_delta(now, sender, d);
+                }
+            }
+            Message::Leave => {
+                if let Some(s) = self.nodes.get_mut(&sender) {
+                    if s.generation == packet.generation {
+                        s.heartbeat = LEFT_HEARTBEAT;
+                        mark_left(&mut self.events, sender, s, now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_syn(&mut self, now: Duration, from: SocketAddr, digest: Digest, rng: &mut impl RngCore) {
+        self.observe(now, &digest.entries);
+        let listed: HashMap<NodeId, &DigestEntry> =
+            digest.entries.iter().map(|e| (e.node, e)).collect();
+
+        let mut requests = Vec::new();
+        let mut news = Vec::new();
+        let mut wanted: Vec<(NodeId, Option<&DigestEntry>)> = Vec::new();
+        for e in &digest.entries {
+            match self.nodes.get(&e.node) {
+                Some(s) if s.generation > e.generation => wanted.push((e.node, Some(e))),
+                Some(s) if s.generation == e.generation => {
+                    if s.max_version > e.max_version {
+                        wanted.push((e.node, Some(e)));
+                    } else if s.max_version < e.max_version {
+                        requests.push(s.entry(e.node));
+                    } else if s.heartbeat > e.heartbeat {
+                        news.push(s.entry(e.node));
+                    }
+                }
+                Some(s) => requests.push(s.entry(e.node)),
+                None if e.node != self.id && !self.is_buried(e, false) => {
+                    requests.push(DigestEntry {
+                        node: e.node,
+                        generation: 0,
+                        heartbeat: 0,
+                        max_version: 0,
+                    });
+                }
+                None => {}
+            }
+        }
+        // Nodes in the digest's range that the sender did not list are nodes it has never heard of.
+        for id in ring_from(&self.nodes, digest.start) {
+            if !digest.covers(id) {
+                break;
+            }
+            if !listed.contains_key(&id) {
+                wanted.push((id, None));
+            }
+        }
+
+        let header = wire::packet_header_len(self.generation()) + wire::DIGEST_BASE_LEN + 2;
+        let mut budget = MAX_PAYLOAD - header;
+        let mut entries = Vec::new();
+        for e in requests {
+            if e.encoded_len() > budget {
+                break;
+            }
+            budget -= e.encoded_len();
+            entries.push(e);
+        }
+        let mut deltas = Vec::new();
+        for (id, entry) in wanted {
+            if let Some(d) = self.delta_for(id, entry, budget) {
+                budget -= d.encoded_len();
+                deltas.push(d);
+            }
+        }
+        for e in news {
+            if e.encoded_len() > budget {
+                break;
+            }
+            budget -= e.encoded_len();
+            entries.push(e);
+        }
+        // A one-id range: these entries are answers, not a census (the receiver reads them one by one).
+        let digest = Digest {
+            start: NodeId(0),
+            end: NodeId(1),
+            entries,
+        };
+        self.send(from, Message::Ack { digest, deltas }, rng);
+    }
+
+    /// What a peer whose view of `id` is `entry` (`None`: never heard of it) lacks, within `budget`.
+    fn delta_for(
+        &self,
+        id: NodeId,
+        entry: Option<&DigestEntry>,
+        budget: usize,
+    ) -> Option<NodeDelta> {
+        let s = self.nodes.get(&id)?;
+        let from = match entry {
+            None => 0,
+            Some(e) if e.generation < s.generation => 0,
+            Some(e) if e.generation == s.generation && e.max_version < s.max_version => {
+                e.max_version
+            }
+            Some(_) => return None,
+        };
+        s.delta(id, from, budget)
+    }
+
+    /// Takes the heartbeats carried by digest entries.
+    fn observe(&mut self, now: Duration, entries: &[DigestEntry]) {
+        for e in entries {
+            if e.node == self.id {
+                continue;
+            }
+            if let Some(s) = self.nodes.get_mut(&e.node) {
+                if s.generation == e.generation && e.heartbeat > s.heartbeat {
+                    beat(
+                        &mut self.events,
+                        &self.config.phi,
+                        e.node,
+                        s,
+                        e.heartbeat,
+                        now,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether news `e` of a forgotten node is stale. Only the node itself, heard directly with a newer
+    /// heartbeat, can bring a forgotten generation back: second-hand news never raises a ghost.
+    fn is_buried(&self, e: &DigestEntry, direct: bool) -> bool {
+        match self.tombstones.get(&e.node) {
+            None => false,
+            Some(t) => {
+                e.generation < t.generation
+                    || (e.generation == t.generation && !(direct && e.heartbeat > t.heartbeat))
+            }
+        }
+    }
+
+    fn apply_delta(&mut self, now: Duration, sender: NodeId, d: NodeDelta) {
+        if d.node == self.id {
+            return;
+        }
+        let probe = DigestEntry {
+            node: d.node,
+            generation: d.generation,
+            heartbeat: d.heartbeat,
+            max_version: 0,
+        };
+        if self.is_buried(&probe, d.node == sender) {
+            return;
+        }
+        let phi = &self.config.phi;
+        let s = match self.nodes.get_mut(&d.node) {
+            None => {
+                if d.from_version != 0 {
+                    return;
+                }
+                self.tombstones.remove(&d.node);
+                let s = self
+                    .nodes
+                    .entry(d.node)
+                    .or_insert_with(|| NodeState::new(phi, d.generation, d.heartbeat, now));
+                let kind = if s.liveness == Liveness::Left {
+                    EventKind::Left
+                } else {
+                    EventKind::Joined
+                };
+                apply_kvs(s, &d.kvs);
+                self.events.push_back(event(kind, d.node, s, now));
+                return;
+            }
+            Some(s) if d.generation > s.generation => {
+                if d.from_version != 0 {
+                    return;
+                }
+                *s = NodeState::new(phi, d.generation, d.heartbeat, now);
+                apply_kvs(s, &d.kvs);
+                let kind = if s.liveness == Liveness::Left {
+                    EventKind::Left
+                } else {
+                    EventKind::Restarted
+                };
+                self.events.push_back(event(kind, d.node, s, now));
+                return;
+            }
+            Some(s) if d.generation < s.generation => return,
+            Some(s) => s,
+        };
+        if d.from_version <= s.max_version && apply_kvs(s, &d.kvs) {
+            s.changed_at = now;
+            self.events
+                .push_back(event(EventKind::Updated, d.node, s, now));
+        }
+        if d.heartbeat > s.heartbeat {
+            beat(&mut self.events, phi, d.node, s, d.heartbeat, now);
+        }
+    }
+
+    /// A digest of at most one datagram: this node, the freshest rumours, then a random arc of the ring.
+    fn build_digest(&self, rng: &mut impl RngCore, hot: &[NodeId]) -> Digest {
+        let mut budget =
+            MAX_PAYLOAD - wire::packet_header_len(self.generation()) - wire::DIGEST_BASE_LEN;
+        let mut entries = Vec::new();
+        let mut listed = HashSet::new();
+        let push = |id: NodeId,
+                    budget: &mut usize,
+                    entries: &mut Vec<DigestEntry>,
+                    listed: &mut HashSet<NodeId>|
+         -> bool {
+            let e = self.nodes[&id].entry(id);
+            if e.encoded_len() > *budget {
+                return false;
+            }
+            *budget -= e.encoded_len();
+            entries.push(e);
+            listed.insert(id);
+            true
+        };
+        push(self.id, &mut budget, &mut entries, &mut listed);
+        // Rumours take at most a third of the digest so the census still moves on.
+        let mut rumour_budget = budget / 3;
+        for id in hot {
+            let before = rumour_budget;
+            if !push(*id, &mut rumour_budget, &mut entries, &mut listed) {
+                break;
+            }
+            budget -= before - rumour_budget;
+        }
+        let start = NodeId(rng.next_u64());
+        let mut end = start;
+        for id in ring_from(&self.nodes, start) {
+            if listed.contains(&id) {
+                continue;
+            }
+            if !push(id, &mut budget, &mut entries, &mut listed) {
+                end = id;
+                break;
+            }
+        }
+        if end == start && self.nodes.len() > entries.len() {
+            // The arc could not even start: claim nothing.
+            end = NodeId(start.0.wrapping_add(1));
+        }
+        Digest {
+            start,
+            end,
+            entries,
+        }
+    }
+
+    /// How long a change stays a rumour: long enough for an epidemic to reach everyone.
+    fn hot_window(&self) -> Duration {
+        let n = self.nodes.len() as u32 + 1;
+        let rounds = 2 * (u32::BITS - n.leading_zeros()) + 4;
+        self.config.interval * rounds
+    }
+
+    fn send(&mut self, to: SocketAddr, message: Message, rng: &mut impl RngCore) {
+        let packet = Packet {
+            sender: self.id,
+            generation: self.generation(),
+            message,
+        };
+        let datagram = wire::seal(&self.security, self.cluster_id, &packet.encode(), rng);
+        debug_assert!(
+            datagram.len() <= wire::MAX_DATAGRAM,
+            "{} bytes",
+            datagram.len()
+        );
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += datagram.len() as u64;
+        self.stats.largest_datagram_out = self.stats.largest_datagram_out.max(datagram.len());
+        self.transmits.push_back(Transmit { to, datagram });
+    }
+
+    /// The member `id` as seen from here.
+    pub fn member(&self, id: NodeId, now: Duration) -> Option<Member> {
+        let s = self.nodes.get(&id)?;
+        let is_self = id == self.id;
+        Some(Member {
+            id,
+            generation: s.generation,
+            heartbeat: s.heartbeat,
+            addr: s.addr,
+            liveness: s.liveness,
+            phi: if is_self || s.liveness == Liveness::Left {
+                0.0
+            } else {
+                s.detector.phi(&self.config.phi, now)
+            },
+            threshold: self.config.phi.threshold,
+            last_heard: if is_self {
+                Duration::ZERO
+            } else {
+                now.saturating_sub(s.detector.last_arrival())
+            },
+            is_self,
+            kvs: s
+                .kvs
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.value.clone()?)))
+                .collect(),
+        })
+    }
+
+    /// Every known member, this node included, in id order.
+    pub fn members(&self, now: Duration) -> Vec<Member> {
+        self.nodes
+            .keys()
+            .filter_map(|id| self.member(*id, now))
+            .collect()
+    }
+
+    /// What this node thinks of `id`, cheaply.
+    pub fn liveness(&self, id: NodeId) -> Option<Liveness> {
+        self.nodes.get(&id).map(|s| s.liveness)
+    }
+
+    /// The generation this node knows `id` by.
+    pub fn generation_of(&self, id: NodeId) -> Option<u64> {
+        self.nodes.get(&id).map(|s| s.generation)
+    }
+
+    /// How many known members (this node included) are in each state.
+    pub fn count(&self, liveness: Liveness) -> usize {
+        self.nodes
+            .values()
+            .filter(|s| s.liveness == liveness)
+            .count()
+    }
+}
+
+fn validate_key(key: &str) -> Result<(), KeyError> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && !key.starts_with('_')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(KeyError::BadKey(key.to_string()))
+    }
+}
+
+fn event(kind: EventKind, node: NodeId, s: &NodeState, at: Duration) -> Event {
+    Event {
+        kind,
+        node,
+        generation: s.generation,
+        at,
+    }
+}
+
+fn mark_left(events: &mut VecDeque<Event>, id: NodeId, s: &mut NodeState, now: Duration) {
+    if s.liveness != Liveness::Left {
+        s.liveness = Liveness::Left;
+        s.since = now;
+        s.changed_at = now;
+        events.push_back(event(EventKind::Left, id, s, now));
+    }
+}
+
+/// A newer heartbeat of `id` arrived.
+fn beat(
+    events: &mut VecDeque<Event>,
+    phi: &PhiConfig,
+    id: NodeId,
+    s: &mut NodeState,
+    heartbeat: u64,
+    now: Duration,
+) {
+    s.heartbeat = heartbeat;
+    if heartbeat == LEFT_HEARTBEAT {
+        mark_left(events, id, s, now);
+        return;
+    }
+    s.detector.heartbeat(phi, now);
+    s.schedule_verdicts(phi);
+    if matches!(s.liveness, Liveness::Suspect | Liveness::Dead) {
+        s.liveness = Liveness::Alive;
+        s.since = now;
+        events.push_back(event(EventKind::Recovered, id, s, now));
+    }
+}
+
+/// Applies key/values in version order above what `s` has; true when anything changed.
+fn apply_kvs(s: &mut NodeState, kvs: &[KeyValue]) -> bool {
+    let mut changed = false;
+    for kv in kvs {
+        if kv.version <= s.max_version {
+            continue;
+        }
+        s.max_version = kv.version;
+        if kv.key == ADDR_KEY {
+            s.addr = kv.value.as_deref().and_then(|v| v.parse().ok());
+        }
+        s.kvs.insert(
+            kv.key.clone(),
+            Versioned {
+                value: kv.value.clone(),
+                version: kv.version,
+            },
+        );
+        changed = true;
+    }
+    changed
+}
+
+/// Node ids in ring order starting at `start`.
+fn ring_from(
+    nodes: &BTreeMap<NodeId, NodeState>,
+    start: NodeId,
+) -> impl Iterator<Item = NodeId> + '_ {
+    nodes
+        .range(start..)
+        .chain(nodes.range(..start))
+        .map(|(id, _)| *id)
+}

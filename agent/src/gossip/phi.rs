@@ -1,0 +1,244 @@
+//! The phi accrual failure detector (Hayashibara et al., 2004) that turns heartbeat arrival times into a
+//! suspicion level φ per peer.
+//!
+//! # Distribution
+//! herd models heartbeat inter-arrival times with an **exponential** distribution, as Cassandra does:
+//!
+//! ```text
+//! P_later(t) = exp(-t / mean)          φ(t) = -log10(P_later(t)) = t / (mean · ln 10)
+//! ```
+//!
+//! where `t` is the time since the last heartbeat arrived and `mean` is the mean inter-arrival time over a
+//! sliding window. We chose it over the normal distribution (Akka) because heartbeats do not reach a peer
+//! directly: they travel through gossip, so a peer sees the newest heartbeat of a node whenever some
+//! exchange happens to carry it. Those arrivals are bursty and close to memoryless, with a long tail that a
+//! normal distribution underestimates by orders of magnitude, which turns ordinary gossip jitter into false
+//! convictions. The exponential model depends on the mean alone, so it is also cheap to keep: a ring of
+//! intervals and their running sum.
+//!
+//! Two knobs bound φ where the window alone would be too trusting:
+//! - `min_std_dev`: for an exponential distribution the standard deviation equals the mean, so this is a
+//!   floor on the mean; a burst of closely spaced arrivals cannot make a short silence look fatal;
+//! - `acceptable_pause`: a silence this long is forgiven outright (φ counts only the time beyond it).
+//!
+//! Before any interval is known the window holds one sample of `bootstrap_interval`, so a freshly seen
+//! node is judged by a sane prior rather than by nothing.
+
+use std::time::Duration;
+
+/// Settings of a [`PhiAccrualDetector`]; defaults are those of the agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhiConfig {
+    /// φ at or above which a peer is convicted (declared dead). Half of it marks the peer suspect.
+    pub threshold: f64,
+    /// How many inter-arrival intervals the mean is taken over.
+    pub window: usize,
+    /// Floor on the standard deviation, which for the exponential distribution is the mean.
+    pub min_std_dev: Duration,
+    /// A silence this long is never held against a peer.
+    pub acceptable_pause: Duration,
+    /// The interval assumed before the first real one is measured.
+    pub bootstrap_interval: Duration,
+}
+
+impl Default for PhiConfig {
+    fn default() -> Self {
+        PhiConfig {
+            threshold: 8.0,
+            window: 100,
+            min_std_dev: Duration::from_millis(100),
+            acceptable_pause: Duration::ZERO,
+            bootstrap_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl PhiConfig {
+    /// The silence after which φ reaches `phi`, given the current mean interval.
+    fn silence_for(&self, phi: f64, mean_ms: f64) -> Duration {
+        let ms = phi * mean_ms * std::f64::consts::LN_10;
+        self.acceptable_pause + Duration::from_secs_f64(ms / 1000.0)
+    }
+}
+
+/// Heartbeat history of one peer.
+///
+/// Intervals are kept as whole milliseconds in a `u32` ring: a node of a 1000-node cluster holds 999 of
+/// these, so the window's footprint matters more than sub-millisecond precision.
+#[derive(Debug, Clone)]
+pub struct PhiAccrualDetector {
+    intervals: Vec<u32>,
+    next: usize,
+    sum_ms: u64,
+    last_arrival: Duration,
+}
+
+impl PhiAccrualDetector {
+    /// A detector whose first heartbeat arrived at `now`.
+    pub fn new(config: &PhiConfig, now: Duration) -> Self {
+        let bootstrap = clamp_ms(config.bootstrap_interval);
+        PhiAccrualDetector {
+            intervals: vec![bootstrap],
+            next: 1 % config.window.max(1),
+            sum_ms: u64::from(bootstrap),
+            last_arrival: now,
+        }
+    }
+
+    /// Records a heartbeat that arrived at `now`.
+    ///
+    /// An interval longer than the silence that convicts is not recorded: it is an outage (a partition, a
+    /// suspended VM), not a sample of the normal rhythm, and would blunt detection for a long time after.
+    pub fn heartbeat(&mut self, config: &PhiConfig, now: Duration) {
+        let interval = now.saturating_sub(self.last_arrival);
+        self.last_arrival = now;
+        if interval > self.silence_for(config, config.threshold) {
+            return;
+        }
+        let ms = clamp_ms(interval);
+        let window = config.window.max(1);
+        if self.intervals.len() < window {
+            self.intervals.push(ms);
+        } else {
+            self.sum_ms -= u64::from(self.intervals[self.next]);
+            self.intervals[self.next] = ms;
+        }
+        self.sum_ms += u64::from(ms);
+        self.next = (self.next + 1) % window;
+    }
+
+    /// The mean inter-arrival time in milliseconds, floored by `min_std_dev`.
+    pub fn mean_ms(&self, config: &PhiConfig) -> f64 {
+        let mean = self.sum_ms as f64 / self.intervals.len() as f64;
+        mean.max(config.min_std_dev.as_secs_f64() * 1000.0)
+    }
+
+    /// φ at `now`.
+    pub fn phi(&self, config: &PhiConfig, now: Duration) -> f64 {
+        let silence = now
+            .saturating_sub(self.last_arrival)
+            .saturating_sub(config.acceptable_pause);
+        let ms = silence.as_secs_f64() * 1000.0;
+        ms / (self.mean_ms(config) * std::f64::consts::LN_10)
+    }
+
+    /// When the last heartbeat arrived.
+    pub fn last_arrival(&self) -> Duration {
+        self.last_arrival
+    }
+
+    /// How long after the last heartbeat φ reaches `phi`; lets callers schedule verdicts instead of polling.
+    pub fn silence_for(&self, config: &PhiConfig, phi: f64) -> Duration {
+        config.silence_for(phi, self.mean_ms(config))
+    }
+
+    /// The number of intervals in the window (the bootstrap sample included).
+    pub fn samples(&self) -> usize {
+        self.intervals.len()
+    }
+}
+
+fn clamp_ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    fn config() -> PhiConfig {
+        PhiConfig {
+            min_std_dev: Duration::ZERO,
+            ..PhiConfig::default()
+        }
+    }
+
+    #[test]
+    fn phi_matches_hand_computed_values() {
+        let c = config();
+        // Bootstrap sample 1000 ms, then intervals of 500, 500 and 1000 ms: mean = 3000 / 4 = 750 ms.
+        let mut d = PhiAccrualDetector::new(&c, ms(0));
+        d.heartbeat(&c, ms(500));
+        d.heartbeat(&c, ms(1000));
+        d.heartbeat(&c, ms(2000));
+        assert_eq!(d.mean_ms(&c), 750.0);
+        // φ(t) = t / (mean · ln 10). By hand: 750 · 2.302585 = 1726.94 ms per unit of φ.
+        assert!((d.phi(&c, ms(2000)) - 0.0).abs() < 1e-12);
+        assert!((d.phi(&c, ms(2000 + 1727)) - 1.000035).abs() < 1e-5);
+        assert!((d.phi(&c, ms(2000 + 3000)) - 1.737177).abs() < 1e-5);
+        // The default threshold of 8 is reached after 8 · 1726.94 = 13815.5 ms of silence.
+        assert!(d.phi(&c, ms(2000 + 13815)) < 8.0);
+        assert!(d.phi(&c, ms(2000 + 13816)) >= 8.0);
+        assert_eq!(d.silence_for(&c, 8.0).as_millis(), 13815);
+    }
+
+    #[test]
+    fn phi_one_means_ten_percent() {
+        // φ = 1 ⇔ P_later = 10 %: with mean 1 s that is a silence of ln 10 s = 2.302585 s.
+        let c = PhiConfig {
+            bootstrap_interval: ms(1000),
+            ..config()
+        };
+        let d = PhiAccrualDetector::new(&c, ms(0));
+        let phi = d.phi(&c, Duration::from_secs_f64(std::f64::consts::LN_10));
+        assert!((phi - 1.0).abs() < 1e-9, "{phi}");
+    }
+
+    #[test]
+    fn window_slides() {
+        let c = PhiConfig {
+            window: 3,
+            ..config()
+        };
+        let mut d = PhiAccrualDetector::new(&c, ms(0)); // [1000]
+        d.heartbeat(&c, ms(100)); // [1000, 100]
+        d.heartbeat(&c, ms(200)); // [1000, 100, 100]
+        d.heartbeat(&c, ms(400)); // [200, 100, 100]: the bootstrap sample falls out
+        assert_eq!(d.samples(), 3);
+        assert!((d.mean_ms(&c) - 400.0 / 3.0).abs() < 1e-9);
+        d.heartbeat(&c, ms(700)); // [200, 300, 100]
+        assert!((d.mean_ms(&c) - 200.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn min_std_dev_floors_the_mean() {
+        let c = PhiConfig {
+            min_std_dev: ms(500),
+            bootstrap_interval: ms(10),
+            ..config()
+        };
+        let mut d = PhiAccrualDetector::new(&c, ms(0));
+        d.heartbeat(&c, ms(10));
+        assert_eq!(d.mean_ms(&c), 500.0);
+        // 1 s of silence: 1000 / (500 · ln 10) = 0.868589.
+        assert!((d.phi(&c, ms(1010)) - 0.868589).abs() < 1e-5);
+    }
+
+    #[test]
+    fn acceptable_pause_is_forgiven() {
+        let c = PhiConfig {
+            acceptable_pause: ms(3000),
+            ..config()
+        };
+        let d = PhiAccrualDetector::new(&c, ms(0));
+        assert_eq!(d.phi(&c, ms(3000)), 0.0);
+        // 1 s beyond the pause, mean 1 s: 1 / ln 10 = 0.434294.
+        assert!((d.phi(&c, ms(4000)) - 0.434294).abs() < 1e-5);
+        assert_eq!(d.silence_for(&c, 8.0), ms(3000 + 18421));
+    }
+
+    #[test]
+    fn outages_are_not_samples() {
+        let c = config();
+        let mut d = PhiAccrualDetector::new(&c, ms(0));
+        d.heartbeat(&c, ms(1000));
+        d.heartbeat(&c, ms(600_000)); // ten minutes of partition
+        assert_eq!(d.samples(), 2);
+        assert_eq!(d.mean_ms(&c), 1000.0);
+        assert_eq!(d.last_arrival(), ms(600_000));
+    }
+}

@@ -1,0 +1,846 @@
+//! The one place that knows herd's bytes on the wire: message types, their compact binary encoding, and the
+//! authenticated encryption that wraps every datagram.
+//!
+//! # Datagram
+//! ```text
+//! 0      2        3      4            12                  36
+//! | "hd" | version | flags | cluster id | nonce (24 bytes) | ciphertext of the payload | tag (16 bytes) |
+//! ```
+//! Bytes 0..12 are sent in clear so that a packet of another cluster or protocol version is dropped before
+//! any decryption, and they are the AEAD's associated data, so they cannot be altered either. The AEAD is
+//! XChaCha20-Poly1305: fast in software (the Raspberry Pi 4 has no AES instructions) and with nonces large
+//! enough to draw at random. An insecure cluster (no key, `insecure = true`) sends the payload in clear with
+//! flag bit 0 unset; the two kinds never accept each other's packets.
+//!
+//! # Payload
+//! Integers are LEB128 varints except node ids, which are fixed 8-byte little-endian (they are random, so a
+//! varint would only grow them). Decoding is bounded: every length is checked against the bytes that remain
+//! before anything is allocated, and any inconsistency is an error, never a panic.
+
+use std::fmt;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+
+/// The largest datagram herd sends or accepts: below the 1500-byte Ethernet MTU minus IP/UDP headers and a
+/// margin for tunnels, so no datagram relies on IP fragmentation.
+pub const MAX_DATAGRAM: usize = 1400;
+/// Longest key of a node's key/value state.
+pub const MAX_KEY_LEN: usize = 64;
+/// Longest value of a node's key/value state: one key/value always fits an otherwise empty datagram.
+pub const MAX_VALUE_LEN: usize = 1024;
+
+const MAGIC: [u8; 2] = *b"hd";
+const VERSION: u8 = 1;
+const FLAG_ENCRYPTED: u8 = 1;
+const HEADER_LEN: usize = 12;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+/// Bytes a sealed datagram adds around its payload.
+pub const SEAL_OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
+/// The payload budget of one datagram, whatever the security mode.
+pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - SEAL_OVERHEAD;
+
+/// A node's identity: 64 random (or derived) bits, shown as 16 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({self})")
+    }
+}
+
+impl serde::Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.len() != 16 {
+            return Err(format!("node id {s:?} is not 16 hex digits"));
+        }
+        u64::from_str_radix(s, 16)
+            .map(NodeId)
+            .map_err(|_| format!("node id {s:?} is not 16 hex digits"))
+    }
+}
+
+/// What a node knows of another: enough to tell who is behind without sending the state itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestEntry {
+    pub node: NodeId,
+    pub generation: u64,
+    pub heartbeat: u64,
+    pub max_version: u64,
+}
+
+/// A bounded digest. `entries` lists every node the sender knows whose id lies in the cyclic id range
+/// `[start, end)` (the whole ring when `start == end`), so a node in that range that is missing from the
+/// list is a node the sender has never heard of. Entries outside the range (the sender itself, nodes with
+/// news) are listed individually and imply nothing about their neighbours.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Digest {
+    pub start: NodeId,
+    pub end: NodeId,
+    pub entries: Vec<DigestEntry>,
+}
+
+impl Digest {
+    /// Whether `node` lies in the range the digest is complete for.
+    pub fn covers(&self, node: NodeId) -> bool {
+        let (s, e, n) = (self.start.0, self.end.0, node.0);
+        match s.cmp(&e) {
+            std::cmp::Ordering::Less => s <= n && n < e,
+            std::cmp::Ordering::Greater => n >= s || n < e,
+            std::cmp::Ordering::Equal => true,
+        }
+    }
+}
+
+/// One versioned key of a node's state; `value: None` is a deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub version: u64,
+    pub value: Option<String>,
+}
+
+/// The part of one node's state that a peer lacks: its key/values with versions above `from_version`, in
+/// version order (a truncated delta still leaves the receiver with a consistent "max version seen").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDelta {
+    pub node: NodeId,
+    pub generation: u64,
+    pub heartbeat: u64,
+    pub from_version: u64,
+    pub kvs: Vec<KeyValue>,
+}
+
+/// A gossip message. One exchange is Syn (digest) → Ack (deltas + digest of what the responder lacks) →
+/// Ack2 (deltas); Leave announces a graceful shutdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Syn {
+        digest: Digest,
+    },
+    Ack {
+        digest: Digest,
+        deltas: Vec<NodeDelta>,
+    },
+    Ack2 {
+        deltas: Vec<NodeDelta>,
+    },
+    Leave,
+}
+
+/// A decoded payload: who sent it (which incarnation) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    pub sender: NodeId,
+    pub generation: u64,
+    pub message: Message,
+}
+
+/// Why a datagram was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("datagram of {0} bytes exceeds the {MAX_DATAGRAM}-byte limit")]
+    TooLarge(usize),
+    #[error("not a herd datagram (bad magic or too short)")]
+    NotHerd,
+    #[error("unsupported protocol version {0}")]
+    Version(u8),
+    #[error("datagram belongs to another cluster")]
+    OtherCluster,
+    #[error("datagram failed authentication")]
+    NotAuthentic,
+    #[error("unencrypted datagram on an encrypted cluster")]
+    Unencrypted,
+    #[error("encrypted datagram on an insecure cluster")]
+    Encrypted,
+    #[error("malformed payload: {0}")]
+    Malformed(&'static str),
+}
+
+/// A 256-bit cluster key. Its `Debug` never shows the bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterKey([u8; 32]);
+
+impl fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterKey(***)")
+    }
+}
+
+impl ClusterKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        ClusterKey(bytes)
+    }
+
+    /// Parses the base64 form used in configuration files (`herd keygen` prints one).
+    pub fn from_base64(text: &str) -> Result<Self, String> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| "is not valid base64".to_string())?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|v: Vec<u8>| format!("decodes to {} bytes, expected 32", v.len()))?;
+        Ok(ClusterKey(bytes))
+    }
+
+    pub fn to_base64(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(self.0)
+    }
+
+    pub fn generate(rng: &mut impl RngCore) -> Self {
+        let mut bytes = [0u8; 32];
+        rng.fill_bytes(&mut bytes);
+        ClusterKey(bytes)
+    }
+}
+
+/// How datagrams are protected: a keyring, or explicitly nothing.
+#[derive(Clone)]
+pub enum Security {
+    /// No encryption or authentication: only when the operator said `insecure = true`.
+    Insecure,
+    /// Seal with the first key; accept any (the others are older keys kept during a rotation).
+    Keyring(Vec<XChaCha20Poly1305>),
+}
+
+impl fmt::Debug for Security {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Security::Insecure => f.write_str("Insecure"),
+            Security::Keyring(k) => write!(f, "Keyring({} keys: ***)", k.len()),
+        }
+    }
+}
+
+impl Security {
+    /// A keyring sealing with `primary` and also accepting `older` keys.
+    pub fn keyring(primary: &ClusterKey, older: &[ClusterKey]) -> Self {
+        let ciphers = std::iter::once(primary)
+            .chain(older)
+            .map(|k| XChaCha20Poly1305::new((&k.0).into()))
+            .collect();
+        Security::Keyring(ciphers)
+    }
+}
+
+/// A stable 64-bit id of a cluster name (FNV-1a), sent in clear so foreign packets are dropped cheaply.
+pub fn cluster_id(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Wraps an encoded payload into a datagram.
+pub fn seal(security: &Security, cluster: u64, payload: &[u8], rng: &mut impl RngCore) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + SEAL_OVERHEAD);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    match security {
+        Security::Insecure => {
+            out.push(0);
+            out.extend_from_slice(&cluster.to_le_bytes());
+            out.extend_from_slice(payload);
+        }
+        Security::Keyring(ciphers) => {
+            out.push(FLAG_ENCRYPTED);
+            out.extend_from_slice(&cluster.to_le_bytes());
+            let mut nonce = [0u8; NONCE_LEN];
+            rng.fill_bytes(&mut nonce);
+            let aad = out.clone();
+            let sealed = ciphers[0]
+                .encrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: payload,
+                        aad: &aad,
+                    },
+                )
+                .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+            out.extend_from_slice(&nonce);
+            out.extend_from_slice(&sealed);
+        }
+    }
+    out
+}
+
+/// Checks and unwraps a datagram, returning its payload.
+pub fn open(security: &Security, cluster: u64, datagram: &[u8]) -> Result<Vec<u8>, WireError> {
+    if datagram.len() > MAX_DATAGRAM {
+        return Err(WireError::TooLarge(datagram.len()));
+    }
+    if datagram.len() < HEADER_LEN || datagram[..2] != MAGIC {
+        return Err(WireError::NotHerd);
+    }
+    if datagram[2] != VERSION {
+        return Err(WireError::Version(datagram[2]));
+    }
+    let flags = datagram[3];
+    let id = u64::from_le_bytes(datagram[4..12].try_into().expect("8 bytes"));
+    if id != cluster {
+        return Err(WireError::OtherCluster);
+    }
+    let body = &datagram[HEADER_LEN..];
+    match (security, flags & FLAG_ENCRYPTED != 0) {
+        (Security::Insecure, false) => Ok(body.to_vec()),
+        (Security::Insecure, true) => Err(WireError::Encrypted),
+        (Security::Keyring(_), false) => Err(WireError::Unencrypted),
+        (Security::Keyring(ciphers), true) => {
+            if body.len() < NONCE_LEN + TAG_LEN {
+                return Err(WireError::NotAuthentic);
+            }
+            let (nonce, sealed) = body.split_at(NONCE_LEN);
+            let aad = &datagram[..HEADER_LEN];
+            ciphers
+                .iter()
+                .find_map(|c| {
+                    c.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+                        .ok()
+                })
+                .ok_or(WireError::NotAuthentic)
+        }
+    }
+}
+
+// ---- sizes, for building messages that fit a datagram ----
+
+/// Bytes of `v` as a LEB128 varint.
+pub fn varint_len(v: u64) -> usize {
+    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+}
+
+/// Bytes of the packet header (sender, generation, kind).
+pub fn packet_header_len(generation: u64) -> usize {
+    8 + varint_len(generation) + 1
+}
+
+/// Bytes of an empty digest (range and entry count, for up to 127 entries; callers keep a byte spare).
+pub const DIGEST_BASE_LEN: usize = 8 + 8 + 2;
+
+impl DigestEntry {
+    pub fn encoded_len(&self) -> usize {
+        8 + varint_len(self.generation) + varint_len(self.heartbeat) + varint_len(self.max_version)
+    }
+}
+
+impl KeyValue {
+    pub fn encoded_len(&self) -> usize {
+        let value = match &self.value {
+            None => 0,
+            Some(v) => varint_len(v.len() as u64) + v.len(),
+        };
+        varint_len(self.key.len() as u64) + self.key.len() + varint_len(self.version) + 1 + value
+    }
+}
+
+impl NodeDelta {
+    /// Bytes of the delta without its key/values (the count is budgeted at two bytes).
+    pub fn header_len(&self) -> usize {
+        8 + varint_len(self.generation)
+            + varint_len(self.heartbeat)
+            + varint_len(self.from_version)
+            + 2
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        self.header_len() + self.kvs.iter().map(KeyValue::encoded_len).sum::<usize>()
+    }
+}
+
+// ---- encoding ----
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_digest(out: &mut Vec<u8>, d: &Digest) {
+    out.extend_from_slice(&d.start.0.to_le_bytes());
+    out.extend_from_slice(&d.end.0.to_le_bytes());
+    put_varint(out, d.entries.len() as u64);
+    for e in &d.entries {
+        out.extend_from_slice(&e.node.0.to_le_bytes());
+        put_varint(out, e.generation);
+        put_varint(out, e.heartbeat);
+        put_varint(out, e.max_version);
+    }
+}
+
+fn put_deltas(out: &mut Vec<u8>, deltas: &[NodeDelta]) {
+    put_varint(out, deltas.len() as u64);
+    for d in deltas {
+        out.extend_from_slice(&d.node.0.to_le_bytes());
+        put_varint(out, d.generation);
+        put_varint(out, d.heartbeat);
+        put_varint(out, d.from_version);
+        put_varint(out, d.kvs.len() as u64);
+        for kv in &d.kvs {
+            put_str(out, &kv.key);
+            put_varint(out, kv.version);
+            match &kv.value {
+                None => out.push(0),
+                Some(v) => {
+                    out.push(1);
+                    put_str(out, v);
+                }
+            }
+        }
+    }
+}
+
+const KIND_SYN: u8 = 1;
+const KIND_ACK: u8 = 2;
+const KIND_ACK2: u8 = 3;
+const KIND_LEAVE: u8 = 4;
+
+impl Packet {
+    /// The payload bytes of this packet (to be sealed).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&self.sender.0.to_le_bytes());
+        put_varint(&mut out, self.generation);
+        match &self.message {
+            Message::Syn { digest } => {
+                out.push(KIND_SYN);
+                put_digest(&mut out, digest);
+            }
+            Message::Ack { digest, deltas } => {
+                out.push(KIND_ACK);
+                put_digest(&mut out, digest);
+                put_deltas(&mut out, deltas);
+            }
+            Message::Ack2 { deltas } => {
+                out.push(KIND_ACK2);
+                put_deltas(&mut out, deltas);
+            }
+            Message::Leave => out.push(KIND_LEAVE),
+        }
+        out
+    }
+
+    /// Decodes a payload; any garbage is an error.
+    pub fn decode(bytes: &[u8]) -> Result<Packet, WireError> {
+        let mut r = Reader { bytes, pos: 0 };
+        let sender = NodeId(r.u64()?);
+        let generation = r.varint()?;
+        let message = match r.u8()? {
+            KIND_SYN => Message::Syn {
+                digest: r.digest()?,
+            },
+            KIND_ACK => Message::Ack {
+                digest: r.digest()?,
+                deltas: r.deltas()?,
+            },
+            KIND_ACK2 => Message::Ack2 {
+                deltas: r.deltas()?,
+            },
+            KIND_LEAVE => Message::Leave,
+            _ => return Err(WireError::Malformed("unknown message kind")),
+        };
+        if r.pos != bytes.len() {
+            return Err(WireError::Malformed("trailing bytes"));
+        }
+        Ok(Packet {
+            sender,
+            generation,
+            message,
+        })
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], WireError> {
+        if self.remaining() < n {
+            return Err(WireError::Malformed("truncated"));
+        }
+        let s = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn varint(&mut self) -> Result<u64, WireError> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.u8()?;
+            if i == 9 && b > 1 {
+                return Err(WireError::Malformed("varint overflows 64 bits"));
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(WireError::Malformed("varint longer than 10 bytes"))
+    }
+
+    /// A count of items each at least `min_len` bytes long, checked against what remains.
+    fn count(&mut self, min_len: usize) -> Result<usize, WireError> {
+        let n = self.varint()?;
+        if n > (self.remaining() / min_len) as u64 {
+            return Err(WireError::Malformed("count exceeds the datagram"));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self, max: usize) -> Result<String, WireError> {
+        let len = self.varint()?;
+        if len > max as u64 {
+            return Err(WireError::Malformed("string too long"));
+        }
+        let bytes = self.take(len as usize)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| WireError::Malformed("string is not UTF-8"))
+    }
+
+    fn digest(&mut self) -> Result<Digest, WireError> {
+        let start = NodeId(self.u64()?);
+        let end = NodeId(self.u64()?);
+        let n = self.count(11)?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            entries.push(DigestEntry {
+                node: NodeId(self.u64()?),
+                generation: self.varint()?,
+                heartbeat: self.varint()?,
+                max_version: self.varint()?,
+            });
+        }
+        Ok(Digest {
+            start,
+            end,
+            entries,
+        })
+    }
+
+    fn deltas(&mut self) -> Result<Vec<NodeDelta>, WireError> {
+        let n = self.count(12)?;
+        let mut deltas = Vec::with_capacity(n);
+        for _ in 0..n {
+            let node = NodeId(self.u64()?);
+            let generation = self.varint()?;
+            let heartbeat = self.varint()?;
+            let from_version = self.varint()?;
+            let k = self.count(4)?;
+            let mut kvs = Vec::with_capacity(k);
+            let mut last = from_version;
+            for _ in 0..k {
+                let key = self.string(MAX_KEY_LEN)?;
+                let version = self.varint()?;
+                if version <= last {
+                    return Err(WireError::Malformed("key/values out of version order"));
+                }
+                last = version;
+                let value = match self.u8()? {
+                    0 => None,
+                    1 => Some(self.string(MAX_VALUE_LEN)?),
+                    _ => return Err(WireError::Malformed("bad value tag")),
+                };
+                kvs.push(KeyValue {
+                    key,
+                    version,
+                    value,
+                });
+            }
+            deltas.push(NodeDelta {
+                node,
+                generation,
+                heartbeat,
+                from_version,
+                kvs,
+            });
+        }
+        Ok(deltas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+
+    fn rng() -> rand_chacha::ChaCha8Rng {
+        rand_chacha::ChaCha8Rng::seed_from_u64(7)
+    }
+
+    fn arb_entry() -> impl Strategy<Value = DigestEntry> {
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(n, g, h, v)| {
+            DigestEntry {
+                node: NodeId(n),
+                generation: g,
+                heartbeat: h,
+                max_version: v,
+            }
+        })
+    }
+
+    fn arb_digest() -> impl Strategy<Value = Digest> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(arb_entry(), 0..20),
+        )
+            .prop_map(|(s, e, entries)| Digest {
+                start: NodeId(s),
+                end: NodeId(e),
+                entries,
+            })
+    }
+
+    fn arb_delta() -> impl Strategy<Value = NodeDelta> {
+        let kv = ("[a-z_.]{0,64}", prop::option::of("\\PC{0,40}"), 1u64..1000);
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            0u64..1 << 40,
+            prop::collection::vec(kv, 0..6),
+        )
+            .prop_map(|(n, g, h, from, kvs)| {
+                let mut version = from;
+                let kvs = kvs
+                    .into_iter()
+                    .map(|(key, value, step)| {
+                        version += step;
+                        KeyValue {
+                            key,
+                            version,
+                            value,
+                        }
+                    })
+                    .collect();
+                NodeDelta {
+                    node: NodeId(n),
+                    generation: g,
+                    heartbeat: h,
+                    from_version: from,
+                    kvs,
+                }
+            })
+    }
+
+    fn arb_message() -> impl Strategy<Value = Message> {
+        prop_oneof![
+            arb_digest().prop_map(|digest| Message::Syn { digest }),
+            (arb_digest(), prop::collection::vec(arb_delta(), 0..5))
+                .prop_map(|(digest, deltas)| Message::Ack { digest, deltas }),
+            prop::collection::vec(arb_delta(), 0..5).prop_map(|deltas| Message::Ack2 { deltas }),
+            Just(Message::Leave),
+        ]
+    }
+
+    fn arb_packet() -> impl Strategy<Value = Packet> {
+        (any::<u64>(), any::<u64>(), arb_message()).prop_map(|(s, g, message)| Packet {
+            sender: NodeId(s),
+            generation: g,
+            message,
+        })
+    }
+
+    fn computed_len(p: &Packet) -> usize {
+        let digest_len = |d: &Digest| {
+            16 + varint_len(d.entries.len() as u64)
+                + d.entries
+                    .iter()
+                    .map(DigestEntry::encoded_len)
+                    .sum::<usize>()
+        };
+        let deltas_len = |ds: &[NodeDelta]| {
+            varint_len(ds.len() as u64)
+                + ds.iter()
+                    .map(|d| d.encoded_len() - 2 + varint_len(d.kvs.len() as u64))
+                    .sum::<usize>()
+        };
+        packet_header_len(p.generation)
+            + match &p.message {
+                Message::Syn { digest } => digest_len(digest),
+                Message::Ack { digest, deltas } => digest_len(digest) + deltas_len(deltas),
+                Message::Ack2 { deltas } => deltas_len(deltas),
+                Message::Leave => 0,
+            }
+    }
+
+    proptest! {
+        #[test]
+        fn packets_round_trip(p in arb_packet()) {
+            let bytes = p.encode();
+            prop_assert_eq!(Packet::decode(&bytes), Ok(p.clone()));
+            // The size arithmetic used to fill datagrams matches the encoder exactly.
+            prop_assert_eq!(bytes.len(), computed_len(&p));
+        }
+
+        #[test]
+        fn sealed_packets_round_trip(p in arb_packet(), key in any::<[u8; 32]>()) {
+            let security = Security::keyring(&ClusterKey::from_bytes(key), &[]);
+            let payload = p.encode();
+            let datagram = seal(&security, 42, &payload, &mut rng());
+            prop_assert_eq!(datagram.len(), payload.len() + SEAL_OVERHEAD);
+            let opened = open(&security, 42, &datagram).unwrap();
+            prop_assert_eq!(Packet::decode(&opened), Ok(p));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..1500)) {
+            let _ = Packet::decode(&bytes);
+            let _ = open(&Security::Insecure, 1, &bytes);
+            let _ = open(&Security::keyring(&ClusterKey::from_bytes([3; 32]), &[]), 1, &bytes);
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(p in arb_packet()) {
+            let bytes = p.encode();
+            for cut in 0..bytes.len() {
+                prop_assert!(Packet::decode(&bytes[..cut]).is_err(), "prefix of {} bytes decoded", cut);
+            }
+        }
+
+        #[test]
+        fn every_bit_flip_fails_authentication(p in arb_packet(), bit in any::<prop::sample::Index>()) {
+            let security = Security::keyring(&ClusterKey::from_bytes([9; 32]), &[]);
+            let mut datagram = seal(&security, 5, &p.encode(), &mut rng());
+            let i = bit.index(datagram.len() * 8);
+            datagram[i / 8] ^= 1 << (i % 8);
+            prop_assert!(open(&security, 5, &datagram).is_err());
+        }
+    }
+
+    #[test]
+    fn varint_len_matches_encoding() {
+        for v in [0, 1, 127, 128, 16383, 16384, u32::MAX as u64, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out.len(), varint_len(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn huge_counts_are_rejected_before_allocating() {
+        // A Syn claiming 2^62 digest entries in a 30-byte datagram.
+        let mut bytes = vec![0u8; 8];
+        put_varint(&mut bytes, 1);
+        bytes.push(KIND_SYN);
+        bytes.extend_from_slice(&[0u8; 16]);
+        put_varint(&mut bytes, 1 << 62);
+        assert_eq!(
+            Packet::decode(&bytes),
+            Err(WireError::Malformed("count exceeds the datagram"))
+        );
+    }
+
+    #[test]
+    fn keyring_accepts_old_keys_and_seals_with_the_primary() {
+        let old = ClusterKey::from_bytes([1; 32]);
+        let new = ClusterKey::from_bytes([2; 32]);
+        let payload = b"payload";
+        let from_old = seal(&Security::keyring(&old, &[]), 1, payload, &mut rng());
+        let rotating = Security::keyring(&new, &[old.clone()]);
+        assert_eq!(open(&rotating, 1, &from_old).unwrap(), payload);
+        let from_rotating = seal(&rotating, 1, payload, &mut rng());
+        assert_eq!(
+            open(&Security::keyring(&new, &[]), 1, &from_rotating).unwrap(),
+            payload
+        );
+        assert_eq!(
+            open(&Security::keyring(&old, &[]), 1, &from_rotating),
+            Err(WireError::NotAuthentic)
+        );
+    }
+
+    #[test]
+    fn mismatched_modes_and_clusters_are_refused() {
+        let secure = Security::keyring(&ClusterKey::from_bytes([1; 32]), &[]);
+        let plain = seal(&Security::Insecure, 1, b"x", &mut rng());
+        let sealed = seal(&secure, 1, b"x", &mut rng());
+        assert_eq!(open(&secure, 1, &plain), Err(WireError::Unencrypted));
+        assert_eq!(
+            open(&Security::Insecure, 1, &sealed),
+            Err(WireError::Encrypted)
+        );
+        assert_eq!(open(&secure, 2, &sealed), Err(WireError::OtherCluster));
+        assert_eq!(
+            open(&secure, 1, &vec![0; 1401]),
+            Err(WireError::TooLarge(1401))
+        );
+    }
+
+    #[test]
+    fn keys_never_print() {
+        let key = ClusterKey::from_bytes([0xab; 32]);
+        let text = format!("{key:?} {:?}", Security::keyring(&key, &[]));
+        assert!(
+            !text.contains("ab") && !text.contains(&key.to_base64()),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn key_parsing_names_the_problem() {
+        assert!(ClusterKey::from_base64("%%%")
+            .unwrap_err()
+            .contains("base64"));
+        assert!(ClusterKey::from_base64("AAAA")
+            .unwrap_err()
+            .contains("3 bytes"));
+        let k = ClusterKey::from_bytes([5; 32]);
+        assert_eq!(ClusterKey::from_base64(&k.to_base64()).unwrap(), k);
+    }
+
+    #[test]
+    fn digest_ranges_wrap() {
+        let d = |s, e| Digest {
+            start: NodeId(s),
+            end: NodeId(e),
+            entries: vec![],
+        };
+        assert!(d(10, 20).covers(NodeId(10)) && !d(10, 20).covers(NodeId(20)));
+        assert!(d(20, 10).covers(NodeId(u64::MAX)) && d(20, 10).covers(NodeId(0)));
+        assert!(!d(20, 10).covers(NodeId(15)));
+        assert!(d(7, 7).covers(NodeId(12345)));
+    }
+}

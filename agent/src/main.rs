@@ -1,0 +1,85 @@
+//! The `herd` command: the agent daemon and the operator's tools, in one binary.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use herd::config::Config;
+use herd::gossip::wire::ClusterKey;
+
+#[derive(Parser)]
+#[command(
+    name = "herd",
+    version,
+    about = "Turn a stack of Raspberry Pis into a cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: gossip membership and failure detection.
+    Agent {
+        /// The configuration file.
+        #[arg(long, short, default_value = "/etc/herd/herd.toml")]
+        config: PathBuf,
+    },
+    /// Print a new random cluster key for `gossip.key`.
+    Keygen,
+    /// Check a configuration file and exit.
+    CheckConfig {
+        #[arg(long, short, default_value = "/etc/herd/herd.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent { config } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let config = Config::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(herd::agent::run(config, shutdown_signal()))
+        }
+        Command::Keygen => {
+            println!(
+                "{}",
+                ClusterKey::generate(&mut rand::rngs::OsRng).to_base64()
+            );
+            Ok(())
+        }
+        Command::CheckConfig { config } => {
+            Config::load(&config)?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM (what systemd sends on stop).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

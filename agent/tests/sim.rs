@@ -1,0 +1,331 @@
+//! The membership layer's promises, checked in the deterministic simulator at default settings: 100 nodes,
+//! 5% packet loss, every figure an assertion. A failure names its seed; rerun with the same seed to replay.
+
+use std::time::Duration;
+
+use herd::gossip::{EventKind, Liveness};
+use herd::sim::{delays, quantile, Sim, SimConfig};
+
+const N: usize = 100;
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// A converged cluster of `n` nodes under 5% loss, with its detectors warmed up.
+fn cluster(seed: u64, n: usize) -> Sim {
+    let mut config = SimConfig::new(seed);
+    config.loss = 0.05;
+    let mut sim = Sim::new(config);
+    sim.add_nodes(n);
+    let deadline = sim.now() + secs(120);
+    assert!(
+        sim.run_until(deadline, Sim::converged),
+        "seed {seed}: {n} nodes did not converge"
+    );
+    sim.run_for(secs(30));
+    sim.take_events();
+    sim
+}
+
+fn no_false_dead(sim: &mut Sim, seed: u64) {
+    for o in sim.take_events() {
+        if o.event.kind == EventKind::Dead {
+            let i = sim.index(o.event.node).unwrap();
+            assert!(
+                !sim.is_up(i) || sim.gossiper(i).unwrap().generation() != o.event.generation,
+                "seed {seed}: node {} declared a live node dead at {:?}",
+                o.observer,
+                o.event.at
+            );
+        }
+    }
+}
+
+#[test]
+fn a_new_node_is_seen_by_all_within_5s_p99() {
+    let seed = 11;
+    let mut sim = cluster(seed, N);
+    let mut worst = Vec::new();
+    for trial in 0..25 {
+        let since = sim.now();
+        let seeds: Vec<usize> = vec![trial % N, (trial * 7 + 3) % N];
+        let new = sim.add_node(&seeds);
+        let others: Vec<usize> = sim.up().filter(|i| *i != new).collect();
+        sim.run_for(secs(15));
+        let d = delays(&sim.take_events(), EventKind::Joined, sim.id(new), since);
+        for o in &others {
+            assert!(
+                d.contains_key(o),
+                "seed {seed}: node {o} never saw node {new}"
+            );
+        }
+        worst.push(*d.values().max().unwrap());
+    }
+    let p99 = quantile(&mut worst, 0.99);
+    let p50 = quantile(&mut worst, 0.5);
+    println!("join seen by all: p50 {p50:?} p99 {p99:?}");
+    assert!(p99 <= secs(5), "seed {seed}: join p99 {p99:?}");
+}
+
+#[test]
+fn a_crashed_node_is_declared_dead_by_all_survivors_within_10s_p99() {
+    let seed = 12;
+    let mut sim = cluster(seed, N);
+    let mut worst = Vec::new();
+    for trial in 0..20 {
+        let victim = trial * 5 + 1;
+        let since = sim.now();
+        sim.crash(victim);
+        let survivors: Vec<usize> = sim.up().collect();
+        sim.run_for(secs(30));
+        let events = sim.take_events();
+        let d = delays(&events, EventKind::Dead, sim.id(victim), since);
+        for o in &survivors {
+            assert!(
+                d.contains_key(o),
+                "seed {seed}: node {o} never declared {victim} dead"
+            );
+        }
+        worst.push(*d.values().max().unwrap());
+        // Nobody changed their mind: no recovery of the dead node.
+        let recovered = delays(&events, EventKind::Recovered, sim.id(victim), since);
+        assert!(
+            recovered.is_empty(),
+            "seed {seed}: dead node {victim} came back"
+        );
+    }
+    let p99 = quantile(&mut worst, 0.99);
+    let p50 = quantile(&mut worst, 0.5);
+    println!("crash declared dead by all: p50 {p50:?} p99 {p99:?}");
+    assert!(p99 <= secs(10), "seed {seed}: crash detection p99 {p99:?}");
+}
+
+#[test]
+fn no_false_dead_verdicts_in_an_hour() {
+    let seed = 13;
+    let mut sim = cluster(seed, N);
+    let mut suspects = 0;
+    for _ in 0..60 {
+        sim.run_for(secs(60));
+        let events = sim.take_events();
+        suspects += events
+            .iter()
+            .filter(|o| o.event.kind == EventKind::Suspect)
+            .count();
+        let dead: Vec<_> = events
+            .iter()
+            .filter(|o| o.event.kind == EventKind::Dead)
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "seed {seed}: false dead verdicts: {dead:?}"
+        );
+    }
+    println!("one hour, {N} nodes, 5% loss: 0 dead, {suspects} suspect verdicts");
+    assert!(sim.converged());
+}
+
+#[test]
+fn a_graceful_leave_is_seen_by_all_within_3s() {
+    let seed = 14;
+    let mut sim = cluster(seed, N);
+    for trial in 0..10 {
+        let leaver = trial * 9 + 2;
+        let since = sim.now();
+        sim.leave(leaver);
+        let others: Vec<usize> = sim.up().collect();
+        sim.run_for(secs(20));
+        let events = sim.take_events();
+        let d = delays(&events, EventKind::Left, sim.id(leaver), since);
+        for o in &others {
+            assert!(
+                d.contains_key(o),
+                "seed {seed}: node {o} never saw {leaver} leave"
+            );
+            assert!(
+                d[o] <= secs(3),
+                "seed {seed}: node {o} saw {leaver} leave after {:?}",
+                d[o]
+            );
+        }
+        // A leave is not a failure.
+        assert!(delays(&events, EventKind::Dead, sim.id(leaver), since).is_empty());
+        assert!(delays(&events, EventKind::Suspect, sim.id(leaver), since).is_empty());
+    }
+    no_false_dead(&mut sim, seed);
+}
+
+#[test]
+fn a_healed_partition_is_whole_again_within_10s() {
+    let seed = 15;
+    let mut sim = cluster(seed, N);
+    sim.partition(|i| (i % 2) as u8);
+    sim.run_for(secs(60));
+    // Each half has given up on the other.
+    let g = sim.gossiper(0).unwrap();
+    assert_eq!(g.count(Liveness::Dead), N / 2, "seed {seed}");
+    sim.take_events();
+    let healed = sim.now();
+    sim.heal();
+    assert!(
+        sim.run_until(healed + secs(10), Sim::converged),
+        "seed {seed}: not whole 10 s after the heal"
+    );
+    println!("partition healed in {:?}", sim.now() - healed);
+    sim.run_for(secs(60));
+    no_false_dead(&mut sim, seed);
+}
+
+#[test]
+fn a_restarted_node_replaces_its_old_self() {
+    let seed = 16;
+    let mut sim = cluster(seed, N);
+    // One restarts before anyone noticed, one after everyone declared it dead.
+    for (node, down) in [(7usize, secs(2)), (8, secs(25))] {
+        let old = sim.gossiper(node).unwrap().generation();
+        sim.crash(node);
+        sim.run_for(down);
+        sim.restart(node);
+        let restarted = sim.now();
+        sim.run_for(secs(20));
+        let replaced = sim.now();
+        let id = sim.id(node);
+        let new = sim.gossiper(node).unwrap().generation();
+        assert!(new > old);
+        for i in sim.up().filter(|i| *i != node) {
+            let g = sim.gossiper(i).unwrap();
+            assert_eq!(g.generation_of(id), Some(new), "seed {seed}: node {i}");
+            assert_eq!(
+                g.liveness(id),
+                Some(Liveness::Alive),
+                "seed {seed}: node {i}"
+            );
+            assert_eq!(
+                g.members(sim.now()).iter().filter(|m| m.id == id).count(),
+                1
+            );
+        }
+        sim.run_for(secs(120));
+        for o in sim.take_events() {
+            if o.event.node != id || o.event.at < restarted {
+                continue;
+            }
+            // Never dead again, in either generation; once replaced, the old generation is never heard of.
+            assert!(
+                o.event.kind != EventKind::Dead,
+                "seed {seed}: {:?} at {}",
+                o.event,
+                o.observer
+            );
+            assert!(
+                o.event.at < replaced || o.event.generation == new,
+                "seed {seed}: {:?} seen by {}",
+                o.event,
+                o.observer
+            );
+        }
+    }
+    assert!(sim.converged());
+}
+
+#[test]
+fn dead_and_left_nodes_are_reaped_and_never_return() {
+    let seed = 17;
+    let mut config = SimConfig::new(seed);
+    config.loss = 0.05;
+    config.gossip.reap_after = secs(60);
+    let mut sim = Sim::new(config);
+    sim.add_nodes(30);
+    assert!(sim.run_until(secs(60), Sim::converged));
+    sim.take_events();
+    sim.crash(3);
+    sim.leave(4);
+    let (dead, left) = (sim.id(3), sim.id(4));
+    // Detection, then the reap time, then twice as long again: gossip had every chance to bring them back.
+    sim.run_for(secs(300));
+    let events = sim.take_events();
+    for i in sim.up() {
+        let g = sim.gossiper(i).unwrap();
+        assert_eq!(
+            g.liveness(dead),
+            None,
+            "seed {seed}: node {i} still lists the dead node"
+        );
+        assert_eq!(
+            g.liveness(left),
+            None,
+            "seed {seed}: node {i} still lists the left node"
+        );
+    }
+    let reaped = delays(&events, EventKind::Reaped, dead, Duration::ZERO);
+    assert_eq!(reaped.len(), sim.up().count());
+    for o in &events {
+        assert!(
+            !(matches!(o.event.kind, EventKind::Joined | EventKind::Recovered)
+                && (o.event.node == dead || o.event.node == left)),
+            "seed {seed}: ghost {:?} at node {}",
+            o.event,
+            o.observer
+        );
+    }
+}
+
+#[test]
+fn datagrams_stay_under_1400_bytes_at_1000_nodes() {
+    let mut config = SimConfig::new(18);
+    config.loss = 0.05;
+    config.encrypt = true;
+    let mut sim = Sim::new(config);
+    sim.add_nodes(1000);
+    // Fill every node's state with large values so deltas must be cut to fit.
+    for i in 0..1000 {
+        let g = sim.gossiper_mut(i).unwrap();
+        for k in 0..4 {
+            g.set(&format!("blob.{k}"), &"x".repeat(1000)).unwrap();
+        }
+    }
+    sim.run_for(secs(30));
+    let largest = sim.largest_datagram();
+    println!("largest datagram at 1000 nodes: {largest} bytes");
+    assert!(largest <= 1400, "{largest}");
+    assert!(largest > 1300, "{largest}: the test did not fill datagrams");
+}
+
+#[test]
+fn clusters_never_merge() {
+    let mut sim = Sim::new(SimConfig::new(19));
+    // Two clusters on one network, each seeded with members of both.
+    let a: Vec<usize> = (0..5).map(|_| sim.add_node_in("a", &[0, 5])).collect();
+    let b: Vec<usize> = (0..5).map(|_| sim.add_node_in("b", &[5, 0])).collect();
+    sim.run_for(secs(30));
+    for (mine, theirs) in [(&a, &b), (&b, &a)] {
+        for &i in mine {
+            let g = sim.gossiper(i).unwrap();
+            assert_eq!(g.count(Liveness::Alive), 5, "node {i}");
+            for &j in theirs {
+                assert_eq!(g.liveness(sim.id(j)), None, "node {i} merged node {j}");
+            }
+        }
+    }
+    let rejected: u64 = (0..10)
+        .map(|i| sim.gossiper(i).unwrap().stats().rejected_foreign)
+        .sum();
+    assert!(rejected > 0, "the clusters never even met");
+}
+
+#[test]
+fn runs_replay_from_their_seed() {
+    let run = |seed| {
+        let mut config = SimConfig::new(seed);
+        config.loss = 0.1;
+        let mut sim = Sim::new(config);
+        sim.add_nodes(20);
+        sim.run_for(secs(10));
+        sim.crash(5);
+        sim.run_for(secs(20));
+        sim.take_events()
+    };
+    assert_eq!(run(3), run(3));
+    assert_ne!(run(3), run(4));
+}
