@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        assert!(err("[gossip]\nkey = \"nope\"").contains("gossip.key: is not valid base64"));
+        assert!(err("[gossip]\nkey = \"no pe!\"").contains("gossip.key: is not valid base64"));
         assert!(err("[gossip]\nkey = \"AAAA\"").contains("gossip.key: decodes to 3 bytes"));
         assert!(err("bogus = 1\n[gossip]\ninsecure = true").contains("unknown field `bogus`"));
         assert!(

@@ -19,7 +19,7 @@
 pub mod phi;
 pub mod wire;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -179,7 +179,13 @@ struct NodeState {
 }
 
 impl NodeState {
-    fn new(phi: &PhiConfig, generation: u64, heartbeat: u64, now: Duration) -> Self {
+    fn new(
+        phi: &PhiConfig,
+        bootstrap: Duration,
+        generation: u64,
+        heartbeat: u64,
+        now: Duration,
+    ) -> Self {
         let mut s = NodeState {
             generation,
             heartbeat,
@@ -193,7 +199,7 @@ impl NodeState {
             },
             since: now,
             changed_at: now,
-            detector: PhiAccrualDetector::new(phi, now),
+            detector: PhiAccrualDetector::with_bootstrap(bootstrap, phi, now),
             suspect_at: now,
             dead_at: now,
         };
@@ -256,6 +262,33 @@ impl NodeState {
     }
 }
 
+/// What the protocol handlers note down besides state: events for the caller, and the bookkeeping that
+/// lets a round skip the full scan of the member table when nothing is due.
+#[derive(Debug, Default)]
+struct Notes {
+    events: VecDeque<Event>,
+    /// Grows with every change of membership or liveness; the round's peer lists are rebuilt when it moved.
+    membership_epoch: u64,
+    /// No verdict or reaping is due before this time.
+    next_scan: Duration,
+    /// Recent changes (when, which node), oldest first: the rumours digests lead with.
+    rumours: VecDeque<(Duration, NodeId)>,
+}
+
+impl Notes {
+    fn push(&mut self, kind: EventKind, node: NodeId, s: &NodeState, at: Duration) {
+        if kind != EventKind::Updated {
+            self.membership_epoch += 1;
+        }
+        self.events.push_back(event(kind, node, s, at));
+    }
+
+    fn changed(&mut self, node: NodeId, s: &mut NodeState, now: Duration) {
+        s.changed_at = now;
+        self.rumours.push_back((now, node));
+    }
+}
+
 /// A forgotten node: stale news of it (this generation, this heartbeat or older) is ignored.
 #[derive(Debug, Clone, Copy)]
 struct Tombstone {
@@ -273,7 +306,11 @@ pub struct Gossiper {
     nodes: BTreeMap<NodeId, NodeState>,
     tombstones: HashMap<NodeId, Tombstone>,
     transmits: VecDeque<Transmit>,
-    events: VecDeque<Event>,
+    notes: Notes,
+    /// Peers to gossip with, as of `lists_epoch`.
+    live: Vec<NodeId>,
+    dead: Vec<NodeId>,
+    lists_epoch: u64,
     next_tick: Duration,
     stats: Stats,
     left: bool,
@@ -300,7 +337,13 @@ impl Gossiper {
         addr: SocketAddr,
         now: Duration,
     ) -> Self {
-        let mut me = NodeState::new(&config.phi, generation, 0, now);
+        let mut me = NodeState::new(
+            &config.phi,
+            config.phi.bootstrap_interval,
+            generation,
+            0,
+            now,
+        );
         me.max_version = 1;
         me.addr = Some(addr);
         me.kvs.insert(
@@ -320,7 +363,10 @@ impl Gossiper {
             nodes,
             tombstones: HashMap::new(),
             transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            notes: Notes::default(),
+            live: Vec::new(),
+            dead: Vec::new(),
+            lists_epoch: 0,
             next_tick: now,
             stats: Stats::default(),
             left: false,
@@ -353,7 +399,7 @@ impl Gossiper {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.notes.events.pop_front()
     }
 
     pub fn set_seeds(&mut self, seeds: Vec<SocketAddr>) {
@@ -423,56 +469,29 @@ impl Gossiper {
         self.next_tick = now + self.config.interval;
         self.me_mut().heartbeat += 1;
 
+        if now >= self.notes.next_scan || self.notes.membership_epoch != self.lists_epoch {
+            self.scan(now);
+        }
         let hot_window = self.hot_window();
-        let mut live = Vec::new();
-        let mut dead = Vec::new();
-        let mut hot = Vec::new();
-        let mut reaped = Vec::new();
-        for (&id, s) in self.nodes.iter_mut() {
-            if id == self.id {
-                continue;
+        while let Some((at, _)) = self.notes.rumours.front() {
+            if now < *at + hot_window {
+                break;
             }
-            if s.liveness == Liveness::Alive && now >= s.suspect_at {
-                s.liveness = Liveness::Suspect;
-                s.since = now;
-                self.events.push_back(event(EventKind::Suspect, id, s, now));
-            }
-            if s.liveness == Liveness::Suspect && now >= s.dead_at {
-                s.liveness = Liveness::Dead;
-                s.since = now;
-                self.events.push_back(event(EventKind::Dead, id, s, now));
-            }
-            match s.liveness {
-                Liveness::Alive | Liveness::Suspect => live.push(id),
-                Liveness::Dead | Liveness::Left if now >= s.since + self.config.reap_after => {
-                    reaped.push(id)
-                }
-                Liveness::Dead => dead.push(id),
-                Liveness::Left => {}
-            }
-            if now < s.changed_at + hot_window {
-                hot.push((s.changed_at, id));
-            }
+            self.notes.rumours.pop_front();
         }
-        for id in reaped {
-            let s = self.nodes.remove(&id).expect("listed above");
-            self.tombstones.insert(
-                id,
-                Tombstone {
-                    generation: s.generation,
-                    heartbeat: s.heartbeat,
-                    until: now + self.config.reap_after,
-                },
-            );
-            self.events.push_back(event(EventKind::Reaped, id, &s, now));
-        }
-        self.tombstones.retain(|_, t| t.until > now);
-        // Most recent rumours first.
-        hot.sort_unstable_by(|a, b| b.cmp(a));
-        let hot: Vec<NodeId> = hot.into_iter().map(|(_, id)| id).collect();
+        // Most recent first; a node that changed twice is listed once, under its latest change.
+        let hot: Vec<NodeId> = self
+            .notes
+            .rumours
+            .iter()
+            .rev()
+            .filter(|(at, id)| self.nodes.get(id).is_some_and(|s| s.changed_at == *at))
+            .map(|(_, id)| *id)
+            .collect();
 
         let mut targets: Vec<SocketAddr> = Vec::with_capacity(3);
         let addr_of = |nodes: &BTreeMap<NodeId, NodeState>, id: &NodeId| nodes[id].addr;
+        let (live, dead) = (&self.live, &self.dead);
         if !live.is_empty() {
             let id = live[rng.gen_range(0..live.len())];
             targets.extend(addr_of(&self.nodes, &id));
@@ -507,6 +526,62 @@ impl Gossiper {
         }
     }
 
+    /// Walks the member table: reaches due verdicts, forgets the long dead, rebuilds the peer lists, and
+    /// notes when the next verdict can fall due, so rounds in between skip the walk.
+    fn scan(&mut self, now: Duration) {
+        let reap_after = self.config.reap_after;
+        let mut next = now + reap_after;
+        let mut reaped = Vec::new();
+        self.live.clear();
+        self.dead.clear();
+        for (&id, s) in self.nodes.iter_mut() {
+            if id == self.id {
+                continue;
+            }
+            if s.liveness == Liveness::Alive && now >= s.suspect_at {
+                s.liveness = Liveness::Suspect;
+                s.since = now;
+                self.notes.push(EventKind::Suspect, id, s, now);
+            }
+            if s.liveness == Liveness::Suspect && now >= s.dead_at {
+                s.liveness = Liveness::Dead;
+                s.since = now;
+                self.notes.push(EventKind::Dead, id, s, now);
+            }
+            match s.liveness {
+                Liveness::Alive => {
+                    self.live.push(id);
+                    next = next.min(s.suspect_at);
+                }
+                Liveness::Suspect => {
+                    self.live.push(id);
+                    next = next.min(s.dead_at);
+                }
+                Liveness::Dead | Liveness::Left if now >= s.since + reap_after => reaped.push(id),
+                Liveness::Dead => {
+                    self.dead.push(id);
+                    next = next.min(s.since + reap_after);
+                }
+                Liveness::Left => next = next.min(s.since + reap_after),
+            }
+        }
+        for id in reaped {
+            let s = self.nodes.remove(&id).expect("listed above");
+            self.tombstones.insert(
+                id,
+                Tombstone {
+                    generation: s.generation,
+                    heartbeat: s.heartbeat,
+                    until: now + reap_after,
+                },
+            );
+            self.notes.push(EventKind::Reaped, id, &s, now);
+        }
+        self.tombstones.retain(|_, t| t.until > now);
+        self.notes.next_scan = next;
+        self.lists_epoch = self.notes.membership_epoch;
+    }
+
     /// Announces a graceful leave to every live peer; the node gossips no more afterwards.
     pub fn leave(&mut self, now: Duration, rng: &mut impl RngCore) {
         if self.left {
@@ -516,6 +591,7 @@ impl Gossiper {
         let me = self.me_mut();
         me.heartbeat = LEFT_HEARTBEAT;
         me.changed_at = now;
+        self.notes.rumours.push_back((now, self.id));
         let peers: Vec<SocketAddr> = self
             .nodes
             .iter()
@@ -587,7 +663,7 @@ impl Gossiper {
                 if let Some(s) = self.nodes.get_mut(&sender) {
                     if s.generation == packet.generation {
                         s.heartbeat = LEFT_HEARTBEAT;
-                        mark_left(&mut self.events, sender, s, now);
+                        mark_left(&mut self.notes, sender, s, now);
                     }
                 }
             }
@@ -595,17 +671,27 @@ impl Gossiper {
     }
 
     fn on_syn(&mut self, now: Duration, from: SocketAddr, digest: Digest, rng: &mut impl RngCore) {
-        self.observe(now, &digest.entries);
-        let listed: HashMap<NodeId, &DigestEntry> =
-            digest.entries.iter().map(|e| (e.node, e)).collect();
+        let mut listed: Vec<NodeId> = digest.entries.iter().map(|e| e.node).collect();
+        listed.sort_unstable();
 
         let mut requests = Vec::new();
         let mut news = Vec::new();
         let mut wanted: Vec<(NodeId, Option<&DigestEntry>)> = Vec::new();
         for e in &digest.entries {
-            match self.nodes.get(&e.node) {
+            let is_me = e.node == self.id;
+            match self.nodes.get_mut(&e.node) {
                 Some(s) if s.generation > e.generation => wanted.push((e.node, Some(e))),
                 Some(s) if s.generation == e.generation => {
+                    if e.heartbeat > s.heartbeat && !is_me {
+                        beat(
+                            &mut self.notes,
+                            &self.config.phi,
+                            e.node,
+                            s,
+                            e.heartbeat,
+                            now,
+                        );
+                    }
                     if s.max_version > e.max_version {
                         wanted.push((e.node, Some(e)));
                     } else if s.max_version < e.max_version {
@@ -614,8 +700,9 @@ impl Gossiper {
                         news.push(s.entry(e.node));
                     }
                 }
+                Some(_) if is_me => {}
                 Some(s) => requests.push(s.entry(e.node)),
-                None if e.node != self.id && !self.is_buried(e, false) => {
+                None if !is_buried(&self.tombstones, e, false) => {
                     requests.push(DigestEntry {
                         node: e.node,
                         generation: 0,
@@ -631,7 +718,7 @@ impl Gossiper {
             if !digest.covers(id) {
                 break;
             }
-            if !listed.contains_key(&id) {
+            if listed.binary_search(&id).is_err() {
                 wanted.push((id, None));
             }
         }
@@ -697,7 +784,7 @@ impl Gossiper {
             if let Some(s) = self.nodes.get_mut(&e.node) {
                 if s.generation == e.generation && e.heartbeat > s.heartbeat {
                     beat(
-                        &mut self.events,
+                        &mut self.notes,
                         &self.config.phi,
                         e.node,
                         s,
@@ -705,18 +792,6 @@ impl Gossiper {
                         now,
                     );
                 }
-            }
-        }
-    }
-
-    /// Whether news `e` of a forgotten node is stale. Only the node itself, heard directly with a newer
-    /// heartbeat, can bring a forgotten generation back: second-hand news never raises a ghost.
-    fn is_buried(&self, e: &DigestEntry, direct: bool) -> bool {
-        match self.tombstones.get(&e.node) {
-            None => false,
-            Some(t) => {
-                e.generation < t.generation
-                    || (e.generation == t.generation && !(direct && e.heartbeat > t.heartbeat))
             }
         }
     }
@@ -731,9 +806,10 @@ impl Gossiper {
             heartbeat: d.heartbeat,
             max_version: 0,
         };
-        if self.is_buried(&probe, d.node == sender) {
+        if is_buried(&self.tombstones, &probe, d.node == sender) {
             return;
         }
+        let bootstrap = self.expected_update_interval();
         let phi = &self.config.phi;
         let s = match self.nodes.get_mut(&d.node) {
             None => {
@@ -741,43 +817,43 @@ impl Gossiper {
                     return;
                 }
                 self.tombstones.remove(&d.node);
-                let s = self
-                    .nodes
-                    .entry(d.node)
-                    .or_insert_with(|| NodeState::new(phi, d.generation, d.heartbeat, now));
+                let s = self.nodes.entry(d.node).or_insert_with(|| {
+                    NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now)
+                });
                 let kind = if s.liveness == Liveness::Left {
                     EventKind::Left
                 } else {
                     EventKind::Joined
                 };
                 apply_kvs(s, &d.kvs);
-                self.events.push_back(event(kind, d.node, s, now));
+                self.notes.changed(d.node, s, now);
+                self.notes.push(kind, d.node, s, now);
                 return;
             }
             Some(s) if d.generation > s.generation => {
                 if d.from_version != 0 {
                     return;
                 }
-                *s = NodeState::new(phi, d.generation, d.heartbeat, now);
+                *s = NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now);
                 apply_kvs(s, &d.kvs);
                 let kind = if s.liveness == Liveness::Left {
                     EventKind::Left
                 } else {
                     EventKind::Restarted
                 };
-                self.events.push_back(event(kind, d.node, s, now));
+                self.notes.changed(d.node, s, now);
+                self.notes.push(kind, d.node, s, now);
                 return;
             }
             Some(s) if d.generation < s.generation => return,
             Some(s) => s,
         };
         if d.from_version <= s.max_version && apply_kvs(s, &d.kvs) {
-            s.changed_at = now;
-            self.events
-                .push_back(event(EventKind::Updated, d.node, s, now));
+            self.notes.changed(d.node, s, now);
+            self.notes.push(EventKind::Updated, d.node, s, now);
         }
         if d.heartbeat > s.heartbeat {
-            beat(&mut self.events, phi, d.node, s, d.heartbeat, now);
+            beat(&mut self.notes, phi, d.node, s, d.heartbeat, now);
         }
     }
 
@@ -785,42 +861,41 @@ impl Gossiper {
     fn build_digest(&self, rng: &mut impl RngCore, hot: &[NodeId]) -> Digest {
         let mut budget =
             MAX_PAYLOAD - wire::packet_header_len(self.generation()) - wire::DIGEST_BASE_LEN;
-        let mut entries = Vec::new();
-        let mut listed = HashSet::new();
-        let push = |id: NodeId,
-                    budget: &mut usize,
-                    entries: &mut Vec<DigestEntry>,
-                    listed: &mut HashSet<NodeId>|
-         -> bool {
-            let e = self.nodes[&id].entry(id);
+        let mut entries: Vec<DigestEntry> = Vec::new();
+        let fits = |e: &DigestEntry, budget: &mut usize| -> bool {
             if e.encoded_len() > *budget {
                 return false;
             }
             *budget -= e.encoded_len();
-            entries.push(e);
-            listed.insert(id);
             true
         };
-        push(self.id, &mut budget, &mut entries, &mut listed);
+        let me = self.me().entry(self.id);
+        if fits(&me, &mut budget) {
+            entries.push(me);
+        }
         // Rumours take at most a third of the digest so the census still moves on.
         let mut rumour_budget = budget / 3;
         for id in hot {
-            let before = rumour_budget;
-            if !push(*id, &mut rumour_budget, &mut entries, &mut listed) {
+            let e = self.nodes[id].entry(*id);
+            if !fits(&e, &mut rumour_budget) {
                 break;
             }
-            budget -= before - rumour_budget;
+            budget -= e.encoded_len();
+            entries.push(e);
         }
+        let pre_listed = entries.len();
         let start = NodeId(rng.next_u64());
         let mut end = start;
-        for id in ring_from(&self.nodes, start) {
-            if listed.contains(&id) {
+        for (id, s) in self.nodes.range(start..).chain(self.nodes.range(..start)) {
+            if entries[..pre_listed].iter().any(|e| e.node == *id) {
                 continue;
             }
-            if !push(id, &mut budget, &mut entries, &mut listed) {
-                end = id;
+            let e = s.entry(*id);
+            if !fits(&e, &mut budget) {
+                end = *id;
                 break;
             }
+            entries.push(e);
         }
         if end == start && self.nodes.len() > entries.len() {
             // The arc could not even start: claim nothing.
@@ -831,6 +906,20 @@ impl Gossiper {
             end,
             entries,
         }
+    }
+
+    /// The heartbeat interval to assume for a node just heard of: the configured bootstrap interval, or
+    /// longer in a cluster too large for one digest. A node's heartbeat reaches a given peer about every
+    /// other round when digests cover the whole cluster, and proportionally less often when they cover only
+    /// a part of it; assuming the small-cluster rhythm there would convict newcomers that are merely quiet.
+    fn expected_update_interval(&self) -> Duration {
+        let per_digest = (MAX_PAYLOAD / 18) as u32;
+        let n = self.nodes.len() as u32;
+        let rounds = (2 * n).div_ceil(per_digest).max(1);
+        self.config
+            .phi
+            .bootstrap_interval
+            .max(self.config.interval * rounds)
     }
 
     /// How long a change stays a rumour: long enough for an epidemic to reach everyone.
@@ -915,6 +1004,18 @@ impl Gossiper {
     }
 }
 
+/// Whether news `e` of a forgotten node is stale. Only the node itself, heard directly with a newer
+/// heartbeat, can bring a forgotten generation back: second-hand news never raises a ghost.
+fn is_buried(tombstones: &HashMap<NodeId, Tombstone>, e: &DigestEntry, direct: bool) -> bool {
+    match tombstones.get(&e.node) {
+        None => false,
+        Some(t) => {
+            e.generation < t.generation
+                || (e.generation == t.generation && !(direct && e.heartbeat > t.heartbeat))
+        }
+    }
+}
+
 fn validate_key(key: &str) -> Result<(), KeyError> {
     let ok = !key.is_empty()
         && key.len() <= MAX_KEY_LEN
@@ -938,18 +1039,18 @@ fn event(kind: EventKind, node: NodeId, s: &NodeState, at: Duration) -> Event {
     }
 }
 
-fn mark_left(events: &mut VecDeque<Event>, id: NodeId, s: &mut NodeState, now: Duration) {
+fn mark_left(notes: &mut Notes, id: NodeId, s: &mut NodeState, now: Duration) {
     if s.liveness != Liveness::Left {
         s.liveness = Liveness::Left;
         s.since = now;
-        s.changed_at = now;
-        events.push_back(event(EventKind::Left, id, s, now));
+        notes.changed(id, s, now);
+        notes.push(EventKind::Left, id, s, now);
     }
 }
 
 /// A newer heartbeat of `id` arrived.
 fn beat(
-    events: &mut VecDeque<Event>,
+    notes: &mut Notes,
     phi: &PhiConfig,
     id: NodeId,
     s: &mut NodeState,
@@ -958,15 +1059,17 @@ fn beat(
 ) {
     s.heartbeat = heartbeat;
     if heartbeat == LEFT_HEARTBEAT {
-        mark_left(events, id, s, now);
+        mark_left(notes, id, s, now);
         return;
     }
     s.detector.heartbeat(phi, now);
     s.schedule_verdicts(phi);
+    // A shorter mean can bring a verdict forward: make sure the next scan is not later than it.
+    notes.next_scan = notes.next_scan.min(s.suspect_at);
     if matches!(s.liveness, Liveness::Suspect | Liveness::Dead) {
         s.liveness = Liveness::Alive;
         s.since = now;
-        events.push_back(event(EventKind::Recovered, id, s, now));
+        notes.push(EventKind::Recovered, id, s, now);
     }
 }
 

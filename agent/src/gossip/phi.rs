@@ -76,7 +76,12 @@ pub struct PhiAccrualDetector {
 impl PhiAccrualDetector {
     /// A detector whose first heartbeat arrived at `now`.
     pub fn new(config: &PhiConfig, now: Duration) -> Self {
-        let bootstrap = clamp_ms(config.bootstrap_interval);
+        Self::with_bootstrap(config.bootstrap_interval, config, now)
+    }
+
+    /// A detector that assumes `bootstrap` as its first interval instead of the configured one.
+    pub fn with_bootstrap(bootstrap: Duration, config: &PhiConfig, now: Duration) -> Self {
+        let bootstrap = clamp_ms(bootstrap);
         PhiAccrualDetector {
             intervals: vec![bootstrap],
             next: 1 % config.window.max(1),
@@ -228,7 +233,8 @@ mod tests {
         assert_eq!(d.phi(&c, ms(3000)), 0.0);
         // 1 s beyond the pause, mean 1 s: 1 / ln 10 = 0.434294.
         assert!((d.phi(&c, ms(4000)) - 0.434294).abs() < 1e-5);
-        assert_eq!(d.silence_for(&c, 8.0), ms(3000 + 18421));
+        // 3 s + 8 · 1000 ms · ln 10 = 3 s + 18420.68 ms.
+        assert_eq!(d.silence_for(&c, 8.0).as_millis(), 21420);
     }
 
     #[test]

@@ -1,0 +1,184 @@
+//! The gossip benchmark: the membership protocol at 10, 100 and 1000 simulated nodes (seeded, 5% loss,
+//! encrypted datagrams, default settings), measured the way the acceptance tests assert it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use herd::gossip::{EventKind, Liveness};
+use herd::sim::{delays, quantile, Sim, SimConfig};
+
+use super::secs;
+
+/// What one cluster size measured.
+#[derive(Debug)]
+pub struct GossipFigures {
+    pub nodes: usize,
+    pub join_p50: Duration,
+    pub join_p99: Duration,
+    pub crash_p50: Duration,
+    pub crash_p99: Duration,
+    pub false_dead_per_node_hour: f64,
+    pub bytes_per_node_per_sec: f64,
+    pub largest_datagram: usize,
+    pub simulated: Duration,
+    pub wall: Duration,
+}
+
+/// How much to simulate.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub trials: usize,
+    pub steady: Duration,
+}
+
+impl Plan {
+    pub fn full() -> Self {
+        Plan {
+            trials: 10,
+            steady: Duration::from_secs(600),
+        }
+    }
+
+    /// Enough to prove the benchmark still runs; figures are rough.
+    pub fn quick() -> Self {
+        Plan {
+            trials: 2,
+            steady: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Simulates `n` nodes: bootstrap, a steady stretch, joins, then crashes.
+pub fn measure(n: usize, plan: Plan, seed: u64) -> Result<GossipFigures> {
+    let wall = Instant::now();
+    let mut config = SimConfig::new(seed);
+    config.loss = 0.05;
+    config.encrypt = true;
+    let mut sim = Sim::new(config);
+    sim.add_nodes(n);
+    let converged = sim.run_until(Duration::from_secs(600), Sim::converged);
+    ensure!(
+        converged,
+        "{n} nodes did not converge in 600 simulated seconds"
+    );
+    sim.run_for(Duration::from_secs(30));
+    sim.take_events();
+
+    // Steady state: traffic, and any false verdicts.
+    let (bytes0, _, _) = sim.traffic();
+    let steady_start = sim.now();
+    sim.run_for(plan.steady);
+    let (bytes1, _, _) = sim.traffic();
+    let bytes_per_node_per_sec = (bytes1 - bytes0) as f64 / n as f64 / plan.steady.as_secs_f64();
+    let events = sim.take_events();
+    let mut false_dead = count_false_dead(&sim, &events);
+
+    // Joins: a new node, seeded with two members, until every other node has heard of it.
+    let mut join = Vec::new();
+    for t in 0..plan.trials {
+        let since = sim.now();
+        let new = sim.add_node(&[t % n, (t * 7 + 3) % n]);
+        let others: Vec<usize> = sim.up().filter(|i| *i != new).collect();
+        let id = sim.id(new);
+        sim.run_until(since + Duration::from_secs(60), |s| {
+            others
+                .iter()
+                .all(|o| s.gossiper(*o).is_some_and(|g| g.liveness(id).is_some()))
+        });
+        sim.run_for(Duration::from_millis(200));
+        let events = sim.take_events();
+        false_dead += count_false_dead(&sim, &events);
+        let d = delays(&events, EventKind::Joined, id, since);
+        ensure!(
+            d.len() == others.len(),
+            "join {t} at {n} nodes never completed"
+        );
+        join.extend(d.values().copied());
+    }
+
+    // Crashes: one node dies silently, until every survivor has declared it dead.
+    let mut crash = Vec::new();
+    for t in 0..plan.trials {
+        let victim = (t * 13 + 5) % n;
+        let since = sim.now();
+        sim.crash(victim);
+        let survivors: Vec<usize> = sim.up().collect();
+        let id = sim.id(victim);
+        sim.run_until(since + Duration::from_secs(600), |s| {
+            survivors.iter().all(|o| {
+                s.gossiper(*o)
+                    .is_none_or(|g| g.liveness(id) == Some(Liveness::Dead))
+            })
+        });
+        sim.run_for(Duration::from_millis(200));
+        let events = sim.take_events();
+        false_dead += count_false_dead(&sim, &events);
+        let d = delays(&events, EventKind::Dead, id, since);
+        ensure!(
+            d.len() == survivors.len(),
+            "crash {t} at {n} nodes was not detected by all"
+        );
+        crash.extend(d.values().copied());
+    }
+    let node_hours = n as f64 * (sim.now() - steady_start).as_secs_f64() / 3600.0;
+    Ok(GossipFigures {
+        nodes: n,
+        join_p50: quantile(&mut join, 0.5),
+        join_p99: quantile(&mut join, 0.99),
+        crash_p50: quantile(&mut crash, 0.5),
+        crash_p99: quantile(&mut crash, 0.99),
+        false_dead_per_node_hour: false_dead as f64 / node_hours,
+        bytes_per_node_per_sec,
+        largest_datagram: sim.largest_datagram(),
+        simulated: sim.now(),
+        wall: wall.elapsed(),
+    })
+}
+
+/// Dead verdicts about nodes that are in fact running in the generation the verdict names.
+fn count_false_dead(sim: &Sim, events: &[herd::sim::Observed]) -> usize {
+    events
+        .iter()
+        .filter(|o| o.event.kind == EventKind::Dead)
+        .filter(|o| {
+            sim.index(o.event.node).is_some_and(|i| {
+                sim.gossiper(i)
+                    .is_some_and(|g| g.generation() == o.event.generation)
+            })
+        })
+        .count()
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run(quick: bool) -> Result<()> {
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+    println!("## Gossip simulation\n");
+    println!(
+        "Seeded simulation, 5% packet loss, 1–3 ms latency, encrypted datagrams, default settings \
+         (200 ms gossip interval, φ threshold 8). {} join and {} crash trials per size, {} of steady state.\n",
+        plan.trials,
+        plan.trials,
+        secs(plan.steady)
+    );
+    println!("| nodes | join p50 | join p99 | crash → dead p50 | crash → dead p99 | false dead / node-hour | bytes / node / s | largest datagram | simulated | wall | speed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let sizes: &[usize] = if quick { &[10, 100] } else { &[10, 100, 1000] };
+    for &n in sizes {
+        let f = measure(n, plan, 42)?;
+        println!(
+            "| {} | {} | {} | {} | {} | {:.4} | {:.0} | {} B | {} | {} | {:.0}× real time |",
+            f.nodes,
+            secs(f.join_p50),
+            secs(f.join_p99),
+            secs(f.crash_p50),
+            secs(f.crash_p99),
+            f.false_dead_per_node_hour,
+            f.bytes_per_node_per_sec,
+            f.largest_datagram,
+            secs(f.simulated),
+            secs(f.wall),
+            f.simulated.as_secs_f64() / f.wall.as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Benchmarks: each prints a Markdown table of figures measured in one run.
+
+pub mod gossip;
+
+/// Formats a duration in seconds with two decimals.
+pub fn secs(d: std::time::Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
