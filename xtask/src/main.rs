@@ -1,1 +1,30 @@
-fn main() {}
+//! `cargo xtask`: all of herd's build logic, in Rust (the cargo-xtask convention). A thin `main` that
+//! dispatches to one module per task.
+
+mod bench;
+mod ci;
+mod util;
+
+use anyhow::bail;
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  ci                     everything CI checks: formatting, clippy -D warnings, all tests, quick benchmarks
+  bench [NAME…] [--quick]
+                         run benchmarks and print their figures (names: gossip; default: all)
+";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci::run(),
+        Some("bench") => bench::run(&args[1..]),
+        Some("help" | "-h" | "--help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task {other:?}\n\n{USAGE}"),
+    }
+}

@@ -326,7 +326,7 @@ pub fn open(security: &Security, cluster: u64, datagram: &[u8]) -> Result<Vec<u8
 
 /// Bytes of `v` as a LEB128 varint.
 pub fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Bytes of the packet header (sender, generation, kind).
@@ -780,7 +780,7 @@ mod tests {
         let new = ClusterKey::from_bytes([2; 32]);
         let payload = b"payload";
         let from_old = seal(&Security::keyring(&old, &[]), 1, payload, &mut rng());
-        let rotating = Security::keyring(&new, &[old.clone()]);
+        let rotating = Security::keyring(&new, std::slice::from_ref(&old));
         assert_eq!(open(&rotating, 1, &from_old).unwrap(), payload);
         let from_rotating = seal(&rotating, 1, payload, &mut rng());
         assert_eq!(

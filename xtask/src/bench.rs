@@ -1,0 +1,31 @@
+//! `cargo xtask bench`: builds the benchmark driver optimised for speed and runs the named benchmarks.
+
+use crate::util::{cargo, run as run_step};
+
+/// Benchmarks `herd-bench` knows.
+const KNOWN: &[&str] = &["gossip"];
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    for a in args {
+        if !a.starts_with("--") && !KNOWN.contains(&a.as_str()) {
+            anyhow::bail!("unknown benchmark {a:?}; known: {}", KNOWN.join(", "));
+        }
+        if a.starts_with("--") && a != "--quick" {
+            anyhow::bail!("unknown option {a:?}; known: --quick");
+        }
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--quiet",
+        "--profile",
+        "perf",
+        "--package",
+        "herd-ci",
+        "--bin",
+        "herd-bench",
+        "--",
+    ]);
+    cmd.args(args);
+    run_step("bench", cmd)
+}
