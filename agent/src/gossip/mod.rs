@@ -311,6 +311,8 @@ pub struct Gossiper {
     live: Vec<NodeId>,
     dead: Vec<NodeId>,
     lists_epoch: u64,
+    /// The member count the last digest's sender knew of.
+    peer_known: u64,
     next_tick: Duration,
     stats: Stats,
     left: bool,
@@ -367,6 +369,7 @@ impl Gossiper {
             live: Vec::new(),
             dead: Vec::new(),
             lists_epoch: 0,
+            peer_known: 0,
             next_tick: now,
             stats: Stats::default(),
             left: false,
@@ -635,8 +638,12 @@ impl Gossiper {
         }
         let sender = packet.sender;
         match packet.message {
-            Message::Syn { digest } => self.on_syn(now, from, digest, rng),
+            Message::Syn { digest } => {
+                self.peer_known = digest.known;
+                self.on_syn(now, from, digest, rng)
+            }
             Message::Ack { digest, deltas } => {
+                self.peer_known = digest.known;
                 for d in deltas {
                     self.apply_delta(now, sender, d);
                 }
@@ -714,7 +721,7 @@ impl Gossiper {
             }
         }
         // Nodes in the digest's range that the sender did not list are nodes it has never heard of.
-        for id in ring_from(&self.nodes, digest.start) {
+        for id in ring_from(&self.nodes, digest.start).map(|(id, _)| id) {
             if !digest.covers(id) {
                 break;
             }
@@ -751,6 +758,7 @@ impl Gossiper {
         let digest = Digest {
             start: NodeId(0),
             end: NodeId(1),
+            known: self.nodes.len() as u64,
             entries,
         };
         self.send(from, Message::Ack { digest, deltas }, rng);
@@ -886,13 +894,13 @@ impl Gossiper {
         let pre_listed = entries.len();
         let start = NodeId(rng.next_u64());
         let mut end = start;
-        for (id, s) in self.nodes.range(start..).chain(self.nodes.range(..start)) {
-            if entries[..pre_listed].iter().any(|e| e.node == *id) {
+        for (id, s) in ring_from(&self.nodes, start) {
+            if entries[..pre_listed].iter().any(|e| e.node == id) {
                 continue;
             }
-            let e = s.entry(*id);
+            let e = s.entry(id);
             if !fits(&e, &mut budget) {
-                end = *id;
+                end = id;
                 break;
             }
             entries.push(e);
@@ -904,6 +912,7 @@ impl Gossiper {
         Digest {
             start,
             end,
+            known: self.nodes.len() as u64,
             entries,
         }
     }
@@ -911,10 +920,11 @@ impl Gossiper {
     /// The heartbeat interval to assume for a node just heard of: the configured bootstrap interval, or
     /// longer in a cluster too large for one digest. A node's heartbeat reaches a given peer about every
     /// other round when digests cover the whole cluster, and proportionally less often when they cover only
-    /// a part of it; assuming the small-cluster rhythm there would convict newcomers that are merely quiet.
+    /// a part of it; assuming the small-cluster rhythm there would convict nodes that are merely quiet. The
+    /// size is what peers report too, so a newcomer that knows few members yet is not misled.
     fn expected_update_interval(&self) -> Duration {
         let per_digest = (MAX_PAYLOAD / 18) as u32;
-        let n = self.nodes.len() as u32;
+        let n = (self.nodes.len() as u64).max(self.peer_known).min(1 << 20) as u32;
         let rounds = (2 * n).div_ceil(per_digest).max(1);
         self.config
             .phi
@@ -1096,13 +1106,13 @@ fn apply_kvs(s: &mut NodeState, kvs: &[KeyValue]) -> bool {
     changed
 }
 
-/// Node ids in ring order starting at `start`.
+/// Members in ring order, starting at the first id at or after `start`.
 fn ring_from(
     nodes: &BTreeMap<NodeId, NodeState>,
     start: NodeId,
-) -> impl Iterator<Item = NodeId> + '_ {
+) -> impl Iterator<Item = (NodeId, &NodeState)> {
     nodes
         .range(start..)
         .chain(nodes.range(..start))
-        .map(|(id, _)| *id)
+        .map(|(id, s)| (*id, s))
 }

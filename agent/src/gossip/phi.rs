@@ -22,7 +22,8 @@
 //! - `acceptable_pause`: a silence this long is forgiven outright (φ counts only the time beyond it).
 //!
 //! Before any interval is known the window holds one sample of `bootstrap_interval`, so a freshly seen
-//! node is judged by a sane prior rather than by nothing.
+//! node is judged by a sane prior rather than by nothing; once four real intervals are known the prior
+//! leaves the window, so a young detector is not slowed by it for the next hundred samples.
 
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ impl PhiConfig {
     }
 }
 
+/// Real intervals after which the bootstrap sample leaves the window.
+const BOOTSTRAP_UNTIL: usize = 4;
+
 /// Heartbeat history of one peer.
 ///
 /// Intervals are kept as whole milliseconds in a `u32` ring: a node of a 1000-node cluster holds 999 of
@@ -68,6 +72,8 @@ impl PhiConfig {
 #[derive(Debug, Clone)]
 pub struct PhiAccrualDetector {
     intervals: Vec<u32>,
+    /// Whether `intervals[0]` is still the bootstrap sample.
+    bootstrap: bool,
     next: usize,
     sum_ms: u64,
     last_arrival: Duration,
@@ -84,6 +90,7 @@ impl PhiAccrualDetector {
         let bootstrap = clamp_ms(bootstrap);
         PhiAccrualDetector {
             intervals: vec![bootstrap],
+            bootstrap: true,
             next: 1 % config.window.max(1),
             sum_ms: u64::from(bootstrap),
             last_arrival: now,
@@ -102,6 +109,13 @@ impl PhiAccrualDetector {
         }
         let ms = clamp_ms(interval);
         let window = config.window.max(1);
+        // The prior steps aside once the peer's own rhythm is known.
+        if self.bootstrap && self.intervals.len() > BOOTSTRAP_UNTIL && self.intervals.len() < window
+        {
+            self.sum_ms -= u64::from(self.intervals.remove(0));
+            self.bootstrap = false;
+            self.next = self.intervals.len();
+        }
         if self.intervals.len() < window {
             self.intervals.push(ms);
         } else {
@@ -191,6 +205,20 @@ mod tests {
         let d = PhiAccrualDetector::new(&c, ms(0));
         let phi = d.phi(&c, Duration::from_secs_f64(std::f64::consts::LN_10));
         assert!((phi - 1.0).abs() < 1e-9, "{phi}");
+    }
+
+    #[test]
+    fn the_bootstrap_sample_leaves_after_four_real_intervals() {
+        let c = config();
+        let mut d = PhiAccrualDetector::new(&c, ms(0)); // [1000]
+        for t in 1..=4 {
+            d.heartbeat(&c, ms(200 * t));
+        }
+        // [1000, 200, 200, 200, 200]: mean 360.
+        assert_eq!(d.mean_ms(&c), 360.0);
+        d.heartbeat(&c, ms(1100)); // [200, 200, 200, 200, 300]
+        assert_eq!(d.samples(), 5);
+        assert_eq!(d.mean_ms(&c), 220.0);
     }
 
     #[test]

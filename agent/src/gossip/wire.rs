@@ -93,6 +93,8 @@ pub struct DigestEntry {
 pub struct Digest {
     pub start: NodeId,
     pub end: NodeId,
+    /// How many members the sender knows: lets a newcomer size its expectations before it knows them all.
+    pub known: u64,
     pub entries: Vec<DigestEntry>,
 }
 
@@ -334,8 +336,8 @@ pub fn packet_header_len(generation: u64) -> usize {
     8 + varint_len(generation) + 1
 }
 
-/// Bytes of an empty digest (range and entry count, for up to 127 entries; callers keep a byte spare).
-pub const DIGEST_BASE_LEN: usize = 8 + 8 + 2;
+/// Bytes of an empty digest: range, member count (up to 2^21) and entry count (up to 16383).
+pub const DIGEST_BASE_LEN: usize = 8 + 8 + 3 + 2;
 
 impl DigestEntry {
     pub fn encoded_len(&self) -> usize {
@@ -385,6 +387,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 fn put_digest(out: &mut Vec<u8>, d: &Digest) {
     out.extend_from_slice(&d.start.0.to_le_bytes());
     out.extend_from_slice(&d.end.0.to_le_bytes());
+    put_varint(out, d.known);
     put_varint(out, d.entries.len() as u64);
     for e in &d.entries {
         out.extend_from_slice(&e.node.0.to_le_bytes());
@@ -541,6 +544,7 @@ impl Reader<'_> {
     fn digest(&mut self) -> Result<Digest, WireError> {
         let start = NodeId(self.u64()?);
         let end = NodeId(self.u64()?);
+        let known = self.varint()?;
         let n = self.count(11)?;
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
@@ -554,6 +558,7 @@ impl Reader<'_> {
         Ok(Digest {
             start,
             end,
+            known,
             entries,
         })
     }
@@ -624,11 +629,13 @@ mod tests {
         (
             any::<u64>(),
             any::<u64>(),
+            any::<u64>(),
             prop::collection::vec(arb_entry(), 0..20),
         )
-            .prop_map(|(s, e, entries)| Digest {
+            .prop_map(|(s, e, known, entries)| Digest {
                 start: NodeId(s),
                 end: NodeId(e),
+                known,
                 entries,
             })
     }
@@ -685,7 +692,8 @@ mod tests {
 
     fn computed_len(p: &Packet) -> usize {
         let digest_len = |d: &Digest| {
-            16 + varint_len(d.entries.len() as u64)
+            16 + varint_len(d.known)
+                + varint_len(d.entries.len() as u64)
                 + d.entries
                     .iter()
                     .map(DigestEntry::encoded_len)
@@ -767,6 +775,7 @@ mod tests {
         put_varint(&mut bytes, 1);
         bytes.push(KIND_SYN);
         bytes.extend_from_slice(&[0u8; 16]);
+        put_varint(&mut bytes, 100);
         put_varint(&mut bytes, 1 << 62);
         assert_eq!(
             Packet::decode(&bytes),
@@ -837,6 +846,7 @@ mod tests {
         let d = |s, e| Digest {
             start: NodeId(s),
             end: NodeId(e),
+            known: 0,
             entries: vec![],
         };
         assert!(d(10, 20).covers(NodeId(10)) && !d(10, 20).covers(NodeId(20)));

@@ -96,6 +96,11 @@ pub fn measure(n: usize, plan: Plan, seed: u64) -> Result<GossipFigures> {
         join.extend(d.values().copied());
     }
 
+    // Let the newcomers' detectors learn the rhythm: crash detection is measured in a settled cluster.
+    sim.run_for(Duration::from_secs(30));
+    let events = sim.take_events();
+    false_dead += count_false_dead(&sim, &events);
+
     // Crashes: one node dies silently, until every survivor has declared it dead.
     let mut crash = Vec::new();
     for t in 0..plan.trials {
