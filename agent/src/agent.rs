@@ -270,6 +270,9 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// 2025-01-01T00:00:00Z, where generations start counting.
+const GENERATION_EPOCH: u64 = 1_735_689_600;
+
 /// The node's persistent identity: an id that never changes and a generation that grows on every start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
@@ -279,8 +282,10 @@ pub struct Identity {
 
 impl Identity {
     /// Reads the node id from `state_dir/node-id` (making a random one the first time) and stores a new
-    /// generation, `max(previous + 1, unix seconds)`: the clock alone would not do on a Pi, which has no
-    /// real-time clock and may boot with a time older than its last run.
+    /// generation, `max(previous + 1, seconds since 2025-01-01)`: the clock alone would not do on a Pi,
+    /// which has no real-time clock and may boot with a time older than its last run, and the clock keeps
+    /// the generation growing when the state directory is lost (a re-flashed card). Counting from 2025
+    /// rather than 1970 keeps generations at four varint bytes until 2033: every digest entry carries one.
     pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Identity> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("state_dir: cannot create {}", state_dir.display()))?;
@@ -304,7 +309,7 @@ impl Identity {
             .unwrap_or(0);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_secs().saturating_sub(GENERATION_EPOCH))
             .unwrap_or(0);
         let generation = (previous + 1).max(now);
         write_atomic(&gen_path, &format!("{generation}\n"))?;

@@ -161,8 +161,8 @@ impl Sim {
         self.by_id.insert(id, i);
         self.nodes.push(SimNode {
             id,
-            // Generations are Unix times in the agent: simulate their size on the wire too.
-            generation: 1_764_000_000,
+            // Generations are seconds since 2025 in the agent: simulate their size on the wire too.
+            generation: 60_000_000,
             gossiper: None,
             epoch: 0,
             group: 0,

@@ -34,6 +34,10 @@ use self::wire::{
 
 /// The heartbeat of a node that left gracefully.
 pub const LEFT_HEARTBEAT: u64 = u64::MAX;
+/// Payload bytes of a `Syn`. A little under a full datagram: what the last few entries would add to
+/// heartbeat freshness is worth less than the bandwidth they cost on every round of every node.
+const SYN_DIGEST_BYTES: usize = 1300;
+
 /// The reserved key holding a node's gossip address.
 pub const ADDR_KEY: &str = "_addr";
 
@@ -868,7 +872,7 @@ impl Gossiper {
     /// A digest of at most one datagram: this node, the freshest rumours, then a random arc of the ring.
     fn build_digest(&self, rng: &mut impl RngCore, hot: &[NodeId]) -> Digest {
         let mut budget =
-            MAX_PAYLOAD - wire::packet_header_len(self.generation()) - wire::DIGEST_BASE_LEN;
+            SYN_DIGEST_BYTES - wire::packet_header_len(self.generation()) - wire::DIGEST_BASE_LEN;
         let mut entries: Vec<DigestEntry> = Vec::new();
         let fits = |e: &DigestEntry, budget: &mut usize| -> bool {
             if e.encoded_len() > *budget {
