@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::gossip::{Event, Gossiper, Member, NodeId, Stats, Transmit};
+use crate::gossip::{Event, EventKind, Gossiper, Member, NodeId, Stats, Transmit};
 
 /// How often seed host names are resolved again (a Pi's DHCP address may change).
 const SEED_REFRESH: Duration = Duration::from_secs(30);
@@ -45,6 +45,11 @@ impl Agent {
         let advertise = advertise_addr(&config, local_addr, &seeds)?;
         let identity = Identity::load_or_create(&config.state_dir)?;
 
+        if config.gossip.insecure {
+            tracing::warn!(
+                "gossip.insecure = true: datagrams are neither encrypted nor authenticated"
+            );
+        }
         let started = Instant::now();
         let mut gossip_config = config.gossip_config();
         gossip_config.seeds = seeds;
@@ -210,7 +215,11 @@ async fn run_loop(
 
 fn drain(g: &mut Gossiper, events: &broadcast::Sender<Event>) -> Vec<Transmit> {
     while let Some(e) = g.poll_event() {
-        tracing::info!(node = %e.node, generation = e.generation, kind = ?e.kind, "membership");
+        if e.kind == EventKind::Updated {
+            tracing::debug!(node = %e.node, generation = e.generation, "member updated");
+        } else {
+            tracing::info!(node = %e.node, generation = e.generation, kind = ?e.kind, "membership");
+        }
         // No subscriber is fine.
         let _ = events.send(e);
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use herd::agent::Agent;
 use herd::config::Config;
 use herd::gossip::wire::ClusterKey;
-use herd::gossip::{Liveness, NodeId};
+use herd::gossip::{EventKind, Liveness, NodeId};
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
@@ -94,6 +94,9 @@ async fn ten_agents_converge_detect_a_crash_and_a_leave_and_keep_out_a_wrong_key
     .unwrap();
     let intruder_id = intruder.id();
 
+    // Later layers learn of membership changes through the event stream.
+    let mut events = agents[0].subscribe();
+
     // Kill one (no goodbye), stop another gracefully.
     let killed = agents.remove(9);
     let killed_id = killed.id();
@@ -112,6 +115,15 @@ async fn ten_agents_converge_detect_a_crash_and_a_leave_and_keep_out_a_wrong_key
     })
     .await;
     println!("crash declared dead by all in {took:?}");
+
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push((e.kind, e.node));
+    }
+    assert!(seen.contains(&(EventKind::Left, leaver_id)), "{seen:?}");
+    assert!(seen.contains(&(EventKind::Suspect, killed_id)), "{seen:?}");
+    assert!(seen.contains(&(EventKind::Dead, killed_id)), "{seen:?}");
+    assert!(!seen.contains(&(EventKind::Dead, leaver_id)), "{seen:?}");
 
     // The intruder had all that time: nobody knows it, it knows nobody, and its packets were rejected.
     for a in &agents {
