@@ -646,16 +646,20 @@ impl Gossiper {
                 self.peer_known = digest.known;
                 self.on_syn(now, from, digest, rng)
             }
-            Message::Ack { digest, deltas } => {
-                self.peer_known = digest.known;
+            Message::Ack {
+                known,
+                entries,
+                deltas,
+            } => {
+                self.peer_known = known;
                 for d in deltas {
                     self.apply_delta(now, sender, d);
                 }
-                self.observe(now, &digest.entries);
+                self.observe(now, &entries);
                 let budget = MAX_PAYLOAD - wire::packet_header_len(self.generation()) - 2;
                 let mut used = 0;
                 let mut deltas = Vec::new();
-                for e in &digest.entries {
+                for e in &entries {
                     if let Some(d) = self.delta_for(e.node, Some(e), budget - used) {
                         used += d.encoded_len();
                         deltas.push(d);
@@ -734,7 +738,7 @@ impl Gossiper {
             }
         }
 
-        let header = wire::packet_header_len(self.generation()) + wire::DIGEST_BASE_LEN + 2;
+        let header = wire::packet_header_len(self.generation()) + wire::ACK_BASE_LEN;
         let mut budget = MAX_PAYLOAD - header;
         let mut entries = Vec::new();
         for e in requests {
@@ -758,14 +762,16 @@ impl Gossiper {
             budget -= e.encoded_len();
             entries.push(e);
         }
-        // A one-id range: these entries are answers, not a census (the receiver reads them one by one).
-        let digest = Digest {
-            start: NodeId(0),
-            end: NodeId(1),
-            known: self.nodes.len() as u64,
-            entries,
-        };
-        self.send(from, Message::Ack { digest, deltas }, rng);
+        let known = self.nodes.len() as u64;
+        self.send(
+            from,
+            Message::Ack {
+                known,
+                entries,
+                deltas,
+            },
+            rng,
+        );
     }
 
     /// What a peer whose view of `id` is `entry` (`None`: never heard of it) lacks, within `budget`.

@@ -21,9 +21,11 @@
 //!   floor on the mean; a burst of closely spaced arrivals cannot make a short silence look fatal;
 //! - `acceptable_pause`: a silence this long is forgiven outright (φ counts only the time beyond it).
 //!
-//! Before any interval is known the window holds one sample of `bootstrap_interval`, so a freshly seen
-//! node is judged by a sane prior rather than by nothing; once four real intervals are known the prior
-//! leaves the window, so a young detector is not slowed by it for the next hundred samples.
+//! A new detector's window starts a quarter full of `bootstrap_interval` samples: a prior worth a quarter
+//! of the window, which real intervals dilute and, once the window wraps, replace. A freshly seen node is
+//! so judged by a sane expectation rather than by its first few intervals, which mislead in a large
+//! cluster: a newcomer's first heartbeats arrive fast (its news is a rumour every digest carries) and then
+//! slow down, and a mean of those alone convicted newcomers that were merely quiet.
 
 use std::time::Duration;
 
@@ -49,7 +51,7 @@ impl Default for PhiConfig {
             window: 100,
             min_std_dev: Duration::from_millis(100),
             acceptable_pause: Duration::ZERO,
-            bootstrap_interval: Duration::from_secs(1),
+            bootstrap_interval: Duration::from_millis(400),
         }
     }
 }
@@ -62,8 +64,8 @@ impl PhiConfig {
     }
 }
 
-/// Real intervals after which the bootstrap sample leaves the window.
-const BOOTSTRAP_UNTIL: usize = 4;
+/// The prior fills one `PRIOR_SHARE`th of the window.
+const PRIOR_SHARE: usize = 4;
 
 /// Heartbeat history of one peer.
 ///
@@ -72,8 +74,6 @@ const BOOTSTRAP_UNTIL: usize = 4;
 #[derive(Debug, Clone)]
 pub struct PhiAccrualDetector {
     intervals: Vec<u32>,
-    /// Whether `intervals[0]` is still the bootstrap sample.
-    bootstrap: bool,
     next: usize,
     sum_ms: u64,
     last_arrival: Duration,
@@ -85,14 +85,15 @@ impl PhiAccrualDetector {
         Self::with_bootstrap(config.bootstrap_interval, config, now)
     }
 
-    /// A detector that assumes `bootstrap` as its first interval instead of the configured one.
+    /// A detector that assumes `bootstrap` as its prior instead of the configured interval.
     pub fn with_bootstrap(bootstrap: Duration, config: &PhiConfig, now: Duration) -> Self {
         let bootstrap = clamp_ms(bootstrap);
+        let window = config.window.max(1);
+        let prior = (window / PRIOR_SHARE).max(1);
         PhiAccrualDetector {
-            intervals: vec![bootstrap],
-            bootstrap: true,
-            next: 1 % config.window.max(1),
-            sum_ms: u64::from(bootstrap),
+            intervals: vec![bootstrap; prior],
+            next: prior % window,
+            sum_ms: u64::from(bootstrap) * prior as u64,
             last_arrival: now,
         }
     }
@@ -109,13 +110,6 @@ impl PhiAccrualDetector {
         }
         let ms = clamp_ms(interval);
         let window = config.window.max(1);
-        // The prior steps aside once the peer's own rhythm is known.
-        if self.bootstrap && self.intervals.len() > BOOTSTRAP_UNTIL && self.intervals.len() < window
-        {
-            self.sum_ms -= u64::from(self.intervals.remove(0));
-            self.bootstrap = false;
-            self.next = self.intervals.len();
-        }
         if self.intervals.len() < window {
             self.intervals.push(ms);
         } else {
@@ -172,13 +166,18 @@ mod tests {
     fn config() -> PhiConfig {
         PhiConfig {
             min_std_dev: Duration::ZERO,
+            bootstrap_interval: ms(1000),
             ..PhiConfig::default()
         }
     }
 
     #[test]
     fn phi_matches_hand_computed_values() {
-        let c = config();
+        // A window of 4 holds one prior sample.
+        let c = PhiConfig {
+            window: 4,
+            ..config()
+        };
         // Bootstrap sample 1000 ms, then intervals of 500, 500 and 1000 ms: mean = 3000 / 4 = 750 ms.
         let mut d = PhiAccrualDetector::new(&c, ms(0));
         d.heartbeat(&c, ms(500));
@@ -208,17 +207,37 @@ mod tests {
     }
 
     #[test]
-    fn the_bootstrap_sample_leaves_after_four_real_intervals() {
-        let c = config();
+    fn the_bootstrap_sample_stays_until_the_window_wraps() {
+        let c = PhiConfig {
+            window: 6,
+            ..config()
+        };
         let mut d = PhiAccrualDetector::new(&c, ms(0)); // [1000]
-        for t in 1..=4 {
+        for t in 1..=5 {
             d.heartbeat(&c, ms(200 * t));
         }
-        // [1000, 200, 200, 200, 200]: mean 360.
-        assert_eq!(d.mean_ms(&c), 360.0);
-        d.heartbeat(&c, ms(1100)); // [200, 200, 200, 200, 300]
-        assert_eq!(d.samples(), 5);
-        assert_eq!(d.mean_ms(&c), 220.0);
+        // [1000, 200, 200, 200, 200, 200]: mean 2000 / 6.
+        assert!((d.mean_ms(&c) - 2000.0 / 6.0).abs() < 1e-9);
+        d.heartbeat(&c, ms(1300)); // [300, 200, 200, 200, 200, 200]
+        assert_eq!(d.mean_ms(&c), 1300.0 / 6.0);
+    }
+
+    #[test]
+    fn the_prior_is_worth_a_quarter_of_the_window() {
+        let c = config();
+        let mut d = PhiAccrualDetector::new(&c, ms(0)); // 25 × 1000 ms
+        for t in 1..=25 {
+            d.heartbeat(&c, ms(200 * t));
+        }
+        // (25 · 1000 + 25 · 200) / 50 = 600 ms.
+        assert_eq!(d.samples(), 50);
+        assert_eq!(d.mean_ms(&c), 600.0);
+        for t in 26..=100 {
+            d.heartbeat(&c, ms(200 * t));
+        }
+        // The window wrapped over the prior: only real intervals are left.
+        assert_eq!(d.samples(), 100);
+        assert_eq!(d.mean_ms(&c), 200.0);
     }
 
     #[test]
@@ -273,7 +292,7 @@ mod tests {
         let mut d = PhiAccrualDetector::new(&c, ms(0));
         d.heartbeat(&c, ms(1000));
         d.heartbeat(&c, ms(600_000)); // ten minutes of partition
-        assert_eq!(d.samples(), 2);
+        assert_eq!(d.samples(), 26);
         assert_eq!(d.mean_ms(&c), 1000.0);
         assert_eq!(d.last_arrival(), ms(600_000));
     }

@@ -129,15 +129,18 @@ pub struct NodeDelta {
     pub kvs: Vec<KeyValue>,
 }
 
-/// A gossip message. One exchange is Syn (digest) → Ack (deltas + digest of what the responder lacks) →
-/// Ack2 (deltas); Leave announces a graceful shutdown.
+/// A gossip message. One exchange is Syn (digest) → Ack (deltas, and entries for what the responder lacks
+/// or knows fresher) → Ack2 (deltas); Leave announces a graceful shutdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Syn {
         digest: Digest,
     },
     Ack {
-        digest: Digest,
+        /// How many members the responder knows.
+        known: u64,
+        /// Answers to the digest, read one by one (no range: they are not a census).
+        entries: Vec<DigestEntry>,
         deltas: Vec<NodeDelta>,
     },
     Ack2 {
@@ -338,6 +341,8 @@ pub fn packet_header_len(generation: u64) -> usize {
 
 /// Bytes of an empty digest: range, member count (up to 2^21) and entry count (up to 16383).
 pub const DIGEST_BASE_LEN: usize = 8 + 8 + 3 + 2;
+/// Bytes of an empty Ack: member count, entry count and delta count.
+pub const ACK_BASE_LEN: usize = 3 + 2 + 2;
 
 impl DigestEntry {
     pub fn encoded_len(&self) -> usize {
@@ -388,8 +393,12 @@ fn put_digest(out: &mut Vec<u8>, d: &Digest) {
     out.extend_from_slice(&d.start.0.to_le_bytes());
     out.extend_from_slice(&d.end.0.to_le_bytes());
     put_varint(out, d.known);
-    put_varint(out, d.entries.len() as u64);
-    for e in &d.entries {
+    put_entries(out, &d.entries);
+}
+
+fn put_entries(out: &mut Vec<u8>, entries: &[DigestEntry]) {
+    put_varint(out, entries.len() as u64);
+    for e in entries {
         out.extend_from_slice(&e.node.0.to_le_bytes());
         put_varint(out, e.generation);
         put_varint(out, e.heartbeat);
@@ -435,9 +444,14 @@ impl Packet {
                 out.push(KIND_SYN);
                 put_digest(&mut out, digest);
             }
-            Message::Ack { digest, deltas } => {
+            Message::Ack {
+                known,
+                entries,
+                deltas,
+            } => {
                 out.push(KIND_ACK);
-                put_digest(&mut out, digest);
+                put_varint(&mut out, *known);
+                put_entries(&mut out, entries);
                 put_deltas(&mut out, deltas);
             }
             Message::Ack2 { deltas } => {
@@ -459,7 +473,8 @@ impl Packet {
                 digest: r.digest()?,
             },
             KIND_ACK => Message::Ack {
-                digest: r.digest()?,
+                known: r.varint()?,
+                entries: r.entries()?,
                 deltas: r.deltas()?,
             },
             KIND_ACK2 => Message::Ack2 {
@@ -545,6 +560,16 @@ impl Reader<'_> {
         let start = NodeId(self.u64()?);
         let end = NodeId(self.u64()?);
         let known = self.varint()?;
+        let entries = self.entries()?;
+        Ok(Digest {
+            start,
+            end,
+            known,
+            entries,
+        })
+    }
+
+    fn entries(&mut self) -> Result<Vec<DigestEntry>, WireError> {
         let n = self.count(11)?;
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
@@ -555,12 +580,7 @@ impl Reader<'_> {
                 max_version: self.varint()?,
             });
         }
-        Ok(Digest {
-            start,
-            end,
-            known,
-            entries,
-        })
+        Ok(entries)
     }
 
     fn deltas(&mut self) -> Result<Vec<NodeDelta>, WireError> {
@@ -675,8 +695,16 @@ mod tests {
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
             arb_digest().prop_map(|digest| Message::Syn { digest }),
-            (arb_digest(), prop::collection::vec(arb_delta(), 0..5))
-                .prop_map(|(digest, deltas)| Message::Ack { digest, deltas }),
+            (
+                any::<u64>(),
+                prop::collection::vec(arb_entry(), 0..20),
+                prop::collection::vec(arb_delta(), 0..5)
+            )
+                .prop_map(|(known, entries, deltas)| Message::Ack {
+                    known,
+                    entries,
+                    deltas
+                }),
             prop::collection::vec(arb_delta(), 0..5).prop_map(|deltas| Message::Ack2 { deltas }),
             Just(Message::Leave),
         ]
@@ -691,14 +719,10 @@ mod tests {
     }
 
     fn computed_len(p: &Packet) -> usize {
-        let digest_len = |d: &Digest| {
-            16 + varint_len(d.known)
-                + varint_len(d.entries.len() as u64)
-                + d.entries
-                    .iter()
-                    .map(DigestEntry::encoded_len)
-                    .sum::<usize>()
+        let entries_len = |es: &[DigestEntry]| {
+            varint_len(es.len() as u64) + es.iter().map(DigestEntry::encoded_len).sum::<usize>()
         };
+        let digest_len = |d: &Digest| 16 + varint_len(d.known) + entries_len(&d.entries);
         let deltas_len = |ds: &[NodeDelta]| {
             varint_len(ds.len() as u64)
                 + ds.iter()
@@ -708,7 +732,11 @@ mod tests {
         packet_header_len(p.generation)
             + match &p.message {
                 Message::Syn { digest } => digest_len(digest),
-                Message::Ack { digest, deltas } => digest_len(digest) + deltas_len(deltas),
+                Message::Ack {
+                    known,
+                    entries,
+                    deltas,
+                } => varint_len(*known) + entries_len(entries) + deltas_len(deltas),
                 Message::Ack2 { deltas } => deltas_len(deltas),
                 Message::Leave => 0,
             }
