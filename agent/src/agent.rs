@@ -258,18 +258,22 @@ fn advertise_addr(
     if !local.ip().is_unspecified() {
         return Ok(local);
     }
-    // Ask the kernel which interface routes to the first seed: connecting a UDP socket sends nothing.
-    if let Some(seed) = seeds.first() {
+    // Ask the kernel which interface routes to the first seed, or else to the mDNS group (the LAN):
+    // connecting a UDP socket sends nothing.
+    let mdns: SocketAddr = "224.0.0.251:5353".parse().expect("constant");
+    for target in seeds.iter().take(1).chain(std::iter::once(&mdns)) {
         let probe = std::net::UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), 0))?;
-        if probe.connect(seed).is_ok() {
+        if probe.connect(target).is_ok() {
             if let Ok(a) = probe.local_addr() {
-                return Ok(SocketAddr::new(a.ip(), local.port()));
+                if !a.ip().is_unspecified() {
+                    return Ok(SocketAddr::new(a.ip(), local.port()));
+                }
             }
         }
     }
     bail!(
-        "gossip.advertise: cannot tell which address peers should use (bound to {local}, no reachable \
-         seed); set gossip.advertise or bind to a specific address"
+        "gossip.advertise: cannot tell which address peers should use (bound to {local}, no route to a \
+         seed or to the LAN); set gossip.advertise or bind to a specific address"
     )
 }
 

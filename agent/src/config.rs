@@ -52,7 +52,7 @@ pub struct GossipSection {
     #[serde(default = "default_bind")]
     pub bind: SocketAddr,
     /// Address peers should use to reach this node; by default the bind address, or the address of the
-    /// interface that routes to the first seed.
+    /// interface that routes to the first seed, or to the LAN's multicast group.
     #[serde(default)]
     pub advertise: Option<SocketAddr>,
     /// `host:port` of agents to contact when no peer is known.
