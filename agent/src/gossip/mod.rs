@@ -697,15 +697,8 @@ impl Gossiper {
             match self.nodes.get_mut(&e.node) {
                 Some(s) if s.generation > e.generation => wanted.push((e.node, Some(e))),
                 Some(s) if s.generation == e.generation => {
-                    if e.heartbeat > s.heartbeat && !is_me {
-                        beat(
-                            &mut self.notes,
-                            &self.config.phi,
-                            e.node,
-                            s,
-                            e.heartbeat,
-                            now,
-                        );
+                    if !is_me {
+                        take_heartbeat(&mut self.notes, &self.config.phi, s, e, now);
                     }
                     if s.max_version > e.max_version {
                         wanted.push((e.node, Some(e)));
@@ -800,16 +793,7 @@ impl Gossiper {
                 continue;
             }
             if let Some(s) = self.nodes.get_mut(&e.node) {
-                if s.generation == e.generation && e.heartbeat > s.heartbeat {
-                    beat(
-                        &mut self.notes,
-                        &self.config.phi,
-                        e.node,
-                        s,
-                        e.heartbeat,
-                        now,
-                    );
-                }
+                take_heartbeat(&mut self.notes, &self.config.phi, s, e, now);
             }
         }
     }
@@ -1065,6 +1049,19 @@ fn mark_left(notes: &mut Notes, id: NodeId, s: &mut NodeState, now: Duration) {
         s.since = now;
         notes.changed(id, s, now);
         notes.push(EventKind::Left, id, s, now);
+    }
+}
+
+/// Takes the heartbeat a digest entry carries, when it is a newer one of the same generation.
+fn take_heartbeat(
+    notes: &mut Notes,
+    phi: &PhiConfig,
+    s: &mut NodeState,
+    e: &DigestEntry,
+    now: Duration,
+) {
+    if s.generation == e.generation && e.heartbeat > s.heartbeat {
+        beat(notes, phi, e.node, s, e.heartbeat, now);
     }
 }
 
