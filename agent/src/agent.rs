@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::discovery::{Announcement, Change, Mdns};
 use crate::gossip::{Event, EventKind, Gossiper, Member, NodeId, Stats, Transmit};
 
 /// How often seed host names are resolved again (a Pi's DHCP address may change).
@@ -26,16 +27,14 @@ const SEED_REFRESH: Duration = Duration::from_secs(30);
 
 /// A running agent.
 pub struct Agent {
-    gossiper: Arc<Mutex<Gossiper>>,
-    started: Instant,
-    events: broadcast::Sender<Event>,
+    handle: Handle,
     local_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Agent {
-    /// Binds the socket, loads or creates the node's identity, and starts gossiping.
+    /// Binds the socket, loads or creates the node's identity, starts mDNS discovery, and starts gossiping.
     pub async fn start(config: Config) -> anyhow::Result<Agent> {
         let socket = UdpSocket::bind(config.gossip.bind)
             .await
@@ -50,9 +49,34 @@ impl Agent {
                 "gossip.insecure = true: datagrams are neither encrypted nor authenticated"
             );
         }
+        let mdns = if config.discovery.mdns {
+            let announcement = Announcement {
+                cluster: config.cluster.clone(),
+                id: identity.id,
+                gossip_port: advertise.port(),
+                http_port: None,
+                interfaces: config.discovery.interfaces.clone(),
+            };
+            match Mdns::start(&announcement) {
+                Ok(m) => Some(m),
+                // Without seeds the agent could never find a peer: fail loudly. With seeds it can still
+                // do its job, so it runs and says what is missing.
+                Err(e) if config.gossip.seeds.is_empty() => {
+                    return Err(
+                        e.context("discovery.mdns: no way to find peers (and no gossip.seeds)")
+                    )
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "mDNS discovery is off; relying on gossip.seeds");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let started = Instant::now();
         let mut gossip_config = config.gossip_config();
-        gossip_config.seeds = seeds;
+        gossip_config.seeds = seeds.clone();
         let mut gossiper = Gossiper::new(
             gossip_config,
             config.security(),
@@ -79,35 +103,94 @@ impl Agent {
         let gossiper = Arc::new(Mutex::new(gossiper));
         let (events, _) = broadcast::channel(1024);
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run_loop(
-            Arc::clone(&gossiper),
-            socket,
-            started,
-            events.clone(),
-            config.gossip.seeds.clone(),
-            stopped,
-        ));
+        let task = tokio::spawn(
+            Loop {
+                gossiper: Arc::clone(&gossiper),
+                socket,
+                started,
+                events: events.clone(),
+                auto_advertise: config.gossip.advertise.is_none()
+                    && local_addr.ip().is_unspecified(),
+                config,
+                static_seeds: seeds,
+                mdns,
+            }
+            .run(stopped),
+        );
         Ok(Agent {
-            gossiper,
-            started,
-            events,
+            handle: Handle {
+                gossiper,
+                started,
+                events,
+            },
             local_addr,
             stop: Some(stop),
             task,
         })
     }
 
+    /// A cheap, cloneable view of the agent's state for readers (the API, tests) on any thread.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.handle.id()
+    }
+
+    /// The address the gossip socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Every known member as seen by this agent.
+    pub fn members(&self) -> Vec<Member> {
+        self.handle.members()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.handle.stats()
+    }
+
+    /// Membership events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.handle.subscribe()
+    }
+
+    /// Sets a key of this node's gossiped state.
+    pub fn set(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        self.handle.set(key, value)
+    }
+
+    /// Leaves the cluster gracefully and waits for the agent to stop.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.context("agent task panicked")?
+    }
+
+    /// Stops the agent abruptly, without a word to its peers: what a power cut looks like to them.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Shared access to a running agent's state. Locks are brief and never held across an `.await`.
+#[derive(Clone)]
+pub struct Handle {
+    gossiper: Arc<Mutex<Gossiper>>,
+    started: Instant,
+    events: broadcast::Sender<Event>,
+}
+
+impl Handle {
     fn lock(&self) -> MutexGuard<'_, Gossiper> {
         self.gossiper.lock().expect("gossiper lock poisoned")
     }
 
     pub fn id(&self) -> NodeId {
         self.lock().id()
-    }
-
-    /// The address the gossip socket is bound to.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
     }
 
     /// Every known member as seen by this agent.
@@ -129,19 +212,6 @@ impl Agent {
     pub fn set(&self, key: &str, value: &str) -> anyhow::Result<()> {
         Ok(self.lock().set(key, value)?)
     }
-
-    /// Leaves the cluster gracefully and waits for the agent to stop.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task).await.context("agent task panicked")?
-    }
-
-    /// Stops the agent abruptly, without a word to its peers: what a power cut looks like to them.
-    pub fn kill(self) {
-        self.task.abort();
-    }
 }
 
 /// Runs an agent until `shutdown` completes, then leaves the cluster gracefully.
@@ -161,55 +231,115 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
 }
 
-async fn run_loop(
+/// The agent's task: owns the socket and the discovery, and drives the gossiper.
+struct Loop {
     gossiper: Arc<Mutex<Gossiper>>,
     socket: UdpSocket,
     started: Instant,
     events: broadcast::Sender<Event>,
-    seed_names: Vec<String>,
-    mut stop: oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
-    let mut rng = ChaCha20Rng::from_entropy();
-    let mut buf = vec![0u8; 65536];
-    let mut refresh =
-        tokio::time::interval_at(tokio::time::Instant::now() + SEED_REFRESH, SEED_REFRESH);
-    loop {
-        let wake = gossiper.lock().expect("lock").next_wakeup();
-        let out = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
-                    let mut g = gossiper.lock().expect("lock");
-                    g.handle_datagram(started.elapsed(), from, &buf[..n], &mut rng);
-                    drain(&mut g, &events)
+    config: Config,
+    /// The advertised address follows the machine's addresses (not fixed by the configuration).
+    auto_advertise: bool,
+    static_seeds: Vec<SocketAddr>,
+    mdns: Option<Mdns>,
+}
+
+impl Loop {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) -> anyhow::Result<()> {
+        let mut rng = ChaCha20Rng::from_entropy();
+        let mut buf = vec![0u8; 65536];
+        let mut refresh =
+            tokio::time::interval_at(tokio::time::Instant::now() + SEED_REFRESH, SEED_REFRESH);
+        loop {
+            let wake = self.gossiper.lock().expect("lock").next_wakeup();
+            let discovered = async {
+                match &mut self.mdns {
+                    Some(m) => m.next().await,
+                    None => std::future::pending().await,
                 }
-                Err(e) => {
-                    // ICMP errors of earlier sends surface here on Linux; they are not fatal.
-                    tracing::debug!(error = %e, "receive failed");
+            };
+            let out = tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        let mut g = self.gossiper.lock().expect("lock");
+                        g.handle_datagram(self.started.elapsed(), from, &buf[..n], &mut rng);
+                        drain(&mut g, &self.events)
+                    }
+                    Err(e) => {
+                        // ICMP errors of earlier sends surface here on Linux; they are not fatal.
+                        tracing::debug!(error = %e, "receive failed");
+                        Vec::new()
+                    }
+                },
+                _ = tokio::time::sleep_until((self.started + wake).into()) => {
+                    let mut g = self.gossiper.lock().expect("lock");
+                    g.handle_tick(self.started.elapsed(), &mut rng);
+                    drain(&mut g, &self.events)
+                }
+                change = discovered => {
+                    match change {
+                        Change::Peers => self.update_seeds(),
+                        Change::LocalAddresses => self.update_advertise().await,
+                    }
                     Vec::new()
                 }
-            },
-            _ = tokio::time::sleep_until((started + wake).into()) => {
-                let mut g = gossiper.lock().expect("lock");
-                g.handle_tick(started.elapsed(), &mut rng);
-                drain(&mut g, &events)
-            }
-            _ = refresh.tick(), if !seed_names.is_empty() => {
-                let seeds = resolve_seeds(&seed_names).await;
-                gossiper.lock().expect("lock").set_seeds(seeds);
-                Vec::new()
-            }
-            _ = &mut stop => {
-                let out = {
-                    let mut g = gossiper.lock().expect("lock");
-                    g.leave(started.elapsed(), &mut rng);
-                    drain(&mut g, &events)
-                };
-                send_all(&socket, out).await;
-                tracing::info!("left the cluster");
-                return Ok(());
-            }
+                _ = refresh.tick() => {
+                    if !self.config.gossip.seeds.is_empty() {
+                        self.static_seeds = resolve_seeds(&self.config.gossip.seeds).await;
+                        self.update_seeds();
+                    }
+                    self.update_advertise().await;
+                    Vec::new()
+                }
+                _ = &mut stop => {
+                    let out = {
+                        let mut g = self.gossiper.lock().expect("lock");
+                        g.leave(self.started.elapsed(), &mut rng);
+                        drain(&mut g, &self.events)
+                    };
+                    send_all(&self.socket, out).await;
+                    tracing::info!("left the cluster");
+                    if let Some(m) = self.mdns.take() {
+                        m.stop().await;
+                    }
+                    return Ok(());
+                }
+            };
+            send_all(&self.socket, out).await;
+        }
+    }
+
+    /// Seeds are the configured ones plus every peer mDNS found.
+    fn update_seeds(&mut self) {
+        let mut seeds = self.static_seeds.clone();
+        if let Some(m) = &self.mdns {
+            seeds.extend(m.peers());
+        }
+        seeds.sort_unstable();
+        seeds.dedup();
+        self.gossiper.lock().expect("lock").set_seeds(seeds);
+    }
+
+    /// Follows a changed local address (a DHCP renewal, a cable moved to another network).
+    async fn update_advertise(&mut self) {
+        if !self.auto_advertise {
+            return;
+        }
+        let local = match self.socket.local_addr() {
+            Ok(a) => a,
+            Err(_) => return,
         };
-        send_all(&socket, out).await;
+        match advertise_addr(&self.config, local, &self.static_seeds) {
+            Ok(addr) => {
+                let mut g = self.gossiper.lock().expect("lock");
+                let now = self.started.elapsed();
+                if g.member(g.id(), now).and_then(|m| m.addr) != Some(addr) {
+                    tracing::info!(%addr, "advertised address changed");
+                    g.set_addr(addr);
+                }
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "no address to advertise"),
+        }
     }
 }
 
@@ -258,7 +388,13 @@ fn advertise_addr(
     if !local.ip().is_unspecified() {
         return Ok(local);
     }
-    // Ask the kernel which interface routes to the first seed, or else to the mDNS group (the LAN):
+    // The interfaces discovery was told to use come first.
+    let lan = crate::discovery::lan_ipv4s();
+    let wanted = &config.discovery.interfaces;
+    if let Some((_, ip)) = lan.iter().find(|(name, _)| wanted.contains(name)) {
+        return Ok(SocketAddr::new(IpAddr::V4(*ip), local.port()));
+    }
+    // Then ask the kernel which interface routes to the first seed, or else to the mDNS group (the LAN):
     // connecting a UDP socket sends nothing.
     let mdns: SocketAddr = "224.0.0.251:5353".parse().expect("constant");
     for target in seeds.iter().take(1).chain(std::iter::once(&mdns)) {
@@ -271,9 +407,13 @@ fn advertise_addr(
             }
         }
     }
+    // A switch with no router (no default route): any LAN interface will do.
+    if let Some((_, ip)) = lan.first() {
+        return Ok(SocketAddr::new(IpAddr::V4(*ip), local.port()));
+    }
     bail!(
         "gossip.advertise: cannot tell which address peers should use (bound to {local}, no route to a \
-         seed or to the LAN); set gossip.advertise or bind to a specific address"
+         seed or to the LAN, no network interface up); set gossip.advertise or bind to a specific address"
     )
 }
 

@@ -42,6 +42,21 @@ pub struct Config {
     pub gossip: GossipSection,
     #[serde(default)]
     pub failure_detector: FailureDetectorSection,
+    #[serde(default)]
+    pub discovery: DiscoverySection,
+}
+
+/// `[discovery]`: finding peers on the LAN with mDNS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySection {
+    /// Announce this agent and browse for peers as DNS-SD service `_herd._udp.local.`.
+    #[serde(default = "default_true")]
+    pub mdns: bool,
+    /// Interfaces to use for mDNS; empty means every IPv4 interface that is up, multicast-capable and
+    /// not loopback.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
 }
 
 /// `[gossip]`: transport, peers and security.
@@ -91,6 +106,9 @@ pub struct FailureDetectorSection {
     pub bootstrap_interval: Duration,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_cluster() -> String {
     "herd".into()
 }
@@ -120,6 +138,12 @@ fn default_bootstrap() -> Duration {
 }
 
 impl Default for GossipSection {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+impl Default for DiscoverySection {
     fn default() -> Self {
         toml::from_str("").expect("defaults deserialize")
     }
@@ -193,6 +217,22 @@ impl Config {
             ClusterKey::from_base64(&key.0)
                 .map_err(|e| anyhow::anyhow!("gossip.previous_keys[{i}]: {e}"))?;
         }
+        for (i, name) in self.discovery.interfaces.iter().enumerate() {
+            // Linux interface names: 1 to 15 bytes, no '/', no white space (IFNAMSIZ and dev_valid_name).
+            if name.is_empty()
+                || name.len() > 15
+                || name == "."
+                || name == ".."
+                || name
+                    .chars()
+                    .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+            {
+                bail!(
+                    "discovery.interfaces[{i}]: {name:?} is not an interface name (1 to 15 characters, \
+                     no '/', ':' or white space)"
+                );
+            }
+        }
         let f = &self.failure_detector;
         if !(f.phi_threshold.is_finite() && f.phi_threshold > 0.0) {
             bail!("failure_detector.phi_threshold: must be a positive number");
@@ -260,6 +300,8 @@ mod tests {
         assert_eq!(c.gossip_config().reap_after, d.gossip_config().reap_after);
         assert_eq!(c.gossip.bind, d.gossip.bind);
         assert_eq!(c.state_dir, d.state_dir);
+        assert_eq!(c.discovery.mdns, d.discovery.mdns);
+        assert_eq!(c.discovery.interfaces, d.discovery.interfaces);
     }
 
     #[test]
@@ -290,6 +332,27 @@ mod tests {
             err("[gossip]\ninsecure = true\n[failure_detector]\nphi_threshold = -1.0")
                 .contains("failure_detector.phi_threshold")
         );
+    }
+
+    #[test]
+    fn discovery_settings_are_checked() {
+        let ok = Config::parse(
+            "[gossip]\ninsecure = true\n[discovery]\nmdns = false\ninterfaces = [\"eth0\"]",
+        )
+        .unwrap();
+        assert!(!ok.discovery.mdns);
+        assert_eq!(ok.discovery.interfaces, ["eth0"]);
+        assert!(
+            Config::parse("[gossip]\ninsecure = true")
+                .unwrap()
+                .discovery
+                .mdns
+        );
+        let bad =
+            "[gossip]\ninsecure = true\n[discovery]\ninterfaces = [\"eth0\", \"a very long name\"]";
+        assert!(err(bad).contains("discovery.interfaces[1]"), "{}", err(bad));
+        assert!(err("[gossip]\ninsecure = true\n[discovery]\nmdsn = true")
+            .contains("unknown field `mdsn`"));
     }
 
     #[test]

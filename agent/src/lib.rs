@@ -5,5 +5,6 @@
 
 pub mod agent;
 pub mod config;
+pub mod discovery;
 pub mod gossip;
 pub mod sim;

@@ -23,6 +23,9 @@ fn config(ip: &str, key: &str, seed: Option<String>, state: &std::path::Path) ->
         seeds = [{seeds}]
         interval = "100ms"
         key = "{key}"
+        # Loopback only: the network rule keeps multicast off the machine's real interfaces.
+        [discovery]
+        mdns = false
         "#,
         state.display()
     ))

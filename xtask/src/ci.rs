@@ -4,10 +4,29 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
+use crate::deps::{ensure_packages, is_root, need, Need};
 use crate::util::{cargo, run as run_step, succeeds};
+
+/// What the multi-host tests (`ci/tests/lan.rs`) run inside network namespaces.
+const LAN_TEST_NEEDS: &[Need] = &[
+    need("ip", "iproute2"),
+    need("unshare", "util-linux"),
+    need("nsenter", "util-linux"),
+    need("avahi-daemon", "avahi-daemon"),
+    need("avahi-browse", "avahi-utils"),
+    need("dbus-daemon", "dbus-daemon"),
+    need("dbus-send", "dbus-bin"),
+];
 
 pub fn run() -> anyhow::Result<()> {
     ensure_components()?;
+    if !is_root() {
+        bail!(
+            "the multi-host tests build LANs of network namespaces, which needs root; run as root:\n    \
+             sudo env PATH=\"$PATH\" cargo xtask ci"
+        );
+    }
+    ensure_packages("multi-host tests", LAN_TEST_NEEDS)?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run_step("format", fmt)?;

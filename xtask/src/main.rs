@@ -3,6 +3,7 @@
 
 mod bench;
 mod ci;
+mod deps;
 mod util;
 
 use anyhow::bail;

@@ -1,0 +1,313 @@
+//! Several hosts on one LAN, each in its own network namespace, each running a real agent: discovery with
+//! mDNS alone, interplay with the real avahi-daemon and avahi-browse, clusters sharing a LAN, a cable
+//! pulled and plugged back, and static seeds without multicast. Every check reads the agents' own state.
+//!
+//! Needs root (network namespaces); `cargo xtask ci` runs it as such.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use herd::config::Config;
+use herd::gossip::{Liveness, NodeId};
+use herd_ci::netns::{HostAgent, Lan};
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A config with no seeds, no addresses and no node name: what every card of an image gets.
+fn config(cluster: &str, state: &std::path::Path) -> Config {
+    Config::parse(&format!(
+        r#"
+        cluster = "{cluster}"
+        state_dir = "{}"
+        [gossip]
+        interval = "100ms"
+        key = "{KEY}"
+        "#,
+        state.display()
+    ))
+    .unwrap()
+}
+
+struct Node {
+    agent: HostAgent,
+    _state: tempfile::TempDir,
+}
+
+impl Node {
+    fn id(&self) -> NodeId {
+        self.agent.handle().id()
+    }
+
+    /// Ids this agent holds alive, itself included.
+    fn alive(&self) -> BTreeSet<NodeId> {
+        self.agent
+            .handle()
+            .members()
+            .into_iter()
+            .filter(|m| m.liveness == Liveness::Alive)
+            .map(|m| m.id)
+            .collect()
+    }
+
+    fn liveness_of(&self, id: NodeId) -> Option<Liveness> {
+        self.agent
+            .handle()
+            .members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .map(|m| m.liveness)
+    }
+}
+
+fn start(lan: &Lan, host: usize, cluster: &str, edit: impl FnOnce(&mut Config)) -> Node {
+    let state = tempfile::tempdir().unwrap();
+    let mut c = config(cluster, state.path());
+    edit(&mut c);
+    Node {
+        agent: lan.start_agent(host, c).unwrap(),
+        _state: state,
+    }
+}
+
+/// Polls `check` every 100 ms for up to `limit`; panics with `what` and `state()` when it never holds.
+fn eventually(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> bool,
+    state: impl Fn() -> String,
+) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within {limit:?}\n{}", state())
+}
+
+fn views(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("{}: {:?}\n", n.id(), n.alive()))
+        .collect()
+}
+
+fn all_see(nodes: &[Node], ids: &BTreeSet<NodeId>) -> bool {
+    nodes.iter().all(|n| &n.alive() == ids)
+}
+
+#[test]
+fn five_hosts_with_no_seeds_find_each_other_with_mdns() {
+    let lan = Lan::new(5).unwrap();
+    let nodes: Vec<Node> = (0..5).map(|i| start(&lan, i, "lan", |_| {})).collect();
+    let ids: BTreeSet<NodeId> = nodes.iter().map(Node::id).collect();
+    let took = eventually(
+        Duration::from_secs(30),
+        "every agent sees 5 alive members",
+        || all_see(&nodes, &ids),
+        || views(&nodes),
+    );
+    println!("5 hosts converged {took:?} after start");
+    // Each agent found its own LAN address (no default route here) and advertises it to the others,
+    // under its host's name.
+    for (i, n) in nodes.iter().enumerate() {
+        let me = n.agent.handle().members();
+        let me = me.iter().find(|m| m.is_self).unwrap();
+        assert_eq!(
+            me.addr,
+            Some(SocketAddr::new(IpAddr::V4(lan.host(i).ip), 7946))
+        );
+        assert_eq!(me.kvs.get("name"), Some(&lan.host(i).hostname));
+    }
+}
+
+#[test]
+fn avahi_sees_every_agent_and_keeps_its_host_name() {
+    let lan = Lan::new(4).unwrap();
+    // Host 0: avahi-daemon first, then the agent beside it (both on UDP 5353).
+    let avahi = lan.start_avahi(0).unwrap();
+    let before = avahi.host_name_fqdn().unwrap();
+    assert_eq!(before, "h0.local");
+    let mut nodes = vec![start(&lan, 0, "lan", |_| {})];
+    // Host 1: the agent first, avahi-daemon after it, as when herd wins the race at boot: avahi probes
+    // for the host's name and would rename the host if the agent had claimed that name.
+    nodes.push(start(&lan, 1, "lan", |_| {}));
+    std::thread::sleep(Duration::from_secs(2));
+    let late = lan.start_avahi(1).unwrap();
+    nodes.extend((2..4).map(|i| start(&lan, i, "lan", |_| {})));
+    let ids: BTreeSet<NodeId> = nodes.iter().map(Node::id).collect();
+    eventually(
+        Duration::from_secs(30),
+        "every agent, those beside avahi included, sees 4 alive members",
+        || all_see(&nodes, &ids),
+        || views(&nodes),
+    );
+
+    // The standard zero-conf stack lists every agent with its TXT records.
+    let listed = std::cell::RefCell::new(Vec::new());
+    eventually(
+        Duration::from_secs(30),
+        "avahi-browse lists all 4 agents",
+        || {
+            let now = avahi.browse("_herd._udp").unwrap_or_default();
+            let all = ids.iter().all(|id| {
+                now.iter()
+                    .any(|b| b.txt("id") == Some(id.to_string().as_str()))
+            });
+            *listed.borrow_mut() = now;
+            all
+        },
+        || format!("{:#?}\n{}", listed.borrow(), avahi.logs()),
+    );
+    let listed = listed.into_inner();
+    for (i, n) in nodes.iter().enumerate() {
+        let id = n.id().to_string();
+        let b = listed
+            .iter()
+            .find(|b| b.txt("id") == Some(id.as_str()))
+            .unwrap();
+        assert_eq!(b.name, format!("herd-{id}"));
+        assert_eq!(b.host, format!("herd-{id}.local"));
+        assert_eq!(b.address, lan.host(i).ip.to_string());
+        assert_eq!(b.port, 7946);
+        assert_eq!(b.txt("cluster"), Some("lan"));
+        assert_eq!(b.txt("gossip"), Some("7946"));
+        assert_eq!(b.txt("version"), Some(env!("CARGO_PKG_VERSION")));
+    }
+
+    // Let a few more announcement rounds pass, then check neither avahi had to rename its host.
+    std::thread::sleep(Duration::from_secs(3));
+    for (a, name) in [(&avahi, "h0.local"), (&late, "h1.local")] {
+        assert_eq!(a.host_name_fqdn().unwrap(), name, "{}", a.logs());
+        assert!(
+            !a.logs().contains("conflict"),
+            "avahi saw a name conflict:\n{}",
+            a.logs()
+        );
+    }
+}
+
+#[test]
+fn two_clusters_on_one_lan_stay_separate() {
+    let lan = Lan::new(6).unwrap();
+    let red: Vec<Node> = (0..3).map(|i| start(&lan, i, "red", |_| {})).collect();
+    let blue: Vec<Node> = (3..6).map(|i| start(&lan, i, "blue", |_| {})).collect();
+    let red_ids: BTreeSet<NodeId> = red.iter().map(Node::id).collect();
+    let blue_ids: BTreeSet<NodeId> = blue.iter().map(Node::id).collect();
+    eventually(
+        Duration::from_secs(30),
+        "each cluster converges on its own three",
+        || all_see(&red, &red_ids) && all_see(&blue, &blue_ids),
+        || format!("red\n{}blue\n{}", views(&red), views(&blue)),
+    );
+    // And stays so: a few more seconds of announcements from both sides change nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    for n in red.iter().chain(&blue) {
+        let known: BTreeSet<NodeId> = n.agent.handle().members().iter().map(|m| m.id).collect();
+        let own = if red_ids.contains(&n.id()) {
+            &red_ids
+        } else {
+            &blue_ids
+        };
+        assert_eq!(&known, own, "an agent learnt of the other cluster");
+    }
+}
+
+#[test]
+fn a_host_cut_off_is_declared_dead_and_rejoins_when_its_cable_returns() {
+    let lan = Lan::new(4).unwrap();
+    let nodes: Vec<Node> = (0..4).map(|i| start(&lan, i, "lan", |_| {})).collect();
+    let ids: BTreeSet<NodeId> = nodes.iter().map(Node::id).collect();
+    eventually(
+        Duration::from_secs(30),
+        "4 alive everywhere",
+        || all_see(&nodes, &ids),
+        || views(&nodes),
+    );
+    let cut = nodes[3].id();
+    let generation = nodes[0].agent.handle().members()[..]
+        .iter()
+        .find(|m| m.id == cut)
+        .unwrap()
+        .generation;
+
+    lan.cut(3).unwrap();
+    let took = eventually(
+        Duration::from_secs(30),
+        "the others declare the cut host dead",
+        || {
+            nodes[..3]
+                .iter()
+                .all(|n| n.liveness_of(cut) == Some(Liveness::Dead))
+        },
+        || views(&nodes),
+    );
+    println!("cut host declared dead by all after {took:?}");
+
+    lan.restore(3).unwrap();
+    let took = eventually(
+        Duration::from_secs(30),
+        "the host rejoins once its cable is back",
+        || all_see(&nodes, &ids),
+        || views(&nodes),
+    );
+    println!("rejoined {took:?} after the cable returned");
+    let now = nodes[0].agent.handle().members();
+    let back = now.iter().find(|m| m.id == cut).unwrap();
+    assert_eq!(back.generation, generation, "it rejoined without a restart");
+}
+
+#[test]
+fn static_seeds_form_the_cluster_with_mdns_off() {
+    let lan = Lan::new(5).unwrap();
+    let seed = format!("{}:7946", lan.host(0).ip);
+    let nodes: Vec<Node> = (0..5)
+        .map(|i| {
+            start(&lan, i, "lan", |c| {
+                c.discovery.mdns = false;
+                c.gossip.seeds = vec![seed.clone()];
+            })
+        })
+        .collect();
+    let ids: BTreeSet<NodeId> = nodes.iter().map(Node::id).collect();
+    eventually(
+        Duration::from_secs(30),
+        "the seeded cluster converges",
+        || all_see(&nodes, &ids),
+        || views(&nodes),
+    );
+    // mDNS really is off: nothing in these namespaces holds UDP 5353 (a bind without SO_REUSEADDR
+    // fails while any socket has the port).
+    for i in 0..5 {
+        let free = lan
+            .spawn_in(i, || std::net::UdpSocket::bind("0.0.0.0:5353").is_ok())
+            .join()
+            .unwrap()
+            .unwrap();
+        assert!(
+            free,
+            "host {i}: something listens on 5353 with mdns = false"
+        );
+    }
+}
+
+#[test]
+fn the_harness_removes_its_namespaces_even_when_a_test_panics() {
+    let names = std::sync::Mutex::new(Vec::new());
+    let result = std::panic::catch_unwind(|| {
+        let lan = Lan::new(2).unwrap();
+        let _agent = start(&lan, 0, "lan", |_| {});
+        *names.lock().unwrap() = lan.namespaces();
+        panic!("a failing test");
+    });
+    assert!(result.is_err());
+    let names = names.into_inner().unwrap();
+    assert_eq!(names.len(), 3, "a switch and two hosts: {names:?}");
+    let left = herd_ci::netns::own_namespaces();
+    assert!(
+        names.iter().all(|n| !left.contains(n)),
+        "left behind: {left:?}"
+    );
+}
