@@ -18,9 +18,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::discovery::{Announcement, Change, Mdns};
 use crate::gossip::{Event, EventKind, Gossiper, Member, NodeId, Stats, Transmit};
+use crate::metadata::{MetaData, SERVICES_KEY};
+use crate::monitor::{Facts, Sample, Sampler, FACTS_KEY, SAMPLE_KEY};
 
 /// How often seed host names are resolved again (a Pi's DHCP address may change).
 const SEED_REFRESH: Duration = Duration::from_secs(30);
@@ -29,6 +32,10 @@ const SEED_REFRESH: Duration = Duration::from_secs(30);
 pub struct Agent {
     handle: Handle,
     local_addr: SocketAddr,
+    api_addr: Option<SocketAddr>,
+    /// Side tasks (monitoring, HTTP) that end with the agent.
+    helpers: Vec<JoinHandle<()>>,
+    api_stop: Option<oneshot::Sender<()>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -49,31 +56,6 @@ impl Agent {
                 "gossip.insecure = true: datagrams are neither encrypted nor authenticated"
             );
         }
-        let mdns = if config.discovery.mdns {
-            let announcement = Announcement {
-                cluster: config.cluster.clone(),
-                id: identity.id,
-                gossip_port: advertise.port(),
-                http_port: None,
-                interfaces: config.discovery.interfaces.clone(),
-            };
-            match Mdns::start(&announcement) {
-                Ok(m) => Some(m),
-                // Without seeds the agent could never find a peer: fail loudly. With seeds it can still
-                // do its job, so it runs and says what is missing.
-                Err(e) if config.gossip.seeds.is_empty() => {
-                    return Err(
-                        e.context("discovery.mdns: no way to find peers (and no gossip.seeds)")
-                    )
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "mDNS discovery is off; relying on gossip.seeds");
-                    None
-                }
-            }
-        } else {
-            None
-        };
         let started = Instant::now();
         let mut gossip_config = config.gossip_config();
         gossip_config.seeds = seeds.clone();
@@ -92,6 +74,74 @@ impl Agent {
         };
         gossiper.set("name", &name)?;
         gossiper.set("version", env!("CARGO_PKG_VERSION"))?;
+        let metadata = MetaData::load(&config.state_dir);
+        gossiper.set(SERVICES_KEY, &metadata.gossip_value())?;
+        gossiper.set(FACTS_KEY, &Facts::read().to_gossip())?;
+
+        let (events, _) = broadcast::channel(1024);
+        let handle = Handle {
+            gossiper: Arc::new(Mutex::new(gossiper)),
+            started,
+            events,
+        };
+        let mut helpers = Vec::new();
+        let (api_addr, api_stop) = if config.api.enabled {
+            let state = ApiState::new(
+                handle.clone(),
+                Arc::new(Mutex::new(metadata)),
+                config.api.token.clone(),
+                &config.cluster,
+            );
+            if config.api.token.is_none() {
+                tracing::warn!(
+                    "api.token is not set: anyone who can reach the API can change meta-data"
+                );
+            }
+            let (stop, stopped) = oneshot::channel::<()>();
+            let (addr, task) = api::serve(state, config.api.bind, async {
+                let _ = stopped.await;
+            })
+            .await?;
+            handle.set("http", &addr.port().to_string())?;
+            helpers.push(task);
+            tracing::info!(%addr, "serving the dashboard and API");
+            (Some(addr), Some(stop))
+        } else {
+            (None, None)
+        };
+        helpers.push(tokio::spawn(monitor_loop(
+            handle.clone(),
+            config.monitoring.interval,
+        )));
+
+        let mdns = if config.discovery.mdns {
+            let announcement = Announcement {
+                cluster: config.cluster.clone(),
+                id: identity.id,
+                gossip_port: advertise.port(),
+                http_port: api_addr.map(|a| a.port()),
+                interfaces: config.discovery.interfaces.clone(),
+            };
+            match Mdns::start(&announcement) {
+                Ok(m) => Some(m),
+                // Without seeds the agent could never find a peer: fail loudly. With seeds it can still
+                // do its job, so it runs and says what is missing.
+                Err(e) if config.gossip.seeds.is_empty() => {
+                    for h in &helpers {
+                        h.abort();
+                    }
+                    return Err(
+                        e.context("discovery.mdns: no way to find peers (and no gossip.seeds)")
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "mDNS discovery is off; relying on gossip.seeds");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         tracing::info!(
             id = %identity.id,
             generation = identity.generation,
@@ -100,15 +150,13 @@ impl Agent {
             "agent started"
         );
 
-        let gossiper = Arc::new(Mutex::new(gossiper));
-        let (events, _) = broadcast::channel(1024);
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(
             Loop {
-                gossiper: Arc::clone(&gossiper),
+                gossiper: Arc::clone(&handle.gossiper),
                 socket,
                 started,
-                events: events.clone(),
+                events: handle.events.clone(),
                 auto_advertise: config.gossip.advertise.is_none()
                     && local_addr.ip().is_unspecified(),
                 config,
@@ -118,12 +166,11 @@ impl Agent {
             .run(stopped),
         );
         Ok(Agent {
-            handle: Handle {
-                gossiper,
-                started,
-                events,
-            },
+            handle,
             local_addr,
+            api_addr,
+            helpers,
+            api_stop,
             stop: Some(stop),
             task,
         })
@@ -141,6 +188,11 @@ impl Agent {
     /// The address the gossip socket is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the dashboard and API listen on, when they run.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// Every known member as seen by this agent.
@@ -167,12 +219,22 @@ impl Agent {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.task).await.context("agent task panicked")?
+        let result = (&mut self.task).await.context("agent task panicked");
+        if let Some(stop) = self.api_stop.take() {
+            let _ = stop.send(());
+        }
+        for h in self.helpers.drain(..) {
+            h.abort();
+        }
+        result?
     }
 
     /// Stops the agent abruptly, without a word to its peers: what a power cut looks like to them.
     pub fn kill(self) {
         self.task.abort();
+        for h in &self.helpers {
+            h.abort();
+        }
     }
 }
 
@@ -211,6 +273,50 @@ impl Handle {
     /// Sets a key of this node's gossiped state.
     pub fn set(&self, key: &str, value: &str) -> anyhow::Result<()> {
         Ok(self.lock().set(key, value)?)
+    }
+}
+
+/// Samples the machine every `interval` and gossips a sample when it moved noticeably.
+async fn monitor_loop(handle: Handle, interval: Duration) {
+    let mut sampler = match tokio::task::spawn_blocking(Sampler::new).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::error!(error = %format!("{e:#}"), "monitoring is off");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut published: Option<Sample> = None;
+    let mut warned = false;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok((s, sample)) = tokio::task::spawn_blocking(move || {
+            let x = sampler.sample();
+            (sampler, x)
+        })
+        .await
+        else {
+            return;
+        };
+        sampler = s;
+        let sample = match sample {
+            Ok(x) => x,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot sample the machine");
+                    warned = true;
+                }
+                continue;
+            }
+        };
+        if published.as_ref().is_none_or(|p| sample.differs_from(p)) {
+            if let Err(e) = handle.set(SAMPLE_KEY, &sample.to_gossip()) {
+                tracing::warn!(error = %e, "cannot publish monitoring");
+            }
+            published = Some(sample);
+        }
     }
 }
 

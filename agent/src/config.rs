@@ -44,6 +44,34 @@ pub struct Config {
     pub failure_detector: FailureDetectorSection,
     #[serde(default)]
     pub discovery: DiscoverySection,
+    #[serde(default)]
+    pub api: ApiSection,
+    #[serde(default)]
+    pub monitoring: MonitoringSection,
+}
+
+/// `[api]`: the dashboard and REST API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Serve the dashboard and the API.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// TCP address to serve on.
+    #[serde(default = "default_api_bind")]
+    pub bind: SocketAddr,
+    /// Bearer token that write endpoints require; unset means writes are open to anyone on the network.
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+/// `[monitoring]`: what the agent samples and gossips about its machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSection {
+    /// How often to sample CPU, memory, load, temperature and disk.
+    #[serde(default = "default_sample_interval", with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 /// `[discovery]`: finding peers on the LAN with mDNS.
@@ -106,6 +134,12 @@ pub struct FailureDetectorSection {
     pub bootstrap_interval: Duration,
 }
 
+fn default_api_bind() -> SocketAddr {
+    "0.0.0.0:8080".parse().expect("constant")
+}
+fn default_sample_interval() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_true() -> bool {
     true
 }
@@ -138,6 +172,18 @@ fn default_bootstrap() -> Duration {
 }
 
 impl Default for GossipSection {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+impl Default for MonitoringSection {
     fn default() -> Self {
         toml::from_str("").expect("defaults deserialize")
     }
@@ -233,6 +279,19 @@ impl Config {
                 );
             }
         }
+        if let Some(token) = &self.api.token {
+            let t = &token.0;
+            if t.len() < 16 || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                bail!("api.token: must be 16 to 256 printable ASCII characters without spaces");
+            }
+        }
+        let m = &self.monitoring;
+        if m.interval < Duration::from_millis(500) || m.interval > Duration::from_secs(3600) {
+            bail!(
+                "monitoring.interval: {:?} must be between 500ms and 1h",
+                m.interval
+            );
+        }
         let f = &self.failure_detector;
         if !(f.phi_threshold.is_finite() && f.phi_threshold > 0.0) {
             bail!("failure_detector.phi_threshold: must be a positive number");
@@ -293,6 +352,7 @@ mod tests {
         // The overlay ships placeholders that the image pipeline fills in; fill them like it does.
         let text = text.replace("{{ cluster_key }}", KEY);
         let text = text.replace("{{ cluster }}", "herd");
+        let text = text.replace("{{ api_token }}", "0123456789abcdef0123");
         let c = Config::parse(&text).unwrap();
         let d = Config::parse(&format!("[gossip]\nkey = \"{KEY}\"")).unwrap();
         assert_eq!(c.gossip_config().interval, d.gossip_config().interval);
@@ -302,6 +362,10 @@ mod tests {
         assert_eq!(c.state_dir, d.state_dir);
         assert_eq!(c.discovery.mdns, d.discovery.mdns);
         assert_eq!(c.discovery.interfaces, d.discovery.interfaces);
+        assert_eq!(c.api.bind, d.api.bind);
+        assert_eq!(c.api.enabled, d.api.enabled);
+        assert_eq!(c.monitoring.interval, d.monitoring.interval);
+        assert!(c.api.token.is_some(), "images always set a token");
     }
 
     #[test]
@@ -375,11 +439,25 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         let c = Config::parse(&format!(
-            "[gossip]\nkey = \"{KEY}\"\nprevious_keys = [\"{KEY}\"]"
+            "[gossip]\nkey = \"{KEY}\"\nprevious_keys = [\"{KEY}\"]\n[api]\ntoken = \"s3cret-t0ken-value\""
         ))
         .unwrap();
         let text = format!("{c:?} {:?}", c.security());
         assert!(!text.contains(KEY), "{text}");
         assert!(!text.contains("AAEC"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn api_and_monitoring_settings_are_checked() {
+        let e = err("[gossip]\ninsecure = true\n[api]\ntoken = \"short\"");
+        assert!(e.contains("api.token"), "{e}");
+        let e = err("[gossip]\ninsecure = true\n[api]\nbind = \"nope\"");
+        assert!(e.contains("bind"), "{e}");
+        let e = err("[gossip]\ninsecure = true\n[monitoring]\ninterval = \"1ms\"");
+        assert!(e.contains("monitoring.interval"), "{e}");
+        let c = Config::parse("[gossip]\ninsecure = true").unwrap();
+        assert_eq!(c.api.bind.port(), 8080);
+        assert!(c.api.token.is_none());
     }
 }

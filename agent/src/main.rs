@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use herd::cli::Target;
 use herd::config::Config;
 use herd::gossip::wire::ClusterKey;
 
@@ -33,6 +34,26 @@ enum Command {
         #[arg(long, short, default_value = "/etc/herd/herd.toml")]
         config: PathBuf,
     },
+    /// List the cluster's members as a node sees them.
+    Members {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Change a node's service meta-data.
+    MetaData {
+        #[command(subcommand)]
+        change: MetaDataCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetaDataCommand {
+    /// Record that NODE runs SERVICE.
+    AddService { node: String, service: String },
+    /// Record that NODE no longer runs SERVICE.
+    RemoveService { node: String, service: String },
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,6 +96,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", config.display());
             Ok(())
         }
+        Command::Members { target } => herd::cli::members(&target),
+        Command::MetaData { change, target } => match change {
+            MetaDataCommand::AddService { node, service } => {
+                herd::cli::change_service(&target, &node, &service, true)
+            }
+            MetaDataCommand::RemoveService { node, service } => {
+                herd::cli::change_service(&target, &node, &service, false)
+            }
+        },
     }
 }
 

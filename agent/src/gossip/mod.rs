@@ -70,7 +70,7 @@ impl GossipConfig {
 }
 
 /// What the local node thinks of a member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Liveness {
     Alive,

@@ -1,0 +1,106 @@
+//! `GET /metrics` in the Prometheus text exposition format (version 0.0.4).
+
+use std::fmt::Write;
+
+use crate::gossip::{Liveness, Member, Stats};
+
+/// Renders the node's metrics.
+pub fn render(members: &[Member], stats: &Stats, threshold: f64) -> String {
+    let mut out = String::with_capacity(1024 + members.len() * 96);
+    let o = &mut out;
+
+    header(
+        o,
+        "herd_members",
+        "gauge",
+        "Members known to this node, by state.",
+    );
+    for (state, label) in [
+        (Liveness::Alive, "alive"),
+        (Liveness::Suspect, "suspect"),
+        (Liveness::Dead, "dead"),
+        (Liveness::Left, "left"),
+    ] {
+        let n = members.iter().filter(|m| m.liveness == state).count();
+        let _ = writeln!(o, "herd_members{{state=\"{label}\"}} {n}");
+    }
+
+    let name = "herd_gossip_packets_total";
+    header(o, name, "counter", "Gossip datagrams received and sent.");
+    let _ = writeln!(o, "{name}{{direction=\"in\"}} {}", stats.packets_in);
+    let _ = writeln!(o, "{name}{{direction=\"out\"}} {}", stats.packets_out);
+
+    let name = "herd_gossip_bytes_total";
+    header(o, name, "counter", "Gossip bytes received and sent.");
+    let _ = writeln!(o, "{name}{{direction=\"in\"}} {}", stats.bytes_in);
+    let _ = writeln!(o, "{name}{{direction=\"out\"}} {}", stats.bytes_out);
+
+    let name = "herd_gossip_rejected_packets_total";
+    header(
+        o,
+        name,
+        "counter",
+        "Datagrams dropped: failed authentication, another cluster or version, or malformed.",
+    );
+    let _ = writeln!(o, "{name}{{reason=\"auth\"}} {}", stats.rejected_auth);
+    let _ = writeln!(o, "{name}{{reason=\"foreign\"}} {}", stats.rejected_foreign);
+    let _ = writeln!(
+        o,
+        "{name}{{reason=\"malformed\"}} {}",
+        stats.rejected_malformed
+    );
+
+    let name = "herd_gossip_largest_datagram_bytes";
+    header(o, name, "gauge", "Largest datagram this node has sent.");
+    let _ = writeln!(o, "{name} {}", stats.largest_datagram_out);
+
+    let name = "herd_phi_threshold";
+    header(
+        o,
+        name,
+        "gauge",
+        "Phi at which a peer is declared dead (suspect at half).",
+    );
+    let _ = writeln!(o, "{name} {}", number(threshold));
+
+    let name = "herd_phi";
+    header(
+        o,
+        name,
+        "gauge",
+        "Suspicion level of each peer (phi accrual failure detector).",
+    );
+    for m in members.iter().filter(|m| !m.is_self) {
+        let peer_name = m.kvs.get("name").map(String::as_str).unwrap_or("");
+        let _ = writeln!(
+            o,
+            "{name}{{peer=\"{}\",name=\"{}\"}} {}",
+            m.id,
+            escape(peer_name),
+            number(m.phi)
+        );
+    }
+    out
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A sample value: Prometheus spells infinity `+Inf`.
+fn number(x: f64) -> String {
+    if x.is_infinite() {
+        if x > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+    } else if x.is_nan() {
+        "NaN".to_string()
+    } else {
+        format!("{x}")
+    }
+}
+
+/// Escapes a label value: backslash, double quote and line feed.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,424 @@
+//! The HTTP side of the agent (warp): the dashboard at `/`, the original endpoints (`/nodes/…`,
+//! `/meta-data/…`), the v1 API, `/healthz` and `/metrics`. Every node serves the whole cluster's view from
+//! its own gossip state. Write endpoints need `Authorization: Bearer <api.token>` when a token is set;
+//! every error is JSON `{"error": "…"}` with its status.
+
+pub mod metrics;
+pub mod views;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio_stream::StreamExt;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::agent::Handle;
+use crate::config::Secret;
+use crate::gossip::Liveness;
+use crate::metadata::{ChangeError, MetaData, SERVICES_KEY};
+use views::{ErrorView, MonitoringView, NodeView, ServiceNodeView, ServicesView};
+
+/// Largest request body accepted (the write endpoints take none).
+const MAX_BODY: u64 = 1024;
+
+/// What request handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub handle: Handle,
+    pub metadata: Arc<Mutex<MetaData>>,
+    pub token: Option<Secret>,
+    pub cluster: String,
+    templates: Arc<tera::Tera>,
+}
+
+impl ApiState {
+    pub fn new(
+        handle: Handle,
+        metadata: Arc<Mutex<MetaData>>,
+        token: Option<Secret>,
+        cluster: &str,
+    ) -> ApiState {
+        let mut tera = tera::Tera::new();
+        tera.add_raw_template("dashboard.html", include_str!("dashboard.html"))
+            .expect("the embedded dashboard template parses");
+        ApiState {
+            handle,
+            metadata,
+            token,
+            cluster: cluster.to_string(),
+            templates: Arc::new(tera),
+        }
+    }
+}
+
+/// A refused request, turned into a JSON error by [`recover`].
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+fn reject(status: StatusCode, message: impl Into<String>) -> Rejection {
+    warp::reject::custom(ApiError {
+        status,
+        message: message.into(),
+    })
+}
+
+/// Binds `addr` and serves until `shutdown` completes. Returns the bound address and the server's task.
+pub async fn serve(
+    state: ApiState,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("api.bind: cannot listen on TCP {addr}"))?;
+    let local = listener.local_addr()?;
+    let server = warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(shutdown);
+    Ok((local, tokio::spawn(server.run())))
+}
+
+/// Every route, with errors turned into JSON.
+pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let st = warp::any().map(move || state.clone());
+
+    let index = warp::path::end()
+        .and(warp::get())
+        .and(st.clone())
+        .and_then(dashboard);
+    let alive = warp::path!("nodes" / "alive")
+        .and(warp::get())
+        .and(st.clone())
+        .map(|s: ApiState| {
+            let ips: Vec<String> = s
+                .handle
+                .members()
+                .iter()
+                .filter(|m| m.liveness == Liveness::Alive)
+                .filter_map(|m| m.addr.map(|a| a.ip().to_string()))
+                .collect();
+            warp::reply::json(&ips)
+        });
+    let monitoring = warp::path!("nodes" / "monitoring")
+        .and(warp::get())
+        .and(st.clone())
+        .map(|s: ApiState| {
+            let v: Vec<MonitoringView> = views::nodes(&s.handle.members())
+                .into_iter()
+                .map(MonitoringView::from)
+                .collect();
+            warp::reply::json(&v)
+        });
+    let working = warp::path!("nodes" / "workingService" / String)
+        .and(warp::get())
+        .and(st.clone())
+        .and_then(working_service);
+    let add = warp::path!("meta-data" / "add-service" / String)
+        .and(warp::put())
+        .and(authorized(st.clone()))
+        .and(small_body())
+        .and_then(|name: String, s: ApiState| change_services(s, name, true));
+    let remove = warp::path!("meta-data" / "remove-service" / String)
+        .and(warp::put())
+        .and(authorized(st.clone()))
+        .and(small_body())
+        .and_then(|name: String, s: ApiState| change_services(s, name, false));
+    let nodes = warp::path!("api" / "v1" / "nodes")
+        .and(warp::get())
+        .and(st.clone())
+        .map(|s: ApiState| warp::reply::json(&views::nodes(&s.handle.members())));
+    let events = warp::path!("api" / "v1" / "events")
+        .and(warp::get())
+        .and(st.clone())
+        .map(|s: ApiState| {
+            let stream = tokio_stream::wrappers::BroadcastStream::new(s.handle.subscribe())
+                .filter_map(|e| e.ok())
+                .map(|e| {
+                    let kind = serde_json::to_value(e.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    warp::sse::Event::default()
+                        .event(kind)
+                        .json_data(&e)
+                        .or_else(|_| Ok::<_, Infallible>(warp::sse::Event::default()))
+                });
+            warp::sse::reply(warp::sse::keep_alive().stream(stream))
+        });
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })));
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(st.clone())
+        .map(|s: ApiState| {
+            let members = s.handle.members();
+            let threshold = members.first().map_or(0.0, |m| m.threshold);
+            let text = metrics::render(&members, &s.handle.stats(), threshold);
+            warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
+        });
+
+    index
+        .or(alive)
+        .or(monitoring)
+        .or(working)
+        .or(add)
+        .or(remove)
+        .or(nodes)
+        .or(events)
+        .or(healthz)
+        .or(metrics)
+        .recover(recover)
+}
+
+/// Passes the state on when the request carries the right bearer token (or no token is configured).
+fn authorized(
+    st: impl Filter<Extract = (ApiState,), Error = Infallible> + Clone + Send + Sync,
+) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(st)
+        .and_then(|header: Option<String>, s: ApiState| async move {
+            let Some(token) = &s.token else {
+                return Ok(s);
+            };
+            match header.as_deref().and_then(|h| h.strip_prefix("Bearer ")) {
+                None => Err(reject(
+                    StatusCode::UNAUTHORIZED,
+                    "this endpoint needs an `Authorization: Bearer <token>` header (api.token)",
+                )),
+                Some(given) if constant_time_eq(given.trim().as_bytes(), token.0.as_bytes()) => {
+                    Ok(s)
+                }
+                Some(_) => Err(reject(StatusCode::UNAUTHORIZED, "wrong API token")),
+            }
+        })
+}
+
+/// Refuses a declared body larger than [`MAX_BODY`] (the write endpoints read none; no `Content-Length`
+/// is fine).
+fn small_body() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and_then(|len: Option<u64>| async move {
+            match len {
+                Some(n) if n > MAX_BODY => Err(reject(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body of {n} bytes; this endpoint takes at most {MAX_BODY}"),
+                )),
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn working_service(service: String, s: ApiState) -> Result<impl Reply, Rejection> {
+    crate::metadata::check_service_name(&service)
+        .map_err(|e| reject(StatusCode::BAD_REQUEST, e))?;
+    let v: Vec<ServiceNodeView> = views::nodes(&s.handle.members())
+        .into_iter()
+        .filter(|n| n.state == Liveness::Alive && n.services.contains(&service))
+        .map(|n| ServiceNodeView {
+            id: n.id,
+            name: n.name,
+            address: n.address,
+            http_port: n.http_port,
+        })
+        .collect();
+    Ok(warp::reply::json(&v))
+}
+
+async fn change_services(s: ApiState, name: String, add: bool) -> Result<impl Reply, Rejection> {
+    let metadata = Arc::clone(&s.metadata);
+    // The write fsyncs: keep it off the async threads. The lock serialises writers.
+    let result = tokio::task::spawn_blocking(move || {
+        let mut m = metadata.lock().expect("meta-data lock poisoned");
+        let changed = if add { m.add(&name) } else { m.remove(&name) }?;
+        Ok::<_, ChangeError>((changed, m.services().clone(), m.gossip_value()))
+    })
+    .await
+    .map_err(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "meta-data writer failed"))?;
+    let (changed, services, value) = result.map_err(|e| {
+        let status = match e {
+            ChangeError::BadName(_) => StatusCode::BAD_REQUEST,
+            ChangeError::TooMany => StatusCode::PAYLOAD_TOO_LARGE,
+            ChangeError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        reject(status, e.to_string())
+    })?;
+    if changed {
+        s.handle
+            .set(SERVICES_KEY, &value)
+            .map_err(|e| reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    }
+    let me = s.handle.members().into_iter().find(|m| m.is_self);
+    Ok(warp::reply::json(&ServicesView {
+        id: s.handle.id().to_string(),
+        name: me
+            .and_then(|m| m.kvs.get("name").cloned())
+            .unwrap_or_default(),
+        services: services.into_iter().collect(),
+        changed,
+    }))
+}
+
+/// One row of the dashboard, formatted for people.
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    short_id: String,
+    name: String,
+    self_class: &'static str,
+    link: Option<String>,
+    ip: String,
+    port: String,
+    state: Liveness,
+    phi_text: String,
+    phi_pct: u32,
+    phi_class: &'static str,
+    cpu: String,
+    mem: String,
+    load: String,
+    temp: String,
+    services: Vec<String>,
+    last_heard: String,
+}
+
+impl Row {
+    fn new(n: &NodeView) -> Row {
+        let m = n.monitoring.as_ref();
+        let dash = || "–".to_string();
+        Row {
+            id: n.id.clone(),
+            short_id: n.id.chars().take(8).collect(),
+            name: if n.name.is_empty() {
+                n.id.clone()
+            } else {
+                n.name.clone()
+            },
+            self_class: if n.is_self { "self" } else { "" },
+            link: match (n.address, n.http_port) {
+                (Some(ip), Some(port)) => Some(format!("http://{}/", SocketAddr::new(ip, port))),
+                _ => None,
+            },
+            ip: n.address.map_or_else(dash, |a| a.to_string()),
+            port: n.gossip_port.map_or_else(dash, |p| p.to_string()),
+            state: n.state,
+            phi_text: format!(
+                "{} / {}",
+                if n.phi > 1e6 {
+                    "∞".to_string()
+                } else {
+                    format!("{:.2}", n.phi)
+                },
+                n.threshold
+            ),
+            phi_pct: ((n.phi / n.threshold).clamp(0.0, 1.0) * 100.0).round() as u32,
+            phi_class: if n.phi >= n.threshold {
+                "bad"
+            } else if n.phi >= n.threshold / 2.0 {
+                "warn"
+            } else {
+                ""
+            },
+            cpu: m.map_or_else(dash, |m| format!("{:.1} %", m.cpu)),
+            mem: m.map_or_else(dash, |m| {
+                format!("{} / {}", bytes(m.mem_used), bytes(m.mem_total))
+            }),
+            load: m.map_or_else(dash, |m| {
+                format!("{:.2} {:.2} {:.2}", m.load[0], m.load[1], m.load[2])
+            }),
+            temp: m
+                .and_then(|m| m.temp)
+                .map_or_else(dash, |t| format!("{t:.1} °C")),
+            services: n.services.clone(),
+            last_heard: if n.is_self {
+                "self".into()
+            } else {
+                ago(n.last_heard_ms)
+            },
+        }
+    }
+}
+
+fn bytes(n: u64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut x = n as f64;
+    let mut i = 0;
+    while x >= 1024.0 && i < units.len() - 1 {
+        x /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", units[i])
+    }
+}
+
+fn ago(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1000..=119_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        120_000..=7_199_999 => format!("{} min", ms / 60_000),
+        _ => format!("{} h", ms / 3_600_000),
+    }
+}
+
+async fn dashboard(s: ApiState) -> Result<impl Reply, Rejection> {
+    let nodes = views::nodes(&s.handle.members());
+    let alive = nodes.iter().filter(|n| n.state == Liveness::Alive).count();
+    let mut ctx = tera::Context::new();
+    ctx.insert("cluster", &s.cluster);
+    ctx.insert(
+        "self_name",
+        &nodes
+            .iter()
+            .find(|n| n.is_self)
+            .map(|n| n.name.clone())
+            .unwrap_or_default(),
+    );
+    ctx.insert("summary", &format!("{alive} of {} alive", nodes.len()));
+    ctx.insert("version", env!("CARGO_PKG_VERSION"));
+    ctx.insert("rows", &nodes.iter().map(Row::new).collect::<Vec<_>>());
+    let html = s.templates.render("dashboard.html", &ctx).map_err(|e| {
+        tracing::error!(error = %e, "dashboard template");
+        reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the dashboard failed to render",
+        )
+    })?;
+    Ok(warp::reply::html(html))
+}
+
+/// Turns every rejection into a JSON error with the right status.
+async fn recover(err: Rejection) -> Result<impl Reply, Infallible> {
+    let (status, message) = if let Some(e) = err.find::<ApiError>() {
+        (e.status, e.message.clone())
+    } else if err.is_not_found() {
+        (StatusCode::NOT_FOUND, "no such endpoint".to_string())
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this endpoint".to_string(),
+        )
+    } else {
+        (StatusCode::BAD_REQUEST, format!("bad request: {err:?}"))
+    };
+    Ok(warp::reply::with_status(
+        warp::reply::json(&ErrorView { error: message }),
+        status,
+    ))
+}

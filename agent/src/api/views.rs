@@ -1,0 +1,123 @@
+//! The JSON shapes of the API, built from the gossip's member table. The README shows an example of each.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gossip::{Liveness, Member};
+use crate::metadata::SERVICES_KEY;
+use crate::monitor::{self, Facts, Sample, FACTS_KEY, SAMPLE_KEY};
+
+/// Everything about one node: `GET /api/v1/nodes` returns an array of these.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: String,
+    pub name: String,
+    pub address: Option<IpAddr>,
+    pub gossip_port: Option<u16>,
+    pub http_port: Option<u16>,
+    pub state: Liveness,
+    pub phi: f64,
+    pub threshold: f64,
+    pub generation: u64,
+    /// Milliseconds since this node's heartbeat last arrived (0 for the serving node).
+    pub last_heard_ms: u64,
+    /// Whether this is the node serving the request.
+    pub is_self: bool,
+    pub version: Option<String>,
+    pub services: Vec<String>,
+    pub monitoring: Option<Sample>,
+    pub facts: Option<Facts>,
+    pub uptime_s: Option<u64>,
+}
+
+impl NodeView {
+    pub fn from_member(m: &Member) -> NodeView {
+        let kv = |k: &str| m.kvs.get(k).map(String::as_str);
+        let facts: Option<Facts> = kv(FACTS_KEY).and_then(|v| serde_json::from_str(v).ok());
+        NodeView {
+            id: m.id.to_string(),
+            name: kv("name").unwrap_or("").to_string(),
+            address: m.addr.map(|a| a.ip()),
+            gossip_port: m.addr.map(|a| a.port()),
+            http_port: kv("http").and_then(|p| p.parse().ok()),
+            state: m.liveness,
+            phi: if m.phi.is_finite() { m.phi } else { f64::MAX },
+            threshold: m.threshold,
+            generation: m.generation,
+            last_heard_ms: m.last_heard.as_millis() as u64,
+            is_self: m.is_self,
+            version: kv("version").map(str::to_string),
+            services: kv(SERVICES_KEY)
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default(),
+            monitoring: kv(SAMPLE_KEY).and_then(|v| serde_json::from_str(v).ok()),
+            uptime_s: facts.as_ref().map(|f| monitor::uptime(f.boot).as_secs()),
+            facts,
+        }
+    }
+}
+
+/// All nodes, the serving node first, then by name.
+pub fn nodes(members: &[Member]) -> Vec<NodeView> {
+    let mut v: Vec<NodeView> = members.iter().map(NodeView::from_member).collect();
+    v.sort_by(|a, b| {
+        b.is_self
+            .cmp(&a.is_self)
+            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    v
+}
+
+/// `GET /nodes/monitoring`: one entry per node.
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitoringView {
+    pub id: String,
+    pub name: String,
+    pub address: Option<IpAddr>,
+    pub state: Liveness,
+    pub monitoring: Option<Sample>,
+    pub facts: Option<Facts>,
+    pub uptime_s: Option<u64>,
+}
+
+impl From<NodeView> for MonitoringView {
+    fn from(n: NodeView) -> Self {
+        MonitoringView {
+            id: n.id,
+            name: n.name,
+            address: n.address,
+            state: n.state,
+            monitoring: n.monitoring,
+            facts: n.facts,
+            uptime_s: n.uptime_s,
+        }
+    }
+}
+
+/// `GET /nodes/workingService/:service`: one entry per alive node running the service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceNodeView {
+    pub id: String,
+    pub name: String,
+    pub address: Option<IpAddr>,
+    pub http_port: Option<u16>,
+}
+
+/// `PUT /meta-data/…`: the node's services after the change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServicesView {
+    pub id: String,
+    pub name: String,
+    pub services: Vec<String>,
+    /// Whether the request changed anything (adding a present service or removing an absent one does
+    /// not).
+    pub changed: bool,
+}
+
+/// An error body: `{"error": "…"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorView {
+    pub error: String,
+}

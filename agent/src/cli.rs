@@ -1,0 +1,187 @@
+//! The operator's commands that talk to a node's API: `herd members` and `herd meta-data …`. Tables for
+//! people, `--json` for scripts.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+use crate::api::views::NodeView;
+use crate::client::Client;
+
+/// Where to reach the cluster and how to authenticate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Any node's API: http://HOST:PORT or HOST[:PORT].
+    #[arg(
+        long,
+        global = true,
+        env = "HERD_NODE",
+        default_value = "http://localhost:8080"
+    )]
+    pub node: String,
+    /// API token for write endpoints; else $HERD_TOKEN, else the file ~/.config/herd/token.
+    #[arg(long, global = true, env = "HERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Target {
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.node, self.token()?)
+    }
+
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.trim().to_string()));
+        }
+        let Some(home) = std::env::var_os("HOME") else {
+            return Ok(None);
+        };
+        let path = PathBuf::from(home).join(".config/herd/token");
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(Some(t.trim().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+}
+
+/// `herd members`.
+pub fn members(t: &Target) -> anyhow::Result<()> {
+    let nodes = t.client()?.nodes()?;
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&nodes)?);
+        return Ok(());
+    }
+    print!("{}", table(&nodes));
+    Ok(())
+}
+
+/// The member table: one line per node.
+pub fn table(nodes: &[NodeView]) -> String {
+    let header = [
+        "NAME", "ADDRESS", "STATE", "PHI", "CPU", "MEM", "LOAD1", "TEMP", "SERVICES",
+    ];
+    let rows: Vec<[String; 9]> = nodes
+        .iter()
+        .map(|n| {
+            let m = n.monitoring.as_ref();
+            [
+                format!("{}{}", n.name, if n.is_self { " *" } else { "" }),
+                match (n.address, n.gossip_port) {
+                    (Some(a), Some(p)) => format!("{a}:{p}"),
+                    _ => "-".into(),
+                },
+                format!("{:?}", n.state).to_lowercase(),
+                format!("{:.2}/{}", n.phi.min(999.0), n.threshold),
+                m.map_or("-".into(), |m| format!("{:.0}%", m.cpu)),
+                m.map_or("-".into(), |m| {
+                    format!(
+                        "{:.0}%",
+                        100.0 * m.mem_used as f64 / m.mem_total.max(1) as f64
+                    )
+                }),
+                m.map_or("-".into(), |m| format!("{:.2}", m.load[0])),
+                m.and_then(|m| m.temp)
+                    .map_or("-".into(), |t| format!("{t:.0}C")),
+                if n.services.is_empty() {
+                    "-".into()
+                } else {
+                    n.services.join(",")
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+/// `herd meta-data add-service|remove-service NODE SERVICE`: finds NODE (name, id or address) through the
+/// `--node` API and changes its meta-data through its own API.
+pub fn change_service(t: &Target, node: &str, service: &str, add: bool) -> anyhow::Result<()> {
+    crate::metadata::check_service_name(service).map_err(anyhow::Error::msg)?;
+    let entry = t.client()?;
+    let nodes = entry.nodes()?;
+    let found: Vec<&NodeView> = nodes
+        .iter()
+        .filter(|n| {
+            n.name == node
+                || n.id == node
+                || (node.len() >= 4 && n.id.starts_with(node))
+                || n.address.is_some_and(|a| a.to_string() == node)
+        })
+        .collect();
+    let target = match found.as_slice() {
+        [one] => *one,
+        [] => bail!(
+            "no node {node:?} in the cluster seen by {}; known: {}",
+            entry.base(),
+            nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        many => bail!(
+            "{node:?} matches {} nodes ({}); use the node id",
+            many.len(),
+            many.iter()
+                .map(|n| n.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let client = if target.is_self {
+        entry
+    } else {
+        let (Some(addr), Some(port)) = (target.address, target.http_port) else {
+            bail!("node {:?} publishes no API address", target.name);
+        };
+        Client::new(
+            &format!("{}", std::net::SocketAddr::new(addr, port)),
+            t.token()?,
+        )?
+    };
+    let view = client.change_service(service, add)?;
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        let what = match (add, view.changed) {
+            (true, true) => "added to",
+            (true, false) => "was already on",
+            (false, true) => "removed from",
+            (false, false) => "was not on",
+        };
+        println!(
+            "{service} {what} {}; services: {}",
+            view.name,
+            if view.services.is_empty() {
+                "-".to_string()
+            } else {
+                view.services.join(", ")
+            }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! A small blocking client for a node's HTTP API, used by the operator's CLI (and by tests and benches).
+//! Errors name the node and carry the API's own message.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::api::views::{NodeView, ServicesView};
+
+/// A node's API: `http://host:port` and, for writes, its token.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: ureq::Agent,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// A response as it came: status and body.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Client {
+    /// `node` is a URL (`http://pi.local:8080`) or `host[:port]` (port 8080 by default).
+    pub fn new(node: &str, token: Option<String>) -> anyhow::Result<Client> {
+        let base = normalize(node)?;
+        let http = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Ok(Client { base, token, http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends `method path` with the token when `auth`, and returns whatever came back.
+    pub fn raw(&self, method: &str, path: &str, auth: bool) -> anyhow::Result<Raw> {
+        let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        if let (true, Some(t)) = (auth, &self.token) {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req
+            .body(())
+            .with_context(|| format!("bad request {method} {url}"))?;
+        let mut resp = self
+            .http
+            .run(req)
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .with_context(|| format!("reading the answer of {url}"))?;
+        Ok(Raw {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        auth: bool,
+    ) -> anyhow::Result<T> {
+        let r = self.raw(method, path, auth)?;
+        if !(200..300).contains(&r.status) {
+            let message = serde_json::from_str::<serde_json::Value>(&r.body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or(r.body);
+            bail!("{}{path}: HTTP {}: {message}", self.base, r.status);
+        }
+        serde_json::from_str(&r.body)
+            .with_context(|| format!("{}{path}: unexpected answer", self.base))
+    }
+
+    /// `GET /api/v1/nodes`.
+    pub fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
+        self.json("GET", "/api/v1/nodes", false)
+    }
+
+    /// `PUT /meta-data/add-service/:service` or `remove-service`.
+    pub fn change_service(&self, service: &str, add: bool) -> anyhow::Result<ServicesView> {
+        let verb = if add { "add-service" } else { "remove-service" };
+        self.json("PUT", &format!("/meta-data/{verb}/{service}"), true)
+    }
+}
+
+fn normalize(node: &str) -> anyhow::Result<String> {
+    let node = node.trim().trim_end_matches('/');
+    if node.is_empty() {
+        bail!("no node given: pass --node http://HOST:8080 (or HOST)");
+    }
+    if let Some(rest) = node.strip_prefix("https://") {
+        bail!("https://{rest}: the agent serves plain HTTP; use http://");
+    }
+    let hostport = node.strip_prefix("http://").unwrap_or(node);
+    if hostport.contains('/') || hostport.contains(char::is_whitespace) {
+        bail!("{node:?} is not a node address: use http://HOST:PORT or HOST[:PORT]");
+    }
+    // A bare IPv6 address or a name without a port gets the default port.
+    let has_port = match hostport.rsplit_once(':') {
+        Some((h, p)) => {
+            !h.is_empty() && p.parse::<u16>().is_ok() && (!h.contains(':') || h.ends_with(']'))
+        }
+        None => false,
+    };
+    Ok(if has_port {
+        format!("http://{hostport}")
+    } else {
+        format!("http://{hostport}:8080")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_addresses_are_normalized() {
+        assert_eq!(normalize("pi.local").unwrap(), "http://pi.local:8080");
+        assert_eq!(
+            normalize("http://pi.local:9000/").unwrap(),
+            "http://pi.local:9000"
+        );
+        assert_eq!(normalize("10.0.0.5:8080").unwrap(), "http://10.0.0.5:8080");
+        assert_eq!(
+            normalize("[fe80::1]:8080").unwrap(),
+            "http://[fe80::1]:8080"
+        );
+        assert!(normalize("").is_err());
+        assert!(normalize("https://pi").is_err());
+        assert!(normalize("pi/x").is_err());
+    }
+
+    #[test]
+    fn the_token_never_prints() {
+        let c = Client::new("pi", Some("supersecrettoken1".into())).unwrap();
+        assert!(!format!("{c:?}").contains("supersecret"));
+    }
+}
