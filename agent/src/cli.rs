@@ -20,10 +20,10 @@ pub struct Target {
     )]
     pub node: String,
     /// API token for write endpoints; else $HERD_TOKEN, else the file ~/.config/herd/token.
-    #[arg(long, global = true, env = "HERD_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print JSON instead of a table.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub json: bool,
 }
 

@@ -43,17 +43,27 @@ enum Command {
     MetaData {
         #[command(subcommand)]
         change: MetaDataCommand,
-        #[command(flatten)]
-        target: Target,
     },
 }
 
 #[derive(Subcommand)]
 enum MetaDataCommand {
-    /// Record that NODE runs SERVICE.
-    AddService { node: String, service: String },
-    /// Record that NODE no longer runs SERVICE.
-    RemoveService { node: String, service: String },
+    /// Record that NODE (name, id or address) runs SERVICE.
+    AddService {
+        #[arg(value_name = "NODE")]
+        member: String,
+        service: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Record that NODE (name, id or address) no longer runs SERVICE.
+    RemoveService {
+        #[arg(value_name = "NODE")]
+        member: String,
+        service: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -97,13 +107,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Members { target } => herd::cli::members(&target),
-        Command::MetaData { change, target } => match change {
-            MetaDataCommand::AddService { node, service } => {
-                herd::cli::change_service(&target, &node, &service, true)
-            }
-            MetaDataCommand::RemoveService { node, service } => {
-                herd::cli::change_service(&target, &node, &service, false)
-            }
+        Command::MetaData { change } => match change {
+            MetaDataCommand::AddService {
+                member,
+                service,
+                target,
+            } => herd::cli::change_service(&target, &member, &service, true),
+            MetaDataCommand::RemoveService {
+                member,
+                service,
+                target,
+            } => herd::cli::change_service(&target, &member, &service, false),
         },
     }
 }
@@ -122,5 +136,14 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -1,0 +1,477 @@
+//! The HTTP API over real HTTP: a 3-agent cluster on loopback, every endpoint with its error cases, the
+//! Prometheus text, server-sent events, and the CLI (the real `herd` binary) against it.
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use herd::agent::Agent;
+use herd::client::{Client, Raw};
+use herd::config::Config;
+
+const TOKEN: &str = "test-token-0123456789";
+
+fn config(ip: &str, seed: Option<&str>, state: &std::path::Path) -> Config {
+    let seeds = seed.map(|s| format!("\"{s}\"")).unwrap_or_default();
+    Config::parse(&format!(
+        r#"
+        cluster = "api-test"
+        node_name = "node-{ip}"
+        state_dir = "{}"
+        [gossip]
+        bind = "{ip}:0"
+        seeds = [{seeds}]
+        interval = "100ms"
+        insecure = true
+        [discovery]
+        mdns = false
+        [api]
+        bind = "{ip}:0"
+        token = "{TOKEN}"
+        [monitoring]
+        interval = "1s"
+        "#,
+        state.display()
+    ))
+    .unwrap()
+}
+
+struct Cluster {
+    runtime: tokio::runtime::Runtime,
+    agents: Vec<Agent>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Three agents on 127.0.5.{1,2,3}, converged.
+    fn start(net: u8) -> Cluster {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut dirs = Vec::new();
+        let mut agents: Vec<Agent> = Vec::new();
+        for i in 1..=3 {
+            let dir = tempfile::tempdir().unwrap();
+            let ip = format!("127.0.{net}.{i}");
+            let seed = agents.first().map(|a| a.local_addr().to_string());
+            let c = config(&ip, seed.as_deref(), dir.path());
+            agents.push(runtime.block_on(Agent::start(c)).unwrap());
+            dirs.push(dir);
+        }
+        let cluster = Cluster {
+            runtime,
+            agents,
+            _dirs: dirs,
+        };
+        wait(Duration::from_secs(15), "3 alive everywhere", || {
+            cluster.agents.iter().all(|a| {
+                a.members()
+                    .iter()
+                    .filter(|m| m.liveness == herd::gossip::Liveness::Alive)
+                    .count()
+                    == 3
+            })
+        });
+        cluster
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://{}", self.agents[i].api_addr().unwrap())
+    }
+
+    fn client(&self, i: usize) -> Client {
+        Client::new(&self.url(i), Some(TOKEN.into())).unwrap()
+    }
+}
+
+fn wait(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ok() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+fn json(r: &Raw) -> serde_json::Value {
+    assert!(
+        r.content_type.starts_with("application/json"),
+        "{}: {}",
+        r.content_type,
+        r.body
+    );
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+fn error_of(r: &Raw, status: u16) -> String {
+    assert_eq!(r.status, status, "{}", r.body);
+    json(r)["error"]
+        .as_str()
+        .expect("an error message")
+        .to_string()
+}
+
+#[test]
+fn every_endpoint_answers_with_the_right_status_and_body() {
+    let c = Cluster::start(5);
+    let api = c.client(0);
+    let other = c.client(1);
+
+    // Health.
+    let r = api.raw("GET", "/healthz", false).unwrap();
+    assert_eq!((r.status, json(&r)["status"].as_str()), (200, Some("ok")));
+
+    // The original endpoints.
+    let r = api.raw("GET", "/nodes/alive", false).unwrap();
+    assert_eq!(r.status, 200);
+    let ips: BTreeSet<String> = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        ips,
+        ["127.0.5.1", "127.0.5.2", "127.0.5.3"]
+            .map(String::from)
+            .into()
+    );
+
+    wait(Duration::from_secs(10), "monitoring of every node", || {
+        let v = json(&api.raw("GET", "/nodes/monitoring", false).unwrap());
+        v.as_array().unwrap().len() == 3
+            && v.as_array().unwrap().iter().all(|n| {
+                n["monitoring"]["mem_total"].as_u64().unwrap_or(0) > 0
+                    && n["facts"]["arch"].as_str() == Some(std::env::consts::ARCH)
+            })
+    });
+
+    // Writes need the token.
+    let path = "/meta-data/add-service/nginx_webserver";
+    assert!(error_of(&api.raw("PUT", path, false).unwrap(), 401).contains("Authorization"));
+    let wrong = Client::new(&c.url(0), Some("not-the-token-at-all".into())).unwrap();
+    assert!(error_of(&wrong.raw("PUT", path, true).unwrap(), 401).contains("wrong API token"));
+    // Bad names are refused before anything is written.
+    for bad in ["-x", "a%20b", "%C3%BC", &"a".repeat(64)] {
+        let r = api
+            .raw("PUT", &format!("/meta-data/add-service/{bad}"), true)
+            .unwrap();
+        assert!(error_of(&r, 400).contains("invalid service name"), "{bad}");
+    }
+    let r = api.raw("PUT", path, true).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = json(&r);
+    assert_eq!(v["services"], serde_json::json!(["nginx_webserver"]));
+    assert_eq!(v["changed"], true);
+    assert_eq!(v["name"], "node-127.0.5.1");
+    let v = json(&api.raw("PUT", path, true).unwrap());
+    assert_eq!(v["changed"], false, "adding twice changes nothing");
+
+    // Other nodes learn it through gossip.
+    wait(
+        Duration::from_secs(10),
+        "node 1 sees node 0 run nginx",
+        || {
+            let r = other
+                .raw("GET", "/nodes/workingService/nginx_webserver", false)
+                .unwrap();
+            let v = json(&r);
+            v.as_array().unwrap().len() == 1 && v[0]["address"] == "127.0.5.1"
+        },
+    );
+    let v = json(
+        &other
+            .raw("GET", "/nodes/workingService/postgres", false)
+            .unwrap(),
+    );
+    assert_eq!(v, serde_json::json!([]));
+    assert!(error_of(
+        &other
+            .raw("GET", "/nodes/workingService/a%2Fb", false)
+            .unwrap(),
+        400
+    )
+    .contains("invalid service name"));
+
+    let r = api
+        .raw("PUT", "/meta-data/remove-service/nginx_webserver", true)
+        .unwrap();
+    assert_eq!((r.status, json(&r)["changed"].as_bool()), (200, Some(true)));
+    wait(Duration::from_secs(10), "the removal spreads", || {
+        json(
+            &other
+                .raw("GET", "/nodes/workingService/nginx_webserver", false)
+                .unwrap(),
+        ) == serde_json::json!([])
+    });
+    let r = api
+        .raw("PUT", "/meta-data/remove-service/x%20y", true)
+        .unwrap();
+    assert!(error_of(&r, 400).contains("invalid service name"));
+
+    // The full view.
+    let nodes = json(&api.raw("GET", "/api/v1/nodes", false).unwrap());
+    let nodes = nodes.as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes[0]["is_self"], true, "the serving node comes first");
+    for n in nodes {
+        for field in [
+            "id",
+            "name",
+            "address",
+            "gossip_port",
+            "http_port",
+            "state",
+            "phi",
+            "threshold",
+            "generation",
+            "last_heard_ms",
+            "services",
+            "monitoring",
+        ] {
+            assert!(n.get(field).is_some(), "{field} missing in {n}");
+        }
+        assert_eq!(n["state"], "alive");
+        assert_eq!(n["threshold"], 8.0);
+    }
+
+    // Errors: unknown route, wrong method, too large a body.
+    assert_eq!(
+        error_of(&api.raw("GET", "/no/such/thing", false).unwrap(), 404),
+        "no such endpoint"
+    );
+    assert!(error_of(&api.raw("POST", "/nodes/alive", false).unwrap(), 405).contains("method"));
+    assert!(error_of(&api.raw("DELETE", "/api/v1/nodes", false).unwrap(), 405).contains("method"));
+    let big = ureq::put(format!("{}/meta-data/add-service/web", c.url(0)))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(&vec![b'x'; 4096][..])
+        .unwrap();
+    assert_eq!(big.status().as_u16(), 413);
+
+    // The dashboard is server-rendered HTML naming every node.
+    let r = api.raw("GET", "/", false).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.content_type.starts_with("text/html"),
+        "{}",
+        r.content_type
+    );
+    for ip in ["127.0.5.1", "127.0.5.2", "127.0.5.3"] {
+        assert!(r.body.contains(&format!("node-{ip}")), "{ip} missing");
+    }
+    drop(c.runtime);
+}
+
+#[test]
+fn too_many_services_are_refused_with_413() {
+    let c = Cluster::start(7);
+    let api = c.client(0);
+    let mut added = 0;
+    let last = loop {
+        let r = api
+            .raw(
+                "PUT",
+                &format!("/meta-data/add-service/a-rather-long-service-name-{added:03}"),
+                true,
+            )
+            .unwrap();
+        if r.status != 200 {
+            break r;
+        }
+        added += 1;
+        assert!(added < 100, "no limit");
+    };
+    assert!(error_of(&last, 413).contains("too many services"));
+    assert!(added > 10);
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text() {
+    let c = Cluster::start(8);
+    let r = c.client(0).raw("GET", "/metrics", false).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.content_type.starts_with("text/plain"),
+        "{}",
+        r.content_type
+    );
+    let lines = r.body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .unwrap_or_else(|| panic!("{name} {label:?} missing:\n{}", r.body));
+        match s.value {
+            prometheus_parse::Value::Gauge(x)
+            | prometheus_parse::Value::Counter(x)
+            | prometheus_parse::Value::Untyped(x) => x,
+            _ => panic!("{name}: unexpected type"),
+        }
+    };
+    assert_eq!(value("herd_members", Some(("state", "alive"))), 3.0);
+    assert_eq!(value("herd_members", Some(("state", "dead"))), 0.0);
+    assert!(value("herd_gossip_packets_total", Some(("direction", "in"))) > 0.0);
+    assert!(value("herd_gossip_bytes_total", Some(("direction", "out"))) > 0.0);
+    assert_eq!(
+        value(
+            "herd_gossip_rejected_packets_total",
+            Some(("reason", "auth"))
+        ),
+        0.0
+    );
+    assert_eq!(value("herd_phi_threshold", None), 8.0);
+    let peers = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "herd_phi")
+        .count();
+    assert_eq!(peers, 2, "one phi per peer");
+    assert!(scrape.docs.contains_key("herd_phi"), "HELP lines are there");
+}
+
+#[test]
+fn events_stream_membership_changes() {
+    let mut c = Cluster::start(9);
+    let url = format!("{}/api/v1/events", c.url(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let resp = ureq::get(&url).call().unwrap();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let _ = tx.send(ct);
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "text/event-stream"
+    );
+    let leaving = c.agents.pop().unwrap();
+    let id = leaving.id().to_string();
+    c.runtime.block_on(leaving.shutdown()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    loop {
+        let left = Instant::now().saturating_duration_since(deadline);
+        assert!(left.is_zero(), "no left event: {seen:?}");
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        seen.push(line.clone());
+        if let Some(data) = line.strip_prefix("data:") {
+            let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+            if v["kind"] == "left" && v["node"] == id.as_str() {
+                assert!(seen.iter().any(|l| l == "event:left" || l == "event: left"));
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_cli_lists_members_and_changes_meta_data() {
+    let c = Cluster::start(10);
+    let herd = env!("CARGO_BIN_EXE_herd");
+    let run = |args: &[&str], token: Option<&str>| {
+        let mut cmd = Command::new(herd);
+        cmd.args(args)
+            .env_remove("HERD_TOKEN")
+            .env("HOME", "/nonexistent");
+        if let Some(t) = token {
+            cmd.env("HERD_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let node = c.url(0);
+    let (ok, table, err) = run(&["members", "--node", &node], None);
+    assert!(ok, "{err}");
+    assert!(table.starts_with("NAME"), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+    for i in 1..=3 {
+        assert!(table.contains(&format!("node-127.0.10.{i}")), "{table}");
+    }
+    let (ok, text, err) = run(&["members", "--node", &node, "--json"], None);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+
+    // Change node 2's meta-data through node 0's view of the cluster.
+    let (ok, text, err) = run(
+        &[
+            "meta-data",
+            "add-service",
+            "node-127.0.10.3",
+            "redis",
+            "--node",
+            &node,
+        ],
+        Some(TOKEN),
+    );
+    assert!(ok, "{err}");
+    assert!(text.contains("redis added to node-127.0.10.3"), "{text}");
+    let on_3 = c.client(2).nodes().unwrap();
+    assert_eq!(on_3[0].services, ["redis"]);
+
+    // Errors are clear and fail the command.
+    let (ok, _, err) = run(
+        &[
+            "meta-data",
+            "add-service",
+            "node-127.0.10.3",
+            "x",
+            "--node",
+            &node,
+        ],
+        Some("wrong-token-0123456789"),
+    );
+    assert!(
+        !ok && err.contains("HTTP 401") && err.contains("wrong API token"),
+        "{err}"
+    );
+    let (ok, _, err) = run(
+        &[
+            "meta-data",
+            "add-service",
+            "nosuchnode",
+            "x",
+            "--node",
+            &node,
+        ],
+        Some(TOKEN),
+    );
+    assert!(!ok && err.contains("no node \"nosuchnode\""), "{err}");
+    let (ok, _, err) = run(
+        &[
+            "meta-data",
+            "add-service",
+            "node-127.0.10.3",
+            "bad name",
+            "--node",
+            &node,
+        ],
+        Some(TOKEN),
+    );
+    assert!(!ok && err.contains("invalid service name"), "{err}");
+    let (ok, _, err) = run(&["members", "--node", "http://127.0.10.9:1"], None);
+    assert!(!ok && err.contains("cannot reach"), "{err}");
+}
