@@ -6,97 +6,11 @@ use std::io::BufRead;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use herd::agent::Agent;
 use herd::client::{Client, Raw};
-use herd::config::Config;
 
-const TOKEN: &str = "test-token-0123456789";
+mod common;
 
-fn config(ip: &str, seed: Option<&str>, state: &std::path::Path) -> Config {
-    let seeds = seed.map(|s| format!("\"{s}\"")).unwrap_or_default();
-    Config::parse(&format!(
-        r#"
-        cluster = "api-test"
-        node_name = "node-{ip}"
-        state_dir = "{}"
-        [gossip]
-        bind = "{ip}:0"
-        seeds = [{seeds}]
-        interval = "100ms"
-        insecure = true
-        [discovery]
-        mdns = false
-        [api]
-        bind = "{ip}:0"
-        token = "{TOKEN}"
-        [monitoring]
-        interval = "1s"
-        "#,
-        state.display()
-    ))
-    .unwrap()
-}
-
-struct Cluster {
-    runtime: tokio::runtime::Runtime,
-    agents: Vec<Agent>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Cluster {
-    /// Three agents on 127.0.5.{1,2,3}, converged.
-    fn start(net: u8) -> Cluster {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut dirs = Vec::new();
-        let mut agents: Vec<Agent> = Vec::new();
-        for i in 1..=3 {
-            let dir = tempfile::tempdir().unwrap();
-            let ip = format!("127.0.{net}.{i}");
-            let seed = agents.first().map(|a| a.local_addr().to_string());
-            let c = config(&ip, seed.as_deref(), dir.path());
-            agents.push(runtime.block_on(Agent::start(c)).unwrap());
-            dirs.push(dir);
-        }
-        let cluster = Cluster {
-            runtime,
-            agents,
-            _dirs: dirs,
-        };
-        wait(Duration::from_secs(15), "3 alive everywhere", || {
-            cluster.agents.iter().all(|a| {
-                a.members()
-                    .iter()
-                    .filter(|m| m.liveness == herd::gossip::Liveness::Alive)
-                    .count()
-                    == 3
-            })
-        });
-        cluster
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("http://{}", self.agents[i].api_addr().unwrap())
-    }
-
-    fn client(&self, i: usize) -> Client {
-        Client::new(&self.url(i), Some(TOKEN.into())).unwrap()
-    }
-}
-
-fn wait(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if ok() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what}: not within {limit:?}");
-}
+use common::{wait, Cluster, TOKEN};
 
 fn json(r: &Raw) -> serde_json::Value {
     assert!(

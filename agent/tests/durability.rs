@@ -203,6 +203,11 @@ fn a_garbage_file_is_moved_aside_and_the_agent_runs() {
     let _ = agent.wait();
     let mut err = String::new();
     use std::io::Read;
-    agent.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(err.contains("corrupt meta-data file moved aside"), "{err}");
 }

@@ -18,6 +18,9 @@ const LAN_TEST_NEEDS: &[Need] = &[
     need("dbus-send", "dbus-bin"),
 ];
 
+/// What the dashboard test (`agent/tests/dashboard.rs`) drives: a real browser.
+const BROWSER_TEST_NEEDS: &[Need] = &[need("chromium", "chromium")];
+
 pub fn run() -> anyhow::Result<()> {
     ensure_components()?;
     if !is_root() {
@@ -27,6 +30,7 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
     ensure_packages("multi-host tests", LAN_TEST_NEEDS)?;
+    ensure_packages("dashboard test", BROWSER_TEST_NEEDS)?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run_step("format", fmt)?;

@@ -1,0 +1,97 @@
+//! A 3-agent cluster on loopback with the API on, shared by the API and dashboard tests.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::time::{Duration, Instant};
+
+use herd::agent::Agent;
+use herd::client::Client;
+use herd::config::Config;
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+fn config(ip: &str, seed: Option<&str>, state: &std::path::Path) -> Config {
+    let seeds = seed.map(|s| format!("\"{s}\"")).unwrap_or_default();
+    Config::parse(&format!(
+        r#"
+        cluster = "api-test"
+        node_name = "node-{ip}"
+        state_dir = "{}"
+        [gossip]
+        bind = "{ip}:0"
+        seeds = [{seeds}]
+        interval = "100ms"
+        insecure = true
+        [discovery]
+        mdns = false
+        [api]
+        bind = "{ip}:0"
+        token = "{TOKEN}"
+        [monitoring]
+        interval = "1s"
+        "#,
+        state.display()
+    ))
+    .unwrap()
+}
+
+pub struct Cluster {
+    pub runtime: tokio::runtime::Runtime,
+    pub agents: Vec<Agent>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Three agents on 127.0.`net`.{1,2,3}, converged.
+    pub fn start(net: u8) -> Cluster {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut dirs = Vec::new();
+        let mut agents: Vec<Agent> = Vec::new();
+        for i in 1..=3 {
+            let dir = tempfile::tempdir().unwrap();
+            let ip = format!("127.0.{net}.{i}");
+            let seed = agents.first().map(|a| a.local_addr().to_string());
+            let c = config(&ip, seed.as_deref(), dir.path());
+            agents.push(runtime.block_on(Agent::start(c)).unwrap());
+            dirs.push(dir);
+        }
+        let cluster = Cluster {
+            runtime,
+            agents,
+            _dirs: dirs,
+        };
+        wait(Duration::from_secs(15), "3 alive everywhere", || {
+            cluster.agents.iter().all(|a| {
+                a.members()
+                    .iter()
+                    .filter(|m| m.liveness == herd::gossip::Liveness::Alive)
+                    .count()
+                    == 3
+            })
+        });
+        cluster
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}", self.agents[i].api_addr().unwrap())
+    }
+
+    pub fn client(&self, i: usize) -> Client {
+        Client::new(&self.url(i), Some(TOKEN.into())).unwrap()
+    }
+}
+
+pub fn wait(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ok() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not within {limit:?}");
+}

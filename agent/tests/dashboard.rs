@@ -1,0 +1,115 @@
+//! The dashboard in a real browser: headless Chromium (Debian's `chromium`) opens a 3-node cluster's page,
+//! lets its JavaScript fetch `/api/v1/nodes` and redraw, and the test reads the resulting DOM: every node's
+//! name, φ / threshold and link. Screenshots (desktop and phone widths) land in `target/tmp/`.
+
+mod common;
+
+use std::process::Command;
+
+use common::Cluster;
+
+fn chromium() -> &'static str {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return c;
+        }
+    }
+    panic!(
+        "no Chromium here: `cargo xtask ci` installs it, or run: sudo apt-get install -y chromium"
+    );
+}
+
+/// Runs headless Chromium with `args` on `url`; returns stdout.
+fn headless(args: &[&str], url: &str) -> String {
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox", // root in CI
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            // Virtual time runs the page's timers; it waits for the page's fetches to finish.
+            "--virtual-time-budget=5000",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Texts of every element whose opening tag contains `marker`.
+fn texts_after(dom: &str, marker: &str) -> Vec<String> {
+    dom.match_indices(marker)
+        .filter_map(|(i, _)| {
+            let rest = &dom[i..];
+            let start = rest.find('>')? + 1;
+            let end = rest[start..].find('<')?;
+            Some(rest[start..start + end].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn chromium_renders_every_node_with_its_phi_after_the_script_ran() {
+    let c = Cluster::start(12);
+    let url = format!("{}/", c.url(1));
+    let dom = headless(&["--dump-dom"], &url);
+
+    // The script replaced the server-rendered rows with ones built from the JSON API.
+    assert!(
+        dom.contains(r#"<body data-live="ok">"#),
+        "the page's JavaScript did not refresh it:\n{dom}"
+    );
+    assert!(dom.contains("updated "), "no update time shown");
+    for i in 1..=3 {
+        let name = format!("node-127.0.12.{i}");
+        assert!(dom.contains(&format!(">{name}</")), "{name} missing");
+        // Each node links to its own dashboard.
+        let api = c.agents[i - 1].api_addr().unwrap();
+        assert!(
+            dom.contains(&format!(r#"href="http://{api}/""#)),
+            "no link to {api}"
+        );
+    }
+    let phis = texts_after(&dom, r#"class="num phi-value""#);
+    assert_eq!(phis.len(), 3, "one φ per node: {phis:?}");
+    for p in &phis {
+        let (phi, threshold) = p.split_once(" / ").unwrap_or_else(|| panic!("{p:?}"));
+        let phi: f64 = phi.parse().unwrap_or_else(|_| panic!("{p:?}"));
+        assert!((0.0..4.0).contains(&phi), "a live node's φ: {p}");
+        assert_eq!(threshold, "8");
+    }
+    let states = texts_after(&dom, r#"class="state alive""#);
+    assert_eq!(states, ["alive"; 3]);
+
+    // Screenshots, for people (and readable on a phone: the table scrolls inside its box).
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for (file, size) in [
+        ("dashboard.png", "1280,720"),
+        ("dashboard-phone.png", "390,844"),
+    ] {
+        let path = dir.join(file);
+        let _ = std::fs::remove_file(&path);
+        headless(
+            &[
+                &format!("--screenshot={}", path.display()),
+                &format!("--window-size={size}"),
+            ],
+            &url,
+        );
+        let png = std::fs::read(&path).expect("a screenshot");
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{file}");
+        println!("screenshot: {}", path.display());
+    }
+}
