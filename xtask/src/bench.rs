@@ -3,7 +3,7 @@
 use crate::util::{cargo, run as run_step};
 
 /// Benchmarks `herd-bench` knows.
-const KNOWN: &[&str] = &["gossip"];
+const KNOWN: &[&str] = &["gossip", "http"];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     for a in args {

@@ -1,6 +1,7 @@
 //! Benchmarks: each prints a Markdown table of figures measured in one run.
 
 pub mod gossip;
+pub mod http;
 
 /// Formats a duration in seconds with two decimals.
 pub fn secs(d: std::time::Duration) -> String {
