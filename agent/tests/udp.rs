@@ -26,6 +26,8 @@ fn config(ip: &str, key: &str, seed: Option<String>, state: &std::path::Path) ->
         # Loopback only: the network rule keeps multicast off the machine's real interfaces.
         [discovery]
         mdns = false
+        [api]
+        bind = "{ip}:0"
         "#,
         state.display()
     ))

@@ -174,6 +174,7 @@ fn avahi_sees_every_agent_and_keeps_its_host_name() {
         assert_eq!(b.port, 7946);
         assert_eq!(b.txt("cluster"), Some("lan"));
         assert_eq!(b.txt("gossip"), Some("7946"));
+        assert_eq!(b.txt("http"), Some("8080"));
         assert_eq!(b.txt("version"), Some(env!("CARGO_PKG_VERSION")));
     }
 
