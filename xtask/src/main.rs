@@ -2,6 +2,7 @@
 //! dispatches to one module per task.
 
 mod bench;
+mod build;
 mod ci;
 mod deps;
 mod util;
@@ -12,6 +13,8 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
+  build                  release builds of herd for aarch64 and armv7 Raspberry Pi OS (installs the
+                         cross linkers and rustup targets it needs)
   ci                     everything CI checks: formatting, clippy -D warnings, all tests, quick benchmarks
   bench [NAME…] [--quick]
                          run benchmarks and print their figures (names: gossip; default: all)
@@ -31,6 +34,7 @@ fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
+        Some("build") => build::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
