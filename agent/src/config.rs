@@ -353,6 +353,7 @@ mod tests {
         let text = text.replace("{{ cluster_key }}", KEY);
         let text = text.replace("{{ cluster }}", "herd");
         let text = text.replace("{{ api_token }}", "0123456789abcdef0123");
+        let text = text.replace("{{ seeds }}", "[]");
         let c = Config::parse(&text).unwrap();
         let d = Config::parse(&format!("[gossip]\nkey = \"{KEY}\"")).unwrap();
         assert_eq!(c.gossip_config().interval, d.gossip_config().interval);

@@ -1,0 +1,119 @@
+//! The pipeline's core: put herd into an image file (already a copy of the base).
+
+use std::path::{Path, PathBuf};
+
+use crate::ext4::Entry;
+use crate::overlay::{self, Values};
+use crate::{Arch, Error, Image, Result};
+
+/// What goes into the image.
+#[derive(Clone)]
+pub struct BakeOptions {
+    /// The overlay tree (`overlay/` of the workspace).
+    pub overlay: PathBuf,
+    pub values: Values,
+    /// `name:crypt-hash` for `userconf.txt` on the boot partition.
+    pub userconf: Option<String>,
+    /// Authorized SSH keys for the user (password login over SSH is then turned off).
+    pub ssh_keys: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for BakeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BakeOptions")
+            .field("overlay", &self.overlay)
+            .field("cluster", &self.values.cluster)
+            .field("secrets", &"***")
+            .finish()
+    }
+}
+
+/// What was done.
+#[derive(Debug, Clone)]
+pub struct Baked {
+    pub arch: Arch,
+    /// Root filesystem paths written, with their sizes.
+    pub root_files: Vec<(String, u64)>,
+    /// Boot partition files written.
+    pub boot_files: Vec<String>,
+}
+
+/// Where the enable symlink lives and what it points to.
+pub const UNIT: &str = "/etc/systemd/system/herd.service";
+pub const UNIT_LINK: &str = "/etc/systemd/system/multi-user.target.wants/herd.service";
+pub const BINARY: &str = "/usr/local/bin/herd";
+
+/// Bakes herd into `image`; `binary_for` returns the agent binary for the image's architecture.
+pub fn bake(
+    image: &Path,
+    opts: &BakeOptions,
+    binary_for: impl FnOnce(Arch) -> Result<PathBuf>,
+) -> Result<Baked> {
+    let img = Image::open(image)?;
+    let root = img.root();
+    if root.needs_recovery()? {
+        return Err(Error::Invalid(format!(
+            "{}: the root filesystem was not cleanly unmounted (its journal needs recovery); \
+             run e2fsck on the base first",
+            image.display()
+        )));
+    }
+    let arch = img.arch()?;
+    let binary = binary_for(arch)?;
+    let bin = std::fs::read(&binary).map_err(crate::io(&binary))?;
+
+    let mut entries = overlay::render(&opts.overlay, &opts.values)?;
+    entries.push(Entry::File {
+        path: BINARY.into(),
+        contents: bin,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    });
+    entries.push(Entry::Symlink {
+        path: UNIT_LINK.into(),
+        target: UNIT.into(),
+    });
+    if let Some((user, keys)) = &opts.ssh_keys {
+        // In a root-owned place named after the final user: it survives the first-boot rename of the
+        // first user (pi → user), which moves home directories around.
+        entries.push(Entry::File {
+            path: format!("/etc/ssh/authorized_keys.d/{user}"),
+            contents: keys.clone().into_bytes(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        });
+        entries.push(Entry::File {
+            path: "/etc/ssh/sshd_config.d/herd.conf".into(),
+            contents: b"# Written by herd: key-only SSH.\nAuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys.d/%u\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n".to_vec(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        });
+    }
+    let root_files = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::File { path, contents, .. } => Some((path.clone(), contents.len() as u64)),
+            _ => None,
+        })
+        .collect();
+    root.apply(&entries)?;
+
+    let boot = img.boot()?;
+    let mut boot_files = Vec::new();
+    if let Some(line) = &opts.userconf {
+        boot.write("userconf.txt", format!("{line}\n").as_bytes())?;
+        boot_files.push("userconf.txt".to_string());
+    }
+    // SSH on at first boot.
+    boot.write("ssh", b"")?;
+    boot_files.push("ssh".to_string());
+    boot.close()?;
+    Ok(Baked {
+        arch,
+        root_files,
+        boot_files,
+    })
+}

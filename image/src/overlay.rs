@@ -1,0 +1,66 @@
+//! The overlay: the tree under `overlay/` that every image gets, rendered with `tera` (every file is a
+//! template), plus the agent binary and the symlink that enables its unit.
+
+use std::path::Path;
+
+use crate::ext4::Entry;
+use crate::{Error, Result};
+
+/// The values the templates see.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Values {
+    pub cluster: String,
+    pub cluster_key: String,
+    pub api_token: String,
+    /// A TOML array of `host:port` seeds, e.g. `["pi1.local:7946"]`.
+    pub seeds: String,
+}
+
+/// Renders every file under `dir` into entries rooted at `/` (files 0644 root:root, directories 0755).
+pub fn render(dir: &Path, values: &Values) -> Result<Vec<Entry>> {
+    let ctx = tera::Context::from_serialize(values)
+        .map_err(|e| Error::Invalid(format!("overlay values: {e}")))?;
+    let mut out = Vec::new();
+    walk(dir, dir, &ctx, &mut out)?;
+    if out.is_empty() {
+        return Err(Error::Invalid(format!("{}: the overlay is empty", dir.display())));
+    }
+    Ok(out)
+}
+
+fn walk(base: &Path, dir: &Path, ctx: &tera::Context, out: &mut Vec<Entry>) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(crate::io(dir))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(crate::io(dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let rel = format!(
+            "/{}",
+            path.strip_prefix(base).expect("under base").to_string_lossy()
+        );
+        let ty = e.file_type().map_err(crate::io(&path))?;
+        if ty.is_dir() {
+            walk(base, &path, ctx, out)?;
+        } else if ty.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(crate::io(&path))?;
+            let rendered = tera::Tera::one_off(&text, ctx, false)
+                .map_err(|e| Error::Invalid(format!("{}: template: {e:?}", path.display())))?;
+            out.push(Entry::File {
+                path: rel,
+                contents: rendered.into_bytes(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `seeds` as a TOML array.
+pub fn seeds_toml(seeds: &[String]) -> String {
+    let quoted: Vec<String> = seeds.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
