@@ -32,7 +32,9 @@ pub enum Entry {
 impl Entry {
     pub fn path(&self) -> &str {
         match self {
-            Entry::Dir { path, .. } | Entry::File { path, .. } | Entry::Symlink { path, .. } => path,
+            Entry::Dir { path, .. } | Entry::File { path, .. } | Entry::Symlink { path, .. } => {
+                path
+            }
         }
     }
 }
@@ -107,7 +109,10 @@ impl Root {
         check_path(path)?;
         let st = self.stat(path)?;
         if st.kind != "regular" {
-            return Err(Error::Invalid(format!("{path} is a {}, not a file", st.kind)));
+            return Err(Error::Invalid(format!(
+                "{path} is a {}, not a file",
+                st.kind
+            )));
         }
         self.request(&format!("cat {path}"))
     }
@@ -145,7 +150,14 @@ impl Root {
                 done.pop();
                 continue;
             }
-            let candidate = format!("/{}", done.iter().chain([&c]).cloned().collect::<Vec<_>>().join("/"));
+            let candidate = format!(
+                "/{}",
+                done.iter()
+                    .chain([&c])
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("/")
+            );
             let st = self.stat(&candidate)?;
             match st.link {
                 Some(target) => {
@@ -156,7 +168,13 @@ impl Root {
                     if target.starts_with('/') {
                         done.clear();
                     }
-                    todo.extend(target.split('/').filter(|c| !c.is_empty()).rev().map(String::from));
+                    todo.extend(
+                        target
+                            .split('/')
+                            .filter(|c| !c.is_empty())
+                            .rev()
+                            .map(String::from),
+                    );
                 }
                 None => done.push(c),
             }
@@ -229,11 +247,14 @@ impl Root {
         }
         let missing: BTreeSet<String> = dirs.into_iter().filter(|d| !self.exists(d)).collect();
 
-        let tmp = tempfile::tempdir().map_err(|e| Error::Invalid(format!("temporary directory: {e}")))?;
+        let tmp =
+            tempfile::tempdir().map_err(|e| Error::Invalid(format!("temporary directory: {e}")))?;
         let mut script = String::new();
         // BTreeSet order puts parents before children.
         for d in &missing {
-            script.push_str(&format!("mkdir {d}\nsif {d} mode 040755\nsif {d} uid 0\nsif {d} gid 0\n"));
+            script.push_str(&format!(
+                "mkdir {d}\nsif {d} mode 040755\nsif {d} uid 0\nsif {d} gid 0\n"
+            ));
         }
         for (i, e) in entries.iter().enumerate() {
             match e {
@@ -244,7 +265,7 @@ impl Root {
                     gid,
                 } => {
                     script.push_str(&format!(
-                        "sif {path} mode {:#o}\nsif {path} uid {uid}\nsif {path} gid {gid}\n",
+                        "sif {path} mode 0{:o}\nsif {path} uid {uid}\nsif {path} gid {gid}\n",
                         0o040000 | (mode & 0o7777)
                     ));
                 }
@@ -261,7 +282,7 @@ impl Root {
                         script.push_str(&format!("rm {path}\n"));
                     }
                     script.push_str(&format!(
-                        "write {} {path}\nsif {path} mode {:#o}\nsif {path} uid {uid}\nsif {path} gid {gid}\n",
+                        "write {} {path}\nsif {path} mode 0{:o}\nsif {path} uid {uid}\nsif {path} gid {gid}\n",
                         host.display(),
                         0o100000 | (mode & 0o7777)
                     ));
@@ -307,7 +328,10 @@ fn error_lines(stderr: &[u8]) -> Vec<String> {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .filter(|l| {
-            !(l.starts_with("debugfs ") && l.split_whitespace().nth(1).is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())))
+            !(l.starts_with("debugfs ")
+                && l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())))
         })
         .map(String::from)
         .collect()
@@ -351,6 +375,9 @@ mod tests {
         assert!(check_path("/etc/a b").is_err());
         assert!(check_path("etc").is_err());
         assert!(check_path("/etc/../x").is_err());
-        assert_eq!(error_lines(b"debugfs 1.47.0 (5-Feb-2023)\nwrite: Could not allocate block\n"), ["write: Could not allocate block"]);
+        assert_eq!(
+            error_lines(b"debugfs 1.47.0 (5-Feb-2023)\nwrite: Could not allocate block\n"),
+            ["write: Could not allocate block"]
+        );
     }
 }

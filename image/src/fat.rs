@@ -98,7 +98,10 @@ impl Boot {
     }
 
     fn err(&self, what: &str, e: io::Error) -> Error {
-        Error::Invalid(format!("{}: boot partition: {what}: {e}", self.path.display()))
+        Error::Invalid(format!(
+            "{}: boot partition: {what}: {e}",
+            self.path.display()
+        ))
     }
 
     /// Creates or replaces the file at `path` (`/` separated, from the partition's root).

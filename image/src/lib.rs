@@ -10,6 +10,7 @@
 pub mod bake;
 pub mod ext4;
 pub mod fat;
+pub mod fixture;
 pub mod overlay;
 
 use std::fs::File;
@@ -29,7 +30,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}: no MBR partition table (no 0x55AA signature at byte 510); is this a disk image?")]
+    #[error(
+        "{0}: no MBR partition table (no 0x55AA signature at byte 510); is this a disk image?"
+    )]
     NoPartitionTable(PathBuf),
     #[error("{0}: GPT partition tables are not supported; Raspberry Pi OS images use MBR")]
     Gpt(PathBuf),
@@ -191,7 +194,10 @@ impl Image {
         }
         if let Ok(status) = root.read("/var/lib/dpkg/status") {
             let text = String::from_utf8_lossy(&status);
-            for arch in text.lines().filter_map(|l| l.strip_prefix("Architecture: ")) {
+            for arch in text
+                .lines()
+                .filter_map(|l| l.strip_prefix("Architecture: "))
+            {
                 match arch.trim() {
                     "arm64" => return Ok(Arch::Arm64),
                     "armhf" => return Ok(Arch::Armhf),
@@ -202,7 +208,9 @@ impl Image {
         Err(Error::UnknownArch {
             path: self.path.clone(),
             why: match elf {
-                Ok(_) => "/bin/sh is not an ELF file and dpkg names no arm64 or armhf package".into(),
+                Ok(_) => {
+                    "/bin/sh is not an ELF file and dpkg names no arm64 or armhf package".into()
+                }
                 Err(e) => format!("no /bin/sh ({e}) and no dpkg status"),
             },
         })

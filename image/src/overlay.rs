@@ -23,7 +23,10 @@ pub fn render(dir: &Path, values: &Values) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     walk(dir, dir, &ctx, &mut out)?;
     if out.is_empty() {
-        return Err(Error::Invalid(format!("{}: the overlay is empty", dir.display())));
+        return Err(Error::Invalid(format!(
+            "{}: the overlay is empty",
+            dir.display()
+        )));
     }
     Ok(out)
 }
@@ -38,7 +41,9 @@ fn walk(base: &Path, dir: &Path, ctx: &tera::Context, out: &mut Vec<Entry>) -> R
         let path = e.path();
         let rel = format!(
             "/{}",
-            path.strip_prefix(base).expect("under base").to_string_lossy()
+            path.strip_prefix(base)
+                .expect("under base")
+                .to_string_lossy()
         );
         let ty = e.file_type().map_err(crate::io(&path))?;
         if ty.is_dir() {

@@ -58,7 +58,15 @@ pub fn build_all() -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for t in TARGETS {
         let mut c = cargo();
-        c.args(["build", "--release", "--locked", "--package", "herd", "--bin", "herd"]);
+        c.args([
+            "build",
+            "--release",
+            "--locked",
+            "--package",
+            "herd",
+            "--bin",
+            "herd",
+        ]);
         c.args(["--target", t.triple]);
         run_step(&format!("build {}", t.triple), c)?;
         let bin = binary(t);

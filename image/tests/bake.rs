@@ -1,0 +1,305 @@
+//! The image pipeline's core on Pi-layout fixtures (old and 2025 alignment, arm64 and armhf), proven with
+//! the real tools: `e2fsck -fn`, `fsck.fat -n`, `sfdisk --dump`, `debugfs`, `systemd-analyze verify`,
+//! and the baked binary run under qemu-user.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use herd_image::ext4::Entry;
+use herd_image::fixture::Fixture;
+use herd_image::overlay::Values;
+use herd_image::{bake, Arch, BakeOptions, Error, Image};
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .into()
+}
+
+/// The cross-built agent (`cargo xtask build`; `cargo xtask ci` builds it before the tests).
+fn agent_binary(arch: Arch) -> PathBuf {
+    let triple = match arch {
+        Arch::Arm64 => "aarch64-unknown-linux-gnu",
+        Arch::Armhf => "armv7-unknown-linux-gnueabihf",
+    };
+    let p = workspace().join("target").join(triple).join("release/herd");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask build` first",
+        p.display()
+    );
+    p
+}
+
+fn options() -> BakeOptions {
+    BakeOptions {
+        overlay: workspace().join("overlay"),
+        values: Values {
+            cluster: "fixture".into(),
+            cluster_key: KEY.into(),
+            api_token: TOKEN.into(),
+            seeds: herd_image::overlay::seeds_toml(&["pi1.local:7946".into()]),
+        },
+        userconf: Some("alice:$6$saltsalt$hash".into()),
+        ssh_keys: Some(("alice".into(), "ssh-ed25519 AAAAC3Nz alice@laptop\n".into())),
+    }
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn sha256(path: &Path) -> String {
+    let (ok, out) = run(Command::new("sha256sum").arg(path));
+    assert!(ok);
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+/// Copies a partition out of the image (fsck.fat has no offset option).
+fn extract(image: &Path, start: u64, size: u64, to: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(image).unwrap();
+    f.seek(SeekFrom::Start(start)).unwrap();
+    let mut out = std::fs::File::create(to).unwrap();
+    std::io::copy(&mut f.take(size), &mut out).unwrap();
+}
+
+fn check_pipeline(fixture: Fixture) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    fixture.build(&base).unwrap();
+    let base_sha = sha256(&base);
+    let (ok, table_before) = run(Command::new("sfdisk").arg("--dump").arg(&base));
+    assert!(ok, "{table_before}");
+
+    let out = dir.path().join("out.img");
+    std::fs::copy(&base, &out).unwrap();
+    let opts = options();
+    let baked = bake(&out, &opts, |arch| Ok(agent_binary(arch))).unwrap();
+    assert_eq!(baked.arch, fixture.arch);
+
+    // The base is untouched; the table is unchanged.
+    assert_eq!(sha256(&base), base_sha);
+    let (_, table_after) = run(Command::new("sfdisk").arg("--dump").arg(&out));
+    let strip = |t: &str| {
+        t.replace(out.to_str().unwrap(), "X")
+            .replace(base.to_str().unwrap(), "X")
+    };
+    assert_eq!(strip(&table_after), strip(&table_before));
+
+    // Both filesystems are clean.
+    let img = Image::open(&out).unwrap();
+    let (ok, text) = run(Command::new("e2fsck").arg("-fn").arg(img.root().spec()));
+    assert!(ok, "e2fsck: {text}");
+    let fat = dir.path().join("boot.fat");
+    extract(&out, img.boot.start, img.boot.size, &fat);
+    let (ok, text) = run(Command::new("fsck.fat").arg("-n").arg(&fat));
+    assert!(ok, "fsck.fat: {text}");
+
+    // Every injected file reads back byte for byte, with its mode and owner.
+    let root = img.root();
+    let mut expected = herd_image::overlay::render(&opts.overlay, &opts.values).unwrap();
+    expected.push(Entry::File {
+        path: "/usr/local/bin/herd".into(),
+        contents: std::fs::read(agent_binary(fixture.arch)).unwrap(),
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    });
+    expected.push(Entry::File {
+        path: "/etc/ssh/authorized_keys.d/alice".into(),
+        contents: b"ssh-ed25519 AAAAC3Nz alice@laptop\n".to_vec(),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    });
+    for e in &expected {
+        let Entry::File {
+            path,
+            contents,
+            mode,
+            uid,
+            gid,
+        } = e
+        else {
+            continue;
+        };
+        assert_eq!(&root.read(path).unwrap(), contents, "{path}");
+        let st = root.stat(path).unwrap();
+        assert_eq!((st.mode, st.uid, st.gid), (*mode, *uid, *gid), "{path}");
+    }
+    // The unit is enabled: the wants symlink resolves to it.
+    let link = root.stat(herd_image::bake::UNIT_LINK).unwrap();
+    assert_eq!(link.kind, "symlink");
+    assert_eq!(
+        root.resolve(herd_image::bake::UNIT_LINK).unwrap(),
+        herd_image::bake::UNIT
+    );
+    // The rendered config parses with the agent's own loader, with the values baked in.
+    let toml = String::from_utf8(root.read("/etc/herd/herd.toml").unwrap()).unwrap();
+    let config = herd::config::Config::parse(&toml).unwrap();
+    assert_eq!(config.cluster, "fixture");
+    assert_eq!(config.gossip.seeds, ["pi1.local:7946"]);
+    assert!(config.api.token.is_some());
+    // The boot partition has the user and SSH switched on.
+    let boot = img.boot().unwrap();
+    assert_eq!(
+        boot.read("userconf.txt").unwrap(),
+        b"alice:$6$saltsalt$hash\n"
+    );
+    assert!(boot.exists("ssh"));
+    assert!(String::from_utf8(boot.read("cmdline.txt").unwrap())
+        .unwrap()
+        .contains("rootwait"));
+    // No machine identity is baked in.
+    assert_eq!(root.read("/etc/machine-id").unwrap(), b"");
+
+    // The baked binary runs for the image's architecture.
+    let bin = dir.path().join("herd-from-image");
+    std::fs::write(&bin, root.read("/usr/local/bin/herd").unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (qemu, sysroot) = match fixture.arch {
+        Arch::Arm64 => ("qemu-aarch64-static", "/usr/aarch64-linux-gnu"),
+        Arch::Armhf => ("qemu-arm-static", "/usr/arm-linux-gnueabihf"),
+    };
+    let (ok, text) = run(Command::new(qemu)
+        .args(["-L", sysroot])
+        .arg(&bin)
+        .arg("--version"));
+    assert!(ok, "{qemu}: {text}");
+    assert_eq!(text.trim(), format!("herd {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn bakes_a_2025_aligned_arm64_image() {
+    check_pipeline(Fixture::default());
+}
+
+#[test]
+fn bakes_an_old_aligned_armhf_image() {
+    check_pipeline(Fixture {
+        aligned_2025: false,
+        arch: Arch::Armhf,
+        ..Fixture::default()
+    });
+}
+
+#[test]
+fn partitions_are_found_by_type_and_signature_not_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    for (aligned, boot_start) in [(false, 8192 * 512), (true, 16384 * 512)] {
+        let p = dir.path().join(format!("{aligned}.img"));
+        Fixture {
+            aligned_2025: aligned,
+            ..Fixture::default()
+        }
+        .build(&p)
+        .unwrap();
+        let img = Image::open(&p).unwrap();
+        assert_eq!(img.boot.start, boot_start);
+        assert_eq!(img.root.start, boot_start + 64 * 1024 * 1024);
+        assert_eq!(img.arch().unwrap(), Arch::Arm64);
+    }
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
+    std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+    // The units it depends on (network-online.target, …) come from this machine's systemd.
+    std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
+    let (ok, text) = run(Command::new("cp")
+        .args(["-a", "/usr/lib/systemd/system"])
+        .arg(root.join("usr/lib/systemd/")));
+    assert!(ok, "systemd's units (apt-get install systemd): {text}");
+    let unit = workspace().join("overlay/etc/systemd/system/herd.service");
+    std::fs::copy(&unit, root.join("etc/systemd/system/herd.service")).unwrap();
+    // verify checks that the ExecStart binary exists and is executable.
+    std::fs::copy("/bin/true", root.join("usr/local/bin/herd")).unwrap();
+    let (ok, text) = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .arg(root.join("etc/systemd/system/herd.service")));
+    assert!(
+        ok && text.trim().is_empty(),
+        "systemd-analyze verify:\n{text}"
+    );
+}
+
+#[test]
+fn bad_images_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options();
+    let binary = |arch| Ok(agent_binary(arch));
+
+    let missing = dir.path().join("missing.img");
+    let e = bake(&missing, &opts, binary).unwrap_err();
+    assert!(
+        matches!(e, Error::Io { .. }) && e.to_string().contains("missing.img"),
+        "{e}"
+    );
+
+    let zeros = dir.path().join("zeros.img");
+    std::fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+    let e = bake(&zeros, &opts, binary).unwrap_err();
+    assert!(e.to_string().contains("no MBR partition table"), "{e}");
+
+    let good = dir.path().join("good.img");
+    Fixture::default().build(&good).unwrap();
+    let truncated = dir.path().join("truncated.img");
+    std::fs::copy(&good, &truncated).unwrap();
+    let len = std::fs::metadata(&truncated).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let e = bake(&truncated, &opts, binary).unwrap_err();
+    assert!(e.to_string().contains("truncated image"), "{e}");
+
+    // No ext4: wipe the root superblock's magic.
+    let no_root = dir.path().join("noroot.img");
+    std::fs::copy(&good, &no_root).unwrap();
+    let img = Image::open(&no_root).unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&no_root)
+            .unwrap();
+        f.seek(SeekFrom::Start(img.root.start + 1024 + 56)).unwrap();
+        f.write_all(&[0, 0]).unwrap();
+    }
+    let e = bake(&no_root, &opts, binary).unwrap_err();
+    assert!(e.to_string().contains("no ext4 root partition"), "{e}");
+
+    // A root filesystem too small for the overlay: refused before anything is written.
+    let full = dir.path().join("full.img");
+    Fixture {
+        root_mib: 16,
+        fill: vec![("/var/cache/blob".into(), 10 << 20)],
+        ..Fixture::default()
+    }
+    .build(&full)
+    .unwrap();
+    let before = sha256(&full);
+    let e = bake(&full, &opts, binary).unwrap_err();
+    assert!(e.to_string().contains("root filesystem is too full"), "{e}");
+    assert_eq!(sha256(&full), before, "nothing written");
+}
