@@ -19,9 +19,13 @@ pub struct Target {
         default_value = "http://localhost:8080"
     )]
     pub node: String,
-    /// API token for write endpoints; else $HERD_TOKEN, else the file ~/.config/herd/token.
+    /// API token for write endpoints; else $HERD_TOKEN, else --secrets, else the file ~/.config/herd/token.
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A cluster's secrets file (`secrets/CLUSTER.toml`, written by `cargo xtask image`): its api_token
+    /// is used when no token is given.
+    #[arg(long, env = "HERD_SECRETS")]
+    pub secrets: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -35,6 +39,18 @@ impl Target {
     fn token(&self) -> anyhow::Result<Option<String>> {
         if let Some(t) = &self.token {
             return Ok(Some(t.trim().to_string()));
+        }
+        if let Some(path) = &self.secrets {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--secrets: cannot read {}", path.display()))?;
+            let table: toml::Table = text
+                .parse()
+                .with_context(|| format!("--secrets: {} is not TOML", path.display()))?;
+            let token = table
+                .get("api_token")
+                .and_then(|v| v.as_str())
+                .with_context(|| format!("--secrets: no api_token in {}", path.display()))?;
+            return Ok(Some(token.to_string()));
         }
         let Some(home) = std::env::var_os("HOME") else {
             return Ok(None);

@@ -12,6 +12,7 @@ pub mod ext4;
 pub mod fat;
 pub mod fixture;
 pub mod overlay;
+pub mod pipeline;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

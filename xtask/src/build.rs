@@ -52,11 +52,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
 /// Builds every target; returns the binaries.
 pub fn build_all() -> anyhow::Result<Vec<PathBuf>> {
+    TARGETS.iter().map(build_one).collect()
+}
+
+/// Builds one target; returns the binary.
+pub fn build_one(t: &Target) -> anyhow::Result<PathBuf> {
     ensure_targets()?;
-    let needs: Vec<_> = TARGETS.iter().map(|t| need(t.linker, t.package)).collect();
-    ensure_packages("cross-compiling herd", &needs)?;
-    let mut out = Vec::new();
-    for t in TARGETS {
+    ensure_packages("cross-compiling herd", &[need(t.linker, t.package)])?;
+    {
         let mut c = cargo();
         c.args([
             "build",
@@ -80,9 +83,8 @@ pub fn build_all() -> anyhow::Result<Vec<PathBuf>> {
             bin.display(),
             size as f64 / 1e6
         );
-        out.push(bin);
+        Ok(bin)
     }
-    Ok(out)
 }
 
 /// Adds the rustup targets that are missing.

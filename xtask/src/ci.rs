@@ -18,6 +18,21 @@ const LAN_TEST_NEEDS: &[Need] = &[
     need("dbus-send", "dbus-bin"),
 ];
 
+/// What the image tests (`image/tests/`) check their results with.
+const IMAGE_TEST_NEEDS: &[Need] = &[
+    need("debugfs", "e2fsprogs"),
+    need("e2fsck", "e2fsprogs"),
+    need("mke2fs", "e2fsprogs"),
+    need("fsck.fat", "dosfstools"),
+    need("sfdisk", "fdisk"),
+    need("systemd-analyze", "systemd"),
+    need("qemu-aarch64-static", "qemu-user-static"),
+    need("qemu-arm-static", "qemu-user-static"),
+    need("xz", "xz-utils"),
+    need("curl", "curl"),
+    need("openssl", "openssl"),
+];
+
 /// What the dashboard test (`agent/tests/dashboard.rs`) drives: a real browser.
 const BROWSER_TEST_NEEDS: &[Need] = &[need("chromium", "chromium")];
 
@@ -31,6 +46,9 @@ pub fn run() -> anyhow::Result<()> {
     }
     ensure_packages("multi-host tests", LAN_TEST_NEEDS)?;
     ensure_packages("dashboard test", BROWSER_TEST_NEEDS)?;
+    ensure_packages("image tests", IMAGE_TEST_NEEDS)?;
+    // The image tests bake and run the cross-built agents.
+    crate::build::build_all()?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run_step("format", fmt)?;

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod ci;
 mod deps;
+mod image;
 mod util;
 
 use anyhow::bail;
@@ -15,6 +16,10 @@ usage: cargo xtask <task>
 tasks:
   build                  release builds of herd for aarch64 and armv7 Raspberry Pi OS (installs the
                          cross linkers and rustup targets it needs)
+  image --cluster NAME [--base IMG|URL] [--user U --password-file F] [--ssh-key F] [--xz] …
+                         a flashable SD-card image with herd baked in (`cargo xtask image --help`)
+  fixture PATH [--armhf] [--old-layout]
+                         write a small Pi-layout test image (to try `image --base PATH` offline)
   ci                     everything CI checks: formatting, clippy -D warnings, all tests, quick benchmarks
   bench [NAME…] [--quick]
                          run benchmarks and print their figures (names: gossip; default: all)
@@ -35,6 +40,8 @@ fn run() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
         Some("build") => build::run(&args[1..]),
+        Some("image") => image::run(&args[1..]),
+        Some("fixture") => image::fixture(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");

@@ -1,0 +1,353 @@
+//! The whole image job: get the base (local `.img`, `.img.xz` or URL, downloaded once with its published
+//! checksum checked and cached), copy it (sparse, reflinked where the filesystem can), bake herd into the
+//! copy, and write the outputs (`.img`, `.sha256`, optionally `.img.xz`, and a Raspberry Pi Imager
+//! manifest). Everything is written to temporary names and renamed at the end, so a failure leaves no
+//! half-written output behind; the base is only ever read.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::bake::{bake, BakeOptions, Baked};
+use crate::{Arch, Error, Result};
+
+/// Where the base image comes from.
+#[derive(Debug, Clone)]
+pub enum Base {
+    File(PathBuf),
+    Url(String),
+}
+
+impl Base {
+    pub fn parse(s: &str) -> Base {
+        if s.contains("://") {
+            Base::Url(s.to_string())
+        } else {
+            Base::File(PathBuf::from(s))
+        }
+    }
+}
+
+/// The latest Raspberry Pi OS Lite (64-bit); redirects to the newest `.img.xz`.
+pub const DEFAULT_BASE: &str = "https://downloads.raspberrypi.com/raspios_lite_arm64_latest";
+
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub base: Base,
+    /// Where downloads are kept between runs.
+    pub cache_dir: PathBuf,
+    pub out_dir: PathBuf,
+    /// File stem of the outputs, e.g. `herd-lab`.
+    pub name: String,
+    pub bake: BakeOptions,
+    pub xz: bool,
+}
+
+/// What the run produced.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub image: PathBuf,
+    pub image_size: u64,
+    pub image_sha256: String,
+    pub xz: Option<PathBuf>,
+    pub manifest: PathBuf,
+    pub baked: Baked,
+    /// Step name and how long it took.
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+/// Removes a temporary output unless it was kept.
+struct Partial(Option<PathBuf>);
+
+impl Partial {
+    fn keep(mut self) -> PathBuf {
+        self.0.take().expect("kept once")
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn tool(what: &str, out: std::process::Output) -> Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Tool {
+        what: what.to_string(),
+        output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+fn spawn_err(what: &str, package: &str) -> impl FnOnce(std::io::Error) -> Error {
+    let what = format!("{what} (apt-get install {package})");
+    move |e| Error::Tool {
+        what,
+        output: e.to_string(),
+    }
+}
+
+/// Runs the job; `binary_for` gives the agent binary for the image's architecture.
+pub fn run(
+    opts: &PipelineOptions,
+    binary_for: impl FnOnce(Arch) -> Result<PathBuf>,
+) -> Result<Summary> {
+    let mut timings = Vec::new();
+    let name = &opts.name;
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(Error::Invalid(format!(
+            "output name {name:?}: use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    std::fs::create_dir_all(&opts.out_dir).map_err(crate::io(&opts.out_dir))?;
+
+    // 1. The base, as a local file.
+    let t = Instant::now();
+    let base = match &opts.base {
+        Base::File(p) => {
+            let meta = std::fs::metadata(p).map_err(crate::io(p))?;
+            if !meta.is_file() {
+                return Err(Error::Invalid(format!("{}: not a file", p.display())));
+            }
+            p.clone()
+        }
+        Base::Url(url) => download(url, &opts.cache_dir)?,
+    };
+    timings.push(("get base", t.elapsed()));
+
+    // 2. A private copy to work on.
+    let t = Instant::now();
+    let partial_img = opts.out_dir.join(format!(".{name}.img.partial"));
+    let _ = std::fs::remove_file(&partial_img);
+    let partial = Partial(Some(partial_img.clone()));
+    let compressed = base.extension().is_some_and(|e| e == "xz");
+    if compressed {
+        let out = File::create(&partial_img).map_err(crate::io(&partial_img))?;
+        let r = Command::new("xz")
+            .args(["-dc", "-T0"])
+            .arg(&base)
+            .stdout(out)
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(spawn_err("xz", "xz-utils"))?;
+        tool(
+            &format!("decompressing {} (corrupt .xz?)", base.display()),
+            r,
+        )?;
+    } else {
+        let r = Command::new("cp")
+            .args(["--sparse=always", "--reflink=auto"])
+            .arg(&base)
+            .arg(&partial_img)
+            .output()
+            .map_err(spawn_err("cp", "coreutils"))?;
+        tool(&format!("copying {}", base.display()), r)?;
+    }
+    timings.push((if compressed { "decompress" } else { "copy" }, t.elapsed()));
+
+    // 3. herd goes in (the binary for the image's architecture is found, or built, first).
+    let binary = binary_for(crate::Image::open(&partial_img)?.arch()?)?;
+    let t = Instant::now();
+    let baked = bake(&partial_img, &opts.bake, |_| Ok(binary))?;
+    timings.push(("inject", t.elapsed()));
+
+    // 4. Checksums, compression, manifest; then every output takes its final name.
+    let t = Instant::now();
+    let image_size = std::fs::metadata(&partial_img)
+        .map_err(crate::io(&partial_img))?
+        .len();
+    let image_sha256 = sha256_file(&partial_img)?;
+    timings.push(("sha256", t.elapsed()));
+
+    let image = opts.out_dir.join(format!("{name}.img"));
+    let sha_path = opts.out_dir.join(format!("{name}.img.sha256"));
+    let manifest = opts.out_dir.join(format!("{name}.rpi-imager-manifest"));
+    let mut xz = None;
+    let mut download_file = image.clone();
+    let mut download_size = image_size;
+    let mut download_sha = image_sha256.clone();
+    let partial_xz = opts.out_dir.join(format!(".{name}.img.xz.partial"));
+    let xz_guard = Partial(Some(partial_xz.clone()));
+    if opts.xz {
+        let t = Instant::now();
+        let out = File::create(&partial_xz).map_err(crate::io(&partial_xz))?;
+        let r = Command::new("xz")
+            .args(["-c", "-T0", "-6"])
+            .arg(&partial_img)
+            .stdout(out)
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(spawn_err("xz", "xz-utils"))?;
+        tool("compressing the image", r)?;
+        download_size = std::fs::metadata(&partial_xz)
+            .map_err(crate::io(&partial_xz))?
+            .len();
+        download_sha = sha256_file(&partial_xz)?;
+        let final_xz = opts.out_dir.join(format!("{name}.img.xz"));
+        download_file = final_xz.clone();
+        xz = Some(final_xz);
+        timings.push(("xz", t.elapsed()));
+    }
+    let manifest_json = serde_json::json!({
+        "os_list": [{
+            "name": format!("herd: {}", opts.bake.values.cluster),
+            "description": format!(
+                "Raspberry Pi OS with the herd agent for cluster {} ({})",
+                opts.bake.values.cluster,
+                baked.arch.debian()
+            ),
+            "url": download_file.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "extract_size": image_size,
+            "extract_sha256": image_sha256,
+            "image_download_size": download_size,
+            "image_download_sha256": download_sha,
+            "release_date": today(),
+            "devices": match baked.arch {
+                Arch::Arm64 => vec!["pi5-64bit", "pi4-64bit", "pi3-64bit"],
+                Arch::Armhf => vec!["pi4-32bit", "pi3-32bit", "pi2-32bit", "pi1-32bit"],
+            },
+            "init_format": "systemd",
+            "architecture": baked.arch.debian(),
+        }]
+    });
+    let partial_manifest = opts.out_dir.join(format!(".{name}.manifest.partial"));
+    let manifest_guard = Partial(Some(partial_manifest.clone()));
+    std::fs::write(
+        &partial_manifest,
+        serde_json::to_vec_pretty(&manifest_json).expect("json"),
+    )
+    .map_err(crate::io(&partial_manifest))?;
+    let partial_sha = opts.out_dir.join(format!(".{name}.sha256.partial"));
+    let sha_guard = Partial(Some(partial_sha.clone()));
+    std::fs::write(&partial_sha, format!("{image_sha256}  {name}.img\n"))
+        .map_err(crate::io(&partial_sha))?;
+
+    let rename = |from: PathBuf, to: &Path| std::fs::rename(&from, to).map_err(crate::io(to));
+    rename(partial.keep(), &image)?;
+    rename(sha_guard.keep(), &sha_path)?;
+    if let Some(x) = &xz {
+        rename(xz_guard.keep(), x)?;
+    }
+    rename(manifest_guard.keep(), &manifest)?;
+    Ok(Summary {
+        image,
+        image_size,
+        image_sha256,
+        xz,
+        manifest,
+        baked,
+        timings,
+    })
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).map_err(crate::io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(crate::io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Downloads `url` (and `url.sha256`) into `cache`, once; checks the checksum every time.
+fn download(url: &str, cache: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(cache).map_err(crate::io(cache))?;
+    // Follow redirects (…_latest) to the real file name.
+    let out = Command::new("curl")
+        .args(["-fsSLI", "-o", "/dev/null", "-w", "%{url_effective}", url])
+        .output()
+        .map_err(spawn_err("curl", "curl"))?;
+    if !out.status.success() {
+        return Err(Error::Invalid(format!(
+            "cannot reach {url}: {}. Without network, download the image elsewhere and pass the \
+             local file: --base path/to/image.img.xz",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let real = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let file_name = real
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Error::Invalid(format!("{real}: no file name in the URL")))?
+        .to_string();
+    let local = cache.join(&file_name);
+    // The published checksum: "<hex>  <name>".
+    let sums = Command::new("curl")
+        .args(["-fsSL", &format!("{real}.sha256")])
+        .output()
+        .map_err(spawn_err("curl", "curl"))?;
+    if !sums.status.success() {
+        return Err(Error::Invalid(format!(
+            "{real}.sha256: cannot fetch the published checksum: {}",
+            String::from_utf8_lossy(&sums.stderr).trim()
+        )));
+    }
+    let expected = String::from_utf8_lossy(&sums.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_lowercase();
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Invalid(format!("{real}.sha256 holds no SHA-256")));
+    }
+    if !local.exists() {
+        let partial = Partial(Some(cache.join(format!("{file_name}.partial"))));
+        let target = partial.0.clone().expect("set");
+        eprintln!("==> downloading {real}");
+        let status = Command::new("curl")
+            .args(["-fL", "--progress-bar", "-o"])
+            .arg(&target)
+            .arg(&real)
+            .status()
+            .map_err(spawn_err("curl", "curl"))?;
+        if !status.success() {
+            return Err(Error::Invalid(format!(
+                "downloading {real} failed ({status})"
+            )));
+        }
+        std::fs::rename(partial.keep(), &local).map_err(crate::io(&local))?;
+    }
+    let got = sha256_file(&local)?;
+    if got != expected {
+        let _ = std::fs::remove_file(&local);
+        return Err(Error::Invalid(format!(
+            "{real}: wrong checksum: got {got}, the published .sha256 says {expected}; the cached \
+             copy was deleted, run again to download it afresh"
+        )));
+    }
+    Ok(local)
+}
+
+/// Today's date (UTC), YYYY-MM-DD.
+fn today() -> String {
+    chrono::Utc::now().format("%Y-%m-%d").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn today_is_a_date() {
+        let t = super::today();
+        assert_eq!(t.len(), 10);
+        assert!(t.starts_with("20"));
+    }
+}

@@ -1,0 +1,341 @@
+//! `cargo xtask image`: builds a flashable SD-card image with herd baked in (a thin caller of the
+//! `herd-image` library, which does the work rootlessly).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+use herd_image::overlay::{seeds_toml, Values};
+use herd_image::pipeline::{Base, PipelineOptions, DEFAULT_BASE};
+use herd_image::BakeOptions;
+
+use crate::build::{self, TARGETS};
+use crate::deps::{ensure_packages, need};
+use crate::util::root;
+
+const USAGE: &str = "\
+usage: cargo xtask image --cluster NAME [options]
+
+  --cluster NAME         cluster name (secrets are kept in secrets/NAME.toml and reused by every build)
+  --base PATH|URL        a Raspberry Pi OS .img or .img.xz, local or http(s)://, file://
+                         (default: the latest Raspberry Pi OS Lite 64-bit, downloaded once and cached)
+  --user NAME            the first user (with --password-file; without them, Lite asks at first boot)
+  --password-file FILE   the user's password (first line), stored as a SHA-512 crypt hash
+  --ssh-key FILE         authorized SSH public keys for the user; password login over SSH is then off
+  --seeds H:P,H:P        static gossip seeds, where multicast (mDNS) is blocked
+  --xz                   also write a compressed .img.xz (multi-threaded)
+  --name NAME            output name (default: herd-CLUSTER)
+  --out DIR              output directory (default: target/herd)
+";
+
+struct Args {
+    cluster: String,
+    base: String,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    ssh_key: Option<PathBuf>,
+    seeds: Vec<String>,
+    xz: bool,
+    name: Option<String>,
+    out: PathBuf,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Args> {
+    let mut a = Args {
+        cluster: String::new(),
+        base: DEFAULT_BASE.into(),
+        user: None,
+        password_file: None,
+        ssh_key: None,
+        seeds: Vec::new(),
+        xz: false,
+        name: None,
+        out: root().join("target/herd"),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--cluster" => a.cluster = value()?,
+            "--base" => a.base = value()?,
+            "--user" => a.user = Some(value()?),
+            "--password-file" => a.password_file = Some(value()?.into()),
+            "--ssh-key" => a.ssh_key = Some(value()?.into()),
+            "--seeds" => {
+                a.seeds = value()?
+                    .split(',')
+                    .map(str::trim)
+                    .map(String::from)
+                    .collect()
+            }
+            "--xz" => a.xz = true,
+            "--name" => a.name = Some(value()?),
+            "--out" => a.out = value()?.into(),
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other:?}\n\n{USAGE}"),
+        }
+    }
+    if a.cluster.is_empty() {
+        bail!("--cluster NAME is required\n\n{USAGE}");
+    }
+    if a.cluster.len() > 63
+        || !a
+            .cluster
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        bail!(
+            "--cluster {:?}: 1 to 63 characters of A-Z, a-z, 0-9, '-' and '_'",
+            a.cluster
+        );
+    }
+    for (i, s) in a.seeds.iter().enumerate() {
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+            _ => bail!("--seeds: item {} ({s:?}) is not host:port", i + 1),
+        }
+    }
+    match (&a.user, &a.password_file) {
+        (Some(u), Some(_)) => {
+            let ok = u.len() <= 32
+                && u.bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                && u.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if !ok || u == "root" {
+                bail!("--user {u:?}: a Linux user name (lowercase letters, digits, '_', '-'; not root)");
+            }
+        }
+        (Some(_), None) => {
+            bail!("--user needs --password-file (herd never bakes a default password)")
+        }
+        (None, Some(_)) => bail!("--password-file needs --user"),
+        (None, None) => {}
+    }
+    if a.ssh_key.is_some() && a.user.is_none() {
+        bail!("--ssh-key needs --user: the keys are installed for that user");
+    }
+    Ok(a)
+}
+
+/// The cluster's key and API token, made once and kept in `secrets/CLUSTER.toml` (git-ignored, 0600).
+fn secrets(cluster: &str) -> anyhow::Result<(String, String, PathBuf)> {
+    use base64::Engine;
+    let dir = root().join("secrets");
+    let path = dir.join(format!("{cluster}.toml"));
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let v: toml::Table = text
+            .parse()
+            .with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let get = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(String::from)
+                .with_context(|| format!("{}: no {k}", path.display()))
+        };
+        return Ok((get("key")?, get("api_token")?, path));
+    }
+    let mut bytes = [0u8; 48];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let key = base64::engine::general_purpose::STANDARD.encode(&bytes[..32]);
+    let token: String = bytes[32..].iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(&dir)?;
+    let text = format!(
+        "# herd secrets of cluster {cluster}: every image of the cluster is built with them, so old and new\n\
+         # cards join one cluster. Keep this file private (it is git-ignored). The CLI reads api_token with\n\
+         # `herd members --secrets {}`.\ncluster = \"{cluster}\"\nkey = \"{key}\"\napi_token = \"{token}\"\n",
+        path.display()
+    );
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    println!(
+        "==> new cluster {cluster}: key and API token written to {}",
+        path.display()
+    );
+    Ok((key, token, path))
+}
+
+fn crypt_sha512(password_file: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(password_file)
+        .with_context(|| format!("--password-file: cannot read {}", password_file.display()))?;
+    let password = text.lines().next().unwrap_or("");
+    if password.is_empty() {
+        bail!(
+            "--password-file {}: the first line is empty",
+            password_file.display()
+        );
+    }
+    let mut child = Command::new("openssl")
+        .args(["passwd", "-6", "-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run openssl (apt-get install openssl)")?;
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(format!("{password}\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !hash.starts_with("$6$") {
+        bail!("openssl passwd -6 failed");
+    }
+    Ok(hash)
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let a = parse(args)?;
+    ensure_packages(
+        "building images",
+        &[
+            need("debugfs", "e2fsprogs"),
+            need("xz", "xz-utils"),
+            need("curl", "curl"),
+            need("openssl", "openssl"),
+        ],
+    )?;
+    let (key, token, secrets_path) = secrets(&a.cluster)?;
+    let userconf = match (&a.user, &a.password_file) {
+        (Some(u), Some(p)) => Some(format!("{u}:{}", crypt_sha512(p)?)),
+        _ => {
+            println!("==> no --user: Raspberry Pi OS Lite will ask for a user on the console at first boot");
+            None
+        }
+    };
+    let ssh_keys = match (&a.user, &a.ssh_key) {
+        (Some(u), Some(f)) => {
+            let keys = std::fs::read_to_string(f)
+                .with_context(|| format!("--ssh-key: cannot read {}", f.display()))?;
+            if !keys
+                .lines()
+                .any(|l| l.starts_with("ssh-") || l.starts_with("ecdsa-") || l.starts_with("sk-"))
+            {
+                bail!("--ssh-key {}: no SSH public key in it", f.display());
+            }
+            Some((u.clone(), keys))
+        }
+        _ => None,
+    };
+    let cache_dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("herd");
+    let opts = PipelineOptions {
+        base: Base::parse(&a.base),
+        cache_dir,
+        out_dir: a.out.clone(),
+        name: a
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("herd-{}", a.cluster)),
+        bake: BakeOptions {
+            overlay: root().join("overlay"),
+            values: Values {
+                cluster: a.cluster.clone(),
+                cluster_key: key,
+                api_token: token,
+                seeds: seeds_toml(&a.seeds),
+            },
+            userconf,
+            ssh_keys,
+        },
+        xz: a.xz,
+    };
+    println!("==> image: base {}", a.base);
+    let summary = herd_image::pipeline::run(&opts, |arch| {
+        let t = TARGETS
+            .iter()
+            .find(|t| t.debian == arch.debian())
+            .expect("a target per architecture");
+        println!(
+            "==> image: the base is {} ({}); building herd for it",
+            arch.debian(),
+            t.triple
+        );
+        build::build_one(t).map_err(|e| herd_image::Error::Invalid(format!("{e:#}")))
+    })?;
+    println!("\n==> done. Injected into the root filesystem:");
+    for (p, size) in &summary.baked.root_files {
+        println!("      {p} ({size} bytes)");
+    }
+    println!(
+        "      {} -> {}",
+        herd_image::bake::UNIT_LINK,
+        herd_image::bake::UNIT
+    );
+    println!(
+        "    and into the boot partition: {}",
+        summary.baked.boot_files.join(", ")
+    );
+    for (step, took) in &summary.timings {
+        println!("    {step}: {:.2} s", took.as_secs_f64());
+    }
+    println!(
+        "\n    image:    {} ({:.2} GB)",
+        summary.image.display(),
+        summary.image_size as f64 / 1e9
+    );
+    println!("    sha256:   {}", summary.image_sha256);
+    if let Some(x) = &summary.xz {
+        println!("    xz:       {}", x.display());
+    }
+    println!("    manifest: {}", summary.manifest.display());
+    println!(
+        "    secrets:  {} (the CLI: herd members --node PI --secrets {})",
+        secrets_path.display(),
+        secrets_path.display()
+    );
+    println!("\n    Flash every card of the cluster with the same image:");
+    println!(
+        "      sudo dd if={} of=/dev/sdX bs=4M conv=fsync status=progress",
+        summary.image.display()
+    );
+    println!(
+        "    or with Raspberry Pi Imager: rpi-imager --repo {}",
+        summary.manifest.display()
+    );
+    Ok(())
+}
+
+/// `cargo xtask fixture PATH [--armhf] [--old-layout]`: a small Pi-layout image made from scratch.
+pub fn fixture(args: &[String]) -> anyhow::Result<()> {
+    let mut f = herd_image::fixture::Fixture::default();
+    let mut path = None;
+    for a in args {
+        match a.as_str() {
+            "--armhf" => f.arch = herd_image::Arch::Armhf,
+            "--old-layout" => f.aligned_2025 = false,
+            s if !s.starts_with("--") && path.is_none() => path = Some(PathBuf::from(s)),
+            other => bail!("unknown argument {other:?}; usage: cargo xtask fixture PATH [--armhf] [--old-layout]"),
+        }
+    }
+    let path = path.context("usage: cargo xtask fixture PATH [--armhf] [--old-layout]")?;
+    f.build(&path)?;
+    println!(
+        "==> {}: a {} Pi-layout test image",
+        path.display(),
+        f.arch.debian()
+    );
+    Ok(())
+}
