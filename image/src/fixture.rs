@@ -20,7 +20,8 @@ pub struct Fixture {
     pub arch: Arch,
     pub boot_mib: u64,
     pub root_mib: u64,
-    /// Extra data in the root filesystem, as (path, size) files of pseudo-random bytes.
+    /// Extra data in the root filesystem, as (path, size) files: pseudo-random bytes (like binaries), or
+    /// text (like documentation and configuration, compressible) for paths ending in `.txt`.
     pub fill: Vec<(String, u64)>,
 }
 
@@ -166,7 +167,11 @@ impl Fixture {
             if let Some(parent) = full.parent() {
                 std::fs::create_dir_all(parent).map_err(crate::io(parent))?;
             }
-            write_noise(&full, *size)?;
+            if p.ends_with(".txt") {
+                write_text(&full, *size)?;
+            } else {
+                write_noise(&full, *size)?;
+            }
         }
         let out = Command::new("mke2fs")
             .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "rootfs"])
@@ -217,6 +222,54 @@ fn write_noise(path: &Path, size: u64) -> Result<()> {
         let n = left.min(buf.len() as u64) as usize;
         w.write_all(&buf[..n]).map_err(crate::io(path))?;
         left -= n as u64;
+    }
+    w.flush().map_err(crate::io(path))
+}
+
+/// Text made of words: compresses about as well as documentation does.
+fn write_text(path: &Path, size: u64) -> Result<()> {
+    use std::io::Write;
+    const WORDS: &[&str] = &[
+        "the",
+        "cluster",
+        "node",
+        "gossip",
+        "agent",
+        "raspberry",
+        "image",
+        "kernel",
+        "module",
+        "service",
+        "network",
+        "config",
+        "option",
+        "default",
+        "value",
+        "package",
+        "debian",
+        "system",
+        "boot",
+        "file",
+    ];
+    let f = std::fs::File::create(path).map_err(crate::io(path))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ size;
+    let mut written = 0u64;
+    let mut line = String::new();
+    while written < size {
+        line.clear();
+        for _ in 0..12 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            line.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+            line.push(' ');
+        }
+        line.push_str(&format!("{}\n", x % 100_000));
+        let n = (line.len() as u64).min(size - written) as usize;
+        w.write_all(&line.as_bytes()[..n])
+            .map_err(crate::io(path))?;
+        written += n as u64;
     }
     w.flush().map_err(crate::io(path))
 }

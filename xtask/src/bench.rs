@@ -3,7 +3,7 @@
 use crate::util::{cargo, run as run_step};
 
 /// Benchmarks `herd-bench` knows.
-const KNOWN: &[&str] = &["gossip", "http"];
+const KNOWN: &[&str] = &["gossip", "http", "image"];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     for a in args {
@@ -13,6 +13,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         if a.starts_with("--") && a != "--quick" {
             anyhow::bail!("unknown option {a:?}; known: --quick");
         }
+    }
+    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    if names.is_empty() || names.iter().any(|n| *n == "image") {
+        // The image benchmark bakes the real aarch64 agent.
+        crate::build::build_all()?;
     }
     let mut cmd = cargo();
     cmd.args([

@@ -2,6 +2,7 @@
 
 pub mod gossip;
 pub mod http;
+pub mod image;
 
 /// Formats a duration in seconds with two decimals.
 pub fn secs(d: std::time::Duration) -> String {

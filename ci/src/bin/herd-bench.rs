@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let names = if names.is_empty() {
-        vec!["gossip", "http"]
+        vec!["gossip", "http", "image"]
     } else {
         names
     };
@@ -28,7 +28,8 @@ fn main() -> anyhow::Result<()> {
         match name {
             "gossip" => herd_ci::bench::gossip::run(quick)?,
             "http" => herd_ci::bench::http::run(quick)?,
-            other => bail!("unknown benchmark {other:?}; known: gossip, http"),
+            "image" => herd_ci::bench::image::run(quick)?,
+            other => bail!("unknown benchmark {other:?}; known: gossip, http, image"),
         }
     }
     Ok(())
