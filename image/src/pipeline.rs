@@ -134,18 +134,7 @@ pub fn run(
     let partial = Partial(Some(partial_img.clone()));
     let compressed = base.extension().is_some_and(|e| e == "xz");
     if compressed {
-        let out = File::create(&partial_img).map_err(crate::io(&partial_img))?;
-        let r = Command::new("xz")
-            .args(["-dc", "-T0"])
-            .arg(&base)
-            .stdout(out)
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(spawn_err("xz", "xz-utils"))?;
-        tool(
-            &format!("decompressing {} (corrupt .xz?)", base.display()),
-            r,
-        )?;
+        decompress(&base, &partial_img)?;
     } else {
         let r = Command::new("cp")
             .args(["--sparse=always", "--reflink=auto"])
@@ -250,6 +239,89 @@ pub fn run(
         baked,
         timings,
     })
+}
+
+/// `xz -dc` into `to`, sparse (all-zero blocks become holes, as in the original image) and with progress
+/// on stderr once a second.
+fn decompress(from: &Path, to: &Path) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    // The uncompressed size, for the progress figure (0 when xz cannot tell).
+    let total: u64 = Command::new("xz")
+        .args(["--robot", "--list"])
+        .arg(from)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .find(|l| l.starts_with("totals"))
+                .and_then(|l| l.split('\t').nth(4).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0);
+    let mut child = Command::new("xz")
+        .args(["-dc", "-T0"])
+        .arg(from)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err("xz", "xz-utils"))?;
+    let mut out = File::create(to).map_err(crate::io(to))?;
+    let mut src = child.stdout.take().expect("piped");
+    const BLOCK: usize = 1 << 20;
+    let mut buf = vec![0u8; BLOCK];
+    let (mut done, mut last, mut shown) = (0u64, Instant::now(), false);
+    let copied = (|| -> std::io::Result<()> {
+        loop {
+            // Fill a whole block (pipes deliver in pieces) so holes are block-aligned.
+            let mut n = 0;
+            while n < BLOCK {
+                let k = src.read(&mut buf[n..])?;
+                if k == 0 {
+                    break;
+                }
+                n += k;
+            }
+            if n == 0 {
+                break;
+            }
+            if buf[..n].iter().all(|&b| b == 0) {
+                out.seek(SeekFrom::Current(n as i64))?;
+            } else {
+                out.write_all(&buf[..n])?;
+            }
+            done += n as u64;
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = Instant::now();
+                shown = true;
+                if total > 0 {
+                    eprint!(
+                        "\r    decompressing: {:.0}% of {:.2} GB",
+                        done as f64 * 100.0 / total as f64,
+                        total as f64 / 1e9
+                    );
+                } else {
+                    eprint!("\r    decompressing: {:.2} GB", done as f64 / 1e9);
+                }
+            }
+        }
+        // A trailing hole still counts towards the length.
+        out.set_len(done)
+    })();
+    if shown {
+        eprint!("\r\x1b[K");
+    }
+    // Stop reading before waiting: a writer blocked on a full pipe would never exit.
+    drop(src);
+    let result = child
+        .wait_with_output()
+        .map_err(spawn_err("xz", "xz-utils"))?;
+    if !result.status.success() {
+        return Err(Error::Tool {
+            what: format!("decompressing {} (corrupt .xz?)", from.display()),
+            output: String::from_utf8_lossy(&result.stderr).trim().to_string(),
+        });
+    }
+    copied.map_err(crate::io(to))
 }
 
 /// SHA-256 of a file, hex.

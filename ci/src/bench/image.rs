@@ -189,23 +189,34 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         "\n## Image pipeline: {:.2} GB Pi-layout image, best of 3\n",
         size as f64 / 1e9
     );
-    println!("| input | baseline | baseline time | pipeline time | ratio | pipeline steps |");
-    println!("|---|---|---|---|---|---|");
+    let without_sha = |total: Duration, t: &[(&str, Duration)]| {
+        total.saturating_sub(
+            t.iter()
+                .filter(|(s, _)| *s == "sha256")
+                .map(|(_, d)| *d)
+                .sum(),
+        )
+    };
+    println!("| input | baseline | baseline time | pipeline time | ratio | ratio without the output's SHA-256 | pipeline steps |");
+    println!("|---|---|---|---|---|---|---|");
     println!(
-        "| `.img` | `cp --sparse=always` | {:.2} s | {:.2} s | {:.2}× | {} |",
+        "| `.img` | `cp --sparse=always` | {:.2} s | {:.2} s | {:.2}× | {:.2}× | {} |",
         cp.as_secs_f64(),
         from_img.as_secs_f64(),
         from_img.as_secs_f64() / cp.as_secs_f64(),
+        without_sha(from_img, &steps_img).as_secs_f64() / cp.as_secs_f64(),
         steps(&steps_img)
     );
     println!(
-        "| `.img.xz` ({:.2} GB) | `xz -dc > /dev/null` | {:.2} s | {:.2} s | {:.2}× | {} |",
+        "| `.img.xz` ({:.2} GB) | `xz -dc > /dev/null` | {:.2} s | {:.2} s | {:.2}× | {:.2}× | {} |",
         std::fs::metadata(&xz)?.len() as f64 / 1e9,
         unxz.as_secs_f64(),
         from_xz.as_secs_f64(),
         from_xz.as_secs_f64() / unxz.as_secs_f64(),
+        without_sha(from_xz, &steps_xz).as_secs_f64() / unxz.as_secs_f64(),
         steps(&steps_xz)
     );
     println!("\nTargets: within 1.1× of the copy from `.img`, within 1.2× of decompression from `.img.xz`.");
+    println!("The output's SHA-256 (for its .sha256 and the Imager manifest) is one sequential pass over the whole image.");
     Ok(())
 }
