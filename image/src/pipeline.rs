@@ -146,8 +146,12 @@ pub fn run(
     }
     timings.push((if compressed { "decompress" } else { "copy" }, t.elapsed()));
 
-    // 3. herd goes in (the binary for the image's architecture is found, or built, first).
-    let binary = binary_for(crate::Image::open(&partial_img)?.arch()?)?;
+    // 3. herd goes in. The architecture is read first (timed as its own step: the first debugfs
+    // session on a fresh copy is the slow one), then the binary for it is found or built (not timed).
+    let t = Instant::now();
+    let arch = crate::Image::open(&partial_img)?.arch()?;
+    timings.push(("detect arch", t.elapsed()));
+    let binary = binary_for(arch)?;
     let t = Instant::now();
     let baked = bake(&partial_img, &opts.bake, |_| Ok(binary))?;
     timings.push(("inject", t.elapsed()));
