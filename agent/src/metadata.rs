@@ -68,32 +68,21 @@ impl MetaData {
     /// `meta-data.json.corrupt-<unix time>` and logged, and the set starts empty.
     pub fn load(state_dir: &Path) -> MetaData {
         let path = state_dir.join("meta-data.json");
-        let services = match std::fs::read(&path) {
-            Ok(bytes) => match parse(&bytes) {
-                Ok(s) => s,
-                Err(e) => {
-                    let aside = set_aside(&path);
-                    tracing::error!(
-                        file = %path.display(),
-                        moved_to = %aside,
-                        error = %e,
-                        "corrupt meta-data file moved aside; starting with no services"
-                    );
-                    BTreeSet::new()
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
-            Err(e) => {
-                let aside = set_aside(&path);
-                tracing::error!(
-                    file = %path.display(),
-                    moved_to = %aside,
-                    error = %e,
-                    "unreadable meta-data file moved aside; starting with no services"
-                );
-                BTreeSet::new()
-            }
+        let loaded = match std::fs::read(&path) {
+            Ok(bytes) => parse(&bytes).map_err(|e| ("corrupt", e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+            Err(e) => Err(("unreadable", e.into())),
         };
+        let services = loaded.unwrap_or_else(|(what, e)| {
+            let aside = set_aside(&path);
+            tracing::error!(
+                file = %path.display(),
+                moved_to = %aside,
+                error = %e,
+                "{what} meta-data file moved aside; starting with no services"
+            );
+            BTreeSet::new()
+        });
         MetaData { path, services }
     }
 

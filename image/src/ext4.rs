@@ -87,8 +87,18 @@ impl Root {
 
     /// Runs debugfs with one request (`-R`); returns stdout, or the error output.
     fn request(&self, request: &str) -> Result<Vec<u8>> {
+        self.debugfs(
+            &["-R", request],
+            &format!("debugfs -R {request:?} {}", self.spec()),
+        )
+    }
+
+    /// Runs debugfs with `args` on this filesystem; any stderr line but the banner is an error, reported
+    /// as `what` with those lines.
+    fn debugfs(&self, args: &[&str], what: &str) -> Result<Vec<u8>> {
         let out = Command::new("debugfs")
-            .args(["-R", request, &self.spec()])
+            .args(args)
+            .arg(self.spec())
             .output()
             .map_err(|e| Error::Tool {
                 what: "debugfs (apt-get install e2fsprogs)".into(),
@@ -97,7 +107,7 @@ impl Root {
         let errors = error_lines(&out.stderr);
         if !out.status.success() || !errors.is_empty() {
             return Err(Error::Tool {
-                what: format!("debugfs -R {request:?} {}", self.spec()),
+                what: what.to_string(),
                 output: errors.join("\n"),
             });
         }
@@ -300,23 +310,11 @@ impl Root {
         }
         let cmds = tmp.path().join("commands");
         std::fs::write(&cmds, &script).map_err(crate::io(&cmds))?;
-        let out = Command::new("debugfs")
-            .arg("-w")
-            .arg("-f")
-            .arg(&cmds)
-            .arg(self.spec())
-            .output()
-            .map_err(|e| Error::Tool {
-                what: "debugfs (apt-get install e2fsprogs)".into(),
-                output: e.to_string(),
-            })?;
-        let errors = error_lines(&out.stderr);
-        if !out.status.success() || !errors.is_empty() {
-            return Err(Error::Tool {
-                what: format!("debugfs -w on {}", self.spec()),
-                output: errors.join("\n"),
-            });
-        }
+        let cmds = cmds.to_string_lossy();
+        self.debugfs(
+            &["-w", "-f", &cmds],
+            &format!("debugfs -w on {}", self.spec()),
+        )?;
         Ok(())
     }
 }
