@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::ext4::Entry;
+use crate::ext4::{Entry, Plan};
 use crate::overlay::{self, Values};
 use crate::{Arch, Error, Image, Result};
 
@@ -49,6 +49,33 @@ pub fn bake(
     opts: &BakeOptions,
     binary_for: impl FnOnce(Arch) -> Result<PathBuf>,
 ) -> Result<Baked> {
+    let prepared = prepare(image, opts, binary_for)?;
+    finish(image, prepared)
+}
+
+/// A bake worked out on one image and ready to be written into it or into an identical copy.
+#[derive(Debug)]
+pub struct Prepared {
+    arch: Arch,
+    plan: Plan,
+    root_files: Vec<(String, u64)>,
+    boot: Vec<(String, Vec<u8>)>,
+}
+
+impl Prepared {
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+}
+
+/// Everything up to the writes, reading `image` only: the root filesystem's state and architecture,
+/// the rendered overlay, the free-space check and the write session. Safe to run on the base image
+/// while its copy is being made.
+pub fn prepare(
+    image: &Path,
+    opts: &BakeOptions,
+    binary_for: impl FnOnce(Arch) -> Result<PathBuf>,
+) -> Result<Prepared> {
     let img = Image::open(image)?;
     let root = img.root();
     if root.needs_recovery()? {
@@ -99,21 +126,36 @@ pub fn bake(
             _ => None,
         })
         .collect();
-    root.apply(&entries)?;
+    let plan = root.plan(&entries)?;
 
-    let boot = img.boot()?;
-    let mut boot_files = Vec::new();
+    let mut boot = Vec::new();
     if let Some(line) = &opts.userconf {
-        boot.write("userconf.txt", format!("{line}\n").as_bytes())?;
-        boot_files.push("userconf.txt".to_string());
+        boot.push(("userconf.txt".to_string(), format!("{line}\n").into_bytes()));
     }
     // SSH on at first boot.
-    boot.write("ssh", b"")?;
-    boot_files.push("ssh".to_string());
+    boot.push(("ssh".to_string(), Vec::new()));
+    Ok(Prepared {
+        arch,
+        plan,
+        root_files,
+        boot,
+    })
+}
+
+/// Writes a prepared bake into `image` (the image it was prepared on, or a byte-identical copy).
+pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
+    let img = Image::open(image)?;
+    img.root().run(&prepared.plan)?;
+    let boot = img.boot()?;
+    let mut boot_files = Vec::new();
+    for (name, contents) in &prepared.boot {
+        boot.write(name, contents)?;
+        boot_files.push(name.clone());
+    }
     boot.close()?;
     Ok(Baked {
-        arch,
-        root_files,
+        arch: prepared.arch,
+        root_files: prepared.root_files,
         boot_files,
     })
 }

@@ -96,7 +96,7 @@ impl Root {
     /// Runs debugfs with `args` on this filesystem; any stderr line but the banner is an error, reported
     /// as `what` with those lines.
     fn debugfs(&self, args: &[&str], what: &str) -> Result<Vec<u8>> {
-        let out = Command::new("debugfs")
+        let out = crate::nosync::without_sync(&mut Command::new("debugfs"))
             .args(args)
             .arg(self.spec())
             .output()
@@ -227,6 +227,14 @@ impl Root {
     /// Puts `entries` into the filesystem in one debugfs session: parents are created as needed (root
     /// owned, 0755), existing files and symlinks are replaced. Checks free space first.
     pub fn apply(&self, entries: &[Entry]) -> Result<()> {
+        let plan = self.plan(entries)?;
+        self.run(&plan)
+    }
+
+    /// Everything [`apply`](Self::apply) does short of writing: the free-space check, which paths exist,
+    /// and the debugfs script with its files. Only reads, so it can run on the base image while the copy
+    /// that [`run`](Self::run) will write is still being made: the two filesystems are identical.
+    pub fn plan(&self, entries: &[Entry]) -> Result<Plan> {
         let mut needed = 0u64;
         for e in entries {
             check_path(e.path())?;
@@ -308,15 +316,30 @@ impl Root {
                 }
             }
         }
-        let cmds = tmp.path().join("commands");
-        std::fs::write(&cmds, &script).map_err(crate::io(&cmds))?;
-        let cmds = cmds.to_string_lossy();
+        let commands = tmp.path().join("commands");
+        std::fs::write(&commands, &script).map_err(crate::io(&commands))?;
+        Ok(Plan {
+            _files: tmp,
+            commands,
+        })
+    }
+
+    /// Runs a [`plan`](Self::plan) made on this filesystem (or an identical copy) in one write session.
+    pub fn run(&self, plan: &Plan) -> Result<()> {
+        let cmds = plan.commands.to_string_lossy();
         self.debugfs(
             &["-w", "-f", &cmds],
             &format!("debugfs -w on {}", self.spec()),
         )?;
         Ok(())
     }
+}
+
+/// A prepared debugfs write session: its command file and the host files it writes.
+#[derive(Debug)]
+pub struct Plan {
+    _files: tempfile::TempDir,
+    commands: PathBuf,
 }
 
 /// debugfs's stderr without its version banner.

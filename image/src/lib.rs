@@ -11,6 +11,7 @@ pub mod bake;
 pub mod ext4;
 pub mod fat;
 pub mod fixture;
+pub mod nosync;
 pub mod overlay;
 pub mod pipeline;
 

@@ -1,18 +1,23 @@
 //! The whole image job: get the base (local `.img`, `.img.xz` or URL, downloaded once with its published
 //! checksum checked and cached), copy it (sparse, reflinked where the filesystem can), bake herd into the
-//! copy, and write the outputs (`.img`, `.sha256`, optionally `.img.xz`, and a Raspberry Pi Imager
-//! manifest). Everything is written to temporary names and renamed at the end, so a failure leaves no
-//! half-written output behind; the base is only ever read.
+//! copy, and write the outputs: the `.img`; with `xz`, the `.img.xz`, both checksums and a Raspberry Pi
+//! Imager manifest, all from one pass (the hashing rides along with the compression); with `checksum`
+//! alone, the `.img.sha256` and a manifest for the raw image. Everything is written to temporary names
+//! and renamed at the end, so a failure leaves no half-written output behind; the base is only ever read.
+//!
+//! Why the checksum is not in the default run: it is one sequential SHA-256 pass over the whole image
+//! (about 1.5 GB/s at best, with SHA-NI), which costs four times the copy itself and buys nothing for
+//! `dd` or Imager's own verification; publishing (`xz`) needs it, and there it is free.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::bake::{bake, BakeOptions, Baked};
+use crate::bake::{finish, prepare, BakeOptions, Baked};
 use crate::{Arch, Error, Result};
 
 /// Where the base image comes from.
@@ -44,7 +49,10 @@ pub struct PipelineOptions {
     /// File stem of the outputs, e.g. `herd-lab`.
     pub name: String,
     pub bake: BakeOptions,
+    /// Also write a multi-threaded `.img.xz`, the checksums and an Imager manifest pointing at it.
     pub xz: bool,
+    /// Write the `.img.sha256` and an Imager manifest for the raw image (implied by `xz`).
+    pub checksum: bool,
 }
 
 /// What the run produced.
@@ -52,9 +60,11 @@ pub struct PipelineOptions {
 pub struct Summary {
     pub image: PathBuf,
     pub image_size: u64,
-    pub image_sha256: String,
+    /// With `xz` or `checksum`.
+    pub image_sha256: Option<String>,
     pub xz: Option<PathBuf>,
-    pub manifest: PathBuf,
+    /// With `xz` or `checksum`.
+    pub manifest: Option<PathBuf>,
     pub baked: Baked,
     /// Step name and how long it took.
     pub timings: Vec<(&'static str, Duration)>,
@@ -127,126 +137,196 @@ pub fn run(
     };
     timings.push(("get base", t.elapsed()));
 
-    // 2. A private copy to work on.
-    let t = Instant::now();
+    // 2. A private copy to work on, and 3. herd going in. From a local `.img` the bake is prepared on
+    // the base (read only) while the kernel copies it, so only the writes wait for the copy.
     let partial_img = opts.out_dir.join(format!(".{name}.img.partial"));
     let _ = std::fs::remove_file(&partial_img);
     let partial = Partial(Some(partial_img.clone()));
     let compressed = base.extension().is_some_and(|e| e == "xz");
-    if compressed {
+    let prepared = if compressed {
+        let t = Instant::now();
         decompress(&base, &partial_img)?;
+        timings.push(("decompress", t.elapsed()));
+        let t = Instant::now();
+        let prepared = prepare(&partial_img, &opts.bake, binary_for)?;
+        timings.push(("prepare", t.elapsed()));
+        prepared
     } else {
-        let r = Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto"])
-            .arg(&base)
-            .arg(&partial_img)
-            .output()
-            .map_err(spawn_err("cp", "coreutils"))?;
-        tool(&format!("copying {}", base.display()), r)?;
-    }
-    timings.push((if compressed { "decompress" } else { "copy" }, t.elapsed()));
-
-    // 3. herd goes in. The architecture is read first (timed as its own step: the first debugfs
-    // session on a fresh copy is the slow one), then the binary for it is found or built (not timed).
+        let t = Instant::now();
+        let copying = Copy::start(&base, &partial_img)?;
+        let t_prepare = Instant::now();
+        let prepared = prepare(&base, &opts.bake, binary_for);
+        let took_prepare = t_prepare.elapsed();
+        // The copy is waited for even when preparing failed, so that nothing writes after we return.
+        copying.wait()?;
+        timings.push(("copy", t.elapsed()));
+        timings.push(("prepare (during the copy)", took_prepare));
+        prepared?
+    };
     let t = Instant::now();
-    let arch = crate::Image::open(&partial_img)?.arch()?;
-    timings.push(("detect arch", t.elapsed()));
-    let binary = binary_for(arch)?;
-    let t = Instant::now();
-    let baked = bake(&partial_img, &opts.bake, |_| Ok(binary))?;
+    let baked = finish(&partial_img, prepared)?;
     timings.push(("inject", t.elapsed()));
-
-    // 4. Checksums, compression, manifest; then every output takes its final name.
-    let t = Instant::now();
     let image_size = std::fs::metadata(&partial_img)
         .map_err(crate::io(&partial_img))?
         .len();
-    let image_sha256 = sha256_file(&partial_img)?;
-    timings.push(("sha256", t.elapsed()));
 
+    // 4. Publishing outputs, each under a temporary name.
     let image = opts.out_dir.join(format!("{name}.img"));
-    let sha_path = opts.out_dir.join(format!("{name}.img.sha256"));
-    let manifest = opts.out_dir.join(format!("{name}.rpi-imager-manifest"));
-    let mut xz = None;
-    let mut download_file = image.clone();
-    let mut download_size = image_size;
-    let mut download_sha = image_sha256.clone();
     let partial_xz = opts.out_dir.join(format!(".{name}.img.xz.partial"));
     let xz_guard = Partial(Some(partial_xz.clone()));
-    if opts.xz {
+    let final_xz = opts.out_dir.join(format!("{name}.img.xz"));
+    let sums = if opts.xz {
         let t = Instant::now();
-        let out = File::create(&partial_xz).map_err(crate::io(&partial_xz))?;
-        let r = Command::new("xz")
-            .args(["-c", "-T0", "-6"])
-            .arg(&partial_img)
-            .stdout(out)
-            .stderr(Stdio::piped())
-            .output()
-            .map_err(spawn_err("xz", "xz-utils"))?;
-        tool("compressing the image", r)?;
-        download_size = std::fs::metadata(&partial_xz)
-            .map_err(crate::io(&partial_xz))?
-            .len();
-        download_sha = sha256_file(&partial_xz)?;
-        let final_xz = opts.out_dir.join(format!("{name}.img.xz"));
-        download_file = final_xz.clone();
-        xz = Some(final_xz);
-        timings.push(("xz", t.elapsed()));
-    }
-    let manifest_json = serde_json::json!({
-        "os_list": [{
-            "name": format!("herd: {}", opts.bake.values.cluster),
-            "description": format!(
-                "Raspberry Pi OS with the herd agent for cluster {} ({})",
-                opts.bake.values.cluster,
-                baked.arch.debian()
-            ),
-            "url": download_file.file_name().map(|n| n.to_string_lossy().into_owned()),
-            "extract_size": image_size,
-            "extract_sha256": image_sha256,
-            "image_download_size": download_size,
-            "image_download_sha256": download_sha,
-            "release_date": today(),
-            "devices": match baked.arch {
-                Arch::Arm64 => vec!["pi5-64bit", "pi4-64bit", "pi3-64bit"],
-                Arch::Armhf => vec!["pi4-32bit", "pi3-32bit", "pi2-32bit", "pi1-32bit"],
-            },
-            "init_format": "systemd",
-            "architecture": baked.arch.debian(),
-        }]
-    });
-    let partial_manifest = opts.out_dir.join(format!(".{name}.manifest.partial"));
-    let manifest_guard = Partial(Some(partial_manifest.clone()));
-    std::fs::write(
-        &partial_manifest,
-        serde_json::to_vec_pretty(&manifest_json).expect("json"),
-    )
-    .map_err(crate::io(&partial_manifest))?;
+        let sums = compress(&partial_img, &partial_xz)?;
+        timings.push(("xz + sha256", t.elapsed()));
+        Some((sums.0, final_xz.clone(), sums.1, sums.2))
+    } else if opts.checksum {
+        let t = Instant::now();
+        let sha = sha256_file(&partial_img)?;
+        timings.push(("sha256", t.elapsed()));
+        Some((sha.clone(), image.clone(), image_size, sha))
+    } else {
+        None
+    };
+    let sha_path = opts.out_dir.join(format!("{name}.img.sha256"));
     let partial_sha = opts.out_dir.join(format!(".{name}.sha256.partial"));
     let sha_guard = Partial(Some(partial_sha.clone()));
-    std::fs::write(&partial_sha, format!("{image_sha256}  {name}.img\n"))
-        .map_err(crate::io(&partial_sha))?;
+    let manifest = opts.out_dir.join(format!("{name}.rpi-imager-manifest"));
+    let partial_manifest = opts.out_dir.join(format!(".{name}.manifest.partial"));
+    let manifest_guard = Partial(Some(partial_manifest.clone()));
+    if let Some((image_sha, download, download_size, download_sha)) = &sums {
+        let manifest_json = serde_json::json!({
+            "os_list": [{
+                "name": format!("herd: {}", opts.bake.values.cluster),
+                "description": format!(
+                    "Raspberry Pi OS with the herd agent for cluster {} ({})",
+                    opts.bake.values.cluster,
+                    baked.arch.debian()
+                ),
+                "url": download.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "extract_size": image_size,
+                "extract_sha256": image_sha,
+                "image_download_size": download_size,
+                "image_download_sha256": download_sha,
+                "release_date": today(),
+                "devices": match baked.arch {
+                    Arch::Arm64 => vec!["pi5-64bit", "pi4-64bit", "pi3-64bit"],
+                    Arch::Armhf => vec!["pi4-32bit", "pi3-32bit", "pi2-32bit", "pi1-32bit"],
+                },
+                "init_format": "systemd",
+                "architecture": baked.arch.debian(),
+            }]
+        });
+        std::fs::write(
+            &partial_manifest,
+            serde_json::to_vec_pretty(&manifest_json).expect("json"),
+        )
+        .map_err(crate::io(&partial_manifest))?;
+        std::fs::write(&partial_sha, format!("{image_sha}  {name}.img\n"))
+            .map_err(crate::io(&partial_sha))?;
+    }
 
+    // 5. Every output takes its final name.
     let rename = |from: PathBuf, to: &Path| std::fs::rename(&from, to).map_err(crate::io(to));
     rename(partial.keep(), &image)?;
-    rename(sha_guard.keep(), &sha_path)?;
-    if let Some(x) = &xz {
-        rename(xz_guard.keep(), x)?;
+    let (mut image_sha256, mut xz, mut manifest_out) = (None, None, None);
+    if let Some((sha, ..)) = sums {
+        rename(sha_guard.keep(), &sha_path)?;
+        if opts.xz {
+            rename(xz_guard.keep(), &final_xz)?;
+            xz = Some(final_xz);
+        }
+        rename(manifest_guard.keep(), &manifest)?;
+        image_sha256 = Some(sha);
+        manifest_out = Some(manifest);
     }
-    rename(manifest_guard.keep(), &manifest)?;
     Ok(Summary {
         image,
         image_size,
         image_sha256,
         xz,
-        manifest,
+        manifest: manifest_out,
         baked,
         timings,
     })
 }
 
-/// `xz -dc` straight into `to` (the fastest path: no copy through this process), with progress on
-/// stderr once a second, read from the output's growing size.
+/// Prints `label: N% of S GB` on stderr once a second while `child` writes `out`, reading progress from
+/// the output's growing size; clears the line at the end. Returns the child's stderr and status as
+/// soon as it exits.
+fn watch(child: Child, out: &Path, total: u64, label: &str) -> Result<std::process::Output> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let r = child.wait_with_output();
+        let _ = done_tx.send(());
+        r
+    });
+    let mut shown = false;
+    while done_rx.recv_timeout(Duration::from_secs(1)).is_err() {
+        shown = true;
+        let done = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+        progress(label, done, total);
+    }
+    if shown {
+        eprint!("\r\x1b[K");
+    }
+    waiter
+        .join()
+        .expect("waiter does not panic")
+        .map_err(|e| Error::Tool {
+            what: label.to_string(),
+            output: e.to_string(),
+        })
+}
+
+fn progress(label: &str, done: u64, total: u64) {
+    if total > 0 {
+        eprint!(
+            "\r    {label}: {:.0}% of {:.2} GB",
+            done as f64 * 100.0 / total as f64,
+            total as f64 / 1e9
+        );
+    } else {
+        eprint!("\r    {label}: {:.2} GB", done as f64 / 1e9);
+    }
+}
+
+/// `cp` keeping the base's holes (and reflinking where the filesystem can): the kernel copies the data
+/// extents without this process or `cp` reading them.
+struct Copy {
+    child: Child,
+    from: PathBuf,
+    to: PathBuf,
+    total: u64,
+}
+
+impl Copy {
+    fn start(from: &Path, to: &Path) -> Result<Copy> {
+        let total = std::fs::metadata(from).map_err(crate::io(from))?.len();
+        let child = Command::new("cp")
+            .args(["--sparse=auto", "--reflink=auto"])
+            .arg(from)
+            .arg(to)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err("cp", "coreutils"))?;
+        Ok(Copy {
+            child,
+            from: from.into(),
+            to: to.into(),
+            total,
+        })
+    }
+
+    fn wait(self) -> Result<()> {
+        tool(
+            &format!("copying {}", self.from.display()),
+            watch(self.child, &self.to, self.total, "copying")?,
+        )
+    }
+}
+
+/// `xz -dc` straight into `to` (no copy through this process), with progress.
 fn decompress(from: &Path, to: &Path) -> Result<()> {
     // The uncompressed size, for the progress figure (0 when xz cannot tell).
     let total: u64 = Command::new("xz")
@@ -262,44 +342,14 @@ fn decompress(from: &Path, to: &Path) -> Result<()> {
         })
         .unwrap_or(0);
     let out = File::create(to).map_err(crate::io(to))?;
-    let mut child = Command::new("xz")
+    let child = Command::new("xz")
         .args(["-dc", "-T0"])
         .arg(from)
         .stdout(out)
         .stderr(Stdio::piped())
         .spawn()
         .map_err(spawn_err("xz", "xz-utils"))?;
-    let (mut last, mut shown) = (Instant::now(), false);
-    loop {
-        if child
-            .try_wait()
-            .map_err(spawn_err("xz", "xz-utils"))?
-            .is_some()
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        if last.elapsed() >= Duration::from_secs(1) {
-            last = Instant::now();
-            shown = true;
-            let done = std::fs::metadata(to).map(|m| m.len()).unwrap_or(0);
-            if total > 0 {
-                eprint!(
-                    "\r    decompressing: {:.0}% of {:.2} GB",
-                    done as f64 * 100.0 / total as f64,
-                    total as f64 / 1e9
-                );
-            } else {
-                eprint!("\r    decompressing: {:.2} GB", done as f64 / 1e9);
-            }
-        }
-    }
-    if shown {
-        eprint!("\r\x1b[K");
-    }
-    let result = child
-        .wait_with_output()
-        .map_err(spawn_err("xz", "xz-utils"))?;
+    let result = watch(child, to, total, "decompressing")?;
     if !result.status.success() {
         return Err(Error::Tool {
             what: format!("decompressing {} (corrupt .xz?)", from.display()),
@@ -307,6 +357,76 @@ fn decompress(from: &Path, to: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Compresses `image` into `to` with a multi-threaded `xz`, hashing both sides on the way: returns the
+/// image's SHA-256, the `.xz`'s size and its SHA-256. One read of the image; the hashing runs beside the
+/// compression, which is many times slower.
+fn compress(image: &Path, to: &Path) -> Result<(String, u64, String)> {
+    let total = std::fs::metadata(image).map_err(crate::io(image))?.len();
+    let mut input = File::open(image).map_err(crate::io(image))?;
+    let mut output = File::create(to).map_err(crate::io(to))?;
+    let mut child = Command::new("xz")
+        .args(["-c", "-T0", "-6"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err("xz", "xz-utils"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = child.stdout.take().expect("piped");
+    // Feeds xz and hashes what it feeds; shows progress.
+    let feeder = std::thread::spawn(move || -> std::io::Result<String> {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut done, mut last) = (0u64, Instant::now());
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            stdin.write_all(&buf[..n])?;
+            done += n as u64;
+            if last.elapsed() >= Duration::from_secs(1) {
+                last = Instant::now();
+                progress("compressing", done, total);
+            }
+        }
+        eprint!("\r\x1b[K");
+        Ok(hex(&h.finalize()))
+    });
+    let mut h = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    let written: std::io::Result<()> = (|| loop {
+        let n = stdout.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        h.update(&buf[..n]);
+        output.write_all(&buf[..n])?;
+        size += n as u64;
+    })();
+    // On a failed write, closing the pipe stops xz, which stops the feeder: no one waits forever.
+    drop(stdout);
+    let fed = feeder.join().expect("feeder does not panic");
+    let result = child
+        .wait_with_output()
+        .map_err(spawn_err("xz", "xz-utils"))?;
+    if !result.status.success() {
+        return Err(Error::Tool {
+            what: "compressing the image".into(),
+            output: String::from_utf8_lossy(&result.stderr).trim().to_string(),
+        });
+    }
+    written.map_err(crate::io(to))?;
+    let image_sha = fed.map_err(crate::io(image))?;
+    Ok((image_sha, size, hex(&h.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// SHA-256 of a file, hex. A reader thread keeps the next blocks coming while this one hashes, so the
@@ -354,7 +474,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     drop(empty);
     let _ = reader.join();
     result.map_err(crate::io(path))?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&h.finalize()))
 }
 
 /// Downloads `url` (and `url.sha256`) into `cache`, once; checks the checksum every time.

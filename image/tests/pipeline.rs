@@ -44,6 +44,7 @@ fn options(base: Base, dir: &Path, xz: bool) -> PipelineOptions {
             ssh_keys: None,
         },
         xz,
+        checksum: false,
     }
 }
 
@@ -76,7 +77,7 @@ fn outputs(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn a_local_img_becomes_img_sha256_xz_and_manifest() {
+fn a_local_img_with_xz_becomes_img_sha256_xz_and_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.img");
     Fixture::default().build(&base).unwrap();
@@ -116,10 +117,11 @@ fn a_local_img_becomes_img_sha256_xz_and_manifest() {
         .current_dir(&out)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&xz_sha.stdout).starts_with(&s.image_sha256));
+    let image_sha256 = s.image_sha256.clone().unwrap();
+    assert!(String::from_utf8_lossy(&xz_sha.stdout).starts_with(&image_sha256));
     // The manifest has what Raspberry Pi Imager reads.
     let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&s.manifest).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(s.manifest.as_ref().unwrap()).unwrap()).unwrap();
     let os = &m["os_list"][0];
     for field in [
         "name",
@@ -135,7 +137,7 @@ fn a_local_img_becomes_img_sha256_xz_and_manifest() {
     ] {
         assert!(!os[field].is_null(), "{field} missing: {os}");
     }
-    assert_eq!(os["extract_sha256"], s.image_sha256.as_str());
+    assert_eq!(os["extract_sha256"], image_sha256.as_str());
     assert_eq!(os["extract_size"], s.image_size);
     assert_eq!(os["url"], "herd-test.img.xz");
     assert_eq!(
@@ -143,6 +145,38 @@ fn a_local_img_becomes_img_sha256_xz_and_manifest() {
         sha256_file(&out.join("herd-test.img.xz")).unwrap()
     );
     assert_eq!(os["devices"][0], "pi5-64bit");
+}
+
+#[test]
+fn checksum_alone_describes_the_raw_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    Fixture::default().build(&base).unwrap();
+    let mut opts = options(Base::File(base), dir.path(), false);
+    opts.checksum = true;
+    let s = run(&opts, agent_binary).unwrap();
+    assert_eq!(
+        outputs(dir.path()),
+        [
+            "herd-test.img",
+            "herd-test.img.sha256",
+            "herd-test.rpi-imager-manifest"
+        ]
+    );
+    let out = dir.path().join("out");
+    let check = Command::new("sha256sum")
+        .arg("-c")
+        .arg("herd-test.img.sha256")
+        .current_dir(&out)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.manifest.unwrap()).unwrap()).unwrap();
+    let os = &m["os_list"][0];
+    assert_eq!(os["url"], "herd-test.img");
+    assert_eq!(os["extract_sha256"], os["image_download_sha256"]);
+    assert_eq!(os["image_download_size"], s.image_size);
 }
 
 #[test]
@@ -161,7 +195,8 @@ fn an_xz_base_from_a_url_is_checked_against_its_published_sha256() {
     )
     .unwrap();
     assert!(dir.path().join("cache/base.img.xz").exists(), "cached");
-    assert!(outputs(dir.path()).contains(&"herd-test.img".to_string()));
+    // Neither --xz nor --checksum: the image to flash, and nothing else.
+    assert_eq!(outputs(dir.path()), ["herd-test.img"]);
 
     // A wrong published checksum: refused, the cached copy dropped, nothing written.
     std::fs::remove_dir_all(dir.path().join("out")).unwrap();

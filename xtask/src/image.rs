@@ -23,7 +23,9 @@ usage: cargo xtask image --cluster NAME [options]
   --password-file FILE   the user's password (first line), stored as a SHA-512 crypt hash
   --ssh-key FILE         authorized SSH public keys for the user; password login over SSH is then off
   --seeds H:P,H:P        static gossip seeds, where multicast (mDNS) is blocked
-  --xz                   also write a compressed .img.xz (multi-threaded)
+  --xz                   also write, for publishing, a compressed .img.xz (multi-threaded), the
+                         checksums and a Raspberry Pi Imager manifest (one pass)
+  --checksum             also write the .img.sha256 and an Imager manifest for the raw image
   --name NAME            output name (default: herd-CLUSTER)
   --out DIR              output directory (default: target/herd)
 ";
@@ -36,6 +38,7 @@ struct Args {
     ssh_key: Option<PathBuf>,
     seeds: Vec<String>,
     xz: bool,
+    checksum: bool,
     name: Option<String>,
     out: PathBuf,
 }
@@ -49,6 +52,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
         ssh_key: None,
         seeds: Vec::new(),
         xz: false,
+        checksum: false,
         name: None,
         out: root().join("target/herd"),
     };
@@ -73,6 +77,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
                     .collect()
             }
             "--xz" => a.xz = true,
+            "--checksum" => a.checksum = true,
             "--name" => a.name = Some(value()?),
             "--out" => a.out = value()?.into(),
             "-h" | "--help" => {
@@ -261,6 +266,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             ssh_keys,
         },
         xz: a.xz,
+        checksum: a.checksum,
     };
     println!("==> image: base {}", a.base);
     let summary = herd_image::pipeline::run(&opts, |arch| {
@@ -296,11 +302,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         summary.image.display(),
         summary.image_size as f64 / 1e9
     );
-    println!("    sha256:   {}", summary.image_sha256);
+    if let Some(sha) = &summary.image_sha256 {
+        println!("    sha256:   {sha}");
+    }
     if let Some(x) = &summary.xz {
         println!("    xz:       {}", x.display());
     }
-    println!("    manifest: {}", summary.manifest.display());
+    if let Some(m) = &summary.manifest {
+        println!("    manifest: {}", m.display());
+    }
     println!(
         "    secrets:  {} (the CLI: herd members --node PI --secrets {})",
         secrets_path.display(),
@@ -311,10 +321,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "      sudo dd if={} of=/dev/sdX bs=4M conv=fsync status=progress",
         summary.image.display()
     );
-    println!(
-        "    or with Raspberry Pi Imager: rpi-imager --repo {}",
-        summary.manifest.display()
-    );
+    match &summary.manifest {
+        Some(m) => println!(
+            "    or with Raspberry Pi Imager: rpi-imager --repo {}",
+            m.display()
+        ),
+        None => println!(
+            "    or with Raspberry Pi Imager: Choose OS > Use custom > {}\n    (to publish it for \
+             Imager with checksums and a manifest, add --xz)",
+            summary.image.display()
+        ),
+    }
     Ok(())
 }
 

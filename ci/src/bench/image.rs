@@ -4,8 +4,10 @@
 //! The fixture (2.7 GB like Raspberry Pi OS Lite: 512 MiB boot, a root filesystem holding 1.7 GB of
 //! binaries and text; quick mode: 0.3 GB) is built once and cached in `~/.cache/herd/bench/`, as is its
 //! `.img.xz`. From `.img` the pipeline is compared with `cp --sparse=always` of the same file; from
-//! `.img.xz` with `xz -dc > /dev/null`. Each figure is the best of three runs, with the output removed
-//! between runs.
+//! `.img.xz` with `xz -dc > /dev/null` (xz's default, one thread, as the target is written; the
+//! multi-threaded `xz -dc -T0` the pipeline itself uses is shown beside it). The default run writes the
+//! image only; `--checksum` (one SHA-256 pass) is timed too, next to `cp` + `openssl dgst -sha256`. Each
+//! figure is the best of three runs, with the output removed between runs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -123,7 +125,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let out = tempfile::Builder::new()
         .prefix("herd-bench-image")
         .tempdir_in(cache())?;
-    let opts = |base: &Path| PipelineOptions {
+    let opts = |base: &Path, checksum: bool| PipelineOptions {
         base: Base::File(base.into()),
         cache_dir: out.path().join("cache"),
         out_dir: out.path().join("out"),
@@ -140,20 +142,31 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             ssh_keys: None,
         },
         xz: false,
+        checksum,
     };
     let clean = || {
         let _ = std::fs::remove_dir_all(out.path().join("out"));
         let _ = std::fs::remove_file(out.path().join("copy.img"));
     };
-    let last: std::cell::RefCell<Option<Summary>> = std::cell::RefCell::new(None);
-    let pipeline = |base: &Path| -> anyhow::Result<Duration> {
+    // The steps of the fastest run so far, shown next to its time.
+    let last: std::cell::RefCell<Option<(Duration, Summary)>> = std::cell::RefCell::new(None);
+    let pipeline = |base: &Path, checksum: bool| -> anyhow::Result<Duration> {
         clean();
         let t = Instant::now();
-        let s =
-            herd_image::pipeline::run(&opts(base), |_| Ok(binary.clone())).context("pipeline")?;
+        let s = herd_image::pipeline::run(&opts(base, checksum), |_| Ok(binary.clone()))
+            .context("pipeline")?;
         let took = t.elapsed();
-        *last.borrow_mut() = Some(s);
+        let mut best = last.borrow_mut();
+        if best.as_ref().is_none_or(|(d, _)| took < *d) {
+            *best = Some((took, s));
+        }
         Ok(took)
+    };
+    let steps_of = || {
+        last.borrow_mut()
+            .take()
+            .map(|(_, s)| s.timings)
+            .unwrap_or_default()
     };
     let copy_cmd = format!(
         "cp --sparse=always '{}' '{}'",
@@ -164,6 +177,12 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         clean();
         timed(&copy_cmd)
     })?;
+    let from_img = best_of_3(|| pipeline(&img, false))?;
+    let steps_img = steps_of();
+    let unxz = best_of_3(|| timed(&format!("xz -dc '{}' > /dev/null", xz.display())))?;
+    let unxz_mt = best_of_3(|| timed(&format!("xz -dc -T0 '{}' > /dev/null", xz.display())))?;
+    let from_xz = best_of_3(|| pipeline(&xz, false))?;
+    let steps_xz = steps_of();
     let copy_and_hash_cmd = format!(
         "{copy_cmd} && openssl dgst -sha256 '{}'",
         out.path().join("copy.img").display()
@@ -172,29 +191,8 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         clean();
         timed(&copy_and_hash_cmd)
     })?;
-    let from_img = best_of_3(|| pipeline(&img))?;
-    let steps_img = last
-        .borrow_mut()
-        .take()
-        .map(|s| s.timings)
-        .unwrap_or_default();
-    let unxz = best_of_3(|| timed(&format!("xz -dc -T0 '{}' > /dev/null", xz.display())))?;
-    let unxz_file = out.path().join("copy.img");
-    let unxz_sha = best_of_3(|| {
-        clean();
-        timed(&format!(
-            "xz -dc -T0 '{}' > '{}' && openssl dgst -sha256 '{}'",
-            xz.display(),
-            unxz_file.display(),
-            unxz_file.display()
-        ))
-    })?;
-    let from_xz = best_of_3(|| pipeline(&xz))?;
-    let steps_xz = last
-        .borrow_mut()
-        .take()
-        .map(|s| s.timings)
-        .unwrap_or_default();
+    let from_img_sha = best_of_3(|| pipeline(&img, true))?;
+    let steps_img_sha = steps_of();
     clean();
 
     let steps = |t: &[(&str, Duration)]| {
@@ -207,46 +205,66 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         "\n## Image pipeline: {:.2} GB Pi-layout image, best of 3\n",
         size as f64 / 1e9
     );
-    let without_sha = |total: Duration, t: &[(&str, Duration)]| {
-        total.saturating_sub(
-            t.iter()
-                .filter(|(s, _)| *s == "sha256")
-                .map(|(_, d)| *d)
-                .sum(),
-        )
-    };
-    println!("| input | baseline | baseline time | pipeline time | ratio | ratio without the output's SHA-256 | pipeline steps |");
+    println!(
+        "| input | baseline | baseline time | pipeline time | ratio | target | pipeline steps |"
+    );
     println!("|---|---|---|---|---|---|---|");
-    println!(
-        "| `.img` | `cp --sparse=always` | {:.2} s | {:.2} s | {:.2}× | {:.2}× | {} |",
-        cp.as_secs_f64(),
-        from_img.as_secs_f64(),
-        from_img.as_secs_f64() / cp.as_secs_f64(),
-        without_sha(from_img, &steps_img).as_secs_f64() / cp.as_secs_f64(),
-        steps(&steps_img)
+    let row = |input: &str,
+               baseline: &str,
+               b: Duration,
+               p: Duration,
+               target: Option<f64>,
+               t: &[(&str, Duration)]| {
+        let ratio = p.as_secs_f64() / b.as_secs_f64();
+        let verdict = match target {
+            Some(x) if ratio <= x => format!("≤ {x}× met"),
+            Some(x) => format!("≤ {x}× MISSED"),
+            None => "—".into(),
+        };
+        println!(
+            "| {input} | {baseline} | {:.2} s | {:.2} s | {ratio:.2}× | {verdict} | {} |",
+            b.as_secs_f64(),
+            p.as_secs_f64(),
+            steps(t)
+        );
+    };
+    row(
+        "`.img`",
+        "`cp --sparse=always`",
+        cp,
+        from_img,
+        Some(1.1),
+        &steps_img,
     );
-    println!(
-        "| `.img.xz` ({:.2} GB) | `xz -dc > /dev/null` | {:.2} s | {:.2} s | {:.2}× | {:.2}× | {} |",
-        std::fs::metadata(&xz)?.len() as f64 / 1e9,
-        unxz.as_secs_f64(),
-        from_xz.as_secs_f64(),
-        from_xz.as_secs_f64() / unxz.as_secs_f64(),
-        without_sha(from_xz, &steps_xz).as_secs_f64() / unxz.as_secs_f64(),
-        steps(&steps_xz)
+    let xz_input = format!(
+        "`.img.xz` ({:.2} GB)",
+        std::fs::metadata(&xz)?.len() as f64 / 1e9
     );
-    println!(
-        "| `.img` | `cp --sparse=always` + `openssl dgst -sha256` | {:.2} s | {:.2} s | {:.2}× | | the least any tool writing a checksummed image does |",
-        cp_sha.as_secs_f64(),
-        from_img.as_secs_f64(),
-        from_img.as_secs_f64() / cp_sha.as_secs_f64()
+    row(
+        &xz_input,
+        "`xz -dc > /dev/null`",
+        unxz,
+        from_xz,
+        Some(1.2),
+        &steps_xz,
     );
-    println!(
-        "| `.img.xz` | `xz -dc > file` + `openssl dgst -sha256` | {:.2} s | {:.2} s | {:.2}× | | idem |",
-        unxz_sha.as_secs_f64(),
-        from_xz.as_secs_f64(),
-        from_xz.as_secs_f64() / unxz_sha.as_secs_f64()
+    row(
+        &xz_input,
+        "`xz -dc -T0 > /dev/null` (what the pipeline runs)",
+        unxz_mt,
+        from_xz,
+        None,
+        &steps_xz,
     );
-    println!("\nTargets: within 1.1× of the copy from `.img`, within 1.2× of decompression from `.img.xz`.");
-    println!("The output's SHA-256 (for its .sha256 and the Imager manifest) is one sequential pass over the whole image.");
+    row(
+        "`.img` with `--checksum`",
+        "`cp --sparse=always` + `openssl dgst -sha256`",
+        cp_sha,
+        from_img_sha,
+        None,
+        &steps_img_sha,
+    );
+    println!("\nThe default run writes the image to flash; the SHA-256 (`--checksum`, or free with `--xz`, which");
+    println!("hashes while it compresses) is one sequential pass over the whole image and is timed separately.");
     Ok(())
 }
