@@ -101,8 +101,22 @@ fn a_local_img_with_xz_becomes_img_sha256_xz_and_manifest() {
             "herd-test.rpi-imager-manifest"
         ]
     );
-    // The .sha256 is what sha256sum says, in its format.
+    // Planned on the base while the copy was made, written into the copy: a clean filesystem holding
+    // the agent byte for byte, and the copy is all that changed.
     let out = dir.path().join("out");
+    let img = herd_image::Image::open(&out.join("herd-test.img")).unwrap();
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(img.root().spec())
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "{fsck:?}");
+    assert_eq!(
+        img.root().read(herd_image::bake::BINARY).unwrap(),
+        std::fs::read(agent_binary(Arch::Arm64).unwrap()).unwrap()
+    );
+    assert!(img.boot().unwrap().exists("ssh"));
+    // The .sha256 is what sha256sum says, in its format.
     let check = Command::new("sha256sum")
         .arg("-c")
         .arg("herd-test.img.sha256")
