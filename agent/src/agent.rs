@@ -109,6 +109,11 @@ impl Agent {
         } else {
             (None, None)
         };
+        helpers.extend(crate::handlers::spawn(
+            config.handlers.clone(),
+            handle.clone(),
+            config.cluster.clone(),
+        ));
         helpers.push(tokio::spawn(monitor_loop(
             handle.clone(),
             config.monitoring.interval,

@@ -1,5 +1,6 @@
-//! The operator's commands that talk to a node's API: `herd members` and `herd meta-data …`. Tables for
-//! people, `--json` for scripts.
+//! The operator's commands that talk to a node's API: `herd members`, `herd meta-data …`, `herd watch`,
+//! `herd inventory` and `herd hosts` (`herd launch` is in [`crate::launch`]). Tables for people, `--json`
+//! for scripts.
 
 use std::path::PathBuf;
 
@@ -32,7 +33,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub fn client(&self) -> anyhow::Result<Client> {
         Client::new(&self.node, self.token()?)
     }
 
@@ -168,17 +169,7 @@ pub fn change_service(t: &Target, node: &str, service: &str, add: bool) -> anyho
                 .join(", ")
         ),
     };
-    let client = if target.is_self {
-        entry
-    } else {
-        let (Some(addr), Some(port)) = (target.address, target.http_port) else {
-            bail!("node {:?} publishes no API address", target.name);
-        };
-        Client::new(
-            &format!("{}", std::net::SocketAddr::new(addr, port)),
-            t.token()?,
-        )?
-    };
+    let client = node_client(t, &entry, target)?;
     let view = client.change_service(service, add)?;
     if t.json {
         println!("{}", serde_json::to_string_pretty(&view)?);
@@ -200,4 +191,121 @@ pub fn change_service(t: &Target, node: &str, service: &str, add: bool) -> anyho
         );
     }
     Ok(())
+}
+
+/// A client for `node`'s own API (the `entry` client when it is the node serving the CLI).
+pub fn node_client(t: &Target, entry: &Client, node: &NodeView) -> anyhow::Result<Client> {
+    if node.is_self {
+        return Ok(entry.clone());
+    }
+    let (Some(addr), Some(port)) = (node.address, node.http_port) else {
+        bail!("node {:?} publishes no API address", node.name);
+    };
+    Client::new(
+        &format!("{}", std::net::SocketAddr::new(addr, port)),
+        t.token()?,
+    )
+}
+
+/// `herd inventory --list | --host NAME`: Ansible's dynamic-inventory protocol.
+pub fn inventory(t: &Target, list: bool, host: Option<&str>) -> anyhow::Result<()> {
+    let inv = crate::inventory::Inventory::from_nodes(&t.client()?.nodes()?);
+    let out = match (list, host) {
+        (true, None) => inv.list(),
+        (false, Some(h)) => inv.host(h),
+        _ => bail!("inventory: give either --list or --host NAME"),
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// `herd hosts --playbook FILE [--out FILE]`: a static INI inventory with the groups the playbook targets.
+pub fn hosts(
+    t: &Target,
+    playbook: &std::path::Path,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let groups = crate::inventory::playbook_groups(playbook)?;
+    let inv = crate::inventory::Inventory::from_nodes(&t.client()?.nodes()?);
+    let mut groups = groups;
+    if groups.is_empty() {
+        // `hosts: all`: every alive node.
+        groups.push("alive".into());
+    }
+    for g in &groups {
+        if !inv.groups.contains_key(g) {
+            eprintln!(
+                "warning: no alive node is in group {g:?} (targeted by {})",
+                playbook.display()
+            );
+        }
+    }
+    let text = inv.ini(&groups);
+    match out {
+        None => print!("{text}"),
+        Some(path) => {
+            crate::agent::write_atomic(path, &text)?;
+            eprintln!("wrote {} ({} group(s))", path.display(), groups.len());
+        }
+    }
+    Ok(())
+}
+
+/// `herd watch`: membership events from a node, one line each, until interrupted.
+pub fn watch(t: &Target) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::io::{BufRead, Write};
+    let client = t.client()?;
+    let mut names: HashMap<String, (String, String)> = HashMap::new();
+    let refresh = |names: &mut HashMap<String, (String, String)>| -> anyhow::Result<()> {
+        for n in client.nodes()? {
+            let addr = n.address.map_or("-".to_string(), |a| a.to_string());
+            names.insert(n.id.clone(), (n.name.clone(), addr));
+        }
+        Ok(())
+    };
+    refresh(&mut names)?;
+    let stream = client.stream("/api/v1/events")?;
+    if !t.json {
+        eprintln!("watching {} (Ctrl-C to stop)", client.base());
+    }
+    let mut kind = String::new();
+    let stdout = std::io::stdout();
+    for line in stream.lines() {
+        let line = line.with_context(|| format!("{}: the event stream broke", client.base()))?;
+        if let Some(k) = line.strip_prefix("event:") {
+            kind = k.trim().to_string();
+            continue;
+        }
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let event: serde_json::Value = match serde_json::from_str(data.trim()) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let id = event["node"].as_str().unwrap_or("").to_string();
+        if !names.contains_key(&id) || matches!(kind.as_str(), "joined" | "updated" | "restarted") {
+            let _ = refresh(&mut names);
+        }
+        let (name, addr) = names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| ("?".into(), "-".into()));
+        let mut out = stdout.lock();
+        if t.json {
+            let v = serde_json::json!({"event": kind, "id": id, "name": name, "address": addr,
+                "generation": event["generation"]});
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(
+                out,
+                "{}  {kind:<10} {name:<20} {addr:<15} {}",
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+                &id[..id.len().min(16)]
+            )?;
+        }
+        out.flush()?;
+    }
+    bail!("{}: the node closed the event stream", client.base())
 }

@@ -100,6 +100,25 @@ impl Client {
             .with_context(|| format!("{}{path}: unexpected answer", self.base))
     }
 
+    /// `GET path` as a stream of lines that may never end (server-sent events): no overall timeout.
+    pub fn stream(&self, path: &str) -> anyhow::Result<impl std::io::BufRead> {
+        let url = format!("{}{path}", self.base);
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let resp = http
+            .get(&url)
+            .header("accept", "text/event-stream")
+            .call()
+            .with_context(|| format!("cannot reach {url}"))?;
+        if resp.status() != 200 {
+            bail!("{url}: HTTP {}", resp.status().as_u16());
+        }
+        Ok(std::io::BufReader::new(resp.into_body().into_reader()))
+    }
+
     /// `GET /api/v1/nodes`.
     pub fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
         self.json("GET", "/api/v1/nodes", false)

@@ -48,6 +48,59 @@ pub struct Config {
     pub api: ApiSection,
     #[serde(default)]
     pub monitoring: MonitoringSection,
+    /// `[service.NAME]`: settings of one service.
+    #[serde(default)]
+    pub service: std::collections::BTreeMap<String, ServiceSection>,
+    /// `[[handlers]]`: commands run on membership events.
+    #[serde(default)]
+    pub handlers: Vec<HandlerSection>,
+}
+
+/// `[service.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// φ at which a node running this service is declared dead (the lowest applies when a node runs
+    /// several); unset means `failure_detector.phi_threshold`.
+    pub phi_threshold: Option<f64>,
+}
+
+/// `[[handlers]]`: a command run (with `sh -c`) on membership events, like Serf's event handlers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerSection {
+    /// Which events: any of "join", "leave", "failure", "update" (services, name or address changed).
+    pub on: Vec<HandlerEvent>,
+    /// The command, given to `sh -c`, with the member in `HERD_*` environment variables.
+    pub command: String,
+    /// Killed when it runs longer.
+    #[serde(default = "default_handler_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// What a handler can be run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerEvent {
+    Join,
+    Leave,
+    Failure,
+    Update,
+}
+
+impl HandlerEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandlerEvent::Join => "join",
+            HandlerEvent::Leave => "leave",
+            HandlerEvent::Failure => "failure",
+            HandlerEvent::Update => "update",
+        }
+    }
+}
+
+fn default_handler_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[api]`: the dashboard and REST API.
@@ -292,6 +345,26 @@ impl Config {
                 m.interval
             );
         }
+        for (name, svc) in &self.service {
+            crate::metadata::check_service_name(name)
+                .map_err(|e| anyhow::anyhow!("service.{name}: {e}"))?;
+            if let Some(t) = svc.phi_threshold {
+                if !(t.is_finite() && t > 0.0) {
+                    bail!("service.{name}.phi_threshold: must be a positive number");
+                }
+            }
+        }
+        for (i, h) in self.handlers.iter().enumerate() {
+            if h.on.is_empty() {
+                bail!("handlers[{i}].on: name at least one of join, leave, failure, update");
+            }
+            if h.command.trim().is_empty() {
+                bail!("handlers[{i}].command: empty");
+            }
+            if h.timeout.is_zero() || h.timeout > Duration::from_secs(3600) {
+                bail!("handlers[{i}].timeout: must be between 1ms and 1h");
+            }
+        }
         let f = &self.failure_detector;
         if !(f.phi_threshold.is_finite() && f.phi_threshold > 0.0) {
             bail!("failure_detector.phi_threshold: must be a positive number");
@@ -330,6 +403,11 @@ impl Config {
                 acceptable_pause: f.acceptable_pause,
                 bootstrap_interval: f.bootstrap_interval,
             },
+            service_thresholds: self
+                .service
+                .iter()
+                .filter_map(|(name, s)| s.phi_threshold.map(|t| (name.clone(), t)))
+                .collect(),
             ..GossipConfig::new(&self.cluster)
         }
     }
@@ -355,6 +433,31 @@ mod tests {
         let text = text.replace("{{ api_token }}", "0123456789abcdef0123");
         let text = text.replace("{{ seeds }}", "[]");
         let c = Config::parse(&text).unwrap();
+        // The commented examples parse too, once uncommented.
+        let examples: String = text
+            .lines()
+            .map(|l| {
+                let keys = [
+                    "# [",
+                    "# phi_threshold",
+                    "# on =",
+                    "# command =",
+                    "# timeout =",
+                ];
+                if keys.iter().any(|k| l.starts_with(k)) {
+                    &l[2..]
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let e = Config::parse(&examples).unwrap();
+        assert_eq!(e.gossip_config().service_thresholds["nginx_lb"], 4.0);
+        assert_eq!(
+            e.handlers[0].on,
+            [HandlerEvent::Failure, HandlerEvent::Leave]
+        );
         let d = Config::parse(&format!("[gossip]\nkey = \"{KEY}\"")).unwrap();
         assert_eq!(c.gossip_config().interval, d.gossip_config().interval);
         assert_eq!(c.gossip_config().phi, d.gossip_config().phi);
@@ -396,6 +499,35 @@ mod tests {
         assert!(
             err("[gossip]\ninsecure = true\n[failure_detector]\nphi_threshold = -1.0")
                 .contains("failure_detector.phi_threshold")
+        );
+        let insecure = "[gossip]\ninsecure = true\n";
+        assert!(err(&format!("{insecure}[service.db]\nphi_threshold = 0.0"))
+            .contains("service.db.phi_threshold"));
+        assert!(
+            err(&format!("{insecure}[service.\"a b\"]\nphi_threshold = 3.0"))
+                .contains("service.a b: invalid service name")
+        );
+        assert!(err(&format!("{insecure}[service.db]\nphi = 3.0")).contains("unknown field `phi`"));
+        assert!(err(&format!(
+            "{insecure}[[handlers]]\non = [\"crash\"]\ncommand = \"true\""
+        ))
+        .contains("unknown variant `crash`"));
+        assert!(err(&format!(
+            "{insecure}[[handlers]]\non = []\ncommand = \"true\""
+        ))
+        .contains("handlers[0].on"));
+        assert!(err(&format!(
+            "{insecure}[[handlers]]\non = [\"join\"]\ncommand = \" \""
+        ))
+        .contains("handlers[0].command"));
+        let ok = Config::parse(&format!(
+            "{insecure}[service.db]\nphi_threshold = 3.0\n[[handlers]]\non = [\"failure\", \"leave\"]\ncommand = \"logger x\"\ntimeout = \"5s\""
+        ))
+        .unwrap();
+        assert_eq!(ok.gossip_config().service_thresholds["db"], 3.0);
+        assert_eq!(
+            ok.handlers[0].on,
+            [HandlerEvent::Failure, HandlerEvent::Leave]
         );
     }
 

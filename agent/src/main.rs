@@ -44,6 +44,53 @@ enum Command {
         #[command(subcommand)]
         change: MetaDataCommand,
     },
+    /// Stream membership events (join, failure, leave, …) from a node until interrupted.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ansible dynamic inventory of the alive nodes (also run as `herd-inventory`, a link to herd).
+    Inventory {
+        /// Every group and host (what `ansible -i` asks for).
+        #[arg(long, conflicts_with = "host")]
+        list: bool,
+        /// One host's variables.
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write a static INI inventory with the groups a playbook targets, filled with alive nodes.
+    Hosts {
+        #[arg(long, value_name = "FILE")]
+        playbook: PathBuf,
+        /// Where to write it (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Launch SERVICE on the COUNT least-busy alive nodes that do not run it, with its playbook
+    /// (PLAYBOOKS/SERVICE/playbook.yml, *.tera files rendered with the cluster's facts), and record it in
+    /// their meta-data; or, with --reconcile, bring every launched service back to its wanted count.
+    Launch {
+        /// How many more nodes.
+        #[arg(required_unless_present = "reconcile")]
+        count: Option<usize>,
+        #[arg(required_unless_present = "reconcile")]
+        service: Option<String>,
+        /// The playbooks directory.
+        #[arg(long, env = "HERD_PLAYBOOKS", default_value = "playbooks")]
+        playbooks: PathBuf,
+        /// Print the chosen nodes, why, and the rendered files; run and record nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Launch whatever is missing from the wanted counts (after nodes died).
+        #[arg(long, conflicts_with_all = ["count", "service"])]
+        reconcile: bool,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -67,7 +114,16 @@ enum MetaDataCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // Called as `herd-inventory` (a link, for `ansible -i herd-inventory`): the inventory command.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .first()
+        .and_then(|a| PathBuf::from(a).file_name().map(|n| n == "herd-inventory"))
+        == Some(true)
+    {
+        args.insert(1, "inventory".into());
+    }
+    let cli = Cli::parse_from(args);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -121,6 +177,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 target,
             } => herd::cli::change_service(&target, &member, &service, false),
         },
+        Command::Watch { target } => herd::cli::watch(&target),
+        Command::Inventory { list, host, target } => {
+            herd::cli::inventory(&target, list, host.as_deref())
+        }
+        Command::Hosts {
+            playbook,
+            out,
+            target,
+        } => herd::cli::hosts(&target, &playbook, out.as_deref()),
+        Command::Launch {
+            count,
+            service,
+            playbooks,
+            dry_run,
+            reconcile,
+            target,
+        } => {
+            if reconcile {
+                return herd::launch::reconcile(&target, &playbooks, dry_run);
+            }
+            let (Some(count), Some(service)) = (count, service) else {
+                anyhow::bail!("launch: give COUNT and SERVICE, or --reconcile");
+            };
+            herd::launch::launch(
+                &target,
+                &herd::launch::Launch {
+                    count,
+                    service,
+                    playbooks,
+                    dry_run,
+                },
+            )
+            .map(|_| ())
+        }
     }
 }
 

@@ -73,6 +73,9 @@ pub struct Facts {
     /// Boot time, seconds since the Unix epoch (uptime = now − boot).
     pub boot: u64,
     pub agent: String,
+    /// CPU cores (load averages are read against it); absent from agents before 0.1.1.
+    #[serde(default)]
+    pub cpus: Option<u32>,
 }
 
 impl Facts {
@@ -92,6 +95,9 @@ impl Facts {
             os: sysinfo::System::long_os_version().ok().map(clip),
             boot: sysinfo::System::boot_time().unwrap_or(0),
             agent: env!("CARGO_PKG_VERSION").to_string(),
+            cpus: std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get() as u32),
         }
     }
 

@@ -329,3 +329,52 @@ fn runs_replay_from_their_seed() {
     assert_eq!(run(3), run(3));
     assert_ne!(run(3), run(4));
 }
+
+#[test]
+fn a_service_with_a_lower_phi_threshold_gets_its_nodes_convicted_sooner() {
+    let seed = 29;
+    let mut config = SimConfig::new(seed);
+    config.gossip.service_thresholds.insert("db".into(), 3.0);
+    let mut sim = Sim::new(config);
+    sim.add_nodes(10);
+    let deadline = sim.now() + secs(60);
+    assert!(sim.run_until(deadline, Sim::converged));
+    // Node 1 runs db (threshold 3); node 2 runs web (no threshold of its own: the default 8).
+    sim.gossiper_mut(1)
+        .unwrap()
+        .set("services", r#"["db"]"#)
+        .unwrap();
+    sim.gossiper_mut(2)
+        .unwrap()
+        .set("services", r#"["web"]"#)
+        .unwrap();
+    sim.run_for(secs(30));
+    let threshold_of = |sim: &Sim, i: usize| {
+        sim.gossiper(0)
+            .unwrap()
+            .member(sim.id(i), sim.now())
+            .unwrap()
+            .threshold
+    };
+    assert_eq!(threshold_of(&sim, 1), 3.0);
+    assert_eq!(threshold_of(&sim, 2), 8.0);
+    sim.take_events();
+    let since = sim.now();
+    sim.crash(1);
+    sim.crash(2);
+    sim.run_for(secs(40));
+    let events = sim.take_events();
+    let db = delays(&events, EventKind::Dead, sim.id(1), since);
+    let web = delays(&events, EventKind::Dead, sim.id(2), since);
+    assert_eq!(db.len(), 8, "every survivor convicts the db node");
+    assert_eq!(web.len(), 8, "every survivor convicts the web node");
+    let median = |d: &std::collections::HashMap<usize, Duration>| {
+        quantile(&mut d.values().copied().collect::<Vec<_>>(), 0.5)
+    };
+    let (db, web) = (median(&db), median(&web));
+    // φ grows linearly with silence in the exponential model: 3/8 of the time, give or take jitter.
+    assert!(
+        db.as_secs_f64() < web.as_secs_f64() * 0.6,
+        "seed {seed}: db convicted after {db:?}, web after {web:?}"
+    );
+}

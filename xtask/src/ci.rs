@@ -31,6 +31,13 @@ const IMAGE_TEST_NEEDS: &[Need] = &[
     need("xz", "xz-utils"),
     need("curl", "curl"),
     need("openssl", "openssl"),
+    need("python3", "python3"),
+];
+
+/// What the operations tests (`agent/tests/ops.rs`) run: the real Ansible.
+const ANSIBLE_TEST_NEEDS: &[Need] = &[
+    need("ansible-playbook", "ansible"),
+    need("ansible-inventory", "ansible"),
 ];
 
 /// What the dashboard test (`agent/tests/dashboard.rs`) drives: a real browser.
@@ -47,6 +54,7 @@ pub fn run() -> anyhow::Result<()> {
     ensure_packages("multi-host tests", LAN_TEST_NEEDS)?;
     ensure_packages("dashboard test", BROWSER_TEST_NEEDS)?;
     ensure_packages("image tests", IMAGE_TEST_NEEDS)?;
+    ensure_packages("operations tests", ANSIBLE_TEST_NEEDS)?;
     // The image tests bake and run the cross-built agents.
     crate::build::build_all()?;
     let mut fmt = cargo();

@@ -54,6 +54,10 @@ pub struct GossipConfig {
     pub reap_after: Duration,
     /// Addresses to contact when no peer is known, and now and then to heal partitions.
     pub seeds: Vec<SocketAddr>,
+    /// φ thresholds of services (`[service.NAME] phi_threshold`): a node running any of them is judged
+    /// with the lowest of their thresholds instead of `phi.threshold`, so a service that must fail over
+    /// fast gets its nodes convicted sooner (and a tolerant one later).
+    pub service_thresholds: std::collections::BTreeMap<String, f64>,
 }
 
 impl GossipConfig {
@@ -65,6 +69,7 @@ impl GossipConfig {
             phi: PhiConfig::default(),
             reap_after: Duration::from_secs(24 * 3600),
             seeds: Vec::new(),
+            service_thresholds: Default::default(),
         }
     }
 }
@@ -180,6 +185,9 @@ struct NodeState {
     detector: PhiAccrualDetector,
     suspect_at: Duration,
     dead_at: Duration,
+    /// The φ at which this node is convicted: the configured one, or its services' (see
+    /// [`GossipConfig::service_thresholds`]).
+    threshold: f64,
 }
 
 impl NodeState {
@@ -206,6 +214,7 @@ impl NodeState {
             detector: PhiAccrualDetector::with_bootstrap(bootstrap, phi, now),
             suspect_at: now,
             dead_at: now,
+            threshold: phi.threshold,
         };
         s.schedule_verdicts(phi);
         s
@@ -213,8 +222,27 @@ impl NodeState {
 
     fn schedule_verdicts(&mut self, phi: &PhiConfig) {
         let last = self.detector.last_arrival();
-        self.suspect_at = last + self.detector.silence_for(phi, phi.threshold / 2.0);
-        self.dead_at = last + self.detector.silence_for(phi, phi.threshold);
+        self.suspect_at = last + self.detector.silence_for(phi, self.threshold / 2.0);
+        self.dead_at = last + self.detector.silence_for(phi, self.threshold);
+    }
+
+    /// Re-derives the node's φ threshold from the services it announces (after its key/values changed).
+    fn rethreshold(&mut self, config: &GossipConfig) {
+        let services: Vec<String> = self
+            .kvs
+            .get(crate::metadata::SERVICES_KEY)
+            .and_then(|v| v.value.as_deref())
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default();
+        let threshold = services
+            .iter()
+            .filter_map(|s| config.service_thresholds.get(s).copied())
+            .reduce(f64::min)
+            .unwrap_or(config.phi.threshold);
+        if threshold != self.threshold {
+            self.threshold = threshold;
+            self.schedule_verdicts(&config.phi);
+        }
     }
 
     fn entry(&self, node: NodeId) -> DigestEntry {
@@ -828,6 +856,8 @@ impl Gossiper {
                     EventKind::Joined
                 };
                 apply_kvs(s, &d.kvs);
+                s.rethreshold(&self.config);
+                self.notes.next_scan = self.notes.next_scan.min(s.suspect_at);
                 self.notes.changed(d.node, s, now);
                 self.notes.push(kind, d.node, s, now);
                 return;
@@ -838,6 +868,8 @@ impl Gossiper {
                 }
                 *s = NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now);
                 apply_kvs(s, &d.kvs);
+                s.rethreshold(&self.config);
+                self.notes.next_scan = self.notes.next_scan.min(s.suspect_at);
                 let kind = if s.liveness == Liveness::Left {
                     EventKind::Left
                 } else {
@@ -851,6 +883,8 @@ impl Gossiper {
             Some(s) => s,
         };
         if d.from_version <= s.max_version && apply_kvs(s, &d.kvs) {
+            s.rethreshold(&self.config);
+            self.notes.next_scan = self.notes.next_scan.min(s.suspect_at);
             self.notes.changed(d.node, s, now);
             self.notes.push(EventKind::Updated, d.node, s, now);
         }
@@ -966,7 +1000,7 @@ impl Gossiper {
             } else {
                 s.detector.phi(&self.config.phi, now)
             },
-            threshold: self.config.phi.threshold,
+            threshold: s.threshold,
             last_heard: if is_self {
                 Duration::ZERO
             } else {

@@ -10,8 +10,14 @@ use herd::config::Config;
 
 pub const TOKEN: &str = "test-token-0123456789";
 
-fn config(ip: &str, seed: Option<&str>, state: &std::path::Path) -> Config {
+fn config(ip: &str, seed: Option<&str>, state: &std::path::Path, extra: &str) -> Config {
     let seeds = seed.map(|s| format!("\"{s}\"")).unwrap_or_default();
+    // `extra` may set the sampling interval itself.
+    let interval = if extra.trim_start().starts_with("interval") {
+        ""
+    } else {
+        "interval = \"1s\""
+    };
     Config::parse(&format!(
         r#"
         cluster = "api-test"
@@ -28,7 +34,8 @@ fn config(ip: &str, seed: Option<&str>, state: &std::path::Path) -> Config {
         bind = "{ip}:0"
         token = "{TOKEN}"
         [monitoring]
-        interval = "1s"
+        {interval}
+        {extra}
         "#,
         state.display()
     ))
@@ -44,6 +51,12 @@ pub struct Cluster {
 impl Cluster {
     /// Three agents on 127.0.`net`.{1,2,3}, converged.
     pub fn start(net: u8) -> Cluster {
+        Cluster::start_with(net, 3, "")
+    }
+
+    /// `n` agents on 127.0.`net`.{1..n}, converged; `extra` is appended to each one's config (the
+    /// `[monitoring]` table is open, so `interval = …` may come first).
+    pub fn start_with(net: u8, n: usize, extra: &str) -> Cluster {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -51,11 +64,11 @@ impl Cluster {
             .unwrap();
         let mut dirs = Vec::new();
         let mut agents: Vec<Agent> = Vec::new();
-        for i in 1..=3 {
+        for i in 1..=n {
             let dir = tempfile::tempdir().unwrap();
             let ip = format!("127.0.{net}.{i}");
             let seed = agents.first().map(|a| a.local_addr().to_string());
-            let c = config(&ip, seed.as_deref(), dir.path());
+            let c = config(&ip, seed.as_deref(), dir.path(), extra);
             agents.push(runtime.block_on(Agent::start(c)).unwrap());
             dirs.push(dir);
         }
@@ -64,16 +77,37 @@ impl Cluster {
             agents,
             _dirs: dirs,
         };
-        wait(Duration::from_secs(15), "3 alive everywhere", || {
-            cluster.agents.iter().all(|a| {
-                a.members()
-                    .iter()
-                    .filter(|m| m.liveness == herd::gossip::Liveness::Alive)
-                    .count()
-                    == 3
-            })
-        });
+        cluster.wait_alive(n);
         cluster
+    }
+
+    /// Waits until every agent sees `n` alive members.
+    pub fn wait_alive(&self, n: usize) {
+        wait(
+            Duration::from_secs(15),
+            &format!("{n} alive everywhere"),
+            || {
+                self.agents.iter().all(|a| {
+                    a.members()
+                        .iter()
+                        .filter(|m| m.liveness == herd::gossip::Liveness::Alive)
+                        .count()
+                        == n
+                })
+            },
+        );
+    }
+
+    /// Starts one more agent on 127.0.`net`.`host`, seeded with the first agent; returns its index.
+    pub fn add(&mut self, net: u8, host: u8, extra: &str) -> usize {
+        let dir = tempfile::tempdir().unwrap();
+        let ip = format!("127.0.{net}.{host}");
+        let seed = self.agents.first().map(|a| a.local_addr().to_string());
+        let c = config(&ip, seed.as_deref(), dir.path(), extra);
+        self.agents
+            .push(self.runtime.block_on(Agent::start(c)).unwrap());
+        self._dirs.push(dir);
+        self.agents.len() - 1
     }
 
     pub fn url(&self, i: usize) -> String {

@@ -1,0 +1,218 @@
+//! Event handlers, like Serf's: on a member's join, leave, failure or update the agent runs the configured
+//! commands (`sh -c`), one at a time in event order, each with a timeout, with the member in `HERD_*`
+//! environment variables, and logs what they print and how they ended.
+//!
+//! "update" means the member's services, name or addresses changed: monitoring samples, which change every
+//! few seconds, do not count. A failed node that comes back, or restarts, is a join again.
+
+use std::collections::{HashMap, VecDeque};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, Notify};
+
+use crate::agent::Handle;
+use crate::api::views::NodeView;
+use crate::config::{HandlerEvent, HandlerSection};
+use crate::gossip::{EventKind, NodeId};
+
+/// Events waiting for their handlers beyond this are dropped (and logged): a handler that hangs for its
+/// whole timeout on every event must not make the agent's memory grow without end.
+const QUEUE_LIMIT: usize = 10_000;
+
+/// One handler run: what happened and the environment describing it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub event: HandlerEvent,
+    pub env: Vec<(String, String)>,
+}
+
+/// The environment handlers get for `member`.
+pub fn environment(
+    event: HandlerEvent,
+    member: &NodeView,
+    cluster: &str,
+    me: &NodeView,
+) -> Vec<(String, String)> {
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    vec![
+        ("HERD_EVENT".into(), event.as_str().into()),
+        ("HERD_CLUSTER".into(), cluster.into()),
+        ("HERD_SELF_ID".into(), me.id.clone()),
+        ("HERD_SELF_NAME".into(), me.name.clone()),
+        ("HERD_MEMBER_ID".into(), member.id.clone()),
+        ("HERD_MEMBER_NAME".into(), member.name.clone()),
+        (
+            "HERD_MEMBER_ADDRESS".into(),
+            opt(member.address.map(|a| a.to_string())),
+        ),
+        (
+            "HERD_MEMBER_GOSSIP_PORT".into(),
+            opt(member.gossip_port.map(|p| p.to_string())),
+        ),
+        (
+            "HERD_MEMBER_HTTP_PORT".into(),
+            opt(member.http_port.map(|p| p.to_string())),
+        ),
+        (
+            "HERD_MEMBER_STATE".into(),
+            format!("{:?}", member.state).to_lowercase(),
+        ),
+        ("HERD_MEMBER_SERVICES".into(), member.services.join(",")),
+    ]
+}
+
+/// What an update handler cares about: a change of anything else is not an update.
+fn identity_of(
+    n: &NodeView,
+) -> (
+    String,
+    Option<std::net::IpAddr>,
+    Option<u16>,
+    Option<u16>,
+    Vec<String>,
+) {
+    (
+        n.name.clone(),
+        n.address,
+        n.gossip_port,
+        n.http_port,
+        n.services.clone(),
+    )
+}
+
+/// Starts the handler tasks on the current runtime; nothing when no handler is configured.
+pub fn spawn(
+    handlers: Vec<HandlerSection>,
+    handle: Handle,
+    cluster: String,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    if handlers.is_empty() {
+        return Vec::new();
+    }
+    let queue: Arc<std::sync::Mutex<VecDeque<Job>>> = Default::default();
+    let ready = Arc::new(Notify::new());
+    let wanted: Vec<HandlerEvent> = handlers.iter().flat_map(|h| h.on.clone()).collect();
+    let collector = {
+        let (queue, ready, handle) = (queue.clone(), ready.clone(), handle.clone());
+        let mut events = handle.subscribe();
+        tokio::spawn(async move {
+            let mut seen: HashMap<NodeId, _> = HashMap::new();
+            for m in handle.members() {
+                seen.insert(m.id, identity_of(&NodeView::from_member(&m)));
+            }
+            loop {
+                let e = match events.recv().await {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "event handlers fell behind: events missed");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let members = handle.members();
+                let (Some(member), Some(me)) = (
+                    members.iter().find(|m| m.id == e.node),
+                    members.iter().find(|m| m.is_self),
+                ) else {
+                    continue;
+                };
+                let view = NodeView::from_member(member);
+                let id = identity_of(&view);
+                let event = match e.kind {
+                    EventKind::Joined | EventKind::Recovered | EventKind::Restarted => {
+                        Some(HandlerEvent::Join)
+                    }
+                    EventKind::Left => Some(HandlerEvent::Leave),
+                    EventKind::Dead => Some(HandlerEvent::Failure),
+                    EventKind::Updated => {
+                        (seen.get(&e.node) != Some(&id)).then_some(HandlerEvent::Update)
+                    }
+                    EventKind::Suspect | EventKind::Reaped => None,
+                };
+                if e.kind == EventKind::Reaped {
+                    seen.remove(&e.node);
+                } else {
+                    seen.insert(e.node, id);
+                }
+                let Some(event) = event.filter(|ev| wanted.contains(ev)) else {
+                    continue;
+                };
+                let job = Job {
+                    event,
+                    env: environment(event, &view, &cluster, &NodeView::from_member(me)),
+                };
+                let mut q = queue.lock().expect("queue lock");
+                if q.len() >= QUEUE_LIMIT {
+                    tracing::warn!(event = event.as_str(), member = %view.name, "handler queue full: event dropped");
+                    continue;
+                }
+                q.push_back(job);
+                drop(q);
+                ready.notify_one();
+            }
+        })
+    };
+    let runner = tokio::spawn(async move {
+        loop {
+            let job = queue.lock().expect("queue lock").pop_front();
+            let Some(job) = job else {
+                ready.notified().await;
+                continue;
+            };
+            for h in handlers.iter().filter(|h| h.on.contains(&job.event)) {
+                run(h, &job).await;
+            }
+        }
+    });
+    vec![collector, runner]
+}
+
+/// Runs one handler for one job and logs how it went.
+async fn run(h: &HandlerSection, job: &Job) {
+    let member = job
+        .env
+        .iter()
+        .find(|(k, _)| k == "HERD_MEMBER_NAME")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&h.command)
+        .envs(job.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(command = %h.command, error = %e, "cannot start event handler");
+            return;
+        }
+    };
+    match tokio::time::timeout(h.timeout, child.wait_with_output()).await {
+        Err(_) => tracing::warn!(
+            command = %h.command,
+            event = job.event.as_str(),
+            %member,
+            timeout = ?h.timeout,
+            "event handler timed out and was killed"
+        ),
+        Ok(Err(e)) => tracing::error!(command = %h.command, error = %e, "event handler failed"),
+        Ok(Ok(out)) => {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                tracing::info!(event = job.event.as_str(), %member, "handler: {line}");
+            }
+            for line in String::from_utf8_lossy(&out.stderr).lines() {
+                tracing::warn!(event = job.event.as_str(), %member, "handler stderr: {line}");
+            }
+            if out.status.success() {
+                tracing::info!(command = %h.command, event = job.event.as_str(), %member, "event handler done");
+            } else {
+                tracing::warn!(command = %h.command, event = job.event.as_str(), %member, status = %out.status, "event handler failed");
+            }
+        }
+    }
+}
