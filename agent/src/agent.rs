@@ -114,10 +114,12 @@ impl Agent {
             handle.clone(),
             config.cluster.clone(),
         ));
-        helpers.push(tokio::spawn(monitor_loop(
-            handle.clone(),
-            config.monitoring.interval,
-        )));
+        if config.monitoring.enabled {
+            helpers.push(tokio::spawn(monitor_loop(
+                handle.clone(),
+                config.monitoring.interval,
+            )));
+        }
 
         let mdns = if config.discovery.mdns {
             let announcement = Announcement {

@@ -122,6 +122,9 @@ pub struct ApiSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitoringSection {
+    /// Sample and gossip the machine's figures (off: no `mon` key, no sampling cost).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// How often to sample CPU, memory, load, temperature and disk.
     #[serde(default = "default_sample_interval", with = "humantime_serde")]
     pub interval: Duration,

@@ -1,36 +1,158 @@
-//! `cargo xtask bench`: builds the benchmark driver optimised for speed and runs the named benchmarks.
+//! `cargo xtask bench [NAME…] [--quick]`: builds what the benchmarks need (optimised for speed), runs them,
+//! and prints their figures. Run with no name and without `--quick`, it runs every benchmark and writes
+//! `docs/BENCHMARKS.md` from that one run: the machine, the date, the command and each table.
 
-use crate::util::{cargo, run as run_step};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
-/// Benchmarks `herd-bench` knows.
-const KNOWN: &[&str] = &["gossip", "http", "image"];
+use anyhow::{bail, Context};
+
+use crate::util::{cargo, root, run as run_step};
+
+/// Benchmarks, in the order a full run takes them.
+const KNOWN: &[&str] = &["gossip", "peers", "footprint", "http", "image"];
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     for a in args {
         if !a.starts_with("--") && !KNOWN.contains(&a.as_str()) {
-            anyhow::bail!("unknown benchmark {a:?}; known: {}", KNOWN.join(", "));
+            bail!("unknown benchmark {a:?}; known: {}", KNOWN.join(", "));
         }
         if a.starts_with("--") && a != "--quick" {
-            anyhow::bail!("unknown option {a:?}; known: --quick");
+            bail!("unknown option {a:?}; known: --quick");
         }
     }
-    let names: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    if names.is_empty() || names.iter().any(|n| *n == "image") {
-        // The image benchmark bakes the real aarch64 agent.
+    let quick = args.iter().any(|a| a == "--quick");
+    let named: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let everything = named.is_empty();
+    let names: Vec<&str> = if everything { KNOWN.to_vec() } else { named };
+    if names.iter().any(|n| *n == "image" || *n == "footprint") {
+        // The image benchmark bakes the real aarch64 agent; the footprint one reports both binaries' sizes.
         crate::build::build_all()?;
     }
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--quiet",
-        "--profile",
-        "perf",
-        "--package",
-        "herd-ci",
-        "--bin",
-        "herd-bench",
-        "--",
-    ]);
-    cmd.args(args);
-    run_step("bench", cmd)
+    if names.contains(&"footprint") {
+        // The measured agent: the release build for this machine, as shipped (size-optimised).
+        let mut b = cargo();
+        b.args([
+            "build",
+            "--release",
+            "--locked",
+            "--package",
+            "herd",
+            "--bin",
+            "herd",
+        ]);
+        run_step("build herd for this machine", b)?;
+    }
+    let mut report = Vec::new();
+    for name in &names {
+        let mut cmd = cargo();
+        cmd.args([
+            "run",
+            "--quiet",
+            "--profile",
+            "perf",
+            "--locked",
+            "--package",
+        ]);
+        if *name == "peers" {
+            cmd.args(["herd-peers", "--bin", "herd-peers", "--"]);
+        } else {
+            cmd.args(["herd-ci", "--bin", "herd-bench", "--", name]);
+        }
+        if quick {
+            cmd.arg("--quick");
+        }
+        report.push((*name, run_captured(name, cmd)?));
+    }
+    if everything && !quick {
+        write_report(&report)?;
+    }
+    Ok(())
+}
+
+/// Runs `cmd`, showing its output as it comes, and returns its standard output.
+fn run_captured(name: &str, mut cmd: Command) -> anyhow::Result<String> {
+    eprintln!("==> bench {name}");
+    let started = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start bench {name}"))?;
+    let mut out = String::new();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("bench {name} failed ({status})");
+    }
+    eprintln!(
+        "==> bench {name}: ok in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
+fn first_line_with(path: &str, key: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string())
+    })
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `docs/BENCHMARKS.md`, from one full run.
+fn write_report(report: &[(&str, String)]) -> anyhow::Result<()> {
+    let cpu =
+        first_line_with("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = first_line_with("/proc/meminfo", "MemTotal")
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or("?".into(), |kb| format!("{:.0} GiB", kb as f64 / 1048576.0));
+    let mut doc = String::from(
+        "# Benchmarks\n\nWritten by `cargo xtask bench` (every benchmark, full size) from one run; do not edit by \
+         hand: run it again. Each benchmark also has a quick mode (`--quick`) that `cargo xtask ci` runs, so \
+         none of them can rot.\n\n",
+    );
+    doc.push_str(&format!(
+        "- Machine: {cpu}, {cores} cores, {mem} RAM, Linux {}\n- Date: {}\n- Commit: {}\n- Reproduce all: \
+         `cargo xtask bench`\n",
+        command_output("uname", &["-r"]),
+        command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command_output("git", &["-C", &root().to_string_lossy(), "rev-parse", "--short", "HEAD"]),
+    ));
+    for (name, out) in report {
+        let body = out.trim_start();
+        // Each benchmark prints its own "## Title" first; the command goes under it.
+        let (title, rest) = match body.split_once('\n') {
+            Some((t, r)) if t.starts_with("## ") => (t.to_string(), r.to_string()),
+            _ => (format!("## {name}"), body.to_string()),
+        };
+        doc.push_str(&format!(
+            "\n{title}\n\nReproduce: `cargo xtask bench {name}`\n{rest}"
+        ));
+    }
+    let dir = root().join("docs");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("BENCHMARKS.md");
+    let partial = dir.join(".BENCHMARKS.md.partial");
+    std::fs::write(&partial, doc)?;
+    std::fs::rename(&partial, &path)?;
+    eprintln!("==> wrote {}", path.display());
+    Ok(())
 }

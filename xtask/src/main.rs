@@ -22,7 +22,8 @@ tasks:
                          write a small Pi-layout test image (to try `image --base PATH` offline)
   ci                     everything CI checks: formatting, clippy -D warnings, all tests, quick benchmarks
   bench [NAME…] [--quick]
-                         run benchmarks and print their figures (names: gossip; default: all)
+                         run benchmarks and print their figures (names: gossip, peers, footprint,
+                         http, image; default: all, and then docs/BENCHMARKS.md is written)
 ";
 
 fn main() -> std::process::ExitCode {

@@ -151,6 +151,9 @@ pub struct Member {
     pub threshold: f64,
     /// Time since a heartbeat of this member last arrived (zero for the local node).
     pub last_heard: Duration,
+    /// The silence after which this member is declared dead, from its current heartbeat rhythm (what
+    /// chitchat calls the failure detection timeout; zero for the local node).
+    pub detection_timeout: Duration,
     pub is_self: bool,
     pub kvs: BTreeMap<String, String>,
 }
@@ -1005,6 +1008,11 @@ impl Gossiper {
                 Duration::ZERO
             } else {
                 now.saturating_sub(s.detector.last_arrival())
+            },
+            detection_timeout: if is_self {
+                Duration::ZERO
+            } else {
+                s.detector.silence_for(&self.config.phi, s.threshold)
             },
             is_self,
             kvs: s

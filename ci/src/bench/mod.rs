@@ -1,5 +1,6 @@
 //! Benchmarks: each prints a Markdown table of figures measured in one run.
 
+pub mod footprint;
 pub mod gossip;
 pub mod http;
 pub mod image;

@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let names = if names.is_empty() {
-        vec!["gossip", "http", "image"]
+        vec!["gossip", "http", "footprint", "image"]
     } else {
         names
     };
@@ -29,7 +29,8 @@ fn main() -> anyhow::Result<()> {
             "gossip" => herd_ci::bench::gossip::run(quick)?,
             "http" => herd_ci::bench::http::run(quick)?,
             "image" => herd_ci::bench::image::run(quick)?,
-            other => bail!("unknown benchmark {other:?}; known: gossip, http, image"),
+            "footprint" => herd_ci::bench::footprint::run(quick)?,
+            other => bail!("unknown benchmark {other:?}; known: gossip, http, footprint, image"),
         }
     }
     Ok(())
