@@ -2,6 +2,7 @@
 //! `herd inventory` and `herd hosts` (`herd launch` is in [`crate::launch`]). Tables for people, `--json`
 //! for scripts.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -251,28 +252,65 @@ pub fn hosts(
     Ok(())
 }
 
-/// `herd watch`: membership events from a node, one line each, until interrupted.
+/// `herd watch`: membership events from a node, one line each, until interrupted. A node that cannot be
+/// reached at first is an error; a stream that breaks later (the node restarting) is retried every few
+/// seconds, and the gap is said on stderr.
 pub fn watch(t: &Target) -> anyhow::Result<()> {
-    use std::collections::HashMap;
-    use std::io::{BufRead, Write};
     let client = t.client()?;
     let mut names: HashMap<String, (String, String)> = HashMap::new();
-    let refresh = |names: &mut HashMap<String, (String, String)>| -> anyhow::Result<()> {
-        for n in client.nodes()? {
-            let addr = n.address.map_or("-".to_string(), |a| a.to_string());
-            names.insert(n.id.clone(), (n.name.clone(), addr));
-        }
-        Ok(())
-    };
-    refresh(&mut names)?;
-    let stream = client.stream("/api/v1/events")?;
+    refresh_names(&client, &mut names)?;
+    let mut stream = client.stream("/api/v1/events")?;
     if !t.json {
         eprintln!("watching {} (Ctrl-C to stop)", client.base());
     }
+    loop {
+        let broke = follow(t, &client, stream, &mut names);
+        eprintln!(
+            "{}: {}; reconnecting",
+            client.base(),
+            match broke {
+                Ok(()) => "the node closed the event stream".to_string(),
+                Err(e) => format!("{e:#}"),
+            }
+        );
+        let mut wait = std::time::Duration::from_secs(1);
+        stream = loop {
+            std::thread::sleep(wait);
+            match client.stream("/api/v1/events") {
+                Ok(s) => break s,
+                Err(_) => wait = (wait * 2).min(std::time::Duration::from_secs(10)),
+            }
+        };
+        let _ = refresh_names(&client, &mut names);
+        eprintln!(
+            "{}: reconnected (events in between were missed)",
+            client.base()
+        );
+    }
+}
+
+type Names = HashMap<String, (String, String)>;
+
+fn refresh_names(client: &Client, names: &mut Names) -> anyhow::Result<()> {
+    for n in client.nodes()? {
+        let addr = n.address.map_or("-".to_string(), |a| a.to_string());
+        names.insert(n.id.clone(), (n.name.clone(), addr));
+    }
+    Ok(())
+}
+
+/// Prints the events of one connection until it ends.
+fn follow(
+    t: &Target,
+    client: &Client,
+    stream: impl std::io::BufRead,
+    names: &mut Names,
+) -> anyhow::Result<()> {
+    use std::io::Write;
     let mut kind = String::new();
     let stdout = std::io::stdout();
     for line in stream.lines() {
-        let line = line.with_context(|| format!("{}: the event stream broke", client.base()))?;
+        let line = line.context("the event stream broke")?;
         if let Some(k) = line.strip_prefix("event:") {
             kind = k.trim().to_string();
             continue;
@@ -286,26 +324,28 @@ pub fn watch(t: &Target) -> anyhow::Result<()> {
         };
         let id = event["node"].as_str().unwrap_or("").to_string();
         if !names.contains_key(&id) || matches!(kind.as_str(), "joined" | "updated" | "restarted") {
-            let _ = refresh(&mut names);
+            let _ = refresh_names(client, names);
         }
         let (name, addr) = names
             .get(&id)
             .cloned()
             .unwrap_or_else(|| ("?".into(), "-".into()));
-        let mut out = stdout.lock();
-        if t.json {
-            let v = serde_json::json!({"event": kind, "id": id, "name": name, "address": addr,
-                "generation": event["generation"]});
-            writeln!(out, "{v}")?;
+        let text = if t.json {
+            serde_json::json!({"event": kind, "id": id, "name": name, "address": addr,
+                "generation": event["generation"]})
+            .to_string()
         } else {
-            writeln!(
-                out,
+            format!(
                 "{}  {kind:<10} {name:<20} {addr:<15} {}",
                 humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
                 &id[..id.len().min(16)]
-            )?;
+            )
+        };
+        let mut out = stdout.lock();
+        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+            // Whoever read our output is gone (`herd watch | head`): nothing left to do.
+            std::process::exit(0);
         }
-        out.flush()?;
     }
-    bail!("{}: the node closed the event stream", client.base())
+    Ok(())
 }

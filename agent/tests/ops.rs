@@ -574,3 +574,88 @@ fn the_shipped_examples_render_and_pass_ansible_syntax_check() {
         assert!(check.status.success(), "{service}: {}", text(&check));
     }
 }
+
+/// A real `herd agent` process on `ip`, its API on a fixed port.
+fn agent_process(dir: &Path, ip: &str, seed: Option<&str>) -> std::process::Child {
+    let config = dir.join(format!("{ip}.toml"));
+    let seeds = seed.map(|s| format!("\"{s}\"")).unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!(
+            "cluster = \"watch\"\nnode_name = \"p-{ip}\"\nstate_dir = \"{}/{ip}\"\n[gossip]\nbind = \"{ip}:7946\"\nseeds = [{seeds}]\ninterval = \"100ms\"\ninsecure = true\n[discovery]\nmdns = false\n[api]\nbind = \"{ip}:18500\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["agent", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn watch_reconnects_when_the_node_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = agent_process(dir.path(), "127.0.26.1", None);
+    let node = "http://127.0.26.1:18500";
+    wait(Duration::from_secs(10), "agent up", || {
+        herd::client::Client::new(node, None)
+            .unwrap()
+            .nodes()
+            .is_ok()
+    });
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["watch", "--node", node])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collect = |pipe: Box<dyn std::io::Read + Send>| {
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        lines
+    };
+    let out = collect(Box::new(watch.stdout.take().unwrap()));
+    let err = collect(Box::new(watch.stderr.take().unwrap()));
+    std::thread::sleep(Duration::from_millis(500));
+    // The watched node goes away and comes back.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    wait(Duration::from_secs(10), "break noticed", || {
+        err.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("reconnecting"))
+    });
+    let mut first = agent_process(dir.path(), "127.0.26.1", None);
+    wait(Duration::from_secs(20), "reconnected", || {
+        err.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("reconnected"))
+    });
+    // Events flow again: a new node joining shows.
+    let mut second = agent_process(dir.path(), "127.0.26.2", Some("127.0.26.1:7946"));
+    wait(
+        Duration::from_secs(15),
+        "join shown after the reconnection",
+        || {
+            out.lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("joined") && l.contains("p-127.0.26.2"))
+        },
+    );
+    for c in [&mut watch, &mut first, &mut second] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
