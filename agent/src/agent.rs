@@ -547,8 +547,8 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Reads the node id from `state_dir/node-id` (making a random one the first time) and stores a new
-    /// generation, `max(previous + 1, seconds since 2025-01-01)`: the clock alone would not do on a Pi,
+    /// Reads the node id from `state_dir/node-id` (deriving it the first time: `identity::derive_id`) and
+    /// stores a new generation, `max(previous + 1, seconds since 2025-01-01)`: the clock alone would not do on a Pi,
     /// which has no real-time clock and may boot with a time older than its last run, and the clock keeps
     /// the generation growing when the state directory is lost (a re-flashed card). Counting from 2025
     /// rather than 1970 keeps generations at four varint bytes until 2033: every digest entry carries one.
@@ -562,7 +562,8 @@ impl Identity {
                 .parse::<NodeId>()
                 .map_err(|e| anyhow::anyhow!("{}: {e}", id_path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let id = NodeId(rand::random());
+                let (id, origin) = crate::identity::derive_id(Path::new("/"));
+                tracing::info!(%id, "first start: node id derived from {origin}");
                 write_atomic(&id_path, &format!("{id}\n"))?;
                 id
             }

@@ -35,6 +35,9 @@ pub struct Config {
     /// Name shown for this node; empty means the host name.
     #[serde(default)]
     pub node_name: String,
+    /// Host name given to the card on first boot (`herd set-hostname`); empty leaves it alone.
+    #[serde(default)]
+    pub hostname_template: String,
     /// Where the agent keeps its identity and state.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -286,6 +289,10 @@ impl Config {
         if self.node_name.len() > 63 || self.node_name.chars().any(char::is_control) {
             bail!("node_name: must be at most 63 printable characters");
         }
+        if !self.hostname_template.is_empty() {
+            crate::identity::HostnameTemplate::parse(&self.hostname_template)
+                .context("hostname_template")?;
+        }
         let g = &self.gossip;
         if g.interval < Duration::from_millis(10) || g.interval > Duration::from_secs(60) {
             bail!(
@@ -435,7 +442,9 @@ mod tests {
         let text = text.replace("{{ cluster }}", "herd");
         let text = text.replace("{{ api_token }}", "0123456789abcdef0123");
         let text = text.replace("{{ seeds }}", "[]");
+        let text = text.replace("{{ hostname_template }}", "herd-{id:6}");
         let c = Config::parse(&text).unwrap();
+        assert_eq!(c.hostname_template, "herd-{id:6}");
         // The commented examples parse too, once uncommented.
         let examples: String = text
             .lines()
@@ -488,6 +497,11 @@ mod tests {
         assert!(err("[gossip]\nkey = \"no pe!\"").contains("gossip.key: is not valid base64"));
         assert!(err("[gossip]\nkey = \"AAAA\"").contains("gossip.key: decodes to 3 bytes"));
         assert!(err("bogus = 1\n[gossip]\ninsecure = true").contains("unknown field `bogus`"));
+        let e = err("hostname_template = \"pi-{name}\"\n[gossip]\ninsecure = true");
+        assert!(
+            e.contains("hostname_template") && e.contains("unknown placeholder {name}"),
+            "{e}"
+        );
         assert!(
             err("[gossip]\ninsecure = true\nintervl = \"1s\"").contains("unknown field `intervl`")
         );

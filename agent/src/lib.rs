@@ -13,6 +13,7 @@ pub mod config;
 pub mod discovery;
 pub mod gossip;
 pub mod handlers;
+pub mod identity;
 pub mod inventory;
 pub mod launch;
 pub mod metadata;

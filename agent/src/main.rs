@@ -34,6 +34,16 @@ enum Command {
         #[arg(long, short, default_value = "/etc/herd/herd.toml")]
         config: PathBuf,
     },
+    /// Give this machine the host name `hostname_template` derives from its node id (run as root by
+    /// herd-hostname.service at first boot, before the network and avahi-daemon start).
+    SetHostname {
+        #[arg(long, short, default_value = "/etc/herd/herd.toml")]
+        config: PathBuf,
+        /// Do it only if FILE does not exist, and create it after: once per card, so that a name the
+        /// owner gives the card later is kept.
+        #[arg(long, value_name = "FILE")]
+        once: Option<PathBuf>,
+    },
     /// List the cluster's members as a node sees them.
     Members {
         #[command(flatten)]
@@ -134,6 +144,36 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn set_hostname(config: &std::path::Path, once: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use herd::identity::{current_id, set_hostname, HostnameTemplate};
+    if let Some(done) = once {
+        if done.exists() {
+            println!(
+                "host name already set once ({} exists): left alone",
+                done.display()
+            );
+            return Ok(());
+        }
+    }
+    let config = Config::load(config)?;
+    if config.hostname_template.is_empty() {
+        println!("hostname_template is empty: host name left alone");
+        return Ok(());
+    }
+    let root = std::path::Path::new("/");
+    let (id, origin) = current_id(root, &config.state_dir)?;
+    let name = HostnameTemplate::parse(&config.hostname_template)?.render(id)?;
+    set_hostname(root, &name)?;
+    match origin {
+        Some(origin) => println!("host name set to {name} (node id {id}, from {origin})"),
+        None => println!("host name set to {name} (node id {id})"),
+    }
+    if let Some(done) = once {
+        herd::agent::write_atomic(done, &format!("{name}\n"))?;
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent { config } => {
@@ -164,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", config.display());
             Ok(())
         }
+        Command::SetHostname { config, once } => set_hostname(&config, once.as_deref()),
         Command::Members { target } => herd::cli::members(&target),
         Command::MetaData { change } => match change {
             MetaDataCommand::AddService {

@@ -36,6 +36,8 @@ pub struct Baked {
     pub root_files: Vec<(String, u64)>,
     /// Boot partition files written.
     pub boot_files: Vec<String>,
+    /// Symlinks made (path, target): the overlay's units enabled as `systemctl enable` would.
+    pub links: Vec<(String, String)>,
 }
 
 /// Where the enable symlink lives and what it points to.
@@ -57,6 +59,7 @@ pub fn bake(
 #[derive(Debug)]
 pub struct Prepared {
     arch: Arch,
+    links: Vec<(String, String)>,
     plan: Plan,
     root_files: Vec<(String, u64)>,
     boot: Vec<(String, Vec<u8>)>,
@@ -97,10 +100,13 @@ pub fn prepare(
         uid: 0,
         gid: 0,
     });
-    entries.push(Entry::Symlink {
-        path: UNIT_LINK.into(),
-        target: UNIT.into(),
-    });
+    let links = enable_links(&entries);
+    for (path, target) in &links {
+        entries.push(Entry::Symlink {
+            path: path.clone(),
+            target: target.clone(),
+        });
+    }
     if let Some((user, keys)) = &opts.ssh_keys {
         // In a root-owned place named after the final user: it survives the first-boot rename of the
         // first user (pi → user), which moves home directories around.
@@ -136,6 +142,7 @@ pub fn prepare(
     boot.push(("ssh".to_string(), Vec::new()));
     Ok(Prepared {
         arch,
+        links,
         plan,
         root_files,
         boot,
@@ -157,5 +164,36 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
         arch: prepared.arch,
         root_files: prepared.root_files,
         boot_files,
+        links: prepared.links,
     })
+}
+
+/// The `.wants` symlinks `systemctl enable` would make for the units among `entries`: one per target of
+/// each `WantedBy=` in the unit's `[Install]` section.
+fn enable_links(entries: &[Entry]) -> Vec<(String, String)> {
+    const DIR: &str = "/etc/systemd/system/";
+    let mut links = Vec::new();
+    for e in entries {
+        let Entry::File { path, contents, .. } = e else {
+            continue;
+        };
+        let Some(unit) = path.strip_prefix(DIR).filter(|u| !u.contains('/')) else {
+            continue;
+        };
+        if !(unit.ends_with(".service") || unit.ends_with(".timer")) {
+            continue;
+        }
+        let mut install = false;
+        for line in String::from_utf8_lossy(contents).lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                install = line == "[Install]";
+            } else if let Some(targets) = line.strip_prefix("WantedBy=").filter(|_| install) {
+                for target in targets.split_whitespace() {
+                    links.push((format!("{DIR}{target}.wants/{unit}"), path.clone()));
+                }
+            }
+        }
+    }
+    links
 }

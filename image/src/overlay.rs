@@ -14,6 +14,8 @@ pub struct Values {
     pub api_token: String,
     /// A TOML array of `host:port` seeds, e.g. `["pi1.local:7946"]`.
     pub seeds: String,
+    /// `hostname_template` of herd.toml: the name each card takes at first boot ("" keeps the base's).
+    pub hostname_template: String,
 }
 
 /// Renders every file under `dir` into entries rooted at `/` (files 0644 root:root, directories 0755).

@@ -43,6 +43,7 @@ fn options() -> BakeOptions {
             cluster_key: KEY.into(),
             api_token: TOKEN.into(),
             seeds: herd_image::overlay::seeds_toml(&["pi1.local:7946".into()]),
+            hostname_template: "herd-{id:6}".into(),
         },
         userconf: Some("alice:$6$saltsalt$hash".into()),
         ssh_keys: Some(("alice".into(), "ssh-ed25519 AAAAC3Nz alice@laptop\n".into())),
@@ -140,18 +141,23 @@ fn check_pipeline(fixture: Fixture) {
         let st = root.stat(path).unwrap();
         assert_eq!((st.mode, st.uid, st.gid), (*mode, *uid, *gid), "{path}");
     }
-    // The unit is enabled: the wants symlink resolves to it.
-    let link = root.stat(herd_image::bake::UNIT_LINK).unwrap();
-    assert_eq!(link.kind, "symlink");
-    assert_eq!(
-        root.resolve(herd_image::bake::UNIT_LINK).unwrap(),
-        herd_image::bake::UNIT
-    );
+    // The units are enabled as their [Install] sections say: the wants symlinks resolve to them.
+    for (link, unit) in [
+        (herd_image::bake::UNIT_LINK, herd_image::bake::UNIT),
+        (
+            "/etc/systemd/system/sysinit.target.wants/herd-hostname.service",
+            "/etc/systemd/system/herd-hostname.service",
+        ),
+    ] {
+        assert_eq!(root.stat(link).unwrap().kind, "symlink", "{link}");
+        assert_eq!(root.resolve(link).unwrap(), unit);
+    }
     // The rendered config parses with the agent's own loader, with the values baked in.
     let toml = String::from_utf8(root.read("/etc/herd/herd.toml").unwrap()).unwrap();
     let config = herd::config::Config::parse(&toml).unwrap();
     assert_eq!(config.cluster, "fixture");
     assert_eq!(config.gossip.seeds, ["pi1.local:7946"]);
+    assert_eq!(config.hostname_template, "herd-{id:6}");
     assert!(config.api.token.is_some());
     // The boot partition has the user and SSH switched on.
     let boot = img.boot().unwrap();
@@ -216,7 +222,7 @@ fn partitions_are_found_by_type_and_signature_not_offset() {
 }
 
 #[test]
-fn the_unit_passes_systemd_analyze_verify() {
+fn the_units_pass_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     std::fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
@@ -227,14 +233,17 @@ fn the_unit_passes_systemd_analyze_verify() {
         .args(["-a", "/usr/lib/systemd/system"])
         .arg(root.join("usr/lib/systemd/")));
     assert!(ok, "systemd's units (apt-get install systemd): {text}");
-    let unit = workspace().join("overlay/etc/systemd/system/herd.service");
-    std::fs::copy(&unit, root.join("etc/systemd/system/herd.service")).unwrap();
+    let units = ["herd.service", "herd-hostname.service"];
+    for unit in units {
+        let from = workspace().join("overlay/etc/systemd/system").join(unit);
+        std::fs::copy(&from, root.join("etc/systemd/system").join(unit)).unwrap();
+    }
     // verify checks that the ExecStart binary exists and is executable.
     std::fs::copy("/bin/true", root.join("usr/local/bin/herd")).unwrap();
     let (ok, text) = run(Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", root.display()))
-        .arg(root.join("etc/systemd/system/herd.service")));
+        .args(units.map(|u| root.join("etc/systemd/system").join(u))));
     assert!(
         ok && text.trim().is_empty(),
         "systemd-analyze verify:\n{text}"

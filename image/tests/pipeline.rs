@@ -39,6 +39,7 @@ fn options(base: Base, dir: &Path, xz: bool) -> PipelineOptions {
                 cluster_key: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
                 api_token: "0123456789abcdef0123".into(),
                 seeds: "[]".into(),
+                hostname_template: "herd-{id:6}".into(),
             },
             userconf: None,
             ssh_keys: None,

@@ -18,11 +18,16 @@ usage: cargo xtask image --cluster NAME [options]
 
   --cluster NAME         cluster name (secrets are kept in secrets/NAME.toml and reused by every build)
   --base PATH|URL        a Raspberry Pi OS .img or .img.xz, local or http(s)://, file://
-                         (default: the latest Raspberry Pi OS Lite 64-bit, downloaded once and cached)
+                         (default: the latest Raspberry Pi OS Lite 64-bit, downloaded once and cached);
+                         `debian` or `debian-armhf`: the Debian base of `cargo xtask base debian`
+                         (built first if it is not cached)
   --user NAME            the first user (with --password-file; without them, Lite asks at first boot)
   --password-file FILE   the user's password (first line), stored as a SHA-512 crypt hash
   --ssh-key FILE         authorized SSH public keys for the user; password login over SSH is then off
   --seeds H:P,H:P        static gossip seeds, where multicast (mDNS) is blocked
+  --hostname TEMPLATE    host name each card gives itself at first boot, from its node id: {id} is the
+                         id's 16 hex digits, {id:N} its first N (default: herd-{id:6}, e.g.
+                         herd-3f2a9c.local; '' keeps the base image's name on every card)
   --xz                   also write, for publishing, a compressed .img.xz (multi-threaded), the
                          checksums and a Raspberry Pi Imager manifest (one pass)
   --checksum             also write the .img.sha256 and an Imager manifest for the raw image
@@ -37,6 +42,7 @@ struct Args {
     password_file: Option<PathBuf>,
     ssh_key: Option<PathBuf>,
     seeds: Vec<String>,
+    hostname: String,
     xz: bool,
     checksum: bool,
     name: Option<String>,
@@ -51,6 +57,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
         password_file: None,
         ssh_key: None,
         seeds: Vec::new(),
+        hostname: DEFAULT_HOSTNAME.into(),
         xz: false,
         checksum: false,
         name: None,
@@ -76,6 +83,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
                     .map(String::from)
                     .collect()
             }
+            "--hostname" => a.hostname = value()?,
             "--xz" => a.xz = true,
             "--checksum" => a.checksum = true,
             "--name" => a.name = Some(value()?),
@@ -107,6 +115,10 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
             _ => bail!("--seeds: item {} ({s:?}) is not host:port", i + 1),
         }
     }
+    if !a.hostname.is_empty() {
+        check_hostname_template(&a.hostname)
+            .with_context(|| format!("--hostname {:?}", a.hostname))?;
+    }
     match (&a.user, &a.password_file) {
         (Some(u), Some(_)) => {
             let ok = u.len() <= 32
@@ -130,6 +142,45 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
         bail!("--ssh-key needs --user: the keys are installed for that user");
     }
     Ok(a)
+}
+
+/// Six hex digits: two cards of a 50-card cluster share a name once in 13,000 clusters.
+const DEFAULT_HOSTNAME: &str = "herd-{id:6}";
+
+/// What the agent's `hostname_template` accepts (checked here too, so a bad one fails the build rather
+/// than the first boot): `{id}` or `{id:N}` (N from 1 to 16) in a host name of a-z, 0-9 and '-'.
+fn check_hostname_template(template: &str) -> anyhow::Result<()> {
+    let mut name = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        name.push_str(&rest[..open]);
+        let close = rest[open..]
+            .find('}')
+            .map(|c| open + c)
+            .context("a '{' is not closed")?;
+        let n = match &rest[open + 1..close] {
+            "id" => 16,
+            p => match p.strip_prefix("id:").map(str::parse::<usize>) {
+                Some(Ok(n)) if (1..=16).contains(&n) => n,
+                _ => bail!("unknown placeholder {{{p}}}; use {{id}} or {{id:N}}, N from 1 to 16"),
+            },
+        };
+        name.push_str(&"f".repeat(n));
+        rest = &rest[close + 1..];
+    }
+    name.push_str(rest);
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if name.is_empty()
+        || name.len() > 63
+        || !ok_chars
+        || name.starts_with('-')
+        || name.ends_with('-')
+    {
+        bail!("host names are 1 to 63 characters of a-z, 0-9 and '-', not starting or ending with '-'");
+    }
+    Ok(())
 }
 
 /// The cluster's key and API token, made once and kept in `secrets/CLUSTER.toml` (git-ignored, 0600).
@@ -241,13 +292,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let cache_dir = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"))
-        .join("herd");
+    let cache_dir = crate::util::cache_dir();
+    let base = match a.base.as_str() {
+        "debian" => crate::base::ensure(herd_image::Arch::Arm64)?
+            .to_string_lossy()
+            .into_owned(),
+        "debian-armhf" => crate::base::ensure(herd_image::Arch::Armhf)?
+            .to_string_lossy()
+            .into_owned(),
+        other => other.to_string(),
+    };
     let opts = PipelineOptions {
-        base: Base::parse(&a.base),
+        base: Base::parse(&base),
         cache_dir,
         out_dir: a.out.clone(),
         name: a
@@ -261,6 +317,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 cluster_key: key,
                 api_token: token,
                 seeds: seeds_toml(&a.seeds),
+                hostname_template: a.hostname.clone(),
             },
             userconf,
             ssh_keys,
@@ -268,7 +325,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         xz: a.xz,
         checksum: a.checksum,
     };
-    println!("==> image: base {}", a.base);
+    println!("==> image: base {base}");
     let summary = herd_image::pipeline::run(&opts, |arch| {
         let t = TARGETS
             .iter()
@@ -285,11 +342,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     for (p, size) in &summary.baked.root_files {
         println!("      {p} ({size} bytes)");
     }
-    println!(
-        "      {} -> {}",
-        herd_image::bake::UNIT_LINK,
-        herd_image::bake::UNIT
-    );
+    for (link, target) in &summary.baked.links {
+        println!("      {link} -> {target}");
+    }
     println!(
         "    and into the boot partition: {}",
         summary.baked.boot_files.join(", ")

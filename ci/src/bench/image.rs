@@ -137,6 +137,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                 cluster_key: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into(),
                 api_token: "0123456789abcdef0123".into(),
                 seeds: "[]".into(),
+                hostname_template: String::new(),
             },
             userconf: None,
             ssh_keys: None,

@@ -1,0 +1,344 @@
+//! A card's identity. Every card of a cluster is flashed from one image, so nothing in the image may
+//! name the node: the node id is derived at first start from what makes this machine unique (systemd's
+//! machine-id, made at first boot; else the board's serial number; else chance), and the host name, when
+//! the image asks for one (`hostname_template`), is derived from that id by `herd set-hostname`, which a
+//! first-boot unit runs before the network and avahi-daemon come up.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+
+use crate::gossip::NodeId;
+
+/// Where a node id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `/etc/machine-id`.
+    MachineId,
+    /// The board's serial number (device tree, or `Serial` in `/proc/cpuinfo` on a Raspberry Pi).
+    BoardSerial,
+    /// Neither was there.
+    Random,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Origin::MachineId => "the machine-id",
+            Origin::BoardSerial => "the board serial number",
+            Origin::Random => "chance (no machine-id, no board serial)",
+        })
+    }
+}
+
+/// Derives the node id of the machine whose file system is at `root` ("/" but in tests). Derived ids
+/// are a hash of the source, never the source itself: the machine-id is confidential (machine-id(5)).
+pub fn derive_id(root: &Path) -> (NodeId, Origin) {
+    if let Some(id) = machine_id(root) {
+        return (hash_id("machine-id", &id), Origin::MachineId);
+    }
+    if let Some(serial) = board_serial(root) {
+        return (hash_id("serial", &serial), Origin::BoardSerial);
+    }
+    (NodeId(rand::random()), Origin::Random)
+}
+
+/// The node id the agent uses: the one persisted in `state_dir/node-id` if there is one, else the one
+/// it will derive at its first start.
+pub fn current_id(root: &Path, state_dir: &Path) -> anyhow::Result<(NodeId, Option<Origin>)> {
+    let path = under(root, &state_dir.join("node-id"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text
+                .trim()
+                .parse::<NodeId>()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok((id, None))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (id, origin) = derive_id(root);
+            Ok((id, Some(origin)))
+        }
+        Err(e) => Err(e).context(format!("cannot read {}", path.display())),
+    }
+}
+
+fn hash_id(kind: &str, value: &str) -> NodeId {
+    let mut h = Sha256::new();
+    h.update(b"herd node id v1\0");
+    h.update(kind.as_bytes());
+    h.update(b"\0");
+    h.update(value.as_bytes());
+    let digest = h.finalize();
+    NodeId(u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")))
+}
+
+/// `root` + an absolute path.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// The machine-id when systemd has made one: 32 lower-case hex digits, not all zero. An image ships it
+/// empty (Bookworm) or `uninitialized` (Trixie), which does not count.
+fn machine_id(root: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(under(root, Path::new("/etc/machine-id"))).ok()?;
+    let id = text.trim();
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
+        .then(|| id.to_ascii_lowercase())
+}
+
+/// The board's serial number: the device tree's `serial-number`, or the `Serial` line of
+/// `/proc/cpuinfo` (Raspberry Pi kernels). All-zero serials (QEMU, some boards) do not count.
+fn board_serial(root: &Path) -> Option<String> {
+    let dt = std::fs::read(under(
+        root,
+        Path::new("/sys/firmware/devicetree/base/serial-number"),
+    ))
+    .ok()
+    .map(|b| {
+        String::from_utf8_lossy(&b)
+            .trim_end_matches('\0')
+            .trim()
+            .to_string()
+    });
+    let cpuinfo = || {
+        let text = std::fs::read_to_string(under(root, Path::new("/proc/cpuinfo"))).ok()?;
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "Serial").then(|| v.trim().to_string())
+        })
+    };
+    dt.filter(|s| useful_serial(s))
+        .or_else(|| cpuinfo().filter(|s| useful_serial(s)))
+}
+
+fn useful_serial(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().any(|b| b.is_ascii_alphanumeric() && b != b'0')
+}
+
+/// A host name template: `{id}` is the node id's 16 hex digits, `{id:N}` its first N (1 to 16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostnameTemplate(String);
+
+impl HostnameTemplate {
+    /// Checks that `text` only uses the known placeholders and always renders a valid host name.
+    pub fn parse(text: &str) -> anyhow::Result<HostnameTemplate> {
+        let t = HostnameTemplate(text.to_string());
+        // Render with the extreme ids: what is valid for them is valid for every id.
+        t.render(NodeId(0))?;
+        t.render(NodeId(u64::MAX))?;
+        Ok(t)
+    }
+
+    pub fn render(&self, id: NodeId) -> anyhow::Result<String> {
+        let hex = id.to_string();
+        let mut out = String::new();
+        let mut rest = self.0.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let close = rest[open..]
+                .find('}')
+                .map(|c| open + c)
+                .with_context(|| format!("{:?}: a '{{' is not closed", self.0))?;
+            let digits = match &rest[open + 1..close] {
+                "id" => 16,
+                p => match p.strip_prefix("id:").map(str::parse::<usize>) {
+                    Some(Ok(n)) if (1..=16).contains(&n) => n,
+                    _ => bail!(
+                        "{:?}: unknown placeholder {{{p}}}; use {{id}} or {{id:N}} with N from 1 to 16",
+                        self.0
+                    ),
+                },
+            };
+            out.push_str(&hex[..digits]);
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        check_hostname(&out).with_context(|| format!("{:?}", self.0))?;
+        Ok(out)
+    }
+}
+
+/// A host name that works as an mDNS `.local` name and in DHCP: one label of a-z, 0-9 and '-'.
+fn check_hostname(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() || name.len() > 63 {
+        bail!("host name {name:?} must be 1 to 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        bail!("host name {name:?} may only hold a-z, 0-9 and '-'");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        bail!("host name {name:?} must not start or end with '-'");
+    }
+    Ok(())
+}
+
+/// Sets this machine's host name to `name`: `/etc/hostname`, the `127.0.1.1` line of `/etc/hosts` (so
+/// `sudo` and friends resolve it), then the kernel's. Files are replaced atomically.
+pub fn set_hostname(root: &Path, name: &str) -> anyhow::Result<()> {
+    check_hostname(name)?;
+    crate::agent::write_atomic(
+        &under(root, Path::new("/etc/hostname")),
+        &format!("{name}\n"),
+    )?;
+    let hosts_path = under(root, Path::new("/etc/hosts"));
+    let hosts = match std::fs::read_to_string(&hosts_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).context(format!("cannot read {}", hosts_path.display())),
+    };
+    crate::agent::write_atomic(&hosts_path, &with_hosts_line(&hosts, name))?;
+    if root == Path::new("/") {
+        nix::unistd::sethostname(name).context("cannot set the kernel's host name")?;
+    }
+    Ok(())
+}
+
+/// `hosts` with its `127.0.1.1` line naming `name` (added when missing); every other line kept.
+fn with_hosts_line(hosts: &str, name: &str) -> String {
+    let line = format!("127.0.1.1\t{name}");
+    let mut found = false;
+    let mut out: Vec<String> = hosts
+        .lines()
+        .map(|l| {
+            if l.split_whitespace().next() == Some("127.0.1.1") && !found {
+                found = true;
+                line.clone()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        out.push(line);
+    }
+    out.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let p = dir.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn id_comes_from_the_machine_id_then_the_serial_then_chance() {
+        let a = root_with(&[("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")]);
+        let b = root_with(&[("/etc/machine-id", "fedcba9876543210fedcba9876543210\n")]);
+        let (ida, origin) = derive_id(a.path());
+        assert_eq!(origin, Origin::MachineId);
+        assert_eq!(derive_id(a.path()).0, ida, "stable");
+        assert_ne!(derive_id(b.path()).0, ida, "two machines, two ids");
+        // The id is a hash, not the machine-id's digits.
+        assert!(!"0123456789abcdef0123456789abcdef".contains(&ida.to_string()));
+
+        // An image's unset machine-id does not count; the Pi's serial does.
+        let pi = root_with(&[
+            ("/etc/machine-id", "uninitialized\n"),
+            (
+                "/proc/cpuinfo",
+                "processor\t: 0\nHardware\t: BCM2835\nSerial\t\t: 10000000abcdef01\n",
+            ),
+        ]);
+        assert_eq!(derive_id(pi.path()).1, Origin::BoardSerial);
+        let dt = root_with(&[
+            ("/etc/machine-id", ""),
+            (
+                "/sys/firmware/devicetree/base/serial-number",
+                "10000000abcdef01\0",
+            ),
+        ]);
+        assert_eq!(
+            derive_id(dt.path()),
+            derive_id(pi.path()),
+            "same serial, same id"
+        );
+
+        let none = root_with(&[("/proc/cpuinfo", "Serial\t: 0000000000000000\n")]);
+        let (r1, origin) = derive_id(none.path());
+        assert_eq!(origin, Origin::Random);
+        assert_ne!(derive_id(none.path()).0, r1);
+    }
+
+    #[test]
+    fn current_id_prefers_the_persisted_one() {
+        let root = root_with(&[
+            ("/etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+            ("/var/lib/herd/node-id", "00000000000000aa\n"),
+        ]);
+        let state = Path::new("/var/lib/herd");
+        assert_eq!(
+            current_id(root.path(), state).unwrap(),
+            (NodeId(0xaa), None)
+        );
+        std::fs::remove_file(root.path().join("var/lib/herd/node-id")).unwrap();
+        let (id, origin) = current_id(root.path(), state).unwrap();
+        assert_eq!(
+            (id, origin),
+            (derive_id(root.path()).0, Some(Origin::MachineId))
+        );
+    }
+
+    #[test]
+    fn templates_render_and_bad_ones_are_named() {
+        let id = NodeId(0x3f2a_9c00_1122_3344);
+        let t = HostnameTemplate::parse("herd-{id:4}").unwrap();
+        assert_eq!(t.render(id).unwrap(), "herd-3f2a");
+        assert_eq!(
+            HostnameTemplate::parse("pi{id}")
+                .unwrap()
+                .render(id)
+                .unwrap(),
+            "pi3f2a9c0011223344"
+        );
+        for (bad, why) in [
+            ("herd-{name}", "unknown placeholder {name}"),
+            ("herd-{id:0}", "unknown placeholder {id:0}"),
+            ("herd-{id:17}", "unknown placeholder {id:17}"),
+            ("herd-{id", "not closed"),
+            ("Herd-{id:4}", "may only hold"),
+            ("herd_{id:4}", "may only hold"),
+            ("-{id:4}", "must not start or end"),
+            ("", "1 to 63"),
+        ] {
+            let e = format!("{:#}", HostnameTemplate::parse(bad).unwrap_err());
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn set_hostname_rewrites_hostname_and_hosts() {
+        let root = root_with(&[
+            ("/etc/hostname", "raspberrypi\n"),
+            (
+                "/etc/hosts",
+                "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost\n\n127.0.1.1\t\traspberrypi\n",
+            ),
+        ]);
+        set_hostname(root.path(), "herd-3f2a").unwrap();
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(read("etc/hostname"), "herd-3f2a\n");
+        assert_eq!(
+            read("etc/hosts"),
+            "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost\n\n127.0.1.1\therd-3f2a\n"
+        );
+        // No such line: it is added.
+        std::fs::write(root.path().join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+        set_hostname(root.path(), "pi-1").unwrap();
+        assert_eq!(read("etc/hosts"), "127.0.0.1 localhost\n127.0.1.1\tpi-1\n");
+        assert!(set_hostname(root.path(), "bad name").is_err());
+        assert_eq!(read("etc/hostname"), "pi-1\n", "a bad name changes nothing");
+    }
+}
