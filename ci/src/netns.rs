@@ -158,6 +158,20 @@ impl Lan {
         ip_in(&self.switch, &["link", "set", &self.hosts[i].port, "up"])
     }
 
+    /// Adds a tap device `name` to the switch, for a virtual machine run in the switch's namespace
+    /// (`switch_command`) to plug its NIC into.
+    pub fn add_tap(&self, name: &str) -> anyhow::Result<()> {
+        ip_in(&self.switch, &["tuntap", "add", "dev", name, "mode", "tap"])?;
+        ip_in(&self.switch, &["link", "set", name, "master", "br0", "up"])
+    }
+
+    /// A command that runs inside the switch's network namespace (where the taps are).
+    pub fn switch_command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.switch, program]);
+        c
+    }
+
     /// A command that runs inside host `i`'s network namespace.
     pub fn command(&self, i: usize, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -456,6 +470,11 @@ impl Browsed {
 }
 
 /// Moves the calling thread into `host`'s namespaces.
+/// Moves the calling thread into `host`'s namespaces (threads it starts inherit them).
+pub fn enter_host(host: &Host) -> anyhow::Result<()> {
+    enter(host)
+}
+
 fn enter(host: &Host) -> anyhow::Result<()> {
     let path = Path::new("/run/netns").join(&host.ns);
     let fd = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;

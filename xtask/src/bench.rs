@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
-use crate::util::{cargo, root, run as run_step};
+use crate::util::{cargo, perf_run, root, run as run_step};
 
 /// Benchmarks, in the order a full run takes them.
 const KNOWN: &[&str] = &["gossip", "peers", "footprint", "http", "image"];
@@ -49,20 +49,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let mut report = Vec::new();
     for name in &names {
-        let mut cmd = cargo();
-        cmd.args([
-            "run",
-            "--quiet",
-            "--profile",
-            "perf",
-            "--locked",
-            "--package",
-        ]);
-        if *name == "peers" {
-            cmd.args(["herd-peers", "--bin", "herd-peers", "--"]);
+        let mut cmd = if *name == "peers" {
+            perf_run("herd-peers", "herd-peers")
         } else {
-            cmd.args(["herd-ci", "--bin", "herd-bench", "--", name]);
-        }
+            let mut c = perf_run("herd-ci", "herd-bench");
+            c.arg(name);
+            c
+        };
         if quick {
             cmd.arg("--quick");
         }

@@ -55,6 +55,7 @@ pub fn run() -> anyhow::Result<()> {
     ensure_packages("dashboard test", BROWSER_TEST_NEEDS)?;
     ensure_packages("image tests", IMAGE_TEST_NEEDS)?;
     ensure_packages("operations tests", ANSIBLE_TEST_NEEDS)?;
+    ensure_packages("boot-and-join test", crate::e2e::E2E_NEEDS)?;
     // The image tests bake and run the cross-built agents.
     crate::build::build_all()?;
     let mut fmt = cargo();
@@ -78,6 +79,8 @@ pub fn run() -> anyhow::Result<()> {
 
     // Benchmarks run in their quick mode so that they cannot rot.
     crate::bench::run(&["--quick".to_string()])?;
+    // Boot-and-join: the real image in QEMU (the Debian bases are cached outside the repository).
+    crate::e2e::run(&[])?;
     println!("==> ci: all green");
     // The closing line counts every test of every test binary, for whoever reads the log last.
     println!("{passed} passed, {failed} failed");

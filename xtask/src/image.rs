@@ -274,7 +274,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let userconf = match (&a.user, &a.password_file) {
         (Some(u), Some(p)) => Some(format!("{u}:{}", crypt_sha512(p)?)),
         _ => {
-            println!("==> no --user: Raspberry Pi OS Lite will ask for a user on the console at first boot");
+            println!(
+                "==> no --user: no login user is baked in (Raspberry Pi OS Lite asks for one on the \
+                 console at first boot)"
+            );
             None
         }
     };

@@ -1,10 +1,12 @@
 //! `cargo xtask`: all of herd's build logic, in Rust (the cargo-xtask convention). A thin `main` that
 //! dispatches to one module per task.
 
+mod base;
 mod bench;
 mod build;
 mod ci;
 mod deps;
+mod e2e;
 mod image;
 mod util;
 
@@ -18,8 +20,13 @@ tasks:
                          cross linkers and rustup targets it needs)
   image --cluster NAME [--base IMG|URL] [--user U --password-file F] [--ssh-key F] [--xz] …
                          a flashable SD-card image with herd baked in (`cargo xtask image --help`)
+  base debian [--arch arm64|armhf]
+                         a Raspberry Pi-layout base image made from Debian's packages, cached in
+                         ~/.cache/herd/base (for `image --base debian`; needs root)
   fixture PATH [--armhf] [--old-layout]
                          write a small Pi-layout test image (to try `image --base PATH` offline)
+  e2e [--no-armhf]       boot-and-join: three VMs boot copies of one herd image in QEMU, find each
+                         other by mDNS, one is killed and one powered off (needs root)
   ci                     everything CI checks: formatting, clippy -D warnings, all tests, quick benchmarks
   bench [NAME…] [--quick]
                          run benchmarks and print their figures (names: gossip, peers, footprint,
@@ -42,6 +49,8 @@ fn run() -> anyhow::Result<()> {
         Some("ci") => ci::run(),
         Some("build") => build::run(&args[1..]),
         Some("image") => image::run(&args[1..]),
+        Some("base") => base::run(&args[1..]),
+        Some("e2e") => e2e::run(&args[1..]),
         Some("fixture") => image::fixture(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("help" | "-h" | "--help") | None => {

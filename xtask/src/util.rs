@@ -22,6 +22,25 @@ pub fn cargo() -> Command {
     c
 }
 
+/// `cargo run` of a workspace binary in the `perf` profile (optimised for speed; what the benchmarks and
+/// harnesses run); append the binary's arguments.
+pub fn perf_run(package: &str, bin: &str) -> Command {
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--quiet",
+        "--profile",
+        "perf",
+        "--locked",
+        "--package",
+        package,
+        "--bin",
+        bin,
+        "--",
+    ]);
+    c
+}
+
 /// Runs `cmd`, printing it first and its duration after; an error names the command.
 pub fn run(step: &str, mut cmd: Command) -> anyhow::Result<()> {
     println!("==> {step}: {}", describe(&cmd));
@@ -50,4 +69,14 @@ fn describe(cmd: &Command) -> String {
         .map(|a| a.to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// herd's cache: `$XDG_CACHE_HOME/herd`, else `~/.cache/herd` (outside the repository, so fresh clones
+/// share it).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("herd")
 }

@@ -1,0 +1,32 @@
+//! `herd-e2e`: boots herd images in QEMU and checks that they form a cluster (`cargo xtask e2e` builds the
+//! images and calls it; run it as root).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+const USAGE: &str = "usage: herd-e2e --arm64 IMAGE [--armhf IMAGE] --out DIR";
+
+fn main() -> anyhow::Result<()> {
+    let mut arm64 = None;
+    let mut armhf = None;
+    let mut out = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .map(PathBuf::from)
+                .with_context(|| format!("{a} needs a value; {USAGE}"))
+        };
+        match a.as_str() {
+            "--arm64" => arm64 = Some(value()?),
+            "--armhf" => armhf = Some(value()?),
+            "--out" => out = Some(value()?),
+            other => bail!("unknown argument {other:?}; {USAGE}"),
+        }
+    }
+    let (Some(arm64), Some(out)) = (arm64, out) else {
+        bail!("{USAGE}");
+    };
+    herd_ci::e2e::run(&herd_ci::e2e::Options { arm64, armhf, out })
+}

@@ -1,0 +1,678 @@
+//! Boot-and-join, proven on the real image: copies of one herd image boot in QEMU (`-M virt`, kernel and
+//! initrd read from the image's own root file system, the disk as virtio), their NICs on the bridge of a
+//! `netns::Lan`, with dnsmasq handing out addresses from the LAN's first host, which is also where the
+//! harness talks to the VMs' APIs from. Nothing leaves the namespaces. The VMs find each other with mDNS
+//! alone (the image has no seeds); then one is killed (SIGKILL to QEMU: a crash) and one is powered off
+//! through its power button (QMP `system_powerdown`: systemd stops herd, which says goodbye), and the
+//! survivors must tell the two apart. Each VM's serial console is kept in the output directory.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use herd_image::Arch;
+
+use crate::netns::Lan;
+
+/// What to boot.
+pub struct Options {
+    /// The herd image for arm64 (three VMs boot copies of it).
+    pub arm64: PathBuf,
+    /// The herd image for armhf (one VM), if any.
+    pub armhf: Option<PathBuf>,
+    /// Where the disks, kernels and serial consoles go.
+    pub out: PathBuf,
+}
+
+/// How long a step may take before the run fails (TCG on a 2-core machine, three guests at once).
+const BOOT_DEADLINE: Duration = Duration::from_secs(300);
+const JOIN_DEADLINE: Duration = Duration::from_secs(120);
+const DETECT_DEADLINE: Duration = Duration::from_secs(60);
+const LEAVE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// One virtual machine.
+struct Vm {
+    name: String,
+    ip: Ipv4Addr,
+    child: Child,
+    console: PathBuf,
+    qmp: PathBuf,
+    started: Instant,
+    up: Option<Duration>,
+    joined: Option<Duration>,
+    id: String,
+    hostname: String,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A kernel and initrd taken out of an image's root file system.
+struct Boot {
+    kernel: PathBuf,
+    initrd: PathBuf,
+}
+
+fn extract_boot(image: &Path, out: &Path, tag: &str) -> anyhow::Result<Boot> {
+    let img = herd_image::Image::open(image)?;
+    let root = img.root();
+    let find = |names: &[&str]| -> anyhow::Result<Vec<u8>> {
+        for n in names {
+            if root.exists(n) {
+                return root
+                    .read_resolved(n)
+                    .with_context(|| format!("{}: cannot read {n}", image.display()));
+            }
+        }
+        bail!(
+            "{}: none of {names:?} in the root file system",
+            image.display()
+        )
+    };
+    let kernel = out.join(format!("{tag}-vmlinuz"));
+    let initrd = out.join(format!("{tag}-initrd.img"));
+    std::fs::write(&kernel, find(&["/vmlinuz", "/boot/vmlinuz"])?)?;
+    std::fs::write(&initrd, find(&["/initrd.img", "/boot/initrd.img"])?)?;
+    Ok(Boot { kernel, initrd })
+}
+
+/// The VMs must find each other by mDNS alone: the image's config has mDNS on and no seeds.
+fn mdns_only(image: &Path) -> anyhow::Result<()> {
+    let img = herd_image::Image::open(image)?;
+    let text = img.root().read("/etc/herd/herd.toml")?;
+    let config = herd::config::Config::parse(&String::from_utf8_lossy(&text))
+        .with_context(|| format!("{}: /etc/herd/herd.toml", image.display()))?;
+    if !config.gossip.seeds.is_empty() || !config.discovery.mdns {
+        bail!(
+            "{}: the image must rely on mDNS alone (seeds {:?}, mdns {})",
+            image.display(),
+            config.gossip.seeds,
+            config.discovery.mdns
+        );
+    }
+    Ok(())
+}
+
+/// Copies `image` for one VM (sparse, or a reflink where the file system can).
+fn disk_copy(image: &Path, to: &Path) -> anyhow::Result<()> {
+    let status = Command::new("cp")
+        .args(["--sparse=always", "--reflink=auto"])
+        .arg(image)
+        .arg(to)
+        .status()
+        .context("cannot run cp")?;
+    if !status.success() {
+        bail!("cannot copy {} to {}", image.display(), to.display());
+    }
+    Ok(())
+}
+
+fn mac(i: usize) -> String {
+    format!("52:54:00:e2:e0:{i:02x}")
+}
+
+fn vm_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 99, 0, 10 + i as u8)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_vm(
+    lan: &Lan,
+    i: usize,
+    arch: Arch,
+    boot: &Boot,
+    disk: &Path,
+    out: &Path,
+    name: &str,
+) -> anyhow::Result<Vm> {
+    let tap = format!("e2e{i}");
+    lan.add_tap(&tap)?;
+    let console = out.join(format!("{name}-console.log"));
+    let qmp = out.join(format!("{name}.qmp"));
+    let _ = std::fs::remove_file(&qmp);
+    let (program, machine, cpu, serial) = match arch {
+        Arch::Arm64 => ("qemu-system-aarch64", "virt", "cortex-a72", "ttyAMA0"),
+        Arch::Armhf => (
+            "qemu-system-arm",
+            "virt,highmem=off",
+            "cortex-a15",
+            "ttyAMA0",
+        ),
+    };
+    let mut c = lan.switch_command(program);
+    c.args(["-M", machine, "-cpu", cpu, "-smp", "1", "-m", "512"])
+        .args(["-display", "none", "-no-reboot", "-monitor", "none"])
+        .arg("-kernel")
+        .arg(&boot.kernel)
+        .arg("-initrd")
+        .arg(&boot.initrd)
+        .arg("-append")
+        .arg(format!(
+            "root=LABEL=rootfs rootfstype=ext4 rw rootwait console={serial} net.ifnames=0 \
+             systemd.journald.forward_to_console=1 systemd.mask=serial-getty@{serial}.service"
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=none,format=raw,id=disk,cache=unsafe",
+            disk.display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=disk"])
+        .arg("-netdev")
+        .arg(format!("tap,id=net,ifname={tap},script=no,downscript=no"))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=net,mac={}", mac(i)))
+        .args(["-device", "virtio-rng-pci"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = c
+        .spawn()
+        .with_context(|| format!("cannot start {program} (apt-get install qemu-system-arm)"))?;
+    Ok(Vm {
+        name: name.to_string(),
+        ip: vm_ip(i),
+        child,
+        console,
+        qmp,
+        started: Instant::now(),
+        up: None,
+        joined: None,
+        id: String::new(),
+        hostname: String::new(),
+    })
+}
+
+/// Starts dnsmasq on the LAN's host 0: every VM gets its address by its MAC, no router, no DNS.
+fn start_dhcp(lan: &Lan, out: &Path, vms: usize) -> anyhow::Result<Child> {
+    let mut c = lan.command(0, "dnsmasq");
+    c.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--interface=eth0",
+        "--bind-interfaces",
+        "--dhcp-range=10.99.0.100,10.99.0.199,255.255.255.0,1h",
+        "--dhcp-option=3",
+        "--dhcp-option=6",
+        "--log-dhcp",
+    ])
+    .arg(format!(
+        "--dhcp-leasefile={}",
+        out.join("dnsmasq.leases").display()
+    ))
+    .arg(format!(
+        "--log-facility={}",
+        out.join("dnsmasq.log").display()
+    ));
+    for i in 0..vms {
+        c.arg(format!("--dhcp-host={},{}", mac(i), vm_ip(i)));
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start dnsmasq (apt-get install dnsmasq-base)")
+}
+
+/// GET `path` from a VM's API (from inside host 0's namespace).
+fn get_json(ip: Ipv4Addr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(3)))
+            .build(),
+    );
+    let text = agent
+        .get(&format!("http://{ip}:8080{path}"))
+        .call()?
+        .body_mut()
+        .read_to_string()?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// A node as one VM's API shows it.
+struct Seen {
+    id: String,
+    name: String,
+    state: String,
+    is_self: bool,
+}
+
+/// The node list one VM serves.
+fn nodes(ip: Ipv4Addr) -> anyhow::Result<Vec<Seen>> {
+    let v = get_json(ip, "/api/v1/nodes")?;
+    let list = v.as_array().context("/api/v1/nodes is not a list")?;
+    Ok(list
+        .iter()
+        .map(|n| {
+            let s = |k: &str| n[k].as_str().unwrap_or("").to_string();
+            Seen {
+                id: s("id"),
+                name: s("name"),
+                state: s("state"),
+                is_self: n["is_self"].as_bool().unwrap_or(false),
+            }
+        })
+        .collect())
+}
+
+fn alive(ip: Ipv4Addr) -> anyhow::Result<Vec<String>> {
+    let v = get_json(ip, "/nodes/alive")?;
+    let mut ips: Vec<String> = v
+        .as_array()
+        .context("/nodes/alive is not a list")?
+        .iter()
+        .filter_map(|x| x.as_str().map(String::from))
+        .collect();
+    ips.sort();
+    Ok(ips)
+}
+
+/// Asks QEMU to press the power button (an ACPI / GPIO power-off the guest handles as a clean shutdown).
+fn power_button(qmp: &Path) -> anyhow::Result<()> {
+    let stream = UnixStream::connect(qmp)
+        .with_context(|| format!("cannot connect to QMP at {}", qmp.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut w = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line)?; // greeting
+    for cmd in ["qmp_capabilities", "system_powerdown"] {
+        writeln!(w, "{{\"execute\":\"{cmd}\"}}")?;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("QMP closed during {cmd}");
+            }
+            if line.contains("\"return\"") {
+                break;
+            }
+            if line.contains("\"error\"") {
+                bail!("QMP {cmd}: {}", line.trim());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls `ok` every half second until it holds or `limit` has passed since `since`.
+fn until<T>(
+    since: Instant,
+    limit: Duration,
+    what: &str,
+    mut ok: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    loop {
+        if let Some(t) = ok() {
+            return Ok(t);
+        }
+        if since.elapsed() > limit {
+            bail!("{what}: not within {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1} s", d.as_secs_f64()))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The whole run; the error names the step and the consoles to read.
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.out)?;
+    let result = run_inner(opts);
+    if result.is_err() {
+        eprintln!(
+            "e2e: the VMs' serial consoles are in {} (*-console.log), dnsmasq's log beside them",
+            opts.out.display()
+        );
+    }
+    result
+}
+
+fn run_inner(opts: &Options) -> anyhow::Result<()> {
+    let out = &opts.out;
+    let total = Instant::now();
+    println!("==> e2e: kernels from the images, three disks");
+    mdns_only(&opts.arm64)?;
+    let boot64 = extract_boot(&opts.arm64, out, "arm64")?;
+    let mut disks = Vec::new();
+    for i in 0..3 {
+        let d = out.join(format!("vm{i}.img"));
+        disk_copy(&opts.arm64, &d)?;
+        disks.push(d);
+    }
+    let boot32 = match &opts.armhf {
+        Some(img) => {
+            let b = extract_boot(img, out, "armhf")?;
+            let d = out.join("vm3-armhf.img");
+            disk_copy(img, &d)?;
+            Some((b, d))
+        }
+        None => None,
+    };
+
+    let lan = Lan::new(1)?;
+    let vm_count = 3 + usize::from(boot32.is_some());
+    let mut dhcp = start_dhcp(&lan, out, vm_count)?;
+    let _dhcp_guard = KillOnDrop(&mut dhcp);
+
+    println!("==> e2e: booting vm0, vm1, vm2 (arm64, qemu-system-aarch64 -M virt)");
+    let mut vms = Vec::new();
+    for (i, disk) in disks.iter().enumerate() {
+        vms.push(start_vm(
+            &lan,
+            i,
+            Arch::Arm64,
+            &boot64,
+            disk,
+            out,
+            &format!("vm{i}"),
+        )?);
+    }
+
+    // Everything that talks to the VMs runs in host 0's namespace.
+    let host = lan.host(0).clone();
+    let mut vms = std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<Vec<Vm>> {
+            crate::netns::enter_host(&host)?;
+            join_kill_poweroff(&mut vms)?;
+            Ok(std::mem::take(&mut vms))
+        })
+        .join()
+        .expect("the e2e thread panicked")
+    })?;
+
+    if let Some((b, d)) = &boot32 {
+        println!("==> e2e: booting vm3 (armhf, qemu-system-arm -M virt, the armv7 agent)");
+        // The arm64 VMs are done: their CPU goes to this one.
+        vms.clear();
+        let mut vm = start_vm(&lan, 3, Arch::Armhf, b, d, out, "vm3-armhf")?;
+        let host = lan.host(0).clone();
+        std::thread::scope(|s| {
+            s.spawn(|| -> anyhow::Result<()> {
+                crate::netns::enter_host(&host)?;
+                armhf_answers(&mut vm)
+            })
+            .join()
+            .expect("the e2e thread panicked")
+        })?;
+        drop(vm);
+    }
+    // The disks are only worth keeping when something failed.
+    drop(vms);
+    for i in 0..vm_count {
+        let _ = std::fs::remove_file(out.join(format!("vm{i}.img")));
+    }
+    let _ = std::fs::remove_file(out.join("vm3-armhf.img"));
+    println!(
+        "==> e2e: passed in {:.0} s; serial consoles in {}",
+        total.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+struct KillOnDrop<'a>(&'a mut Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether the VM's serial console (colours stripped) shows `needle`. The harness boots with the journal
+/// forwarded to the console and no getty on it, so systemd's own "Started …" lines land there.
+fn console_has(vm: &Vm, needle: &str) -> bool {
+    let Ok(bytes) = std::fs::read(&vm.console) else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain.contains(needle)
+}
+
+/// Fails unless systemd's console shows it started herd.service.
+fn herd_started(vm: &Vm) -> anyhow::Result<()> {
+    if !console_has(vm, "Started herd.service") {
+        bail!(
+            "{}: the console does not show systemd starting herd.service",
+            vm.name
+        );
+    }
+    Ok(())
+}
+
+/// Fails if the VM's QEMU has exited, with what it said.
+fn check_running(vm: &mut Vm) -> anyhow::Result<()> {
+    if let Some(status) = vm.child.try_wait()? {
+        let mut err = String::new();
+        if let Some(mut e) = vm.child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        bail!("{}: QEMU exited ({status}): {}", vm.name, err.trim());
+    }
+    Ok(())
+}
+
+/// Waits until the VM's agent answers and records who it says it is.
+fn wait_up(vm: &mut Vm) -> anyhow::Result<bool> {
+    check_running(vm)?;
+    if vm.up.is_some() {
+        return Ok(true);
+    }
+    let Ok(list) = nodes(vm.ip) else {
+        return Ok(false);
+    };
+    let Some(me) = list.into_iter().find(|n| n.is_self) else {
+        return Ok(false);
+    };
+    vm.up = Some(vm.started.elapsed());
+    vm.id = me.id;
+    vm.hostname = me.name;
+    println!(
+        "    {}: agent up at {} after {}: node {} named {}",
+        vm.name,
+        vm.ip,
+        secs(vm.up),
+        vm.id,
+        vm.hostname
+    );
+    Ok(true)
+}
+
+fn join_kill_poweroff(vms: &mut [Vm]) -> anyhow::Result<()> {
+    let start = Instant::now();
+    // 1. Every agent comes up.
+    until(
+        start,
+        BOOT_DEADLINE,
+        "every VM's agent answers on :8080",
+        || {
+            let mut all = true;
+            for vm in vms.iter_mut() {
+                match wait_up(vm) {
+                    Ok(up) => all &= up,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            all.then_some(Ok(()))
+        },
+    )??;
+    for vm in vms.iter() {
+        herd_started(vm)?;
+    }
+    let mut ids: Vec<&str> = vms.iter().map(|v| v.id.as_str()).collect();
+    let mut names: Vec<&str> = vms.iter().map(|v| v.hostname.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    names.sort_unstable();
+    names.dedup();
+    if ids.len() != vms.len() || names.len() != vms.len() {
+        bail!(
+            "the cards do not have an id and a name each: ids {:?}, names {:?}",
+            vms.iter().map(|v| &v.id).collect::<Vec<_>>(),
+            vms.iter().map(|v| &v.hostname).collect::<Vec<_>>()
+        );
+    }
+    for vm in vms.iter() {
+        // hostname_template = "herd-{id:6}": the name is the id's first six hex digits.
+        if Some(vm.hostname.as_str()) != vm.id.get(..6).map(|p| format!("herd-{p}")).as_deref() {
+            bail!(
+                "{}: host name {:?} is not herd-<first 6 digits of {}>",
+                vm.name,
+                vm.hostname,
+                vm.id
+            );
+        }
+    }
+
+    // 2. Every VM lists all three as alive, found by mDNS alone.
+    let mut want: Vec<String> = vms.iter().map(|v| v.ip.to_string()).collect();
+    want.sort();
+    let joined_at = Instant::now();
+    until(
+        joined_at,
+        JOIN_DEADLINE,
+        "every VM lists all three alive",
+        || {
+            let mut all = true;
+            for vm in vms.iter_mut() {
+                if vm.joined.is_none() {
+                    if alive(vm.ip).is_ok_and(|a| a == want) {
+                        vm.joined = Some(vm.started.elapsed());
+                    } else {
+                        all = false;
+                    }
+                }
+            }
+            all.then_some(())
+        },
+    )?;
+    println!("    every VM lists {want:?} alive");
+
+    // 3. vm2 crashes (QEMU killed): the others must call it dead, not left.
+    let killed = Instant::now();
+    vms[2].child.kill()?;
+    vms[2].child.wait()?;
+    let dead_id = vms[2].id.clone();
+    let mut detected = [None, None];
+    until(
+        killed,
+        DETECT_DEADLINE,
+        "vm0 and vm1 report vm2 dead",
+        || {
+            for (i, d) in detected.iter_mut().enumerate() {
+                if d.is_none() && state_of(vms[i].ip, &dead_id).as_deref() == Some("dead") {
+                    *d = Some(killed.elapsed());
+                }
+            }
+            detected.iter().all(Option::is_some).then_some(())
+        },
+    )?;
+    println!(
+        "    vm2 killed: dead on vm0 after {}, on vm1 after {}",
+        secs(detected[0]),
+        secs(detected[1])
+    );
+
+    // 4. vm1 is powered off cleanly: vm0 must call it left.
+    let pressed = Instant::now();
+    power_button(&vms[1].qmp)?;
+    let left_id = vms[1].id.clone();
+    let left = until(pressed, LEAVE_DEADLINE, "vm0 reports vm1 left", || {
+        (state_of(vms[0].ip, &left_id).as_deref() == Some("left")).then(|| pressed.elapsed())
+    })?;
+    let off = until(pressed, LEAVE_DEADLINE, "vm1 powers off", || {
+        vms[1]
+            .child
+            .try_wait()
+            .ok()
+            .flatten()
+            .map(|_| pressed.elapsed())
+    })?;
+    println!(
+        "    vm1 power button: left on vm0 after {}, powered off after {}",
+        secs(Some(left)),
+        secs(Some(off))
+    );
+
+    println!("\n    | VM | start → agent up | start → all joined | kill → dead seen here | power-off → left seen here |");
+    println!("    |---|---|---|---|---|");
+    for (i, vm) in vms.iter().enumerate() {
+        let dead = detected.get(i).copied().flatten();
+        let left_here = (i == 0).then_some(left);
+        println!(
+            "    | {} | {} | {} | {} | {} |",
+            vm.name,
+            secs(vm.up),
+            secs(vm.joined),
+            if i == 2 {
+                "(killed)".into()
+            } else {
+                secs(dead)
+            },
+            if i == 1 {
+                "(powered off)".into()
+            } else {
+                secs(left_here)
+            }
+        );
+    }
+    println!();
+    Ok(())
+}
+
+fn state_of(ip: Ipv4Addr, id: &str) -> Option<String> {
+    nodes(ip)
+        .ok()?
+        .into_iter()
+        .find(|n| n.id == id)
+        .map(|n| n.state)
+}
+
+fn armhf_answers(vm: &mut Vm) -> anyhow::Result<()> {
+    let start = Instant::now();
+    until(
+        start,
+        BOOT_DEADLINE,
+        "the armhf VM's agent answers",
+        || match wait_up(vm) {
+            Ok(true) => Some(Ok(())),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        },
+    )??;
+    herd_started(vm)?;
+    let ips = alive(vm.ip)?;
+    if ips != [vm.ip.to_string()] {
+        bail!("{}: /nodes/alive is {ips:?}, not itself", vm.name);
+    }
+    Ok(())
+}

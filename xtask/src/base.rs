@@ -1,0 +1,464 @@
+//! `cargo xtask base debian [--arch arm64|armhf]`: a Raspberry Pi-layout base image made from Debian's
+//! own packages (MBR; FAT32 `bootfs` for `/boot/firmware`; ext4 `rootfs`), with systemd, DHCP networking,
+//! avahi-daemon, OpenSSH and Debian's kernel with its initramfs (plus `raspi-firmware`, so it also boots a
+//! real Pi). The root is installed by `mmdebstrap` (qemu-user runs the foreign packages' scripts) and
+//! packed without loop mounts (`mke2fs -d`, `mkfs.vfat`/`mcopy` at partition offsets). The result is
+//! cached under `~/.cache/herd/base/`, named by a hash of its recipe: the second run takes no time.
+//! `cargo xtask image --base debian` (or `debian-armhf`) bakes herd into it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use herd_image::Arch;
+use sha2::{Digest, Sha256};
+
+use crate::deps::{ensure_packages, is_root, need};
+use crate::util::{cache_dir, root, run as run_step};
+
+const USAGE: &str = "\
+usage: cargo xtask base debian [--arch arm64|armhf] [--rebuild]
+
+  Builds (once; then it is cached in ~/.cache/herd/base) a Raspberry Pi-layout Debian image to use as
+  `cargo xtask image --base debian` (or debian-armhf). Needs root (mmdebstrap) and the Debian mirror.
+  --arch A      arm64 (default: Pi 3, 4, 5 and QEMU virt) or armhf (Pi 2 and later, 32-bit)
+  --rebuild     build it again even if cached
+";
+
+const SUITE: &str = "bookworm";
+const MIRROR: &str = "http://deb.debian.org/debian";
+/// The boot partition: where the 2025 Raspberry Pi OS images put it (8 MiB aligned, 512 MiB).
+const BOOT_START: u64 = 16384;
+const BOOT_SECTORS: u64 = 512 * 2048;
+/// The packages on top of Debian's `apt` variant (essential + apt).
+const PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "systemd-timesyncd",
+    "udev",
+    "kmod",
+    "dbus",
+    "e2fsprogs",
+    "dosfstools",
+    "avahi-daemon",
+    "libnss-mdns",
+    "openssh-server",
+    "sudo",
+    "iproute2",
+    "iputils-ping",
+    "ca-certificates",
+    "less",
+    "nano",
+    "raspi-firmware",
+];
+/// What the customize hook does in the finished root (`$1`) before it is packed.
+const CUSTOMIZE: &str = r#"set -e
+cp -rT --no-preserve=ownership,timestamps "$HERD_BASE_FILES/rootfs" "$1"
+rm -f "$1"/etc/ssh/ssh_host_*
+: > "$1/etc/machine-id"
+rm -f "$1/var/lib/dbus/machine-id"
+systemctl --root="$1" enable systemd-networkd.service ssh-host-keys.service userconf.service
+systemctl --root="$1" disable e2scrub_reap.service 2>/dev/null || true
+chroot "$1" apt-get clean
+"#;
+/// What the essential hook puts in before the packages are installed (the initramfs settings).
+const ESSENTIAL: &str =
+    r#"cp -rT --no-preserve=ownership,timestamps "$HERD_BASE_FILES/early" "$1""#;
+
+struct Recipe {
+    arch: Arch,
+}
+
+impl Recipe {
+    fn kernel(&self) -> &'static str {
+        match self.arch {
+            Arch::Arm64 => "linux-image-arm64",
+            Arch::Armhf => "linux-image-armmp",
+        }
+    }
+
+    fn files(&self) -> PathBuf {
+        root().join("xtask/base-debian")
+    }
+
+    /// Everything the image is made from, as text: its hash names the cached image.
+    fn describe(&self) -> anyhow::Result<String> {
+        let mut text = format!(
+            "debian base v1\nsuite {SUITE}\nmirror {MIRROR}\narch {}\nkernel {}\npackages {}\n\
+             boot {BOOT_START}+{BOOT_SECTORS}\nessential {ESSENTIAL}\ncustomize {CUSTOMIZE}\n",
+            self.arch.debian(),
+            self.kernel(),
+            PACKAGES.join(",")
+        );
+        let mut files = Vec::new();
+        walk(&self.files(), &mut files)?;
+        files.sort();
+        for f in files {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&f)?.permissions().mode() & 0o111 != 0;
+            let rel = f.strip_prefix(self.files()).unwrap_or(&f).display();
+            let body = std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
+            text.push_str(&format!(
+                "file {rel} exec={mode} {}\n",
+                hex(&Sha256::digest(&body))
+            ));
+        }
+        Ok(text)
+    }
+
+    fn cached(&self) -> anyhow::Result<PathBuf> {
+        let hash = hex(&Sha256::digest(self.describe()?.as_bytes()));
+        Ok(cache_dir().join("base").join(format!(
+            "debian-{SUITE}-{}-{}.img",
+            self.arch.debian(),
+            &hash[..12]
+        )))
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut arch = Arch::Arm64;
+    let mut rebuild = false;
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("debian") => {}
+        Some("-h" | "--help") => {
+            print!("{USAGE}");
+            return Ok(());
+        }
+        Some(other) => bail!("unknown base {other:?}: only `debian` is made here\n\n{USAGE}"),
+        None => bail!("which base?\n\n{USAGE}"),
+    }
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--arch" => {
+                arch = match it.next().map(String::as_str) {
+                    Some("arm64") => Arch::Arm64,
+                    Some("armhf") => Arch::Armhf,
+                    other => bail!("--arch {other:?}: arm64 or armhf\n\n{USAGE}"),
+                }
+            }
+            "--rebuild" => rebuild = true,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown option {other:?}\n\n{USAGE}"),
+        }
+    }
+    let recipe = Recipe { arch };
+    if rebuild {
+        let path = recipe.cached()?;
+        if path.exists() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    let path = ensure(arch)?;
+    println!("==> base: {}", path.display());
+    println!(
+        "    bake herd into it with: cargo xtask image --cluster NAME --base {}",
+        if arch == Arch::Arm64 {
+            "debian"
+        } else {
+            "debian-armhf"
+        }
+    );
+    Ok(())
+}
+
+/// The cached Debian base for `arch`, built first if there is none for the current recipe.
+pub fn ensure(arch: Arch) -> anyhow::Result<PathBuf> {
+    let recipe = Recipe { arch };
+    let path = recipe.cached()?;
+    if path.exists() {
+        println!("==> base: cached {} (recipe unchanged)", path.display());
+        return Ok(path);
+    }
+    if !is_root() {
+        bail!(
+            "building the Debian base installs packages into a root file system (mmdebstrap), which \
+             needs root; run:\n    sudo env PATH=\"$PATH\" cargo xtask base debian --arch {}",
+            arch.debian()
+        );
+    }
+    ensure_packages(
+        "Debian base image",
+        &[
+            need("mmdebstrap", "mmdebstrap"),
+            need("qemu-aarch64-static", "qemu-user-static"),
+            need("qemu-arm-static", "qemu-user-static"),
+            need("update-binfmts", "binfmt-support"),
+            need("mke2fs", "e2fsprogs"),
+            need("mkfs.vfat", "dosfstools"),
+            need("mcopy", "mtools"),
+            need("sfdisk", "fdisk"),
+            need("systemctl", "systemd"),
+            need(
+                "/usr/share/keyrings/debian-archive-keyring.gpg",
+                "debian-archive-keyring",
+            ),
+        ],
+    )?;
+    ensure_binfmt(arch)?;
+    let dir = path.parent().expect("in the cache");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let work = dir.join(format!(
+        ".work-{}",
+        path.file_stem().unwrap_or_default().to_string_lossy()
+    ));
+    if work.exists() {
+        // Left by an interrupted build.
+        std::fs::remove_dir_all(&work)
+            .with_context(|| format!("cannot remove {}", work.display()))?;
+    }
+    std::fs::create_dir_all(&work)?;
+    let result = build(&recipe, &work, &path);
+    let _ = std::fs::remove_dir_all(&work);
+    result?;
+    Ok(path)
+}
+
+/// binfmt_misc must run the foreign packages' maintainer scripts through qemu-user.
+fn ensure_binfmt(arch: Arch) -> anyhow::Result<()> {
+    let name = match arch {
+        Arch::Arm64 => "qemu-aarch64",
+        Arch::Armhf => "qemu-arm",
+    };
+    let misc = Path::new("/proc/sys/fs/binfmt_misc");
+    if !misc.join("status").exists() {
+        let mut mount = Command::new("mount");
+        mount.args(["-t", "binfmt_misc", "binfmt_misc"]).arg(misc);
+        run_step("mount binfmt_misc", mount).context(
+            "binfmt_misc is not mounted; run: mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc",
+        )?;
+    }
+    let entry = misc.join(name);
+    let enabled = std::fs::read_to_string(&entry).is_ok_and(|t| t.starts_with("enabled"));
+    if !enabled {
+        let mut enable = Command::new("update-binfmts");
+        enable.args(["--enable", name]);
+        run_step("enable qemu-user for foreign binaries", enable)
+            .with_context(|| format!("run: update-binfmts --enable {name}"))?;
+    }
+    Ok(())
+}
+
+fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
+    let arch = recipe.arch.debian();
+    let rootfs = work.join("rootfs");
+    let started = Instant::now();
+    println!(
+        "==> base: installing Debian {SUITE} {arch} with mmdebstrap (minutes: the packages' scripts run \
+         under qemu-user)"
+    );
+    let mut m = Command::new("mmdebstrap");
+    m.args([
+        "--mode=root",
+        "--variant=apt",
+        &format!("--arch={arch}"),
+        "--components=main,non-free-firmware",
+        &format!("--include={},{}", PACKAGES.join(","), recipe.kernel()),
+        "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        &format!("--essential-hook={ESSENTIAL}"),
+        &format!("--customize-hook={CUSTOMIZE}"),
+        SUITE,
+    ])
+    .arg(&rootfs)
+    .arg(MIRROR)
+    .env("HERD_BASE_FILES", recipe.files());
+    run_step("mmdebstrap", m)?;
+    let installed = started.elapsed();
+
+    // The boot partition's files (kernel, initrd, device trees, config.txt from raspi-firmware) go to
+    // the FAT; /boot/firmware stays as its empty mount point in the root.
+    let firmware = work.join("firmware");
+    std::fs::rename(rootfs.join("boot/firmware"), &firmware)?;
+    std::fs::create_dir(rootfs.join("boot/firmware"))?;
+    let cmdline = firmware.join("cmdline.txt");
+    let line = match std::fs::read_to_string(&cmdline) {
+        Ok(t) => t,
+        Err(_) => "console=tty0 rw fsck.repair=yes rootwait".into(),
+    };
+    let mut tokens: Vec<String> = line
+        .split_whitespace()
+        .filter(|t| !t.starts_with("root=") && !t.starts_with("rootfstype="))
+        .map(String::from)
+        .collect();
+    tokens.insert(0, "root=LABEL=rootfs".into());
+    tokens.insert(1, "rootfstype=ext4".into());
+    std::fs::write(&cmdline, tokens.join(" ") + "\n")?;
+
+    let root_bytes = du(&rootfs)?;
+    // As Raspberry Pi OS sizes its root: the content + 20% + 200 MiB, in whole MiB.
+    let root_mib = (root_bytes * 12 / 10) / (1 << 20) + 200;
+    let root_start = BOOT_START + BOOT_SECTORS;
+    let root_sectors = root_mib * 2048;
+    let total = (root_start + root_sectors) * 512;
+    let partial = out.with_extension("img.partial");
+    let f = std::fs::File::create(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    f.set_len(total)?;
+    drop(f);
+    let result = (|| -> anyhow::Result<()> {
+        let mut sfdisk = Command::new("sfdisk");
+        sfdisk
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(&partial);
+        let table = format!(
+            "label: dos\nstart={BOOT_START}, size={BOOT_SECTORS}, type=c\nstart={root_start}, size={root_sectors}, type=83\n"
+        );
+        pipe("partition table (sfdisk)", sfdisk, &table)?;
+        let mut vfat = Command::new("mkfs.vfat");
+        vfat.args([
+            "-F",
+            "32",
+            "-n",
+            "bootfs",
+            "--offset",
+            &BOOT_START.to_string(),
+        ])
+        .arg(&partial)
+        .arg((BOOT_SECTORS / 2).to_string());
+        quiet("boot file system (mkfs.vfat)", vfat)?;
+        let entries: Vec<PathBuf> = std::fs::read_dir(&firmware)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        if !entries.is_empty() {
+            let mut mcopy = Command::new("mcopy");
+            mcopy
+                .arg("-s")
+                .arg("-i")
+                .arg(format!("{}@@{}", partial.display(), BOOT_START * 512))
+                .args(&entries)
+                .arg("::/")
+                .env("MTOOLS_SKIP_CHECK", "1");
+            quiet(
+                &format!("boot files (mcopy, {} entries)", entries.len()),
+                mcopy,
+            )?;
+        }
+        let mut mke2fs = Command::new("mke2fs");
+        mke2fs
+            .args(["-q", "-F", "-t", "ext4", "-L", "rootfs", "-b", "4096", "-d"])
+            .arg(&rootfs)
+            .args(["-E", &format!("offset={},root_owner=0:0", root_start * 512)])
+            .arg(&partial)
+            .arg((root_sectors / 8).to_string());
+        quiet("root file system (mke2fs -d)", mke2fs)?;
+        // What `cargo xtask image` will check: the partitions are found and the architecture is right.
+        let img = herd_image::Image::open(&partial).context("the packed image does not open")?;
+        let found = img.arch().context("the packed image's architecture")?;
+        if found != recipe.arch {
+            bail!("the packed image is {}, not {arch}", found.debian());
+        }
+        std::fs::rename(&partial, out)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result?;
+    println!(
+        "==> base: {} ({:.2} GB, root {} MiB): installed in {:.0} s, packed in {:.0} s",
+        out.display(),
+        total as f64 / 1e9,
+        root_mib,
+        installed.as_secs_f64(),
+        (started.elapsed() - installed).as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs `cmd` with its output kept back, and shown only if it fails.
+fn quiet(step: &str, mut cmd: Command) -> anyhow::Result<()> {
+    println!("==> {step}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("{step}: cannot start {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{step} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `cmd` with `input` on its standard input.
+fn pipe(step: &str, mut cmd: Command, input: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{step}: cannot start"))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{step} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Bytes used under `dir` (allocated blocks, as mke2fs will need them), not following symlinks.
+fn du(dir: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let md = e.path().symlink_metadata()?;
+        total += md.blocks() * 512 + 4096;
+        if md.is_dir() {
+            total += du(&e.path())?;
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recipe_names_the_cache() {
+        let arm64 = Recipe { arch: Arch::Arm64 }.cached().unwrap();
+        let armhf = Recipe { arch: Arch::Armhf }.cached().unwrap();
+        assert_ne!(arm64, armhf);
+        assert!(arm64.to_string_lossy().contains("debian-bookworm-arm64-"));
+        assert_eq!(
+            Recipe { arch: Arch::Arm64 }.cached().unwrap(),
+            arm64,
+            "stable"
+        );
+        let text = Recipe { arch: Arch::Arm64 }.describe().unwrap();
+        assert!(text.contains("file early/etc/initramfs-tools/hooks/herd-base-modules exec=true"));
+        assert!(text.contains("linux-image-arm64"));
+    }
+}

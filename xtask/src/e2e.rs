@@ -1,0 +1,68 @@
+//! `cargo xtask e2e`: boot-and-join on the real image. Makes (or takes from the cache) the Debian bases,
+//! bakes the herd image for each architecture exactly as `cargo xtask image` does (no seeds: the VMs must
+//! find each other with mDNS), and runs the QEMU harness (`ci/src/e2e.rs`). Serial consoles and timings
+//! land in `target/e2e/`.
+
+use anyhow::bail;
+use herd_image::Arch;
+
+use crate::deps::{ensure_packages, is_root, need, Need};
+use crate::util::{perf_run, root, run as run_step};
+
+/// What the harness runs: the VMs, their bridge and DHCP.
+pub const E2E_NEEDS: &[Need] = &[
+    need("qemu-system-aarch64", "qemu-system-arm"),
+    need("qemu-system-arm", "qemu-system-arm"),
+    need("dnsmasq", "dnsmasq-base"),
+    need("ip", "iproute2"),
+];
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let mut armhf = true;
+    for a in args {
+        match a.as_str() {
+            "--no-armhf" => armhf = false,
+            "-h" | "--help" => {
+                println!(
+                    "usage: cargo xtask e2e [--no-armhf]\n\n  Boots three arm64 VMs from one herd image \
+                     (and one armhf VM) in QEMU inside network namespaces; needs root."
+                );
+                return Ok(());
+            }
+            other => bail!("unknown option {other:?}; usage: cargo xtask e2e [--no-armhf]"),
+        }
+    }
+    if !is_root() {
+        bail!(
+            "the boot-and-join test builds a LAN of network namespaces and the Debian base, which needs \
+             root; run:\n    sudo env PATH=\"$PATH\" cargo xtask e2e"
+        );
+    }
+    ensure_packages("boot-and-join test", E2E_NEEDS)?;
+    let out = root().join("target/e2e");
+    std::fs::create_dir_all(&out)?;
+    let mut arches = vec![Arch::Arm64];
+    if armhf {
+        arches.push(Arch::Armhf);
+    }
+    let mut harness = perf_run("herd-ci", "herd-e2e");
+    for arch in arches {
+        let base = crate::base::ensure(arch)?;
+        let name = format!("e2e-{}", arch.debian());
+        crate::image::run(&[
+            "--cluster".into(),
+            "e2e".into(),
+            "--base".into(),
+            base.to_string_lossy().into_owned(),
+            "--out".into(),
+            out.to_string_lossy().into_owned(),
+            "--name".into(),
+            name.clone(),
+        ])?;
+        harness
+            .arg(format!("--{}", arch.debian()))
+            .arg(out.join(format!("{name}.img")));
+    }
+    harness.arg("--out").arg(&out);
+    run_step("boot and join (herd-e2e)", harness)
+}
