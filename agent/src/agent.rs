@@ -562,7 +562,7 @@ impl Identity {
                 .parse::<NodeId>()
                 .map_err(|e| anyhow::anyhow!("{}: {e}", id_path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let (id, origin) = crate::identity::derive_id(Path::new("/"));
+                let (id, origin) = crate::identity::derive_id(Path::new("/"), state_dir);
                 tracing::info!(%id, "first start: node id derived from {origin}");
                 write_atomic(&id_path, &format!("{id}\n"))?;
                 id

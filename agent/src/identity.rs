@@ -32,14 +32,17 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// Derives the node id of the machine whose file system is at `root` ("/" but in tests). Derived ids
-/// are a hash of the source, never the source itself: the machine-id is confidential (machine-id(5)).
-pub fn derive_id(root: &Path) -> (NodeId, Origin) {
+/// Derives the node id of the agent keeping its state in `state_dir` on the machine whose file system is
+/// at `root` ("/" but in tests). Derived ids are a hash of the source and the state directory, never the
+/// source itself (the machine-id is confidential, machine-id(5)); the state directory keeps apart agents
+/// that share a machine (tests, benchmarks, several clusters on one host).
+pub fn derive_id(root: &Path, state_dir: &Path) -> (NodeId, Origin) {
+    let dir = state_dir.to_string_lossy();
     if let Some(id) = machine_id(root) {
-        return (hash_id("machine-id", &id), Origin::MachineId);
+        return (hash_id("machine-id", &id, &dir), Origin::MachineId);
     }
     if let Some(serial) = board_serial(root) {
-        return (hash_id("serial", &serial), Origin::BoardSerial);
+        return (hash_id("serial", &serial, &dir), Origin::BoardSerial);
     }
     (NodeId(rand::random()), Origin::Random)
 }
@@ -57,19 +60,20 @@ pub fn current_id(root: &Path, state_dir: &Path) -> anyhow::Result<(NodeId, Opti
             Ok((id, None))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (id, origin) = derive_id(root);
+            let (id, origin) = derive_id(root, state_dir);
             Ok((id, Some(origin)))
         }
         Err(e) => Err(e).context(format!("cannot read {}", path.display())),
     }
 }
 
-fn hash_id(kind: &str, value: &str) -> NodeId {
+fn hash_id(kind: &str, value: &str, state_dir: &str) -> NodeId {
     let mut h = Sha256::new();
     h.update(b"herd node id v1\0");
-    h.update(kind.as_bytes());
-    h.update(b"\0");
-    h.update(value.as_bytes());
+    for part in [kind, value, state_dir] {
+        h.update(part.as_bytes());
+        h.update(b"\0");
+    }
     let digest = h.finalize();
     NodeId(u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")))
 }
@@ -233,14 +237,22 @@ mod tests {
         dir
     }
 
+    const STATE: &str = "/var/lib/herd";
+
+    fn derive(root: &Path) -> (NodeId, Origin) {
+        derive_id(root, Path::new(STATE))
+    }
+
     #[test]
     fn id_comes_from_the_machine_id_then_the_serial_then_chance() {
         let a = root_with(&[("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")]);
         let b = root_with(&[("/etc/machine-id", "fedcba9876543210fedcba9876543210\n")]);
-        let (ida, origin) = derive_id(a.path());
+        let (ida, origin) = derive(a.path());
         assert_eq!(origin, Origin::MachineId);
-        assert_eq!(derive_id(a.path()).0, ida, "stable");
-        assert_ne!(derive_id(b.path()).0, ida, "two machines, two ids");
+        assert_eq!(derive(a.path()).0, ida, "stable");
+        assert_ne!(derive(b.path()).0, ida, "two machines, two ids");
+        let (other_dir, _) = derive_id(a.path(), Path::new("/tmp/agent2"));
+        assert_ne!(other_dir, ida, "two agents on one machine, two ids");
         // The id is a hash, not the machine-id's digits.
         assert!(!"0123456789abcdef0123456789abcdef".contains(&ida.to_string()));
 
@@ -252,7 +264,7 @@ mod tests {
                 "processor\t: 0\nHardware\t: BCM2835\nSerial\t\t: 10000000abcdef01\n",
             ),
         ]);
-        assert_eq!(derive_id(pi.path()).1, Origin::BoardSerial);
+        assert_eq!(derive(pi.path()).1, Origin::BoardSerial);
         let dt = root_with(&[
             ("/etc/machine-id", ""),
             (
@@ -260,16 +272,12 @@ mod tests {
                 "10000000abcdef01\0",
             ),
         ]);
-        assert_eq!(
-            derive_id(dt.path()),
-            derive_id(pi.path()),
-            "same serial, same id"
-        );
+        assert_eq!(derive(dt.path()), derive(pi.path()), "same serial, same id");
 
         let none = root_with(&[("/proc/cpuinfo", "Serial\t: 0000000000000000\n")]);
-        let (r1, origin) = derive_id(none.path());
+        let (r1, origin) = derive(none.path());
         assert_eq!(origin, Origin::Random);
-        assert_ne!(derive_id(none.path()).0, r1);
+        assert_ne!(derive(none.path()).0, r1);
     }
 
     #[test]
@@ -278,7 +286,7 @@ mod tests {
             ("/etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
             ("/var/lib/herd/node-id", "00000000000000aa\n"),
         ]);
-        let state = Path::new("/var/lib/herd");
+        let state = Path::new(STATE);
         assert_eq!(
             current_id(root.path(), state).unwrap(),
             (NodeId(0xaa), None)
@@ -287,7 +295,7 @@ mod tests {
         let (id, origin) = current_id(root.path(), state).unwrap();
         assert_eq!(
             (id, origin),
-            (derive_id(root.path()).0, Some(Origin::MachineId))
+            (derive(root.path()).0, Some(Origin::MachineId))
         );
     }
 

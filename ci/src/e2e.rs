@@ -26,6 +26,8 @@ pub struct Options {
     pub armhf: Option<PathBuf>,
     /// Where the disks, kernels and serial consoles go.
     pub out: PathBuf,
+    /// The user the images were built with (`--user`): each VM must have created it from userconf.txt.
+    pub user: Option<String>,
 }
 
 /// How long a step may take before the run fails (TCG on a 2-core machine, three guests at once).
@@ -388,7 +390,7 @@ fn run_inner(opts: &Options) -> anyhow::Result<()> {
     let mut vms = std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<Vec<Vm>> {
             crate::netns::enter_host(&host)?;
-            join_kill_poweroff(&mut vms)?;
+            join_kill_poweroff(&mut vms, opts.user.as_deref())?;
             Ok(std::mem::take(&mut vms))
         })
         .join()
@@ -507,7 +509,39 @@ fn wait_up(vm: &mut Vm) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn join_kill_poweroff(vms: &mut [Vm]) -> anyhow::Result<()> {
+/// The VM's ed25519 SSH host key, as `ssh-keyscan` reads it from the network.
+fn ssh_host_key(vm: &Vm) -> anyhow::Result<String> {
+    until(
+        Instant::now(),
+        DETECT_DEADLINE,
+        &format!("{}: sshd answers", vm.name),
+        || {
+            let out = Command::new("ssh-keyscan")
+                .args(["-T", "5", "-t", "ed25519"])
+                .arg(vm.ip.to_string())
+                .stderr(Stdio::null())
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .find(|l| l.contains("ssh-ed25519"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .map(String::from)
+        },
+    )
+}
+
+/// The Debian base's userconf.service created `user` (it says so in the journal, forwarded to the console).
+fn user_created(vm: &Vm, user: &str) -> anyhow::Result<()> {
+    until(
+        Instant::now(),
+        DETECT_DEADLINE,
+        &format!("{}: userconf made {user}", vm.name),
+        || console_has(vm, &format!("userconf: user {user} is ready")).then_some(()),
+    )
+}
+
+fn join_kill_poweroff(vms: &mut [Vm], user: Option<&str>) -> anyhow::Result<()> {
     let start = Instant::now();
     // 1. Every agent comes up.
     until(
@@ -551,6 +585,25 @@ fn join_kill_poweroff(vms: &mut [Vm]) -> anyhow::Result<()> {
                 vm.id
             );
         }
+    }
+
+    // No two cards share SSH host keys: each made its own at first boot.
+    let mut keys = Vec::new();
+    for vm in vms.iter() {
+        keys.push(ssh_host_key(vm)?);
+    }
+    let mut distinct = keys.clone();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() != keys.len() {
+        bail!("two VMs share an SSH host key: {keys:?}");
+    }
+    println!("    three distinct SSH host keys (ssh-keyscan)");
+    if let Some(user) = user {
+        for vm in vms.iter() {
+            user_created(vm, user)?;
+        }
+        println!("    every VM made the user {user} from userconf.txt");
     }
 
     // 2. Every VM lists all three as alive, found by mDNS alone.

@@ -15,7 +15,11 @@ pub const E2E_NEEDS: &[Need] = &[
     need("qemu-system-arm", "qemu-system-arm"),
     need("dnsmasq", "dnsmasq-base"),
     need("ip", "iproute2"),
+    need("ssh-keyscan", "openssh-client"),
 ];
+
+/// The user the test images are built with (from userconf.txt, as a Raspberry Pi Imager user would be).
+const USER: &str = "pi";
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut armhf = true;
@@ -46,6 +50,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         arches.push(Arch::Armhf);
     }
     let mut harness = perf_run("herd-ci", "herd-e2e");
+    // A random password nobody needs: the test checks that the user is made, not a login.
+    let password = out.join("password");
+    let mut random = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
+    std::fs::write(
+        &password,
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            + "\n",
+    )?;
     for arch in arches {
         let base = crate::base::ensure(arch)?;
         let name = format!("e2e-{}", arch.debian());
@@ -58,11 +74,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             out.to_string_lossy().into_owned(),
             "--name".into(),
             name.clone(),
+            "--user".into(),
+            USER.into(),
+            "--password-file".into(),
+            password.to_string_lossy().into_owned(),
         ])?;
         harness
             .arg(format!("--{}", arch.debian()))
             .arg(out.join(format!("{name}.img")));
     }
-    harness.arg("--out").arg(&out);
+    harness.arg("--user").arg(USER).arg("--out").arg(&out);
     run_step("boot and join (herd-e2e)", harness)
 }

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-const USAGE: &str = "usage: herd-e2e --arm64 IMAGE [--armhf IMAGE] --out DIR";
+const USAGE: &str = "usage: herd-e2e --arm64 IMAGE [--armhf IMAGE] [--user NAME] --out DIR";
 
 fn main() -> anyhow::Result<()> {
     let mut arm64 = None;
     let mut armhf = None;
     let mut out = None;
+    let mut user = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || {
@@ -22,11 +23,17 @@ fn main() -> anyhow::Result<()> {
             "--arm64" => arm64 = Some(value()?),
             "--armhf" => armhf = Some(value()?),
             "--out" => out = Some(value()?),
+            "--user" => user = Some(value()?.to_string_lossy().into_owned()),
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
     let (Some(arm64), Some(out)) = (arm64, out) else {
         bail!("{USAGE}");
     };
-    herd_ci::e2e::run(&herd_ci::e2e::Options { arm64, armhf, out })
+    herd_ci::e2e::run(&herd_ci::e2e::Options {
+        arm64,
+        armhf,
+        out,
+        user,
+    })
 }
