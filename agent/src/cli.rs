@@ -308,6 +308,7 @@ fn follow(
 ) -> anyhow::Result<()> {
     use std::io::Write;
     let mut kind = String::new();
+    let mut last_refresh: Option<std::time::Instant> = None;
     let stdout = std::io::stdout();
     for line in stream.lines() {
         let line = line.context("the event stream broke")?;
@@ -323,8 +324,15 @@ fn follow(
             Err(_) => continue,
         };
         let id = event["node"].as_str().unwrap_or("").to_string();
-        if !names.contains_key(&id) || matches!(kind.as_str(), "joined" | "updated" | "restarted") {
+        // Names and addresses change on joins and restarts, rarely on updates; updates (monitoring
+        // figures) come every few seconds from every node, so they refresh at most once a second.
+        let stale = last_refresh.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if !names.contains_key(&id)
+            || matches!(kind.as_str(), "joined" | "restarted")
+            || (kind == "updated" && stale)
+        {
             let _ = refresh_names(client, names);
+            last_refresh = Some(std::time::Instant::now());
         }
         let (name, addr) = names
             .get(&id)

@@ -93,6 +93,7 @@ pub fn spawn(
     let queue: Arc<std::sync::Mutex<VecDeque<Job>>> = Default::default();
     let ready = Arc::new(Notify::new());
     let wanted: Vec<HandlerEvent> = handlers.iter().flat_map(|h| h.on.clone()).collect();
+    let wants_update = wanted.contains(&HandlerEvent::Update);
     let collector = {
         let (queue, ready, handle) = (queue.clone(), ready.clone(), handle.clone());
         let mut events = handle.subscribe();
@@ -110,6 +111,24 @@ pub fn spawn(
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
+                // Most events are monitoring updates: when no handler wants them (nor, for "update",
+                // the identity changes they may carry), skip them before copying the member list.
+                let wanted_here = match e.kind {
+                    EventKind::Joined | EventKind::Recovered | EventKind::Restarted => {
+                        wanted.contains(&HandlerEvent::Join) || wants_update
+                    }
+                    EventKind::Left => wanted.contains(&HandlerEvent::Leave) || wants_update,
+                    EventKind::Dead => wanted.contains(&HandlerEvent::Failure) || wants_update,
+                    EventKind::Updated => wants_update,
+                    EventKind::Reaped => {
+                        seen.remove(&e.node);
+                        false
+                    }
+                    EventKind::Suspect => false,
+                };
+                if !wanted_here {
+                    continue;
+                }
                 let members = handle.members();
                 let (Some(member), Some(me)) = (
                     members.iter().find(|m| m.id == e.node),

@@ -231,6 +231,14 @@ impl NodeState {
 
     /// Re-derives the node's φ threshold from the services it announces (after its key/values changed).
     fn rethreshold(&mut self, config: &GossipConfig) {
+        if config.service_thresholds.is_empty() {
+            // The usual case: no per-service threshold, nothing to parse on every key change.
+            if self.threshold != config.phi.threshold {
+                self.threshold = config.phi.threshold;
+                self.schedule_verdicts(&config.phi);
+            }
+            return;
+        }
         let services: Vec<String> = self
             .kvs
             .get(crate::metadata::SERVICES_KEY)
