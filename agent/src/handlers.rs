@@ -111,22 +111,16 @@ pub fn spawn(
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                // Most events are monitoring updates: when no handler wants them (nor, for "update",
-                // the identity changes they may carry), skip them before copying the member list.
-                let wanted_here = match e.kind {
-                    EventKind::Joined | EventKind::Recovered | EventKind::Restarted => {
-                        wanted.contains(&HandlerEvent::Join) || wants_update
-                    }
-                    EventKind::Left => wanted.contains(&HandlerEvent::Leave) || wants_update,
-                    EventKind::Dead => wanted.contains(&HandlerEvent::Failure) || wants_update,
-                    EventKind::Updated => wants_update,
-                    EventKind::Reaped => {
+                let Some(event) = handler_event(e.kind) else {
+                    if e.kind == EventKind::Reaped {
                         seen.remove(&e.node);
-                        false
                     }
-                    EventKind::Suspect => false,
+                    continue;
                 };
-                if !wanted_here {
+                // Most events are monitoring updates: skip what no handler wants before copying the
+                // member list. With an "update" handler every membership event is followed, to know
+                // each member's last identity.
+                if !wants_update && !wanted.contains(&event) {
                     continue;
                 }
                 let members = handle.members();
@@ -138,25 +132,12 @@ pub fn spawn(
                 };
                 let view = NodeView::from_member(member);
                 let id = identity_of(&view);
-                let event = match e.kind {
-                    EventKind::Joined | EventKind::Recovered | EventKind::Restarted => {
-                        Some(HandlerEvent::Join)
-                    }
-                    EventKind::Left => Some(HandlerEvent::Leave),
-                    EventKind::Dead => Some(HandlerEvent::Failure),
-                    EventKind::Updated => {
-                        (seen.get(&e.node) != Some(&id)).then_some(HandlerEvent::Update)
-                    }
-                    EventKind::Suspect | EventKind::Reaped => None,
-                };
-                if e.kind == EventKind::Reaped {
-                    seen.remove(&e.node);
-                } else {
-                    seen.insert(e.node, id);
-                }
-                let Some(event) = event.filter(|ev| wanted.contains(ev)) else {
+                // An "updated" event is an update only when it changed the member's identity.
+                let unchanged = seen.get(&e.node) == Some(&id);
+                seen.insert(e.node, id);
+                if !wanted.contains(&event) || (event == HandlerEvent::Update && unchanged) {
                     continue;
-                };
+                }
                 let job = Job {
                     event,
                     env: environment(event, &view, &cluster, &NodeView::from_member(me)),
@@ -185,6 +166,17 @@ pub fn spawn(
         }
     });
     vec![collector, runner]
+}
+
+/// The handler event a membership event is, if any.
+fn handler_event(kind: EventKind) -> Option<HandlerEvent> {
+    match kind {
+        EventKind::Joined | EventKind::Recovered | EventKind::Restarted => Some(HandlerEvent::Join),
+        EventKind::Left => Some(HandlerEvent::Leave),
+        EventKind::Dead => Some(HandlerEvent::Failure),
+        EventKind::Updated => Some(HandlerEvent::Update),
+        EventKind::Suspect | EventKind::Reaped => None,
+    }
 }
 
 /// Runs one handler for one job and logs how it went.
