@@ -541,27 +541,27 @@ fn user_created(vm: &Vm, user: &str) -> anyhow::Result<()> {
     )
 }
 
-fn join_kill_poweroff(vms: &mut [Vm], user: Option<&str>) -> anyhow::Result<()> {
-    let start = Instant::now();
-    // 1. Every agent comes up.
-    until(
-        start,
-        BOOT_DEADLINE,
-        "every VM's agent answers on :8080",
-        || {
-            let mut all = true;
-            for vm in vms.iter_mut() {
-                match wait_up(vm) {
-                    Ok(up) => all &= up,
-                    Err(e) => return Some(Err(e)),
-                }
+/// Waits until every VM's agent answers (recording who it is) and checks that systemd started it.
+fn agents_up(vms: &mut [Vm], what: &str) -> anyhow::Result<()> {
+    until(Instant::now(), BOOT_DEADLINE, what, || {
+        let mut all = true;
+        for vm in vms.iter_mut() {
+            match wait_up(vm) {
+                Ok(up) => all &= up,
+                Err(e) => return Some(Err(e)),
             }
-            all.then_some(Ok(()))
-        },
-    )??;
+        }
+        all.then_some(Ok(()))
+    })??;
     for vm in vms.iter() {
         herd_started(vm)?;
     }
+    Ok(())
+}
+
+fn join_kill_poweroff(vms: &mut [Vm], user: Option<&str>) -> anyhow::Result<()> {
+    // 1. Every agent comes up, started by systemd.
+    agents_up(vms, "every VM's agent answers on :8080")?;
     let mut ids: Vec<&str> = vms.iter().map(|v| v.id.as_str()).collect();
     let mut names: Vec<&str> = vms.iter().map(|v| v.hostname.as_str()).collect();
     ids.sort_unstable();
@@ -711,18 +711,7 @@ fn state_of(ip: Ipv4Addr, id: &str) -> Option<String> {
 }
 
 fn armhf_answers(vm: &mut Vm) -> anyhow::Result<()> {
-    let start = Instant::now();
-    until(
-        start,
-        BOOT_DEADLINE,
-        "the armhf VM's agent answers",
-        || match wait_up(vm) {
-            Ok(true) => Some(Ok(())),
-            Ok(false) => None,
-            Err(e) => Some(Err(e)),
-        },
-    )??;
-    herd_started(vm)?;
+    agents_up(std::slice::from_mut(vm), "the armhf VM's agent answers")?;
     let ips = alive(vm.ip)?;
     if ips != [vm.ip.to_string()] {
         bail!("{}: /nodes/alive is {ips:?}, not itself", vm.name);

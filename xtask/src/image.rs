@@ -414,3 +414,30 @@ pub fn fixture(args: &[String]) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{check_hostname_template, DEFAULT_HOSTNAME};
+
+    /// The same cases as the agent's `identity` tests: the build must refuse what the agent would.
+    #[test]
+    fn hostname_templates_are_checked_like_the_agent_does() {
+        for good in [DEFAULT_HOSTNAME, "herd-{id:4}", "pi{id}", "node"] {
+            check_hostname_template(good).unwrap();
+        }
+        for (bad, why) in [
+            ("herd-{name}", "unknown placeholder {name}"),
+            ("herd-{id:0}", "unknown placeholder {id:0}"),
+            ("herd-{id:17}", "unknown placeholder {id:17}"),
+            ("herd-{id", "not closed"),
+            ("Herd-{id:4}", "a-z, 0-9"),
+            ("herd_{id:4}", "a-z, 0-9"),
+            ("-{id:4}", "not starting or ending"),
+            ("", "1 to 63"),
+            ("a{id}{id}{id}{id}", "1 to 63"),
+        ] {
+            let e = format!("{:#}", check_hostname_template(bad).unwrap_err());
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+}
