@@ -398,7 +398,7 @@ fn run_inner(opts: &Options) -> anyhow::Result<()> {
     })?;
 
     if let Some((b, d)) = &boot32 {
-        println!("==> e2e: booting vm3 (armhf, qemu-system-arm -M virt, the armv7 agent)");
+        println!("==> e2e: booting vm3 (armhf, qemu-system-arm -M virt, the ARMv6 agent)");
         // The arm64 VMs are done: their CPU goes to this one.
         vms.clear();
         let mut vm = start_vm(&lan, 3, Arch::Armhf, b, d, out, "vm3-armhf")?;

@@ -209,10 +209,7 @@ pub fn run(
                 "image_download_size": download_size,
                 "image_download_sha256": download_sha,
                 "release_date": today(),
-                "devices": match baked.arch {
-                    Arch::Arm64 => vec!["pi5-64bit", "pi4-64bit", "pi3-64bit"],
-                    Arch::Armhf => vec!["pi4-32bit", "pi3-32bit", "pi2-32bit", "pi1-32bit"],
-                },
+                "devices": baked.arch.imager_devices(),
                 "init_format": "systemd",
                 "architecture": baked.arch.debian(),
             }]

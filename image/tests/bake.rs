@@ -22,11 +22,7 @@ fn workspace() -> PathBuf {
 
 /// The cross-built agent (`cargo xtask build`; `cargo xtask ci` builds it before the tests).
 fn agent_binary(arch: Arch) -> PathBuf {
-    let triple = match arch {
-        Arch::Arm64 => "aarch64-unknown-linux-gnu",
-        Arch::Armhf => "armv7-unknown-linux-gnueabihf",
-    };
-    let p = workspace().join("target").join(triple).join("release/herd");
+    let p = arch.built_agent();
     assert!(
         p.exists(),
         "{} is missing: run `cargo xtask build` first",
@@ -177,12 +173,13 @@ fn check_pipeline(fixture: Fixture) {
     std::fs::write(&bin, root.read("/usr/local/bin/herd").unwrap()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (qemu, sysroot) = match fixture.arch {
-        Arch::Arm64 => ("qemu-aarch64-static", "/usr/aarch64-linux-gnu"),
-        Arch::Armhf => ("qemu-arm-static", "/usr/arm-linux-gnueabihf"),
+    // The agents are static: no sysroot. The 32-bit one runs on the oldest CPU a Pi has (ARM1176).
+    let (qemu, cpu) = match fixture.arch {
+        Arch::Arm64 => ("qemu-aarch64-static", "cortex-a53"),
+        Arch::Armhf => ("qemu-arm-static", "arm1176"),
     };
     let (ok, text) = run(Command::new(qemu)
-        .args(["-L", sysroot])
+        .args(["-cpu", cpu])
         .arg(&bin)
         .arg("--version"));
     assert!(ok, "{qemu}: {text}");

@@ -17,11 +17,7 @@ fn workspace() -> PathBuf {
 }
 
 fn agent_binary(arch: Arch) -> herd_image::Result<PathBuf> {
-    let triple = match arch {
-        Arch::Arm64 => "aarch64-unknown-linux-gnu",
-        Arch::Armhf => "armv7-unknown-linux-gnueabihf",
-    };
-    let p = workspace().join("target").join(triple).join("release/herd");
+    let p = arch.built_agent();
     assert!(p.exists(), "{}: run `cargo xtask build` first", p.display());
     Ok(p)
 }

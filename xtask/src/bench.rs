@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
-use crate::util::{cargo, perf_run, root, run as run_step};
+use crate::util::{perf_run, root};
 
 /// Benchmarks, in the order a full run takes them.
 const KNOWN: &[&str] = &["gossip", "peers", "footprint", "http", "image"];
@@ -34,18 +34,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         crate::build::build_all()?;
     }
     if names.contains(&"footprint") {
-        // The measured agent: the release build for this machine, as shipped (size-optimised).
-        let mut b = cargo();
-        b.args([
-            "build",
-            "--release",
-            "--locked",
-            "--package",
-            "herd",
-            "--bin",
-            "herd",
-        ]);
-        run_step("build herd for this machine", b)?;
+        // The measured agent: built for this machine as it is shipped (static musl, size-optimised).
+        crate::build::build_for_this_machine()?;
     }
     let mut report = Vec::new();
     for name in &names {

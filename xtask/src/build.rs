@@ -1,45 +1,32 @@
-//! `cargo xtask build`: release builds of the `herd` agent for the Raspberry Pi targets, size-optimised,
-//! with their prerequisites (rustup targets, Debian's cross linkers) installed when possible.
+//! `cargo xtask build`: release builds of the `herd` agent for the Raspberry Pi's two CPU families,
+//! size-optimised, static (musl), with their prerequisites installed when possible.
+//!
+//! - 64-bit (`aarch64-unknown-linux-musl`): rustup ships its standard library and musl's C library and
+//!   start files, and `rust-lld` (also shipped with Rust) links them: nothing else to install.
+//! - 32-bit (`arm-unknown-linux-musleabihf`, ARMv6 + VFPv2, the baseline of Raspberry Pi OS's armhf
+//!   userland, so it runs on a Pi Zero and Pi 1 too): where rustup can download its standard library,
+//!   it is built like the 64-bit one. Where it can't (some mirrors answer 404 for this target), the
+//!   standard library is built from `rust-src` (`-Zbuild-std`, enabled on the stable compiler by
+//!   `RUSTC_BOOTSTRAP=1`, so it is the same compiler and the same std version as the rest of the
+//!   build, and no second toolchain has to be downloaded) and zig, through cargo-zigbuild, provides
+//!   musl's C library and start files built for ARMv6. Both come pinned, by hash, from PyPI into a
+//!   virtual environment in herd's cache (`zig.rs`). Debian's `gcc-arm-linux-gnueabihf` cannot do this
+//!   job: its C library and start files are ARMv7/Thumb-2.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use herd_image::Arch;
 
-use crate::deps::{ensure_packages, need};
-use crate::util::{cargo, root, run as run_step};
+use crate::util::{cargo, root, run as run_step, succeeds};
 
-/// A Raspberry Pi OS flavour and the Rust target that builds for it.
-pub struct Target {
-    /// Debian's architecture name, as in the image (`arm64`, `armhf`).
-    pub debian: &'static str,
-    pub triple: &'static str,
-    linker: &'static str,
-    package: &'static str,
-}
+/// The architectures the agent is built for, in the order `build_all` builds them.
+pub const ARCHES: &[Arch] = &[Arch::Arm64, Arch::Armhf];
 
-pub const TARGETS: &[Target] = &[
-    Target {
-        debian: "arm64",
-        triple: "aarch64-unknown-linux-gnu",
-        linker: "aarch64-linux-gnu-gcc",
-        package: "gcc-aarch64-linux-gnu",
-    },
-    Target {
-        debian: "armhf",
-        triple: "armv7-unknown-linux-gnueabihf",
-        linker: "arm-linux-gnueabihf-gcc",
-        package: "gcc-arm-linux-gnueabihf",
-    },
-];
-
-/// Where the release binary for `t` lands.
-pub fn binary(t: &Target) -> PathBuf {
-    root()
-        .join("target")
-        .join(t.triple)
-        .join("release")
-        .join("herd")
+/// Where the release binary for `arch` lands.
+pub fn binary(arch: Arch) -> PathBuf {
+    arch.built_agent()
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -50,64 +37,121 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds every target; returns the binaries.
+/// Builds every architecture; returns the binaries.
 pub fn build_all() -> anyhow::Result<Vec<PathBuf>> {
-    TARGETS.iter().map(build_one).collect()
+    ARCHES.iter().map(|a| build_one(*a)).collect()
 }
 
-/// Builds one target; returns the binary.
-pub fn build_one(t: &Target) -> anyhow::Result<PathBuf> {
-    ensure_targets()?;
-    ensure_packages("cross-compiling herd", &[need(t.linker, t.package)])?;
-    {
-        let mut c = cargo();
-        c.args([
-            "build",
-            "--release",
-            "--locked",
-            "--package",
-            "herd",
-            "--bin",
-            "herd",
-        ]);
-        c.args(["--target", t.triple]);
-        run_step(&format!("build {}", t.triple), c)?;
-        let bin = binary(t);
-        let size = std::fs::metadata(&bin)
-            .with_context(|| format!("{} was not built", bin.display()))?
-            .len();
-        println!(
-            "==> {} ({}): {} ({:.2} MB)",
-            t.triple,
-            t.debian,
-            bin.display(),
-            size as f64 / 1e6
-        );
-        Ok(bin)
-    }
+/// How the standard library for a target comes.
+enum Std {
+    /// rustup's prebuilt one (with musl's C library, linked by rust-lld).
+    Prebuilt,
+    /// Built from rust-src; zig provides musl.
+    FromSource,
 }
 
-/// Adds the rustup targets that are missing.
-fn ensure_targets() -> anyhow::Result<()> {
+/// Builds the agent for `arch`; returns the binary.
+pub fn build_one(arch: Arch) -> anyhow::Result<PathBuf> {
+    let bin = build_static(arch.agent_target())?;
+    debug_assert_eq!(bin, binary(arch));
+    let size = std::fs::metadata(&bin)
+        .with_context(|| format!("{} was not built", bin.display()))?
+        .len();
+    println!(
+        "==> {} ({}): {} ({:.2} MB)",
+        arch.agent_target(),
+        arch.debian(),
+        bin.display(),
+        size as f64 / 1e6
+    );
+    Ok(bin)
+}
+
+/// The agent as shipped (static, musl, size-optimised) for this machine's own CPU, which is what the
+/// footprint benchmark measures.
+pub fn build_for_this_machine() -> anyhow::Result<PathBuf> {
+    build_static(&format!("{}-unknown-linux-musl", std::env::consts::ARCH))
+}
+
+/// A static release build of the agent for a musl `triple`; returns the binary.
+fn build_static(triple: &str) -> anyhow::Result<PathBuf> {
+    let std = ensure_std(triple)?;
+    let mut c = match std {
+        Std::Prebuilt => {
+            let mut c = cargo();
+            c.arg("build");
+            c
+        }
+        Std::FromSource => {
+            let bin = crate::zig::ensure()?;
+            let mut c = Command::new(bin.join("cargo-zigbuild"));
+            c.current_dir(root());
+            c.arg("zigbuild");
+            // cargo-zigbuild finds zig as `python3 -m ziglang` of the environment it came in.
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut dirs = vec![bin];
+            dirs.extend(std::env::split_paths(&path));
+            c.env("PATH", std::env::join_paths(dirs)?);
+            c.env("RUSTC_BOOTSTRAP", "1");
+            // musl's start files come from zig, not from a self-contained set rustup did not ship.
+            c.env(
+                format!(
+                    "CARGO_TARGET_{}_RUSTFLAGS",
+                    triple.to_uppercase().replace('-', "_")
+                ),
+                "-C link-self-contained=no",
+            );
+            c.arg("-Zbuild-std=std,panic_abort");
+            c
+        }
+    };
+    c.args([
+        "--release",
+        "--locked",
+        "--package",
+        "herd",
+        "--bin",
+        "herd",
+        "--target",
+        triple,
+    ]);
+    let how = match std {
+        Std::Prebuilt => "rustup's std, rust-lld",
+        Std::FromSource => "std from rust-src, zig's musl",
+    };
+    run_step(&format!("build {triple} ({how})"), c)?;
+    Ok(root().join("target").join(triple).join("release/herd"))
+}
+
+/// Adds the rustup target when rustup can download its standard library, else makes sure `rust-src`
+/// is there to build it.
+fn ensure_std(triple: &str) -> anyhow::Result<Std> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
         .context("cannot run rustup; install Rust with rustup (https://rustup.rs)")?;
-    let installed = String::from_utf8_lossy(&installed.stdout);
-    let missing: Vec<&str> = TARGETS
-        .iter()
-        .map(|t| t.triple)
-        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == triple)
+    {
+        return Ok(Std::Prebuilt);
     }
     let mut add = Command::new("rustup");
-    add.args(["target", "add"]).args(&missing);
-    run_step("rustup targets", add).with_context(|| {
+    add.args(["target", "add", triple]);
+    println!("==> rustup target add {triple}");
+    if succeeds(add) {
+        return Ok(Std::Prebuilt);
+    }
+    println!(
+        "==> rustup has no prebuilt standard library for {triple} here; building it from rust-src"
+    );
+    let mut src = Command::new("rustup");
+    src.args(["component", "add", "rust-src"]);
+    run_step("rustup component add rust-src", src).with_context(|| {
         format!(
-            "cannot add the Rust targets; run: rustup target add {}",
-            missing.join(" ")
+            "cannot download rust-src, needed to build the standard library for {triple}; run: \
+             rustup component add rust-src (or rustup target add {triple}, where it can be had)"
         )
-    })
+    })?;
+    Ok(Std::FromSource)
 }

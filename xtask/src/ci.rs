@@ -34,6 +34,13 @@ const IMAGE_TEST_NEEDS: &[Need] = &[
     need("python3", "python3"),
 ];
 
+/// What the tests of the shipped agents (`ci/tests/agents.rs`) run them with.
+const AGENT_TEST_NEEDS: &[Need] = &[
+    need("readelf", "binutils"),
+    need("qemu-aarch64-static", "qemu-user-static"),
+    need("qemu-arm-static", "qemu-user-static"),
+];
+
 /// What the operations tests (`agent/tests/ops.rs`) run: the real Ansible.
 const ANSIBLE_TEST_NEEDS: &[Need] = &[
     need("ansible-playbook", "ansible"),
@@ -51,11 +58,7 @@ pub fn run() -> anyhow::Result<()> {
              sudo env PATH=\"$PATH\" cargo xtask ci"
         );
     }
-    ensure_packages("multi-host tests", LAN_TEST_NEEDS)?;
-    ensure_packages("dashboard test", BROWSER_TEST_NEEDS)?;
-    ensure_packages("image tests", IMAGE_TEST_NEEDS)?;
-    ensure_packages("operations tests", ANSIBLE_TEST_NEEDS)?;
-    ensure_packages("boot-and-join test", crate::e2e::E2E_NEEDS)?;
+    ensure_test_packages()?;
     // The image tests bake and run the cross-built agents.
     crate::build::build_all()?;
     let mut fmt = cargo();
@@ -85,6 +88,17 @@ pub fn run() -> anyhow::Result<()> {
     // The closing line counts every test of every test binary, for whoever reads the log last.
     println!("{passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Every Debian package the test suite uses (`cargo xtask deps ci` runs just this).
+pub fn ensure_test_packages() -> anyhow::Result<()> {
+    ensure_packages("multi-host tests", LAN_TEST_NEEDS)?;
+    ensure_packages("dashboard test", BROWSER_TEST_NEEDS)?;
+    ensure_packages("image tests", IMAGE_TEST_NEEDS)?;
+    ensure_packages("agent tests", AGENT_TEST_NEEDS)?;
+    ensure_packages("operations tests", ANSIBLE_TEST_NEEDS)?;
+    ensure_packages("boot-and-join test", crate::e2e::E2E_NEEDS)?;
+    ensure_packages("Debian base image", crate::base::BASE_NEEDS)
 }
 
 /// Runs `cargo test`, echoing its output, and adds up the `test result:` lines of all test binaries.

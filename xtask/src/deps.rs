@@ -1,40 +1,71 @@
 //! What tasks need from the machine: Debian packages, installed when we run as root, else named in the
-//! exact command to run.
+//! exact command to run. Packages are installed without their "recommends" (a server or CI machine
+//! installs them so), so every list names each package whose files a task uses, not only the one that
+//! ships the program it calls; `cargo xtask bare` proves the lists on a bare Debian root.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context};
 
-/// A program a task runs, and the Debian package that ships it.
+/// How to tell that a package a task needs is there.
+#[derive(Clone, Copy)]
+pub enum Probe {
+    /// A program on `PATH` (or in `/usr/sbin`, `/sbin`), or an absolute path.
+    Program(&'static str),
+    /// A Python module importable by the system's `python3`.
+    PythonModule(&'static str),
+}
+
+/// Something a task uses, and the Debian package that brings it.
 pub struct Need {
-    pub program: &'static str,
+    pub probe: Probe,
     pub package: &'static str,
 }
 
+/// A program (or a file, by absolute path) from a Debian package.
 pub const fn need(program: &'static str, package: &'static str) -> Need {
-    Need { program, package }
+    Need {
+        probe: Probe::Program(program),
+        package,
+    }
+}
+
+/// A Python module of the system's `python3`, from a Debian package.
+pub const fn need_python(module: &'static str, package: &'static str) -> Need {
+    Need {
+        probe: Probe::PythonModule(module),
+        package,
+    }
 }
 
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-fn installed(program: &str) -> bool {
-    if program.contains('/') {
-        return Path::new(program).exists();
+fn installed(probe: Probe) -> bool {
+    match probe {
+        Probe::Program(program) if program.contains('/') => Path::new(program).exists(),
+        Probe::Program(program) => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&path)
+                .chain(["/usr/sbin".into(), "/sbin".into()])
+                .any(|dir| dir.join(program).is_file())
+        }
+        Probe::PythonModule(module) => Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|dir| dir.join(program).is_file())
 }
 
 /// Makes sure every program of `needs` is there; installs the missing packages with apt when root.
 pub fn ensure_packages(purpose: &str, needs: &[Need]) -> anyhow::Result<()> {
     let mut missing: Vec<&str> = needs
         .iter()
-        .filter(|n| !installed(n.program))
+        .filter(|n| !installed(n.probe))
         .map(|n| n.package)
         .collect();
     missing.sort_unstable();
@@ -44,7 +75,7 @@ pub fn ensure_packages(purpose: &str, needs: &[Need]) -> anyhow::Result<()> {
     }
     let list = missing.join(" ");
     if !is_root() {
-        bail!("{purpose} needs Debian packages that are missing; install them with:\n    sudo apt-get install -y {list}");
+        bail!("{purpose} needs Debian packages that are missing; install them with:\n    sudo apt-get install -y --no-install-recommends {list}");
     }
     println!("==> {purpose}: installing {list}");
     // Daemons such as avahi-daemon must not start on this machine's own interfaces when installed: a
@@ -79,5 +110,34 @@ pub fn ensure_packages(purpose: &str, needs: &[Need]) -> anyhow::Result<()> {
     if own_policy {
         let _ = std::fs::remove_file(policy);
     }
-    result.with_context(|| format!("{purpose}: installing {list}; try: apt-get install -y {list}"))
+    result.with_context(|| {
+        format!(
+            "{purpose}: installing {list}; try: apt-get install -y --no-install-recommends {list}"
+        )
+    })?;
+    // A package that installed but still leaves a probe unmet is a wrong list: say so now, not later.
+    let still: Vec<&str> = needs
+        .iter()
+        .filter(|n| !installed(n.probe))
+        .map(|n| n.package)
+        .collect();
+    if !still.is_empty() {
+        bail!(
+            "{purpose}: installed {list}, but what {} should bring is still missing",
+            still.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask deps`: every Debian package that `cargo xtask ci` and `cargo xtask image` use, installed
+/// as they install them (the bare-root test runs this to prove the lists).
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if let Some(a) = args.first() {
+        bail!("unknown argument {a:?}: `cargo xtask deps` takes none");
+    }
+    crate::image::ensure_image_packages()?;
+    crate::ci::ensure_test_packages()?;
+    println!("==> deps: every package is installed");
+    Ok(())
 }

@@ -16,6 +16,9 @@ pub const E2E_NEEDS: &[Need] = &[
     need("dnsmasq", "dnsmasq-base"),
     need("ip", "iproute2"),
     need("ssh-keyscan", "openssh-client"),
+    // The ROM of the VMs' virtio NIC: a recommends of qemu-system-arm, without which QEMU refuses to
+    // start a VM with that NIC.
+    need("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu"),
 ];
 
 /// The user the test images are built with (from userconf.txt, as a Raspberry Pi Imager user would be).

@@ -9,7 +9,7 @@ use herd_image::overlay::{seeds_toml, Values};
 use herd_image::pipeline::{Base, PipelineOptions, DEFAULT_BASE};
 use herd_image::BakeOptions;
 
-use crate::build::{self, TARGETS};
+use crate::build;
 use crate::deps::{ensure_packages, need};
 use crate::util::root;
 
@@ -261,15 +261,7 @@ fn crypt_sha512(password_file: &Path) -> anyhow::Result<String> {
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let a = parse(args)?;
-    ensure_packages(
-        "building images",
-        &[
-            need("debugfs", "e2fsprogs"),
-            need("xz", "xz-utils"),
-            need("curl", "curl"),
-            need("openssl", "openssl"),
-        ],
-    )?;
+    ensure_image_packages()?;
     let (key, token, secrets_path) = secrets(&a.cluster)?;
     let userconf = match (&a.user, &a.password_file) {
         (Some(u), Some(p)) => Some(format!("{u}:{}", crypt_sha512(p)?)),
@@ -330,16 +322,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     };
     println!("==> image: base {base}");
     let summary = herd_image::pipeline::run(&opts, |arch| {
-        let t = TARGETS
-            .iter()
-            .find(|t| t.debian == arch.debian())
-            .expect("a target per architecture");
         println!(
             "==> image: the base is {} ({}); building herd for it",
             arch.debian(),
-            t.triple
+            arch.agent_target()
         );
-        build::build_one(t).map_err(|e| herd_image::Error::Invalid(format!("{e:#}")))
+        build::build_one(arch).map_err(|e| herd_image::Error::Invalid(format!("{e:#}")))
     })?;
     println!("\n==> done. Injected into the root filesystem:");
     for (p, size) in &summary.baked.root_files {
@@ -391,6 +379,21 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// What the image pipeline runs: debugfs for the root, xz, curl for a base by URL, openssl for the
+/// password hash, and CA certificates for curl's HTTPS.
+pub fn ensure_image_packages() -> anyhow::Result<()> {
+    ensure_packages(
+        "building images",
+        &[
+            need("debugfs", "e2fsprogs"),
+            need("xz", "xz-utils"),
+            need("curl", "curl"),
+            need("/etc/ssl/certs/ca-certificates.crt", "ca-certificates"),
+            need("openssl", "openssl"),
+        ],
+    )
 }
 
 /// `cargo xtask fixture PATH [--armhf] [--old-layout]`: a small Pi-layout image made from scratch.

@@ -9,6 +9,7 @@ mod deps;
 mod e2e;
 mod image;
 mod util;
+mod zig;
 
 use anyhow::bail;
 
@@ -16,8 +17,8 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  build                  release builds of herd for aarch64 and armv7 Raspberry Pi OS (installs the
-                         cross linkers and rustup targets it needs)
+  build                  static release builds of herd for 64-bit (aarch64) and 32-bit (ARMv6: every
+                         Pi, Zero and 1 included) Raspberry Pi OS (installs what it needs)
   image --cluster NAME [--base IMG|URL] [--user U --password-file F] [--ssh-key F] [--xz] …
                          a flashable SD-card image with herd baked in (`cargo xtask image --help`)
   base debian [--arch arm64|armhf]
@@ -27,6 +28,8 @@ tasks:
                          write a small Pi-layout test image (to try `image --base PATH` offline)
   e2e [--no-armhf]       boot-and-join: three VMs boot copies of one herd image in QEMU, find each
                          other by mDNS, one is killed and one powered off (needs root)
+  deps                   install every Debian package the test suite and the image pipeline use (root),
+                         or print the command that does
   ci                     everything CI checks: formatting, clippy -D warnings, all tests, quick benchmarks
   bench [NAME…] [--quick]
                          run benchmarks and print their figures (names: gossip, peers, footprint,
@@ -53,6 +56,7 @@ fn run() -> anyhow::Result<()> {
         Some("e2e") => e2e::run(&args[1..]),
         Some("fixture") => image::fixture(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("deps") => deps::run(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
             Ok(())

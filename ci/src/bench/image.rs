@@ -116,7 +116,7 @@ fn timed(cmd: &str) -> anyhow::Result<Duration> {
 }
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
-    let binary = workspace().join("target/aarch64-unknown-linux-gnu/release/herd");
+    let binary = herd_image::Arch::Arm64.built_agent();
     if !binary.exists() {
         bail!("{} is missing: run `cargo xtask build`", binary.display());
     }
