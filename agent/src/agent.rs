@@ -15,15 +15,16 @@ use anyhow::{bail, Context};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::discovery::{Announcement, Change, Mdns};
+use crate::discovery::{self, Announcement, Change, Mdns};
 use crate::gossip::{Event, EventKind, Gossiper, Member, NodeId, Stats, Transmit};
 use crate::metadata::{MetaData, SERVICES_KEY};
 use crate::monitor::{Facts, Sample, Sampler, FACTS_KEY, SAMPLE_KEY};
+use mdns_sd::ServiceDaemon;
 
 /// How often seed host names are resolved again (a Pi's DHCP address may change).
 const SEED_REFRESH: Duration = Duration::from_secs(30);
@@ -47,7 +48,7 @@ impl Agent {
             .await
             .with_context(|| format!("gossip.bind: cannot bind UDP {}", config.gossip.bind))?;
         let local_addr = socket.local_addr()?;
-        let seeds = resolve_seeds(&config.gossip.seeds).await;
+        let seeds = resolve_seeds(&config.gossip.seeds, None).await;
         let advertise = advertise_addr(&config, local_addr, &seeds)?;
         let identity = Identity::load_or_create(&config.state_dir)?;
 
@@ -158,6 +159,7 @@ impl Agent {
         );
 
         let (stop, stopped) = oneshot::channel();
+        let (resolved_tx, resolved_rx) = mpsc::channel(1);
         let task = tokio::spawn(
             Loop {
                 gossiper: Arc::clone(&handle.gossiper),
@@ -169,6 +171,9 @@ impl Agent {
                 config,
                 static_seeds: seeds,
                 mdns,
+                resolving: false,
+                resolved_tx,
+                resolved_rx,
             }
             .run(stopped),
         );
@@ -355,6 +360,10 @@ struct Loop {
     auto_advertise: bool,
     static_seeds: Vec<SocketAddr>,
     mdns: Option<Mdns>,
+    /// Seed names being resolved again (at most one resolution at a time), and where the result comes.
+    resolving: bool,
+    resolved_tx: mpsc::Sender<Vec<SocketAddr>>,
+    resolved_rx: mpsc::Receiver<Vec<SocketAddr>>,
 }
 
 impl Loop {
@@ -397,11 +406,24 @@ impl Loop {
                     Vec::new()
                 }
                 _ = refresh.tick() => {
-                    if !self.config.gossip.seeds.is_empty() {
-                        self.static_seeds = resolve_seeds(&self.config.gossip.seeds).await;
-                        self.update_seeds();
+                    // Names are resolved off the loop: an mDNS or DNS answer may take seconds, and
+                    // meanwhile heartbeats must still be received on time.
+                    if !self.config.gossip.seeds.is_empty() && !self.resolving {
+                        self.resolving = true;
+                        let seeds = self.config.gossip.seeds.clone();
+                        let mdns = self.mdns.as_ref().map(Mdns::daemon);
+                        let done = self.resolved_tx.clone();
+                        tokio::spawn(async move {
+                            let _ = done.send(resolve_seeds(&seeds, mdns).await).await;
+                        });
                     }
                     self.update_advertise().await;
+                    Vec::new()
+                }
+                Some(seeds) = self.resolved_rx.recv() => {
+                    self.resolving = false;
+                    self.static_seeds = seeds;
+                    self.update_seeds();
                     Vec::new()
                 }
                 _ = &mut stop => {
@@ -477,13 +499,33 @@ async fn send_all(socket: &UdpSocket, out: Vec<Transmit>) {
     }
 }
 
-/// Resolves `host:port` seeds; names that do not resolve now are skipped and retried later.
-async fn resolve_seeds(seeds: &[String]) -> Vec<SocketAddr> {
+/// Resolves `host:port` seeds; names that do not resolve now are skipped and retried later. `.local`
+/// names are asked of mDNS (through `mdns`, the agent's responder, when it runs), other names of the
+/// system's resolver (`/etc/hosts`, then DNS).
+async fn resolve_seeds(seeds: &[String], mdns: Option<ServiceDaemon>) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for seed in seeds {
-        match tokio::net::lookup_host(seed.as_str()).await {
-            Ok(addrs) => out.extend(addrs.filter(SocketAddr::is_ipv4).take(1)),
-            Err(e) => tracing::warn!(%seed, error = %e, "cannot resolve seed; will retry"),
+        let local = seed
+            .rsplit_once(':')
+            .filter(|(host, _)| discovery::is_mdns_name(host))
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
+        let resolved = match local {
+            Some((host, port)) => {
+                discovery::resolve_local(mdns.clone(), host, discovery::MDNS_RESOLVE_TIMEOUT)
+                    .await
+                    .map(|ips| ips.first().map(|ip| SocketAddr::from((*ip, port))))
+            }
+            None => tokio::net::lookup_host(seed.as_str())
+                .await
+                .map(|mut addrs| addrs.find(SocketAddr::is_ipv4))
+                .map_err(anyhow::Error::from),
+        };
+        match resolved {
+            Ok(Some(addr)) => out.push(addr),
+            Ok(None) => tracing::warn!(%seed, "seed has no IPv4 address; will retry"),
+            Err(e) => {
+                tracing::warn!(%seed, error = %format!("{e:#}"), "cannot resolve seed; will retry")
+            }
         }
     }
     out

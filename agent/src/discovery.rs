@@ -5,14 +5,18 @@
 //! Raspberry Pi OS avahi-daemon owns the machine's name and renames the host when another stack claims it.
 //! Addresses follow the interfaces (DHCP renewals, a cable moved), and the announcement is withdrawn (a
 //! goodbye with TTL 0) when the agent stops gracefully.
+//!
+//! It also resolves `.local` seed names: the agent is a static musl program, whose resolver reads
+//! `/etc/hosts` and asks DNS but never libnss-mdns, so it asks mDNS itself.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::Context;
 use mdns_sd::{
-    DaemonEvent, IfKind, IfPredicate, Receiver, ServiceDaemon, ServiceEvent, ServiceInfo,
-    UnregisterStatus,
+    DaemonEvent, HostnameResolutionEvent, IfKind, IfPredicate, Receiver, ServiceDaemon,
+    ServiceEvent, ServiceInfo, UnregisterStatus,
 };
 use nix::net::if_::InterfaceFlags;
 
@@ -106,6 +110,11 @@ impl Mdns {
             monitor,
             peers: BTreeMap::new(),
         })
+    }
+
+    /// A handle on the running responder, for [`resolve_local`].
+    pub fn daemon(&self) -> ServiceDaemon {
+        self.daemon.clone()
     }
 
     /// The gossip addresses of every discovered peer of this cluster.
@@ -245,4 +254,93 @@ pub fn lan_ipv4s() -> Vec<(String, std::net::Ipv4Addr)> {
             Some((i.interface_name, ip))
         })
         .collect()
+}
+
+/// Whether `host` is a multicast DNS name (RFC 6762: a name in `local.`), which unicast DNS never answers.
+pub fn is_mdns_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host.len() > ".local".len()
+        && host
+            .get(host.len() - ".local".len()..)
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(".local"))
+}
+
+/// How long a `.local` name may take to answer: responders answer within 20–120 ms (RFC 6762 §6).
+pub const MDNS_RESOLVE_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The IPv4 addresses of the `.local` name `host`, asked with an mDNS query through `daemon` (the
+/// agent's own responder), or through a responder started for the question when discovery is off.
+pub async fn resolve_local(
+    daemon: Option<ServiceDaemon>,
+    host: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let (daemon, own) = match daemon {
+        Some(d) => (d, false),
+        None => (
+            ServiceDaemon::new().context("cannot start an mDNS resolver (UDP port 5353)")?,
+            true,
+        ),
+    };
+    let fqdn = format!("{}.", host.strip_suffix('.').unwrap_or(host));
+    let result = async {
+        let events = daemon
+            .resolve_hostname(&fqdn, Some(timeout.as_millis() as u64))
+            .with_context(|| format!("cannot ask mDNS for {fqdn}"))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let event = tokio::time::timeout_at(deadline, events.recv_async()).await;
+            match event {
+                Ok(Ok(HostnameResolutionEvent::AddressesFound(_, found))) => {
+                    let mut v4: Vec<Ipv4Addr> = found
+                        .iter()
+                        .filter_map(|ip| match ip.to_ip_addr() {
+                            IpAddr::V4(a) => Some(a),
+                            IpAddr::V6(_) => None,
+                        })
+                        .collect();
+                    if !v4.is_empty() {
+                        v4.sort_unstable();
+                        return Ok(v4);
+                    }
+                }
+                Ok(Ok(HostnameResolutionEvent::SearchTimeout(_))) | Err(_) => {
+                    anyhow::bail!("no mDNS answer for {fqdn} within {timeout:?}")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => anyhow::bail!("the mDNS resolver stopped"),
+            }
+        }
+    }
+    .await;
+    let _ = daemon.stop_resolve_hostname(&fqdn);
+    if own {
+        if let Ok(done) = daemon.shutdown() {
+            let _ = done.recv_async().await;
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_mdns_name;
+
+    #[test]
+    fn local_names_are_told_from_dns_names() {
+        for yes in ["pi1.local", "pi1.local.", "herd-3f2a9c.LOCAL", "a.b.local"] {
+            assert!(is_mdns_name(yes), "{yes}");
+        }
+        for no in [
+            "local",
+            ".local",
+            "pi1.localdomain",
+            "pi1.lan",
+            "localhost",
+            "10.0.0.1",
+            "",
+        ] {
+            assert!(!is_mdns_name(no), "{no}");
+        }
+    }
 }

@@ -365,6 +365,74 @@ fn static_seeds_form_the_cluster_with_mdns_off() {
     }
 }
 
+/// The shipped agent is static (musl), whose resolver never asks mDNS: a `.local` seed must still be
+/// found. The real aarch64 agent (under qemu-user) on host 0, with mDNS discovery off, is seeded with
+/// `h1.local`, the name the real avahi-daemon publishes for host 1; the agent on host 1 (discovery off,
+/// no seeds) can only learn of it if host 0 resolved that name and gossiped to it.
+#[test]
+fn the_static_agent_resolves_a_local_seed_with_mdns() {
+    let lan = Lan::new(2).unwrap();
+    let _avahi = lan.start_avahi(1).unwrap();
+    let h1 = start(&lan, 1, "lan", |c| c.discovery.mdns = false);
+    let state = tempfile::tempdir().unwrap();
+    let config = state.path().join("herd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+            cluster = "lan"
+            node_name = "static"
+            state_dir = "{}"
+            [gossip]
+            interval = "100ms"
+            key = "{KEY}"
+            seeds = ["h1.local:7946"]
+            [discovery]
+            mdns = false
+            [api]
+            enabled = false
+            "#,
+            state.path().display()
+        ),
+    )
+    .unwrap();
+    let binary = herd_image::Arch::Arm64.built_agent();
+    assert!(
+        binary.exists(),
+        "{}: run `cargo xtask build`",
+        binary.display()
+    );
+    /// Kills the agent when the test ends, passed or not.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Killed(
+        lan.command(0, "qemu-aarch64-static")
+            .arg(&binary)
+            .args(["agent", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let took = eventually(
+        Duration::from_secs(30),
+        "host 1 sees the static agent that was seeded with h1.local",
+        || {
+            h1.agent.handle().members().iter().any(|m| {
+                m.kvs.get("name").map(String::as_str) == Some("static")
+                    && m.liveness == Liveness::Alive
+            })
+        },
+        || views(std::slice::from_ref(&h1)),
+    );
+    println!("h1.local resolved and joined {took:?} after start");
+}
+
 #[test]
 fn the_harness_removes_its_namespaces_even_when_a_test_panics() {
     let names = std::sync::Mutex::new(Vec::new());
