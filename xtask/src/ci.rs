@@ -84,6 +84,8 @@ pub fn run() -> anyhow::Result<()> {
     crate::bench::run(&["--quick".to_string()])?;
     // Boot-and-join: the real image in QEMU (the Debian bases are cached outside the repository).
     crate::e2e::run(&[])?;
+    // The README's set-up from a bare Debian root: proves the package lists above and the main command's.
+    crate::bare::run(&[])?;
     println!("==> ci: all green");
     // The closing line counts every test of every test binary, for whoever reads the log last.
     println!("{passed} passed, {failed} failed");

@@ -1,6 +1,7 @@
 //! `cargo xtask`: all of herd's build logic, in Rust (the cargo-xtask convention). A thin `main` that
 //! dispatches to one module per task.
 
+mod bare;
 mod base;
 mod bench;
 mod build;
@@ -30,6 +31,9 @@ tasks:
                          other by mDNS, one is killed and one powered off (needs root)
   deps                   install every Debian package the test suite and the image pipeline use (root),
                          or print the command that does
+  bare                   the README's commands in a bare Debian root: a fresh clone makes an image with
+                         only the Rust toolchain brought in, then installs the test suite's packages
+                         (needs root)
   ci                     everything CI checks: formatting, clippy -D warnings, all tests, quick benchmarks
   bench [NAME…] [--quick]
                          run benchmarks and print their figures (names: gossip, peers, footprint,
@@ -57,6 +61,7 @@ fn run() -> anyhow::Result<()> {
         Some("fixture") => image::fixture(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("deps") => deps::run(&args[1..]),
+        Some("bare") => bare::run(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
             Ok(())
