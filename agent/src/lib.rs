@@ -1,21 +1,19 @@
 //! herd: the agent that turns a stack of Raspberry Pis into a cluster, and the operator's CLI.
 //!
-//! The membership protocol lives in [`gossip`] as a sans-IO state machine; [`sim`] drives it in a
-//! deterministic simulated network; [`agent`] drives it over real UDP with tokio, configured by [`config`],
-//! finds peers with [`discovery`], publishes [`monitor`] samples and [`metadata`] services, and serves
-//! [`api`] (dashboard and REST).
+//! Four rooms, and data flows one way through them: [`config`] → [`daemon`] → [`gossip`] ← the daemon's
+//! UDP transport; gossip state → [`model`] → the daemon's API and the operator's [`ops`].
+//! - [`gossip`]: the membership protocol as a sans-IO state machine (state, digests, φ detector, wire
+//!   format) and the deterministic simulator that drives it; no clock, socket, file or runtime.
+//! - [`daemon`]: what runs on the card: the tokio loop, discovery, monitoring, meta-data, identity,
+//!   handlers, the HTTP API and dashboard.
+//! - [`ops`]: what runs on the operator's laptop: API client, CLI commands, inventory, launch.
+//! - [`model`]: what the daemon publishes and the API shows, shared by the daemon and the tools.
+//!
+//! `agent/tests/layout.rs` keeps it so: no import cycle, and a gossip core that uses nothing outside it.
 
-pub mod agent;
-pub mod api;
-pub mod cli;
-pub mod client;
 pub mod config;
-pub mod discovery;
+pub mod daemon;
+pub mod files;
 pub mod gossip;
-pub mod handlers;
-pub mod identity;
-pub mod inventory;
-pub mod launch;
-pub mod metadata;
-pub mod monitor;
-pub mod sim;
+pub mod model;
+pub mod ops;

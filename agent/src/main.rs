@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use herd::cli::Target;
 use herd::config::Config;
 use herd::gossip::wire::ClusterKey;
+use herd::ops::cli::Target;
 
 #[derive(Parser)]
 #[command(
@@ -145,7 +145,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn set_hostname(config: &std::path::Path, once: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use herd::identity::{current_id, set_hostname, HostnameTemplate};
+    use herd::config::HostnameTemplate;
+    use herd::daemon::identity::{current_id, set_hostname};
     if let Some(done) = once {
         if done.exists() {
             println!(
@@ -169,7 +170,7 @@ fn set_hostname(config: &std::path::Path, once: Option<&std::path::Path>) -> any
         None => println!("host name set to {name} (node id {id})"),
     }
     if let Some(done) = once {
-        herd::agent::write_atomic(done, &format!("{name}\n"))?;
+        herd::files::write_atomic(done, &format!("{name}\n"))?;
     }
     Ok(())
 }
@@ -190,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(herd::agent::run(config, shutdown_signal()))
+            runtime.block_on(herd::daemon::run(config, shutdown_signal()))
         }
         Command::Keygen => {
             println!(
@@ -205,28 +206,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::SetHostname { config, once } => set_hostname(&config, once.as_deref()),
-        Command::Members { target } => herd::cli::members(&target),
+        Command::Members { target } => herd::ops::cli::members(&target),
         Command::MetaData { change } => match change {
             MetaDataCommand::AddService {
                 member,
                 service,
                 target,
-            } => herd::cli::change_service(&target, &member, &service, true),
+            } => herd::ops::cli::change_service(&target, &member, &service, true),
             MetaDataCommand::RemoveService {
                 member,
                 service,
                 target,
-            } => herd::cli::change_service(&target, &member, &service, false),
+            } => herd::ops::cli::change_service(&target, &member, &service, false),
         },
-        Command::Watch { target } => herd::cli::watch(&target),
+        Command::Watch { target } => herd::ops::cli::watch(&target),
         Command::Inventory { list, host, target } => {
-            herd::cli::inventory(&target, list, host.as_deref())
+            herd::ops::cli::inventory(&target, list, host.as_deref())
         }
         Command::Hosts {
             playbook,
             out,
             target,
-        } => herd::cli::hosts(&target, &playbook, out.as_deref()),
+        } => herd::ops::cli::hosts(&target, &playbook, out.as_deref()),
         Command::Launch {
             count,
             service,
@@ -236,14 +237,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             target,
         } => {
             if reconcile {
-                return herd::launch::reconcile(&target, &playbooks, dry_run);
+                return herd::ops::launch::reconcile(&target, &playbooks, dry_run);
             }
             let (Some(count), Some(service)) = (count, service) else {
                 anyhow::bail!("launch: give COUNT and SERVICE, or --reconcile");
             };
-            herd::launch::launch(
+            herd::ops::launch::launch(
                 &target,
-                &herd::launch::Launch {
+                &herd::ops::launch::Launch {
                     count,
                     service,
                     playbooks,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{wait, Cluster, TOKEN};
-use herd::monitor::{Sample, SAMPLE_KEY};
+use herd::model::published::{Sample, SAMPLE_KEY};
 use serde_json::Value;
 
 fn herd(cluster: &Cluster, args: &[&str], envs: &[(&str, &Path)]) -> Output {
@@ -602,7 +602,7 @@ fn watch_reconnects_when_the_node_restarts() {
     let mut first = agent_process(dir.path(), "127.0.26.1", None);
     let node = "http://127.0.26.1:18500";
     wait(Duration::from_secs(10), "agent up", || {
-        herd::client::Client::new(node, None)
+        herd::ops::client::Client::new(node, None)
             .unwrap()
             .nodes()
             .is_ok()

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use herd::gossip::sim::{delays, quantile, Sim, SimConfig};
 use herd::gossip::{EventKind, Liveness};
-use herd::sim::{delays, quantile, Sim, SimConfig};
 
 const N: usize = 100;
 

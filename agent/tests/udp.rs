@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use herd::agent::Agent;
 use herd::config::Config;
+use herd::daemon::Agent;
 use herd::gossip::wire::ClusterKey;
 use herd::gossip::{EventKind, Liveness, NodeId};
 

@@ -36,11 +36,7 @@ pub struct Options {
 }
 
 fn cache() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"))
-        .join("herd/bare")
+    crate::cache_dir("bare")
 }
 
 fn run(step: &str, mut cmd: Command) -> anyhow::Result<Duration> {

@@ -273,7 +273,7 @@ impl Lan {
 
 /// An agent running on a host of a [`Lan`], on a thread of its own with its own tokio runtime.
 pub struct HostAgent {
-    handle: herd::agent::Handle,
+    handle: herd::daemon::Handle,
     stop: Option<tokio::sync::oneshot::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<anyhow::Result<()>>>>,
 }
@@ -288,7 +288,7 @@ impl Lan {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let agent = match herd::agent::Agent::start(config).await {
+                let agent = match herd::daemon::Agent::start(config).await {
                     Ok(a) => a,
                     Err(e) => {
                         let _ = ready.send(Err(e));
@@ -322,7 +322,7 @@ impl Lan {
 }
 
 impl HostAgent {
-    pub fn handle(&self) -> &herd::agent::Handle {
+    pub fn handle(&self) -> &herd::daemon::Handle {
         &self.handle
     }
 

@@ -6,10 +6,11 @@
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herd::gossip::Liveness;
+use herd_ci::KillOnDrop;
 use herd_image::Arch;
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -124,16 +125,9 @@ fn free_tcp_port() -> u16 {
 }
 
 struct Running {
-    child: Child,
+    child: KillOnDrop,
     api: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start(arch: Arch, name: &str, gossip: u16, seed: Option<&str>) -> Running {
@@ -173,14 +167,14 @@ fn start(arch: Arch, name: &str, gossip: u16, seed: Option<&str>) -> Running {
         .spawn()
         .expect(qemu);
     Running {
-        child,
+        child: KillOnDrop(child),
         api: format!("http://127.0.0.1:{api}"),
         _dir: dir,
     }
 }
 
 fn states(node: &Running) -> Vec<(String, Liveness)> {
-    herd::client::Client::new(&node.api, None)
+    herd::ops::client::Client::new(&node.api, None)
         .and_then(|c| c.nodes())
         .map(|v| v.into_iter().map(|n| (n.name, n.state)).collect())
         .unwrap_or_default()
@@ -218,11 +212,11 @@ fn round_trip(arch: Arch) {
         || both_alive(&a) && both_alive(&b),
     );
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(b.child.id() as i32),
+        nix::unistd::Pid::from_raw(b.child.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let status = b.child.wait().unwrap();
+    let status = b.child.0.wait().unwrap();
     assert!(status.success(), "{arch:?}: b exited with {status}");
     wait(
         Duration::from_secs(30),

@@ -402,15 +402,7 @@ fn the_static_agent_resolves_a_local_seed_with_mdns() {
         "{}: run `cargo xtask build`",
         binary.display()
     );
-    /// Kills the agent when the test ends, passed or not.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _agent = Killed(
+    let _agent = herd_ci::KillOnDrop(
         lan.command(0, "qemu-aarch64-static")
             .arg(&binary)
             .args(["agent", "--config"])

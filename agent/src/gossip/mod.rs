@@ -17,6 +17,7 @@
 //! possible heartbeat, wins everywhere it meets an older one.
 
 pub mod phi;
+pub mod sim;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -73,6 +74,10 @@ impl GossipConfig {
         }
     }
 }
+
+/// The key whose value, a JSON array of names, lists the services a node runs: per-service φ thresholds
+/// ([`GossipConfig::service_thresholds`]) are read from it.
+pub const SERVICES_KEY: &str = "services";
 
 /// What the local node thinks of a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -241,7 +246,7 @@ impl NodeState {
         }
         let services: Vec<String> = self
             .kvs
-            .get(crate::metadata::SERVICES_KEY)
+            .get(SERVICES_KEY)
             .and_then(|v| v.value.as_deref())
             .and_then(|v| serde_json::from_str(v).ok())
             .unwrap_or_default();

@@ -75,8 +75,8 @@ trait Cluster {
 
 mod herd_side {
     use super::*;
-    use herd::agent::Agent;
     use herd::config::Config;
+    use herd::daemon::Agent;
     use herd::gossip::Liveness;
 
     pub struct Herd {

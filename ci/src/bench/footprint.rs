@@ -5,12 +5,12 @@
 //! runs as deployed: encrypted gossip every 200 ms, monitoring every 5 s, the API on.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use herd::agent::Agent;
 use herd::config::Config;
+use herd::daemon::Agent;
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
@@ -65,16 +65,9 @@ fn proc_stats(pid: u32) -> anyhow::Result<(Duration, u64)> {
 }
 
 struct Measured {
-    child: Child,
+    child: crate::KillOnDrop,
     api: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Measured {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_measured(binary: &Path, seed: &str, port: u16) -> anyhow::Result<Measured> {
@@ -110,7 +103,7 @@ fn start_measured(binary: &Path, seed: &str, port: u16) -> anyhow::Result<Measur
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;
     Ok(Measured {
-        child,
+        child: crate::KillOnDrop(child),
         api: format!("http://127.0.53.1:{port}"),
         _dir: dir,
     })
@@ -141,7 +134,7 @@ fn measure(binary: &Path, nodes: usize, window: Duration) -> anyhow::Result<Figu
         peers.push(a);
     }
     let measured = start_measured(binary, &seed, 18080 + nodes as u16)?;
-    let client = herd::client::Client::new(&measured.api, None)?;
+    let client = herd::ops::client::Client::new(&measured.api, None)?;
     let start = Instant::now();
     loop {
         let alive = client
@@ -162,7 +155,7 @@ fn measure(binary: &Path, nodes: usize, window: Duration) -> anyhow::Result<Figu
     }
     // Settle, then measure the idle window.
     std::thread::sleep(Duration::from_secs(3));
-    let pid = measured.child.id();
+    let pid = measured.child.0.id();
     let (cpu0, mut peak) = proc_stats(pid)?;
     let t0 = Instant::now();
     while t0.elapsed() < window {

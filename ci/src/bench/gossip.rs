@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
+use herd::gossip::sim::{delays, quantile, Sim, SimConfig};
 use herd::gossip::{EventKind, Liveness};
-use herd::sim::{delays, quantile, Sim, SimConfig};
 
 use super::secs;
 
@@ -141,7 +141,7 @@ pub fn measure(n: usize, plan: Plan, seed: u64) -> Result<GossipFigures> {
 }
 
 /// Dead verdicts about nodes that are in fact running in the generation the verdict names.
-fn count_false_dead(sim: &Sim, events: &[herd::sim::Observed]) -> usize {
+fn count_false_dead(sim: &Sim, events: &[herd::gossip::sim::Observed]) -> usize {
     events
         .iter()
         .filter(|o| o.event.kind == EventKind::Dead)

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use herd::agent::Agent;
 use herd::config::Config;
+use herd::daemon::Agent;
 
 /// Nodes in the agent's view.
 const NODES: usize = 50;

@@ -27,11 +27,7 @@ fn workspace() -> PathBuf {
 }
 
 fn cache() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"))
-        .join("herd/bench")
+    crate::cache_dir("bench")
 }
 
 fn fixture(quick: bool) -> anyhow::Result<(PathBuf, PathBuf)> {

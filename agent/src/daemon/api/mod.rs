@@ -4,7 +4,6 @@
 //! every error is JSON `{"error": "…"}` with its status.
 
 pub mod metrics;
-pub mod views;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,11 +15,13 @@ use tokio_stream::StreamExt;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::agent::Handle;
+use super::handle::Handle;
+use super::metadata::{ChangeError, MetaData, SERVICES_KEY};
 use crate::config::Secret;
 use crate::gossip::Liveness;
-use crate::metadata::{ChangeError, MetaData, SERVICES_KEY};
-use views::{ErrorView, MonitoringView, NodeView, ServiceNodeView, ServicesView};
+use crate::model::views::{
+    self, ErrorView, MonitoringView, NodeView, ServiceNodeView, ServicesView,
+};
 
 /// Largest request body accepted (the write endpoints take none).
 const MAX_BODY: u64 = 1024;
@@ -225,7 +226,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn working_service(service: String, s: ApiState) -> Result<impl Reply, Rejection> {
-    crate::metadata::check_service_name(&service)
+    crate::model::published::check_service_name(&service)
         .map_err(|e| reject(StatusCode::BAD_REQUEST, e))?;
     let v: Vec<ServiceNodeView> = views::nodes(&s.handle.members())
         .into_iter()

@@ -12,8 +12,8 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::api::views::NodeView;
 use crate::gossip::Liveness;
+use crate::model::views::NodeView;
 
 /// An Ansible group name for `s`: letters, digits and `_`, not starting with a digit.
 pub fn group_name(s: &str) -> String {

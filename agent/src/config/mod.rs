@@ -14,6 +14,10 @@ use crate::gossip::phi::PhiConfig;
 use crate::gossip::wire::{ClusterKey, Security};
 use crate::gossip::GossipConfig;
 
+pub mod hostname;
+
+pub use hostname::HostnameTemplate;
+
 /// A string that never shows in logs or `Debug` output.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -290,7 +294,7 @@ impl Config {
             bail!("node_name: must be at most 63 printable characters");
         }
         if !self.hostname_template.is_empty() {
-            crate::identity::HostnameTemplate::parse(&self.hostname_template)
+            hostname::HostnameTemplate::parse(&self.hostname_template)
                 .context("hostname_template")?;
         }
         let g = &self.gossip;
@@ -356,7 +360,7 @@ impl Config {
             );
         }
         for (name, svc) in &self.service {
-            crate::metadata::check_service_name(name)
+            crate::model::published::check_service_name(name)
                 .map_err(|e| anyhow::anyhow!("service.{name}: {e}"))?;
             if let Some(t) = svc.phi_threshold {
                 if !(t.is_finite() && t > 0.0) {

@@ -5,10 +5,13 @@
 //! first-boot unit runs before the network and avahi-daemon come up.
 
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use crate::config::hostname::check_hostname;
+use crate::files::write_atomic;
 use crate::gossip::NodeId;
 
 /// Where a node id came from.
@@ -121,71 +124,59 @@ fn useful_serial(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().any(|b| b.is_ascii_alphanumeric() && b != b'0')
 }
 
-/// A host name template: `{id}` is the node id's 16 hex digits, `{id:N}` its first N (1 to 16).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostnameTemplate(String);
+/// 2025-01-01T00:00:00Z, where generations start counting.
+const GENERATION_EPOCH: u64 = 1_735_689_600;
 
-impl HostnameTemplate {
-    /// Checks that `text` only uses the known placeholders and always renders a valid host name.
-    pub fn parse(text: &str) -> anyhow::Result<HostnameTemplate> {
-        let t = HostnameTemplate(text.to_string());
-        // Render with the extreme ids: what is valid for them is valid for every id.
-        t.render(NodeId(0))?;
-        t.render(NodeId(u64::MAX))?;
-        Ok(t)
-    }
-
-    pub fn render(&self, id: NodeId) -> anyhow::Result<String> {
-        let hex = id.to_string();
-        let mut out = String::new();
-        let mut rest = self.0.as_str();
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
-            let close = rest[open..]
-                .find('}')
-                .map(|c| open + c)
-                .with_context(|| format!("{:?}: a '{{' is not closed", self.0))?;
-            let digits = match &rest[open + 1..close] {
-                "id" => 16,
-                p => match p.strip_prefix("id:").map(str::parse::<usize>) {
-                    Some(Ok(n)) if (1..=16).contains(&n) => n,
-                    _ => bail!(
-                        "{:?}: unknown placeholder {{{p}}}; use {{id}} or {{id:N}} with N from 1 to 16",
-                        self.0
-                    ),
-                },
-            };
-            out.push_str(&hex[..digits]);
-            rest = &rest[close + 1..];
-        }
-        out.push_str(rest);
-        check_hostname(&out).with_context(|| format!("{:?}", self.0))?;
-        Ok(out)
-    }
+/// The node's persistent identity: an id that never changes and a generation that grows on every start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub id: NodeId,
+    pub generation: u64,
 }
 
-/// A host name that works as an mDNS `.local` name and in DHCP: one label of a-z, 0-9 and '-'.
-fn check_hostname(name: &str) -> anyhow::Result<()> {
-    if name.is_empty() || name.len() > 63 {
-        bail!("host name {name:?} must be 1 to 63 characters");
+impl Identity {
+    /// Reads the node id from `state_dir/node-id` (deriving it the first time: `identity::derive_id`) and
+    /// stores a new generation, `max(previous + 1, seconds since 2025-01-01)`: the clock alone would not do on a Pi,
+    /// which has no real-time clock and may boot with a time older than its last run, and the clock keeps
+    /// the generation growing when the state directory is lost (a re-flashed card). Counting from 2025
+    /// rather than 1970 keeps generations at four varint bytes until 2033: every digest entry carries one.
+    pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Identity> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("state_dir: cannot create {}", state_dir.display()))?;
+        let id_path = state_dir.join("node-id");
+        let id = match std::fs::read_to_string(&id_path) {
+            Ok(text) => text
+                .trim()
+                .parse::<NodeId>()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", id_path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (id, origin) = derive_id(Path::new("/"), state_dir);
+                tracing::info!(%id, "first start: node id derived from {origin}");
+                write_atomic(&id_path, &format!("{id}\n"))?;
+                id
+            }
+            Err(e) => return Err(e).context(format!("cannot read {}", id_path.display())),
+        };
+        let gen_path = state_dir.join("generation");
+        let previous = std::fs::read_to_string(&gen_path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(GENERATION_EPOCH))
+            .unwrap_or(0);
+        let generation = (previous + 1).max(now);
+        write_atomic(&gen_path, &format!("{generation}\n"))?;
+        Ok(Identity { id, generation })
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        bail!("host name {name:?} may only hold a-z, 0-9 and '-'");
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        bail!("host name {name:?} must not start or end with '-'");
-    }
-    Ok(())
 }
 
 /// Sets this machine's host name to `name`: `/etc/hostname`, the `127.0.1.1` line of `/etc/hosts` (so
 /// `sudo` and friends resolve it), then the kernel's. Files are replaced atomically.
 pub fn set_hostname(root: &Path, name: &str) -> anyhow::Result<()> {
     check_hostname(name)?;
-    crate::agent::write_atomic(
+    write_atomic(
         &under(root, Path::new("/etc/hostname")),
         &format!("{name}\n"),
     )?;
@@ -195,7 +186,7 @@ pub fn set_hostname(root: &Path, name: &str) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).context(format!("cannot read {}", hosts_path.display())),
     };
-    crate::agent::write_atomic(&hosts_path, &with_hosts_line(&hosts, name))?;
+    write_atomic(&hosts_path, &with_hosts_line(&hosts, name))?;
     if root == Path::new("/") {
         nix::unistd::sethostname(name).context("cannot set the kernel's host name")?;
     }
@@ -300,33 +291,6 @@ mod tests {
     }
 
     #[test]
-    fn templates_render_and_bad_ones_are_named() {
-        let id = NodeId(0x3f2a_9c00_1122_3344);
-        let t = HostnameTemplate::parse("herd-{id:4}").unwrap();
-        assert_eq!(t.render(id).unwrap(), "herd-3f2a");
-        assert_eq!(
-            HostnameTemplate::parse("pi{id}")
-                .unwrap()
-                .render(id)
-                .unwrap(),
-            "pi3f2a9c0011223344"
-        );
-        for (bad, why) in [
-            ("herd-{name}", "unknown placeholder {name}"),
-            ("herd-{id:0}", "unknown placeholder {id:0}"),
-            ("herd-{id:17}", "unknown placeholder {id:17}"),
-            ("herd-{id", "not closed"),
-            ("Herd-{id:4}", "may only hold"),
-            ("herd_{id:4}", "may only hold"),
-            ("-{id:4}", "must not start or end"),
-            ("", "1 to 63"),
-        ] {
-            let e = format!("{:#}", HostnameTemplate::parse(bad).unwrap_err());
-            assert!(e.contains(why), "{bad:?}: {e}");
-        }
-    }
-
-    #[test]
     fn set_hostname_rewrites_hostname_and_hosts() {
         let root = root_with(&[
             ("/etc/hostname", "raspberrypi\n"),
@@ -348,5 +312,31 @@ mod tests {
         assert_eq!(read("etc/hosts"), "127.0.0.1 localhost\n127.0.1.1\tpi-1\n");
         assert!(set_hostname(root.path(), "bad name").is_err());
         assert_eq!(read("etc/hostname"), "pi-1\n", "a bad name changes nothing");
+    }
+}
+
+#[cfg(test)]
+mod generation_tests {
+    use super::*;
+
+    #[test]
+    fn identity_persists_and_generation_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(dir.path()).unwrap();
+        let b = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.id, b.id);
+        assert!(b.generation > a.generation);
+        // A clock that went backwards (no RTC) still yields a larger generation.
+        std::fs::write(dir.path().join("generation"), "99999999999\n").unwrap();
+        let c = Identity::load_or_create(dir.path()).unwrap();
+        assert_eq!(c.generation, 100_000_000_000);
+    }
+
+    #[test]
+    fn corrupt_node_id_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node-id"), "garbage").unwrap();
+        let e = format!("{:#}", Identity::load_or_create(dir.path()).unwrap_err());
+        assert!(e.contains("node-id") && e.contains("16 hex digits"), "{e}");
     }
 }

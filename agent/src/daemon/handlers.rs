@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, Notify};
 
-use crate::agent::Handle;
-use crate::api::views::NodeView;
+use super::handle::Handle;
 use crate::config::{HandlerEvent, HandlerSection};
 use crate::gossip::{EventKind, NodeId};
+use crate::model::views::NodeView;
 
 /// Events waiting for their handlers beyond this are dropped (and logged): a handler that hangs for its
 /// whole timeout on every event must not make the agent's memory grow without end.

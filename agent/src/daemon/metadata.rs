@@ -11,33 +11,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::agent::write_atomic;
-
-/// The gossip key holding a node's services, as a JSON array of names.
-pub const SERVICES_KEY: &str = "services";
-
-/// The largest number of bytes the JSON array of services may take (a gossip value holds 1024).
-pub const MAX_SERVICES_BYTES: usize = 1000;
-
-/// A service name: 1 to 63 characters of `a-z`, `A-Z`, `0-9`, `_`, `-` and `.`, starting with a letter or
-/// a digit (`nginx_webserver`, `postgres-16`).
-pub fn check_service_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid service name {:?}: use 1 to 63 characters of a-z, A-Z, 0-9, '_', '-' and '.', \
-             starting with a letter or digit",
-            name.chars().take(80).collect::<String>()
-        ))
-    }
-}
+use crate::files::write_atomic;
+pub use crate::model::published::{check_service_name, MAX_SERVICES_BYTES, SERVICES_KEY};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

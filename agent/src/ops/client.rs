@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::api::views::{NodeView, ServicesView};
+use crate::model::views::{NodeView, ServicesView};
 
 /// A node's API: `http://host:port` and, for writes, its token.
 #[derive(Clone)]

@@ -1,5 +1,5 @@
 //! The operator's commands that talk to a node's API: `herd members`, `herd meta-data …`, `herd watch`,
-//! `herd inventory` and `herd hosts` (`herd launch` is in [`crate::launch`]). Tables for people, `--json`
+//! `herd inventory` and `herd hosts` (`herd launch` is in [`crate::ops::launch`]). Tables for people, `--json`
 //! for scripts.
 
 use std::collections::HashMap;
@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use crate::api::views::NodeView;
-use crate::client::Client;
+use super::client::Client;
+use crate::model::views::NodeView;
 
 /// Where to reach the cluster and how to authenticate.
 #[derive(Debug, Clone, clap::Args)]
@@ -138,7 +138,7 @@ pub fn table(nodes: &[NodeView]) -> String {
 /// `herd meta-data add-service|remove-service NODE SERVICE`: finds NODE (name, id or address) through the
 /// `--node` API and changes its meta-data through its own API.
 pub fn change_service(t: &Target, node: &str, service: &str, add: bool) -> anyhow::Result<()> {
-    crate::metadata::check_service_name(service).map_err(anyhow::Error::msg)?;
+    crate::model::published::check_service_name(service).map_err(anyhow::Error::msg)?;
     let entry = t.client()?;
     let nodes = entry.nodes()?;
     let found: Vec<&NodeView> = nodes
@@ -210,7 +210,7 @@ pub fn node_client(t: &Target, entry: &Client, node: &NodeView) -> anyhow::Resul
 
 /// `herd inventory --list | --host NAME`: Ansible's dynamic-inventory protocol.
 pub fn inventory(t: &Target, list: bool, host: Option<&str>) -> anyhow::Result<()> {
-    let inv = crate::inventory::Inventory::from_nodes(&t.client()?.nodes()?);
+    let inv = super::inventory::Inventory::from_nodes(&t.client()?.nodes()?);
     let out = match (list, host) {
         (true, None) => inv.list(),
         (false, Some(h)) => inv.host(h),
@@ -226,8 +226,8 @@ pub fn hosts(
     playbook: &std::path::Path,
     out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let groups = crate::inventory::playbook_groups(playbook)?;
-    let inv = crate::inventory::Inventory::from_nodes(&t.client()?.nodes()?);
+    let groups = super::inventory::playbook_groups(playbook)?;
+    let inv = super::inventory::Inventory::from_nodes(&t.client()?.nodes()?);
     let mut groups = groups;
     if groups.is_empty() {
         // `hosts: all`: every alive node.
@@ -245,7 +245,7 @@ pub fn hosts(
     match out {
         None => print!("{text}"),
         Some(path) => {
-            crate::agent::write_atomic(path, &text)?;
+            crate::files::write_atomic(path, &text)?;
             eprintln!("wrote {} ({} group(s))", path.display(), groups.len());
         }
     }

@@ -27,10 +27,10 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::api::views::NodeView;
-use crate::cli::Target;
+use super::cli::Target;
+use super::inventory::{group_name, Inventory};
 use crate::gossip::Liveness;
-use crate::inventory::{group_name, Inventory};
+use crate::model::views::NodeView;
 
 /// How busy a node is; lower is less busy. Each term is about 0 for an idle node and 1 for a busy one:
 ///
@@ -199,7 +199,7 @@ pub fn load_wanted(playbooks: &Path) -> anyhow::Result<BTreeMap<String, usize>> 
 fn save_wanted(playbooks: &Path, wanted: &BTreeMap<String, usize>) -> anyhow::Result<()> {
     let p = wanted_path(playbooks);
     std::fs::create_dir_all(p.parent().expect("has a parent"))?;
-    crate::agent::write_atomic(&p, &serde_json::to_string_pretty(wanted)?)
+    crate::files::write_atomic(&p, &serde_json::to_string_pretty(wanted)?)
 }
 
 /// The options of one launch.
@@ -247,7 +247,7 @@ fn recap(output: &str) -> BTreeMap<String, bool> {
 
 /// Runs one launch; returns the hosts where the service now runs. Prints what it does.
 pub fn launch(t: &Target, l: &Launch) -> anyhow::Result<Vec<String>> {
-    crate::metadata::check_service_name(&l.service).map_err(anyhow::Error::msg)?;
+    crate::model::published::check_service_name(&l.service).map_err(anyhow::Error::msg)?;
     if l.count == 0 {
         bail!("launch: the number of nodes must be at least 1");
     }
@@ -371,7 +371,7 @@ pub fn launch(t: &Target, l: &Launch) -> anyhow::Result<Vec<String>> {
     let mut failed = Vec::new();
     for (h, v) in targets.iter().zip(&chosen) {
         if results.get(h).copied().unwrap_or(false) {
-            match crate::cli::node_client(t, &entry, v)
+            match super::cli::node_client(t, &entry, v)
                 .and_then(|c| c.change_service(&l.service, true))
             {
                 Ok(_) => {

@@ -5,8 +5,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::gossip::{Liveness, Member};
-use crate::metadata::SERVICES_KEY;
-use crate::monitor::{self, Facts, Sample, FACTS_KEY, SAMPLE_KEY};
+use crate::model::published::{self, Facts, Sample, FACTS_KEY, SAMPLE_KEY, SERVICES_KEY};
 
 /// Everything about one node: `GET /api/v1/nodes` returns an array of these.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,7 +51,7 @@ impl NodeView {
                 .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default(),
             monitoring: kv(SAMPLE_KEY).and_then(|v| serde_json::from_str(v).ok()),
-            uptime_s: facts.as_ref().map(|f| monitor::uptime(f.boot).as_secs()),
+            uptime_s: facts.as_ref().map(|f| published::uptime(f.boot).as_secs()),
             facts,
         }
     }

@@ -7,9 +7,8 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rand::SeedableRng;
@@ -18,13 +17,16 @@ use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiState};
-use crate::config::Config;
-use crate::discovery::{self, Announcement, Change, Mdns};
-use crate::gossip::{Event, EventKind, Gossiper, Member, NodeId, Stats, Transmit};
-use crate::metadata::{MetaData, SERVICES_KEY};
-use crate::monitor::{Facts, Sample, Sampler, FACTS_KEY, SAMPLE_KEY};
 use mdns_sd::ServiceDaemon;
+
+use super::api::{self, ApiState};
+use super::discovery::{self, Announcement, Change, Mdns};
+use super::handle::Handle;
+use super::identity::Identity;
+use super::metadata::MetaData;
+use super::monitor::{Facts, Sample, Sampler, FACTS_KEY, SAMPLE_KEY};
+use crate::config::Config;
+use crate::gossip::{Event, EventKind, Gossiper, Member, NodeId, Stats, Transmit, SERVICES_KEY};
 
 /// How often seed host names are resolved again (a Pi's DHCP address may change).
 const SEED_REFRESH: Duration = Duration::from_secs(30);
@@ -110,7 +112,7 @@ impl Agent {
         } else {
             (None, None)
         };
-        helpers.extend(crate::handlers::spawn(
+        helpers.extend(super::handlers::spawn(
             config.handlers.clone(),
             handle.clone(),
             config.cluster.clone(),
@@ -247,44 +249,6 @@ impl Agent {
         for h in &self.helpers {
             h.abort();
         }
-    }
-}
-
-/// Shared access to a running agent's state. Locks are brief and never held across an `.await`.
-#[derive(Clone)]
-pub struct Handle {
-    gossiper: Arc<Mutex<Gossiper>>,
-    started: Instant,
-    events: broadcast::Sender<Event>,
-}
-
-impl Handle {
-    fn lock(&self) -> MutexGuard<'_, Gossiper> {
-        self.gossiper.lock().expect("gossiper lock poisoned")
-    }
-
-    pub fn id(&self) -> NodeId {
-        self.lock().id()
-    }
-
-    /// Every known member as seen by this agent.
-    pub fn members(&self) -> Vec<Member> {
-        let now = self.started.elapsed();
-        self.lock().members(now)
-    }
-
-    pub fn stats(&self) -> Stats {
-        self.lock().stats().clone()
-    }
-
-    /// Membership events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
-    }
-
-    /// Sets a key of this node's gossiped state.
-    pub fn set(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        Ok(self.lock().set(key, value)?)
     }
 }
 
@@ -544,7 +508,7 @@ fn advertise_addr(
         return Ok(local);
     }
     // The interfaces discovery was told to use come first.
-    let lan = crate::discovery::lan_ipv4s();
+    let lan = super::discovery::lan_ipv4s();
     let wanted = &config.discovery.interfaces;
     if let Some((_, ip)) = lan.iter().find(|(name, _)| wanted.contains(name)) {
         return Ok(SocketAddr::new(IpAddr::V4(*ip), local.port()));
@@ -576,94 +540,4 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// 2025-01-01T00:00:00Z, where generations start counting.
-const GENERATION_EPOCH: u64 = 1_735_689_600;
-
-/// The node's persistent identity: an id that never changes and a generation that grows on every start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Identity {
-    pub id: NodeId,
-    pub generation: u64,
-}
-
-impl Identity {
-    /// Reads the node id from `state_dir/node-id` (deriving it the first time: `identity::derive_id`) and
-    /// stores a new generation, `max(previous + 1, seconds since 2025-01-01)`: the clock alone would not do on a Pi,
-    /// which has no real-time clock and may boot with a time older than its last run, and the clock keeps
-    /// the generation growing when the state directory is lost (a re-flashed card). Counting from 2025
-    /// rather than 1970 keeps generations at four varint bytes until 2033: every digest entry carries one.
-    pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Identity> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("state_dir: cannot create {}", state_dir.display()))?;
-        let id_path = state_dir.join("node-id");
-        let id = match std::fs::read_to_string(&id_path) {
-            Ok(text) => text
-                .trim()
-                .parse::<NodeId>()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", id_path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let (id, origin) = crate::identity::derive_id(Path::new("/"), state_dir);
-                tracing::info!(%id, "first start: node id derived from {origin}");
-                write_atomic(&id_path, &format!("{id}\n"))?;
-                id
-            }
-            Err(e) => return Err(e).context(format!("cannot read {}", id_path.display())),
-        };
-        let gen_path = state_dir.join("generation");
-        let previous = std::fs::read_to_string(&gen_path)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs().saturating_sub(GENERATION_EPOCH))
-            .unwrap_or(0);
-        let generation = (previous + 1).max(now);
-        write_atomic(&gen_path, &format!("{generation}\n"))?;
-        Ok(Identity { id, generation })
-    }
-}
-
-/// Writes `path` so that a power cut leaves either the old or the new content: temporary file, fsync,
-/// rename, fsync of the directory.
-pub fn write_atomic(path: &Path, content: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().context("path has no directory")?;
-    let tmp = path.with_extension("tmp");
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    result.with_context(|| format!("cannot write {}", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identity_persists_and_generation_grows() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = Identity::load_or_create(dir.path()).unwrap();
-        let b = Identity::load_or_create(dir.path()).unwrap();
-        assert_eq!(a.id, b.id);
-        assert!(b.generation > a.generation);
-        // A clock that went backwards (no RTC) still yields a larger generation.
-        std::fs::write(dir.path().join("generation"), "99999999999\n").unwrap();
-        let c = Identity::load_or_create(dir.path()).unwrap();
-        assert_eq!(c.generation, 100_000_000_000);
-    }
-
-    #[test]
-    fn corrupt_node_id_is_reported_with_its_path() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("node-id"), "garbage").unwrap();
-        let e = format!("{:#}", Identity::load_or_create(dir.path()).unwrap_err());
-        assert!(e.contains("node-id") && e.contains("16 hex digits"), "{e}");
-    }
 }

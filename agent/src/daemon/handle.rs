@@ -1,0 +1,47 @@
+//! A cheap, cloneable handle on a running agent's state, for readers and writers on other tasks and
+//! threads: the HTTP API, the event handlers, the monitoring loop, tests.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::broadcast;
+
+use crate::gossip::{Event, Gossiper, Member, NodeId, Stats};
+
+/// Shared access to a running agent's state. Locks are brief and never held across an `.await`.
+#[derive(Clone)]
+pub struct Handle {
+    pub(super) gossiper: Arc<Mutex<Gossiper>>,
+    pub(super) started: Instant,
+    pub(super) events: broadcast::Sender<Event>,
+}
+
+impl Handle {
+    fn lock(&self) -> MutexGuard<'_, Gossiper> {
+        self.gossiper.lock().expect("gossiper lock poisoned")
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.lock().id()
+    }
+
+    /// Every known member as seen by this agent.
+    pub fn members(&self) -> Vec<Member> {
+        let now = self.started.elapsed();
+        self.lock().members(now)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.lock().stats().clone()
+    }
+
+    /// Membership events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Sets a key of this node's gossiped state.
+    pub fn set(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        Ok(self.lock().set(key, value)?)
+    }
+}
