@@ -18,6 +18,7 @@
 
 pub mod phi;
 pub mod sim;
+mod state;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -26,11 +27,14 @@ use std::time::Duration;
 
 use rand::{Rng, RngCore};
 
-use self::phi::{PhiAccrualDetector, PhiConfig};
+use self::phi::PhiConfig;
+use self::state::{
+    apply_kvs, beat, is_buried, mark_left, take_heartbeat, NodeState, Notes, Tombstone, Versioned,
+};
 pub use self::wire::NodeId;
 use self::wire::{
-    Digest, DigestEntry, KeyValue, Message, NodeDelta, Packet, Security, WireError, MAX_KEY_LEN,
-    MAX_PAYLOAD, MAX_VALUE_LEN,
+    Digest, DigestEntry, Message, NodeDelta, Packet, Security, WireError, MAX_KEY_LEN, MAX_PAYLOAD,
+    MAX_VALUE_LEN,
 };
 
 /// The heartbeat of a node that left gracefully.
@@ -170,179 +174,6 @@ pub enum KeyError {
     BadKey(String),
     #[error("value of key {key:?} is {len} bytes, more than {MAX_VALUE_LEN}")]
     ValueTooLong { key: String, len: usize },
-}
-
-#[derive(Debug, Clone)]
-struct Versioned {
-    value: Option<String>,
-    version: u64,
-}
-
-#[derive(Debug, Clone)]
-struct NodeState {
-    generation: u64,
-    heartbeat: u64,
-    max_version: u64,
-    kvs: HashMap<String, Versioned>,
-    addr: Option<SocketAddr>,
-    liveness: Liveness,
-    /// When `liveness` last changed, for reaping.
-    since: Duration,
-    /// When this node's state last changed here, for rumours.
-    changed_at: Duration,
-    detector: PhiAccrualDetector,
-    suspect_at: Duration,
-    dead_at: Duration,
-    /// The φ at which this node is convicted: the configured one, or its services' (see
-    /// [`GossipConfig::service_thresholds`]).
-    threshold: f64,
-}
-
-impl NodeState {
-    fn new(
-        phi: &PhiConfig,
-        bootstrap: Duration,
-        generation: u64,
-        heartbeat: u64,
-        now: Duration,
-    ) -> Self {
-        let mut s = NodeState {
-            generation,
-            heartbeat,
-            max_version: 0,
-            kvs: HashMap::new(),
-            addr: None,
-            liveness: if heartbeat == LEFT_HEARTBEAT {
-                Liveness::Left
-            } else {
-                Liveness::Alive
-            },
-            since: now,
-            changed_at: now,
-            detector: PhiAccrualDetector::with_bootstrap(bootstrap, phi, now),
-            suspect_at: now,
-            dead_at: now,
-            threshold: phi.threshold,
-        };
-        s.schedule_verdicts(phi);
-        s
-    }
-
-    fn schedule_verdicts(&mut self, phi: &PhiConfig) {
-        let last = self.detector.last_arrival();
-        self.suspect_at = last + self.detector.silence_for(phi, self.threshold / 2.0);
-        self.dead_at = last + self.detector.silence_for(phi, self.threshold);
-    }
-
-    /// Re-derives the node's φ threshold from the services it announces (after its key/values changed).
-    fn rethreshold(&mut self, config: &GossipConfig) {
-        if config.service_thresholds.is_empty() {
-            // The usual case: no per-service threshold, nothing to parse on every key change.
-            if self.threshold != config.phi.threshold {
-                self.threshold = config.phi.threshold;
-                self.schedule_verdicts(&config.phi);
-            }
-            return;
-        }
-        let services: Vec<String> = self
-            .kvs
-            .get(SERVICES_KEY)
-            .and_then(|v| v.value.as_deref())
-            .and_then(|v| serde_json::from_str(v).ok())
-            .unwrap_or_default();
-        let threshold = services
-            .iter()
-            .filter_map(|s| config.service_thresholds.get(s).copied())
-            .reduce(f64::min)
-            .unwrap_or(config.phi.threshold);
-        if threshold != self.threshold {
-            self.threshold = threshold;
-            self.schedule_verdicts(&config.phi);
-        }
-    }
-
-    fn entry(&self, node: NodeId) -> DigestEntry {
-        DigestEntry {
-            node,
-            generation: self.generation,
-            heartbeat: self.heartbeat,
-            max_version: self.max_version,
-        }
-    }
-
-    /// The delta a peer at `from_version` lacks, in version order, cut to `budget` bytes. `None` when not
-    /// even its header and first key/value fit.
-    fn delta(&self, node: NodeId, from_version: u64, budget: usize) -> Option<NodeDelta> {
-        let mut delta = NodeDelta {
-            node,
-            generation: self.generation,
-            heartbeat: self.heartbeat,
-            from_version,
-            kvs: Vec::new(),
-        };
-        let mut used = delta.header_len();
-        if used > budget {
-            return None;
-        }
-        let mut newer: Vec<(&String, &Versioned)> = self
-            .kvs
-            .iter()
-            .filter(|(_, v)| v.version > from_version)
-            .collect();
-        newer.sort_unstable_by_key(|(_, v)| v.version);
-        for (key, v) in newer {
-            let kv = KeyValue {
-                key: key.clone(),
-                version: v.version,
-                value: v.value.clone(),
-            };
-            used += kv.encoded_len();
-            if used > budget {
-                break;
-            }
-            delta.kvs.push(kv);
-        }
-        let wanted = self.max_version > from_version;
-        if wanted && delta.kvs.is_empty() {
-            return None;
-        }
-        Some(delta)
-    }
-}
-
-/// What the protocol handlers note down besides state: events for the caller, and the bookkeeping that
-/// lets a round skip the full scan of the member table when nothing is due.
-#[derive(Debug, Default)]
-struct Notes {
-    events: VecDeque<Event>,
-    /// Grows with every change of membership or liveness; the round's peer lists are rebuilt when it moved.
-    membership_epoch: u64,
-    /// No verdict or reaping is due before this time.
-    next_scan: Duration,
-    /// Recent changes (when, which node), oldest first: the rumours digests lead with.
-    rumours: VecDeque<(Duration, NodeId)>,
-}
-
-impl Notes {
-    fn push(&mut self, kind: EventKind, node: NodeId, s: &NodeState, at: Duration) {
-        if kind != EventKind::Updated {
-            self.membership_epoch += 1;
-        }
-        self.events.push_back(event(kind, node, s, at));
-    }
-
-    fn changed(&mut self, node: NodeId, s: &mut NodeState, now: Duration) {
-        s.changed_at = now;
-        self.rumours.push_back((now, node));
-    }
-}
-
-/// A forgotten node: stale news of it (this generation, this heartbeat or older) is ignored.
-#[derive(Debug, Clone, Copy)]
-struct Tombstone {
-    generation: u64,
-    heartbeat: u64,
-    until: Duration,
 }
 
 /// One node's view of the cluster and its side of the protocol.
@@ -1069,18 +900,6 @@ impl Gossiper {
     }
 }
 
-/// Whether news `e` of a forgotten node is stale. Only the node itself, heard directly with a newer
-/// heartbeat, can bring a forgotten generation back: second-hand news never raises a ghost.
-fn is_buried(tombstones: &HashMap<NodeId, Tombstone>, e: &DigestEntry, direct: bool) -> bool {
-    match tombstones.get(&e.node) {
-        None => false,
-        Some(t) => {
-            e.generation < t.generation
-                || (e.generation == t.generation && !(direct && e.heartbeat > t.heartbeat))
-        }
-    }
-}
-
 fn validate_key(key: &str) -> Result<(), KeyError> {
     let ok = !key.is_empty()
         && key.len() <= MAX_KEY_LEN
@@ -1093,85 +912,6 @@ fn validate_key(key: &str) -> Result<(), KeyError> {
     } else {
         Err(KeyError::BadKey(key.to_string()))
     }
-}
-
-fn event(kind: EventKind, node: NodeId, s: &NodeState, at: Duration) -> Event {
-    Event {
-        kind,
-        node,
-        generation: s.generation,
-        at,
-    }
-}
-
-fn mark_left(notes: &mut Notes, id: NodeId, s: &mut NodeState, now: Duration) {
-    if s.liveness != Liveness::Left {
-        s.liveness = Liveness::Left;
-        s.since = now;
-        notes.changed(id, s, now);
-        notes.push(EventKind::Left, id, s, now);
-    }
-}
-
-/// Takes the heartbeat a digest entry carries, when it is a newer one of the same generation.
-fn take_heartbeat(
-    notes: &mut Notes,
-    phi: &PhiConfig,
-    s: &mut NodeState,
-    e: &DigestEntry,
-    now: Duration,
-) {
-    if s.generation == e.generation && e.heartbeat > s.heartbeat {
-        beat(notes, phi, e.node, s, e.heartbeat, now);
-    }
-}
-
-/// A newer heartbeat of `id` arrived.
-fn beat(
-    notes: &mut Notes,
-    phi: &PhiConfig,
-    id: NodeId,
-    s: &mut NodeState,
-    heartbeat: u64,
-    now: Duration,
-) {
-    s.heartbeat = heartbeat;
-    if heartbeat == LEFT_HEARTBEAT {
-        mark_left(notes, id, s, now);
-        return;
-    }
-    s.detector.heartbeat(phi, now);
-    s.schedule_verdicts(phi);
-    // A shorter mean can bring a verdict forward: make sure the next scan is not later than it.
-    notes.next_scan = notes.next_scan.min(s.suspect_at);
-    if matches!(s.liveness, Liveness::Suspect | Liveness::Dead) {
-        s.liveness = Liveness::Alive;
-        s.since = now;
-        notes.push(EventKind::Recovered, id, s, now);
-    }
-}
-
-/// Applies key/values in version order above what `s` has; true when anything changed.
-fn apply_kvs(s: &mut NodeState, kvs: &[KeyValue]) -> bool {
-    let mut changed = false;
-    for kv in kvs {
-        if kv.version <= s.max_version {
-            continue;
-        }
-        s.max_version = kv.version;
-        if kv.key == ADDR_KEY {
-            s.addr = kv.value.as_deref().and_then(|v| v.parse().ok());
-        }
-        s.kvs.insert(
-            kv.key.clone(),
-            Versioned {
-                value: kv.value.clone(),
-                version: kv.version,
-            },
-        );
-        changed = true;
-    }
-    changed
 }
 
 /// Members in ring order, starting at the first id at or after `start`.
