@@ -6,17 +6,21 @@
 //! through its power button (QMP `system_powerdown`: systemd stops herd, which says goodbye), and the
 //! survivors must tell the two apart. Each VM's serial console is kept in the output directory.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use herd_image::Arch;
 
 use crate::netns::Lan;
+
+mod vm;
+
+use vm::{
+    check_running, console_has, disk_copy, extract_boot, power_button, start_dhcp, start_vm, Vm,
+};
 
 /// What to boot.
 pub struct Options {
@@ -36,56 +40,6 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(120);
 const DETECT_DEADLINE: Duration = Duration::from_secs(60);
 const LEAVE_DEADLINE: Duration = Duration::from_secs(90);
 
-/// One virtual machine.
-struct Vm {
-    name: String,
-    ip: Ipv4Addr,
-    child: Child,
-    console: PathBuf,
-    qmp: PathBuf,
-    started: Instant,
-    up: Option<Duration>,
-    joined: Option<Duration>,
-    id: String,
-    hostname: String,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A kernel and initrd taken out of an image's root file system.
-struct Boot {
-    kernel: PathBuf,
-    initrd: PathBuf,
-}
-
-fn extract_boot(image: &Path, out: &Path, tag: &str) -> anyhow::Result<Boot> {
-    let img = herd_image::Image::open(image)?;
-    let root = img.root();
-    let find = |names: &[&str]| -> anyhow::Result<Vec<u8>> {
-        for n in names {
-            if root.exists(n) {
-                return root
-                    .read_resolved(n)
-                    .with_context(|| format!("{}: cannot read {n}", image.display()));
-            }
-        }
-        bail!(
-            "{}: none of {names:?} in the root file system",
-            image.display()
-        )
-    };
-    let kernel = out.join(format!("{tag}-vmlinuz"));
-    let initrd = out.join(format!("{tag}-initrd.img"));
-    std::fs::write(&kernel, find(&["/vmlinuz", "/boot/vmlinuz"])?)?;
-    std::fs::write(&initrd, find(&["/initrd.img", "/boot/initrd.img"])?)?;
-    Ok(Boot { kernel, initrd })
-}
-
 /// The VMs must find each other by mDNS alone: the image's config has mDNS on and no seeds.
 fn mdns_only(image: &Path) -> anyhow::Result<()> {
     let img = herd_image::Image::open(image)?;
@@ -101,131 +55,6 @@ fn mdns_only(image: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Copies `image` for one VM (sparse, or a reflink where the file system can).
-fn disk_copy(image: &Path, to: &Path) -> anyhow::Result<()> {
-    let status = Command::new("cp")
-        .args(["--sparse=always", "--reflink=auto"])
-        .arg(image)
-        .arg(to)
-        .status()
-        .context("cannot run cp")?;
-    if !status.success() {
-        bail!("cannot copy {} to {}", image.display(), to.display());
-    }
-    Ok(())
-}
-
-fn mac(i: usize) -> String {
-    format!("52:54:00:e2:e0:{i:02x}")
-}
-
-fn vm_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 99, 0, 10 + i as u8)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn start_vm(
-    lan: &Lan,
-    i: usize,
-    arch: Arch,
-    boot: &Boot,
-    disk: &Path,
-    out: &Path,
-    name: &str,
-) -> anyhow::Result<Vm> {
-    let tap = format!("e2e{i}");
-    lan.add_tap(&tap)?;
-    let console = out.join(format!("{name}-console.log"));
-    let qmp = out.join(format!("{name}.qmp"));
-    let _ = std::fs::remove_file(&qmp);
-    let (program, machine, cpu, serial) = match arch {
-        Arch::Arm64 => ("qemu-system-aarch64", "virt", "cortex-a72", "ttyAMA0"),
-        Arch::Armhf => (
-            "qemu-system-arm",
-            "virt,highmem=off",
-            "cortex-a15",
-            "ttyAMA0",
-        ),
-    };
-    let mut c = lan.switch_command(program);
-    c.args(["-M", machine, "-cpu", cpu, "-smp", "1", "-m", "512"])
-        .args(["-display", "none", "-no-reboot", "-monitor", "none"])
-        .arg("-kernel")
-        .arg(&boot.kernel)
-        .arg("-initrd")
-        .arg(&boot.initrd)
-        .arg("-append")
-        .arg(format!(
-            "root=LABEL=rootfs rootfstype=ext4 rw rootwait console={serial} net.ifnames=0 \
-             systemd.journald.forward_to_console=1 systemd.mask=serial-getty@{serial}.service"
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=none,format=raw,id=disk,cache=unsafe",
-            disk.display()
-        ))
-        .args(["-device", "virtio-blk-pci,drive=disk"])
-        .arg("-netdev")
-        .arg(format!("tap,id=net,ifname={tap},script=no,downscript=no"))
-        .arg("-device")
-        .arg(format!("virtio-net-pci,netdev=net,mac={}", mac(i)))
-        .args(["-device", "virtio-rng-pci"])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let child = c
-        .spawn()
-        .with_context(|| format!("cannot start {program} (apt-get install qemu-system-arm)"))?;
-    Ok(Vm {
-        name: name.to_string(),
-        ip: vm_ip(i),
-        child,
-        console,
-        qmp,
-        started: Instant::now(),
-        up: None,
-        joined: None,
-        id: String::new(),
-        hostname: String::new(),
-    })
-}
-
-/// Starts dnsmasq on the LAN's host 0: every VM gets its address by its MAC, no router, no DNS.
-fn start_dhcp(lan: &Lan, out: &Path, vms: usize) -> anyhow::Result<Child> {
-    let mut c = lan.command(0, "dnsmasq");
-    c.args([
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--port=0",
-        "--interface=eth0",
-        "--bind-interfaces",
-        "--dhcp-range=10.99.0.100,10.99.0.199,255.255.255.0,1h",
-        "--dhcp-option=3",
-        "--dhcp-option=6",
-        "--log-dhcp",
-    ])
-    .arg(format!(
-        "--dhcp-leasefile={}",
-        out.join("dnsmasq.leases").display()
-    ))
-    .arg(format!(
-        "--log-facility={}",
-        out.join("dnsmasq.log").display()
-    ));
-    for i in 0..vms {
-        c.arg(format!("--dhcp-host={},{}", mac(i), vm_ip(i)));
-    }
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start dnsmasq (apt-get install dnsmasq-base)")
 }
 
 /// GET `path` from a VM's API (from inside host 0's namespace).
@@ -279,33 +108,6 @@ fn alive(ip: Ipv4Addr) -> anyhow::Result<Vec<String>> {
         .collect();
     ips.sort();
     Ok(ips)
-}
-
-/// Asks QEMU to press the power button (an ACPI / GPIO power-off the guest handles as a clean shutdown).
-fn power_button(qmp: &Path) -> anyhow::Result<()> {
-    let stream = UnixStream::connect(qmp)
-        .with_context(|| format!("cannot connect to QMP at {}", qmp.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut w = stream;
-    let mut line = String::new();
-    reader.read_line(&mut line)?; // greeting
-    for cmd in ["qmp_capabilities", "system_powerdown"] {
-        writeln!(w, "{{\"execute\":\"{cmd}\"}}")?;
-        loop {
-            line.clear();
-            if reader.read_line(&mut line)? == 0 {
-                bail!("QMP closed during {cmd}");
-            }
-            if line.contains("\"return\"") {
-                break;
-            }
-            if line.contains("\"error\"") {
-                bail!("QMP {cmd}: {}", line.trim());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Polls `ok` every half second until it holds or `limit` has passed since `since`.
@@ -368,8 +170,7 @@ fn run_inner(opts: &Options) -> anyhow::Result<()> {
 
     let lan = Lan::new(1)?;
     let vm_count = 3 + usize::from(boot32.is_some());
-    let mut dhcp = start_dhcp(&lan, out, vm_count)?;
-    let _dhcp_guard = KillOnDrop(&mut dhcp);
+    let _dhcp = crate::KillOnDrop(start_dhcp(&lan, out, vm_count)?);
 
     println!("==> e2e: booting vm0, vm1, vm2 (arm64, qemu-system-aarch64 -M virt)");
     let mut vms = Vec::new();
@@ -427,39 +228,6 @@ fn run_inner(opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct KillOnDrop<'a>(&'a mut Child);
-
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Whether the VM's serial console (colours stripped) shows `needle`. The harness boots with the journal
-/// forwarded to the console and no getty on it, so systemd's own "Started …" lines land there.
-fn console_has(vm: &Vm, needle: &str) -> bool {
-    let Ok(bytes) = std::fs::read(&vm.console) else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ parameters final-letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain.contains(needle)
-}
-
 /// Fails unless systemd's console shows it started herd.service.
 fn herd_started(vm: &Vm) -> anyhow::Result<()> {
     if !console_has(vm, "Started herd.service") {
@@ -467,18 +235,6 @@ fn herd_started(vm: &Vm) -> anyhow::Result<()> {
             "{}: the console does not show systemd starting herd.service",
             vm.name
         );
-    }
-    Ok(())
-}
-
-/// Fails if the VM's QEMU has exited, with what it said.
-fn check_running(vm: &mut Vm) -> anyhow::Result<()> {
-    if let Some(status) = vm.child.try_wait()? {
-        let mut err = String::new();
-        if let Some(mut e) = vm.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
-        bail!("{}: QEMU exited ({status}): {}", vm.name, err.trim());
     }
     Ok(())
 }
