@@ -5,7 +5,7 @@
 use anyhow::bail;
 
 use crate::deps::{ensure_packages, is_root, need};
-use crate::util::{perf_run, root, run as run_step};
+use crate::util::{root, run as run_step, test_profile_run};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     if let Some(a) = args.first() {
@@ -29,7 +29,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             need("chroot", "coreutils"),
         ],
     )?;
-    let mut harness = perf_run("herd-ci", "herd-bare");
+    let mut harness = test_profile_run("herd-ci", "herd-bare");
     harness
         .arg("--workspace")
         .arg(root())

@@ -102,6 +102,10 @@ fn build_static(triple: &str) -> anyhow::Result<PathBuf> {
                 "-C link-self-contained=no",
             );
             c.arg("-Zbuild-std=std,panic_abort");
+            // A target directory of its own: RUSTC_BOOTSTRAP changes how proc-macro2 builds (its build
+            // script probes for nightly features), so sharing the host crates with the other builds
+            // would make each rebuild them for the other.
+            c.arg("--target-dir").arg(root().join("target/build-std"));
             c
         }
     };
@@ -120,7 +124,20 @@ fn build_static(triple: &str) -> anyhow::Result<PathBuf> {
         Std::FromSource => "std from rust-src, zig's musl",
     };
     run_step(&format!("build {triple} ({how})"), c)?;
-    Ok(root().join("target").join(triple).join("release/herd"))
+    let bin = root().join("target").join(triple).join("release/herd");
+    if let Std::FromSource = std {
+        // Where every build of the agent lands, whichever way its std came.
+        let built = root()
+            .join("target/build-std")
+            .join(triple)
+            .join("release/herd");
+        std::fs::create_dir_all(bin.parent().expect("a directory"))?;
+        let partial = bin.with_extension("partial");
+        std::fs::copy(&built, &partial)
+            .with_context(|| format!("{} was not built", built.display()))?;
+        std::fs::rename(&partial, &bin)?;
+    }
+    Ok(bin)
 }
 
 /// Adds the rustup target when rustup can download its standard library, else makes sure `rust-src`

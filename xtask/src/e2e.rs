@@ -7,7 +7,7 @@ use anyhow::bail;
 use herd_image::Arch;
 
 use crate::deps::{ensure_packages, is_root, need, Need};
-use crate::util::{perf_run, root, run as run_step};
+use crate::util::{root, run as run_step, test_profile_run};
 
 /// What the harness runs: the VMs, their bridge and DHCP.
 pub const E2E_NEEDS: &[Need] = &[
@@ -52,7 +52,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if armhf {
         arches.push(Arch::Armhf);
     }
-    let mut harness = perf_run("herd-ci", "herd-e2e");
+    let mut harness = test_profile_run("herd-ci", "herd-e2e");
     // A random password nobody needs: the test checks that the user is made, not a login.
     let password = out.join("password");
     let mut random = [0u8; 16];

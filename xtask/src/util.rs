@@ -22,15 +22,26 @@ pub fn cargo() -> Command {
     c
 }
 
-/// `cargo run` of a workspace binary in the `perf` profile (optimised for speed; what the benchmarks and
-/// harnesses run); append the binary's arguments.
+/// `cargo run` of a workspace binary in the `perf` profile (optimised for speed: what full benchmark
+/// runs measure with); append the binary's arguments.
 pub fn perf_run(package: &str, bin: &str) -> Command {
+    run_in_profile("perf", package, bin)
+}
+
+/// `cargo run` of a workspace binary in the `test` profile (optimised, with debug assertions): what the
+/// test harnesses and the benchmarks' quick modes run, so they reuse what `cargo test` already built
+/// instead of compiling the workspace once more.
+pub fn test_profile_run(package: &str, bin: &str) -> Command {
+    run_in_profile("test", package, bin)
+}
+
+fn run_in_profile(profile: &str, package: &str, bin: &str) -> Command {
     let mut c = cargo();
     c.args([
         "run",
         "--quiet",
         "--profile",
-        "perf",
+        profile,
         "--locked",
         "--package",
         package,
