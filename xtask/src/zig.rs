@@ -72,9 +72,10 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e.context(format!(
-            "cannot install zig and cargo-zigbuild into {}; by hand: python3 -m venv DIR && \
-             DIR/bin/pip install --require-hashes -r xtask/zig/requirements.txt, then put DIR/bin first \
-             in PATH",
+            "cannot install zig and cargo-zigbuild into {} (it is removed again; the next build retries). \
+             To make it by hand where the build looks for it: python3 -m venv {0} && {0}/bin/pip install \
+             --require-hashes --only-binary=:all: --no-deps -r xtask/zig/requirements.txt && \
+             {0}/bin/python3 -m ziglang version > {0}/.installed",
             dir.display()
         )));
     }
