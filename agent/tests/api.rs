@@ -165,6 +165,23 @@ fn every_endpoint_answers_with_the_right_status_and_body() {
         .unwrap();
     assert_eq!(big.status().as_u16(), 413);
 
+    // The auth scheme's name is case-insensitive (RFC 7235 §2.1); the token is not.
+    let put = |authorization: String| {
+        ureq::put(format!("{}/meta-data/add-service/scheme-case", c.url(0)))
+            .header("authorization", authorization)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_empty()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(put(format!("bearer {TOKEN}")), 200);
+    assert_eq!(put(format!("BEARER {TOKEN}")), 200);
+    assert_eq!(put(format!("Bearer {}", TOKEN.to_uppercase())), 401);
+    assert_eq!(put(format!("Basic {TOKEN}")), 401);
+
     // The dashboard is server-rendered HTML naming every node.
     let r = api.raw("GET", "/", false).unwrap();
     assert_eq!(r.status, 200);

@@ -264,6 +264,40 @@ impl Default for FailureDetectorSection {
     }
 }
 
+/// A TOML error without the line of the file that toml quotes: that line may hold the cluster key or the
+/// API token, and the error goes to the journal. The position and toml's explanation stay.
+fn without_source(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let at = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        // Name the key (with its table) instead of quoting its line: `gossip.key`, never its value.
+        let lines: Vec<&str> = text.lines().collect();
+        let key = lines
+            .get(line - 1)
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim())
+            .filter(|k| !k.is_empty() && !k.contains(['"', '\'']));
+        let table = lines[..(line - 1).min(lines.len())]
+            .iter()
+            .rev()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with('[') && l.ends_with(']'))
+            .map(|l| l.trim_matches(['[', ']']).trim());
+        let name = match (table, key) {
+            (Some(t), Some(k)) => format!(" ({t}.{k})"),
+            (None, Some(k)) => format!(" ({k})"),
+            _ => String::new(),
+        };
+        format!(" at line {line}, column {column}{name}")
+    });
+    anyhow::anyhow!(
+        "TOML error{}: {}",
+        at.unwrap_or_default(),
+        e.message().trim()
+    )
+}
+
 impl Config {
     /// Reads, parses and validates `path`; errors name the file and the key.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -274,7 +308,7 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text)?;
+        let config: Config = toml::from_str(text).map_err(|e| without_source(text, &e))?;
         config.validate()?;
         Ok(config)
     }
@@ -571,6 +605,21 @@ mod tests {
         assert!(err(bad).contains("discovery.interfaces[1]"), "{}", err(bad));
         assert!(err("[gossip]\ninsecure = true\n[discovery]\nmdsn = true")
             .contains("unknown field `mdsn`"));
+    }
+
+    #[test]
+    fn toml_errors_do_not_quote_the_file() {
+        let text =
+            "cluster = \"lab\"\n[gossip]\nkey = \"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=\n";
+        let e = format!("{:#}", Config::parse(text).unwrap_err());
+        assert!(!e.contains("c2VjcmV0"), "the key leaks: {e}");
+        assert!(e.contains("line 3"), "no position: {e}");
+        let e = format!(
+            "{:#}",
+            Config::parse("[api]\ntoken = \"t0k3n-t0k3n-t0k3n\"\nbogus = 1\n").unwrap_err()
+        );
+        assert!(!e.contains("t0k3n"), "the token leaks: {e}");
+        assert!(e.contains("bogus") && e.contains("line 3"), "{e}");
     }
 
     #[test]

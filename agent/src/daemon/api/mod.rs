@@ -191,7 +191,12 @@ fn authorized(
             let Some(token) = &s.token else {
                 return Ok(s);
             };
-            match header.as_deref().and_then(|h| h.strip_prefix("Bearer ")) {
+            // The scheme is case-insensitive (RFC 7235 §2.1): `bearer`, `BEARER` and `Bearer` alike.
+            let given = header.as_deref().and_then(|h| {
+                let (scheme, credentials) = h.trim_start().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
+            });
+            match given {
                 None => Err(reject(
                     StatusCode::UNAUTHORIZED,
                     "this endpoint needs an `Authorization: Bearer <token>` header (api.token)",
