@@ -18,7 +18,9 @@ pub struct Values {
     pub hostname_template: String,
 }
 
-/// Renders every file under `dir` into entries rooted at `/` (files 0644 root:root, directories 0755).
+/// Renders every file under `dir` into entries rooted at `/` (files 0644 root:root, directories 0755; a
+/// file that takes the cluster key or the API token is 0600, readable by root only: the agent, which
+/// runs as a dynamic user, gets it as a systemd credential).
 pub fn render(dir: &Path, values: &Values) -> Result<Vec<Entry>> {
     let ctx = tera::Context::from_serialize(values)
         .map_err(|e| Error::Invalid(format!("overlay values: {e}")))?;
@@ -54,10 +56,13 @@ fn walk(base: &Path, dir: &Path, ctx: &tera::Context, out: &mut Vec<Entry>) -> R
             let text = std::fs::read_to_string(&path).map_err(crate::io(&path))?;
             let rendered = tera::Tera::one_off(&text, ctx, false)
                 .map_err(|e| Error::Invalid(format!("{}: template: {e:?}", path.display())))?;
+            let secret = SECRET_VALUES
+                .iter()
+                .any(|v| text.contains(&format!("{{{{ {v} }}}}")));
             out.push(Entry::File {
                 path: rel,
                 contents: rendered.into_bytes(),
-                mode: 0o644,
+                mode: if secret { 0o600 } else { 0o644 },
                 uid: 0,
                 gid: 0,
             });
@@ -65,6 +70,9 @@ fn walk(base: &Path, dir: &Path, ctx: &tera::Context, out: &mut Vec<Entry>) -> R
     }
     Ok(())
 }
+
+/// The values that are secrets: a file that renders one is readable by root only.
+const SECRET_VALUES: &[&str] = &["cluster_key", "api_token"];
 
 /// `seeds` as a TOML array.
 pub fn seeds_toml(seeds: &[String]) -> String {

@@ -149,6 +149,9 @@ fn check_pipeline(fixture: Fixture) {
         assert_eq!(root.resolve(link).unwrap(), unit);
     }
     // The rendered config parses with the agent's own loader, with the values baked in.
+    // The config holds the cluster key and the API token: root's alone.
+    let st = root.stat("/etc/herd/herd.toml").unwrap();
+    assert_eq!((st.mode & 0o777, st.uid, st.gid), (0o600, 0, 0), "{st:?}");
     let toml = String::from_utf8(root.read("/etc/herd/herd.toml").unwrap()).unwrap();
     let config = herd::config::Config::parse(&toml).unwrap();
     assert_eq!(config.cluster, "fixture");
