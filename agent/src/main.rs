@@ -186,7 +186,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .init();
-            let config = Config::load(&config)?;
+            let loaded = Config::load(&config)?;
+            if let Some(problem) = loaded.permission_problem(&config) {
+                tracing::warn!("{problem}");
+            }
+            let config = loaded;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -201,8 +205,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            Config::load(&config)?;
-            println!("{}: ok", config.display());
+            let loaded = Config::load(&config)?;
+            match loaded.permission_problem(&config) {
+                Some(problem) => println!("{}: ok, but {problem}", config.display()),
+                None => println!("{}: ok", config.display()),
+            }
             Ok(())
         }
         Command::SetHostname { config, once } => set_hostname(&config, once.as_deref()),

@@ -378,3 +378,78 @@ fn a_service_with_a_lower_phi_threshold_gets_its_nodes_convicted_sooner() {
         "seed {seed}: db convicted after {db:?}, web after {web:?}"
     );
 }
+
+/// Every other running node sees node `i` alive in a generation above `old`.
+fn all_see_alive_above(sim: &Sim, i: usize, old: u64) -> bool {
+    let id = sim.id(i);
+    sim.up().filter(|o| *o != i).all(|o| {
+        let g = sim.gossiper(o).unwrap();
+        g.liveness(id) == Some(Liveness::Alive) && g.generation_of(id).is_some_and(|g| g > old)
+    })
+}
+
+#[test]
+fn a_forged_leave_or_heartbeat_is_refuted_by_its_victim_within_2s() {
+    use herd::gossip::wire::{Digest, DigestEntry, Message};
+    let seed = 17;
+    let mut sim = cluster(seed, 30);
+    let victim = 5;
+    let id = sim.id(victim);
+
+    // A holder of the key says the victim left.
+    let old = sim.gossiper(victim).unwrap().generation();
+    sim.forge(victim, Message::Leave);
+    sim.run_for(Duration::from_millis(10));
+    let fooled = sim
+        .up()
+        .filter(|o| sim.gossiper(*o).unwrap().liveness(id) == Some(Liveness::Left))
+        .count();
+    assert_eq!(fooled, 29, "seed {seed}: the forgery reached everyone");
+    let start = sim.now();
+    assert!(
+        sim.run_until(start + secs(2), |s| all_see_alive_above(s, victim, old)),
+        "seed {seed}: the forged leave was not refuted within 2 s"
+    );
+    assert!(sim.gossiper(victim).unwrap().stats().refutations >= 1);
+
+    // A heartbeat of the largest value (a leave) in a digest entry: the same.
+    let old = sim.gossiper(victim).unwrap().generation();
+    let entry = DigestEntry {
+        node: id,
+        generation: old,
+        heartbeat: u64::MAX,
+        max_version: 0,
+    };
+    let digest = Digest {
+        start: id,
+        end: id,
+        known: 30,
+        entries: vec![entry],
+    };
+    sim.forge(3, Message::Syn { digest });
+    let start = sim.now();
+    assert!(
+        sim.run_until(start + secs(2), |s| all_see_alive_above(s, victim, old)),
+        "seed {seed}: the forged heartbeat was not refuted within 2 s"
+    );
+    sim.run_for(secs(30));
+    assert!(sim.converged(), "seed {seed}");
+}
+
+#[test]
+fn a_node_that_forgot_its_generation_goes_above_its_past() {
+    // A card whose state directory was lost boots with a clock that is behind: its new generation is
+    // lower than the one its peers remember. It must not stay "left" or "dead" in their eyes.
+    let seed = 18;
+    let mut sim = cluster(seed, 20);
+    let node = 4;
+    let old = sim.gossiper(node).unwrap().generation();
+    sim.crash(node);
+    sim.run_for(secs(2));
+    sim.restart_with_generation(node, old - 1000);
+    let start = sim.now();
+    assert!(
+        sim.run_until(start + secs(10), |s| all_see_alive_above(s, node, old)),
+        "seed {seed}: the node stayed below its past"
+    );
+}

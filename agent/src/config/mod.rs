@@ -123,6 +123,10 @@ pub struct ApiSection {
     /// Bearer token that write endpoints require; unset means writes are open to anyone on the network.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// Require the token for reads too (the dashboard included; browsers ask for it as a password),
+    /// for clusters on shared networks. `/healthz` stays open.
+    #[serde(default)]
+    pub protect_reads: bool,
 }
 
 /// `[monitoring]`: what the agent samples and gossips about its machine.
@@ -306,6 +310,28 @@ impl Config {
         Config::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
+    /// What is wrong with `path`'s permissions for a file holding this config's secrets (the cluster key
+    /// or the API token): readable or writable by other users lets any account on the machine join the
+    /// cluster or change meta-data. `None` when fine (or there is no secret).
+    pub fn permission_problem(&self, path: &Path) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.gossip.key.is_none() && self.api.token.is_none() {
+            return None;
+        }
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        let who = match (mode & 0o006 != 0, mode & 0o060 != 0) {
+            (true, _) => "every user",
+            (false, true) => "its group",
+            (false, false) => return None,
+        };
+        Some(format!(
+            "{} holds the cluster key or the API token and is mode {mode:03o}: readable or writable by \
+             {who}; make it 0600 (chmod 600 {})",
+            path.display(),
+            path.display()
+        ))
+    }
+
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
         let config: Config = toml::from_str(text).map_err(|e| without_source(text, &e))?;
@@ -324,8 +350,9 @@ impl Config {
         {
             bail!("cluster: {c:?} must be 1 to 63 characters of A-Z, a-z, 0-9, '-' and '_'");
         }
-        if self.node_name.len() > 63 || self.node_name.chars().any(char::is_control) {
-            bail!("node_name: must be at most 63 printable characters");
+        if !self.node_name.is_empty() {
+            crate::model::published::check_node_name(&self.node_name)
+                .map_err(|e| anyhow::anyhow!("node_name: {e}"))?;
         }
         if !self.hostname_template.is_empty() {
             hostname::HostnameTemplate::parse(&self.hostname_template)
@@ -456,6 +483,7 @@ impl Config {
                 .iter()
                 .filter_map(|(name, s)| s.phi_threshold.map(|t| (name.clone(), t)))
                 .collect(),
+            check_value: crate::model::published::check_value,
             ..GossipConfig::new(&self.cluster)
         }
     }

@@ -22,11 +22,12 @@ use mdns_sd::ServiceDaemon;
 use super::api::{self, ApiState};
 use super::discovery::{self, Announcement, Change, Mdns};
 use super::handle::Handle;
-use super::identity::Identity;
+use super::identity::{store_generation, Identity};
 use super::metadata::MetaData;
 use super::monitor::{Facts, Sample, Sampler, FACTS_KEY, SAMPLE_KEY};
 use crate::config::Config;
 use crate::gossip::{Event, EventKind, Gossiper, Member, NodeId, Stats, Transmit, SERVICES_KEY};
+use crate::model::published::check_node_name;
 
 /// How often seed host names are resolved again (a Pi's DHCP address may change).
 const SEED_REFRESH: Duration = Duration::from_secs(30);
@@ -71,13 +72,21 @@ impl Agent {
             Duration::ZERO,
         );
         let name = if config.node_name.is_empty() {
-            hostname()
+            let host = hostname();
+            match check_node_name(&host) {
+                Ok(()) => host,
+                // Peers would refuse the node's whole state: go by the id instead, and say why.
+                Err(e) => {
+                    tracing::warn!("the host name cannot be the node's name ({e}); set node_name");
+                    format!("node-{}", identity.id)
+                }
+            }
         } else {
             config.node_name.clone()
         };
         gossiper.set("name", &name)?;
         gossiper.set("version", env!("CARGO_PKG_VERSION"))?;
-        let metadata = MetaData::load(&config.state_dir);
+        let metadata = MetaData::load(&config.state_dir)?;
         gossiper.set(SERVICES_KEY, &metadata.gossip_value())?;
         gossiper.set(FACTS_KEY, &Facts::read().to_gossip())?;
 
@@ -93,7 +102,9 @@ impl Agent {
                 handle.clone(),
                 Arc::new(Mutex::new(metadata)),
                 config.api.token.clone(),
+                config.api.protect_reads,
                 &config.cluster,
+                api::server::fit_to_file_limit(api::server::Limits::default()),
             );
             if config.api.token.is_none() {
                 tracing::warn!(
@@ -176,6 +187,7 @@ impl Agent {
                 resolving: false,
                 resolved_tx,
                 resolved_rx,
+                generation: identity.generation,
             }
             .run(stopped),
         );
@@ -328,6 +340,8 @@ struct Loop {
     resolving: bool,
     resolved_tx: mpsc::Sender<Vec<SocketAddr>>,
     resolved_rx: mpsc::Receiver<Vec<SocketAddr>>,
+    /// The generation last stored in the state directory.
+    generation: u64,
 }
 
 impl Loop {
@@ -349,7 +363,13 @@ impl Loop {
                     Ok((n, from)) => {
                         let mut g = self.gossiper.lock().expect("lock");
                         g.handle_datagram(self.started.elapsed(), from, &buf[..n], &mut rng);
-                        drain(&mut g, &self.events)
+                        let generation = g.generation();
+                        let out = drain(&mut g, &self.events);
+                        drop(g);
+                        if generation != self.generation {
+                            self.refuted(generation);
+                        }
+                        out
                     }
                     Err(e) => {
                         // ICMP errors of earlier sends surface here on Linux; they are not fatal.
@@ -405,6 +425,21 @@ impl Loop {
                 }
             };
             send_all(&self.socket, out).await;
+        }
+    }
+
+    /// The gossiper raised its generation to refute what peers believed of this node (a leave it never
+    /// announced, or a generation above its own): say so, and store it so a restart goes above it.
+    fn refuted(&mut self, generation: u64) {
+        tracing::warn!(
+            from = self.generation,
+            to = generation,
+            "peers held a state of this node that it never sent (a forged leave, or a former generation): \
+             refuted by raising the generation"
+        );
+        self.generation = generation;
+        if let Err(e) = store_generation(&self.config.state_dir, generation) {
+            tracing::error!(error = %format!("{e:#}"), "cannot store the new generation");
         }
     }
 

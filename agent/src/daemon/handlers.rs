@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, Notify};
 
 use super::handle::Handle;
 use crate::config::{HandlerEvent, HandlerSection};
-use crate::gossip::{EventKind, NodeId};
+use crate::gossip::{EventKind, Liveness, NodeId};
 use crate::model::views::NodeView;
 
 /// Events waiting for their handlers beyond this are dropped (and logged): a handler that hangs for its
@@ -63,15 +63,7 @@ pub fn environment(
 }
 
 /// What an update handler cares about: a change of anything else is not an update.
-fn identity_of(
-    n: &NodeView,
-) -> (
-    String,
-    Option<std::net::IpAddr>,
-    Option<u16>,
-    Option<u16>,
-    Vec<String>,
-) {
+fn identity_of(n: &NodeView) -> Identity {
     (
         n.name.clone(),
         n.address,
@@ -100,13 +92,39 @@ pub fn spawn(
         tokio::spawn(async move {
             let mut seen: HashMap<NodeId, _> = HashMap::new();
             for m in handle.members() {
-                seen.insert(m.id, identity_of(&NodeView::from_member(&m)));
+                seen.insert(m.id, (identity_of(&NodeView::from_member(&m)), m.liveness));
             }
             loop {
                 let e = match events.recv().await {
                     Ok(e) => e,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "event handlers fell behind: events missed");
+                        // Events were lost: what they said is found by comparing the members with what
+                        // was last seen of each, so no join, leave or failure goes without its handler.
+                        tracing::warn!(
+                            missed = n,
+                            "event handlers fell behind: catching up from the member list"
+                        );
+                        let members = handle.members();
+                        let Some(me) = members.iter().find(|m| m.is_self) else {
+                            continue;
+                        };
+                        let me = NodeView::from_member(me);
+                        for m in members.iter().filter(|m| !m.is_self) {
+                            let view = NodeView::from_member(m);
+                            let before = seen.insert(m.id, (identity_of(&view), m.liveness));
+                            let Some(event) = catch_up_event(before.as_ref(), &view, m.liveness)
+                            else {
+                                continue;
+                            };
+                            if wanted.contains(&event) {
+                                let job = Job {
+                                    event,
+                                    env: environment(event, &view, &cluster, &me),
+                                };
+                                queue.lock().expect("queue lock").push_back(job);
+                                ready.notify_one();
+                            }
+                        }
                         continue;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -133,8 +151,8 @@ pub fn spawn(
                 let view = NodeView::from_member(member);
                 let id = identity_of(&view);
                 // An "updated" event is an update only when it changed the member's identity.
-                let unchanged = seen.get(&e.node) == Some(&id);
-                seen.insert(e.node, id);
+                let unchanged = seen.get(&e.node).map(|(id, _)| id) == Some(&id);
+                seen.insert(e.node, (id, member.liveness));
                 if !wanted.contains(&event) || (event == HandlerEvent::Update && unchanged) {
                     continue;
                 }
@@ -168,6 +186,33 @@ pub fn spawn(
     vec![collector, runner]
 }
 
+type Identity = (
+    String,
+    Option<std::net::IpAddr>,
+    Option<u16>,
+    Option<u16>,
+    Vec<String>,
+);
+
+/// After lost events: the handler event that brings a member from what was last seen of it (`before`)
+/// to what it is now, if any.
+fn catch_up_event(
+    before: Option<&(Identity, Liveness)>,
+    now: &NodeView,
+    liveness: Liveness,
+) -> Option<HandlerEvent> {
+    let up = |l: Liveness| matches!(l, Liveness::Alive | Liveness::Suspect);
+    match before {
+        None if up(liveness) => Some(HandlerEvent::Join),
+        None => None,
+        Some((_, was)) if up(*was) && liveness == Liveness::Dead => Some(HandlerEvent::Failure),
+        Some((_, was)) if up(*was) && liveness == Liveness::Left => Some(HandlerEvent::Leave),
+        Some((_, was)) if !up(*was) && up(liveness) => Some(HandlerEvent::Join),
+        Some((id, _)) if up(liveness) && *id != identity_of(now) => Some(HandlerEvent::Update),
+        Some(_) => None,
+    }
+}
+
 /// The handler event a membership event is, if any.
 fn handler_event(kind: EventKind) -> Option<HandlerEvent> {
     match kind {
@@ -187,20 +232,30 @@ async fn run(h: &HandlerSection, job: &Job) {
         .find(|(k, _)| k == "HERD_MEMBER_NAME")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(&h.command)
-        .envs(job.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(command = %h.command, error = %e, "cannot start event handler");
-            return;
+    // Starting can fail for a while (out of file descriptors or processes): a failure handler must still
+    // run, so try again, 1 + 2 + 4 + 8 + 16 s apart, before giving up on it.
+    let mut wait = std::time::Duration::from_secs(1);
+    let child = loop {
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&h.command)
+            .envs(job.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        match child {
+            Ok(c) => break c,
+            Err(e) if wait <= std::time::Duration::from_secs(16) => {
+                tracing::warn!(command = %h.command, error = %e, retry_in = ?wait, "cannot start event handler yet");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            Err(e) => {
+                tracing::error!(command = %h.command, event = job.event.as_str(), %member, error = %e, "cannot start event handler: gave up");
+                return;
+            }
         }
     };
     match tokio::time::timeout(h.timeout, child.wait_with_output()).await {
@@ -225,5 +280,50 @@ async fn run(h: &HandlerSection, job: &Job) {
                 tracing::warn!(command = %h.command, event = job.event.as_str(), %member, status = %out.status, "event handler failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str, services: &[&str]) -> NodeView {
+        let mut v: NodeView = serde_json::from_value(serde_json::json!({
+            "id": "00000000000000aa", "name": name, "state": "alive", "is_self": false,
+            "generation": 1, "phi": 0.0, "threshold": 8.0, "last_heard_ms": 0, "services": []
+        }))
+        .expect("a node view");
+        v.services = services.iter().map(|s| s.to_string()).collect();
+        v
+    }
+
+    #[test]
+    fn lost_events_are_made_up_from_the_member_list() {
+        let web = view("pi-1", &["web"]);
+        let seen = |l| (identity_of(&web), l);
+        use HandlerEvent::*;
+        use Liveness::*;
+        let cases = [
+            (None, Alive, Some(Join)),
+            (None, Dead, None),
+            (Some(seen(Alive)), Dead, Some(Failure)),
+            (Some(seen(Suspect)), Dead, Some(Failure)),
+            (Some(seen(Alive)), Left, Some(Leave)),
+            (Some(seen(Dead)), Alive, Some(Join)),
+            (Some(seen(Dead)), Dead, None),
+            (Some(seen(Alive)), Alive, None),
+        ];
+        for (before, now, want) in cases {
+            assert_eq!(
+                catch_up_event(before.as_ref(), &web, now),
+                want,
+                "{before:?} → {now:?}"
+            );
+        }
+        let moved = view("pi-1", &["web", "db"]);
+        assert_eq!(
+            catch_up_event(Some(&seen(Alive)), &moved, Alive),
+            Some(Update)
+        );
     }
 }

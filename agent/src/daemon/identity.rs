@@ -124,6 +124,8 @@ fn useful_serial(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().any(|b| b.is_ascii_alphanumeric() && b != b'0')
 }
 
+use crate::gossip::wire::MAX_GENERATION;
+
 /// 2025-01-01T00:00:00Z, where generations start counting.
 const GENERATION_EPOCH: u64 = 1_735_689_600;
 
@@ -158,18 +160,37 @@ impl Identity {
             Err(e) => return Err(e).context(format!("cannot read {}", id_path.display())),
         };
         let gen_path = state_dir.join("generation");
-        let previous = std::fs::read_to_string(&gen_path)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let previous = match std::fs::read_to_string(&gen_path) {
+            Ok(text) => match text.trim().parse::<u64>() {
+                Ok(g) if g < MAX_GENERATION => g,
+                _ => {
+                    // Carry on with the clock: should that be behind what peers last saw of this node,
+                    // they gossip the newer generation back and the node refutes it by going above it.
+                    tracing::warn!(
+                        file = %gen_path.display(),
+                        "the generation file is corrupt; starting from the clock (peers will correct it)"
+                    );
+                    0
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            // Unreadable is not corrupt: starting with a guess could put the node behind its own past.
+            Err(e) => return Err(e).context(format!("cannot read {}", gen_path.display())),
+        };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs().saturating_sub(GENERATION_EPOCH))
             .unwrap_or(0);
-        let generation = (previous + 1).max(now);
-        write_atomic(&gen_path, &format!("{generation}\n"))?;
+        let generation = (previous + 1).max(now).min(MAX_GENERATION - 1);
+        store_generation(state_dir, generation)?;
         Ok(Identity { id, generation })
     }
+}
+
+/// Records `generation` as the node's latest, so the next start goes above it (also after a refutation
+/// raised it while running).
+pub fn store_generation(state_dir: &Path, generation: u64) -> anyhow::Result<()> {
+    write_atomic(&state_dir.join("generation"), &format!("{generation}\n"))
 }
 
 /// Sets this machine's host name to `name`: `/etc/hostname`, the `127.0.1.1` line of `/etc/hosts` (so

@@ -2,8 +2,9 @@
 //! gossiped under the key `services`.
 //!
 //! A Pi can lose power at any instant, so every change is written atomically and durably (temporary file,
-//! fsync, rename, fsync of the directory) before it is acknowledged. A file that cannot be read or parsed
-//! never stops the agent: it is moved aside, the error is logged, and the agent starts with no services.
+//! fsync, rename, fsync of the directory) before it is acknowledged. A file that cannot be parsed never
+//! stops the agent: it is moved aside, the error is logged, and the agent starts with no services; one
+//! that cannot be read at all (a disk fault) stops it with the error, rather than announce a false "none".
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -40,25 +41,65 @@ pub struct MetaData {
 
 impl MetaData {
     /// Loads `state_dir/meta-data.json`. A missing file is an empty set; a corrupt one is moved aside to
-    /// `meta-data.json.corrupt-<unix time>` and logged, and the set starts empty.
-    pub fn load(state_dir: &Path) -> MetaData {
+    /// `meta-data.json.corrupt-<unix time>` and logged, and the set starts empty. A set larger than gossip
+    /// carries (written by hand, or by another version) is copied aside whole to
+    /// `meta-data.json.over-limit-<unix time>` and the services that fit, in name order, are kept. A file
+    /// that exists but cannot be read (permissions, I/O error) is an error: the node must not announce
+    /// "no services" because of a disk fault, and `herd launch --reconcile` would act on that.
+    pub fn load(state_dir: &Path) -> anyhow::Result<MetaData> {
         let path = state_dir.join("meta-data.json");
-        let loaded = match std::fs::read(&path) {
-            Ok(bytes) => parse(&bytes).map_err(|e| ("corrupt", e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-            Err(e) => Err(("unreadable", e.into())),
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot read the meta-data file {} (fix its permissions or the disk; it is \
+                         not replaced)",
+                        path.display()
+                    )
+                })
+            }
         };
-        let services = loaded.unwrap_or_else(|(what, e)| {
-            let aside = set_aside(&path);
+        let services = match bytes.as_deref().map(parse) {
+            None => BTreeSet::new(),
+            Some(Ok(services)) => services,
+            Some(Err(e)) => {
+                let aside = set_aside(&path, "corrupt", false);
+                tracing::error!(
+                    file = %path.display(),
+                    moved_to = %aside,
+                    error = %format!("{e:#}"),
+                    "corrupt meta-data file moved aside; starting with no services"
+                );
+                BTreeSet::new()
+            }
+        };
+        let mut kept = BTreeSet::new();
+        let mut dropped = Vec::new();
+        for s in services {
+            let mut next = kept.clone();
+            next.insert(s.clone());
+            if serde_json::to_string(&next).map_or(0, |t| t.len()) > MAX_SERVICES_BYTES {
+                dropped.push(s);
+            } else {
+                kept = next;
+            }
+        }
+        if !dropped.is_empty() {
+            let copy = set_aside(&path, "over-limit", true);
             tracing::error!(
                 file = %path.display(),
-                moved_to = %aside,
-                error = %e,
-                "{what} meta-data file moved aside; starting with no services"
+                copied_to = %copy,
+                dropped = %dropped.join(","),
+                "the meta-data lists more services than gossip carries ({MAX_SERVICES_BYTES} bytes); \
+                 publishing those that fit"
             );
-            BTreeSet::new()
-        });
-        MetaData { path, services }
+        }
+        Ok(MetaData {
+            path,
+            services: kept,
+        })
     }
 
     pub fn services(&self) -> &BTreeSet<String> {
@@ -117,14 +158,20 @@ fn parse(bytes: &[u8]) -> anyhow::Result<BTreeSet<String>> {
     Ok(file.services)
 }
 
-/// Renames a bad file out of the way; returns where it went (or why it could not move).
-fn set_aside(path: &Path) -> String {
+/// Renames (or copies) a file out of the way, to `<name>.<what>-<unix time>`; returns where it went (or
+/// why it could not).
+fn set_aside(path: &Path, what: &str, copy: bool) -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let aside = path.with_extension(format!("json.corrupt-{secs}"));
-    match std::fs::rename(path, &aside) {
+    let aside = path.with_extension(format!("json.{what}-{secs}"));
+    let done = if copy {
+        std::fs::copy(path, &aside).map(drop)
+    } else {
+        std::fs::rename(path, &aside)
+    };
+    match done {
         Ok(()) => aside.display().to_string(),
         Err(e) => format!("(not moved: {e})"),
     }
@@ -153,14 +200,14 @@ mod tests {
     #[test]
     fn changes_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = MetaData::load(dir.path());
+        let mut m = MetaData::load(dir.path()).unwrap();
         assert!(m.services().is_empty());
         assert!(m.add("web").unwrap());
         assert!(!m.add("web").unwrap());
         assert!(m.add("db").unwrap());
         assert!(m.remove("web").unwrap());
         assert!(!m.remove("web").unwrap());
-        let again = MetaData::load(dir.path());
+        let again = MetaData::load(dir.path()).unwrap();
         assert_eq!(again.services().iter().collect::<Vec<_>>(), ["db"]);
         assert_eq!(again.gossip_value(), r#"["db"]"#);
         assert!(matches!(m.add("bad name"), Err(ChangeError::BadName(_))));
@@ -169,7 +216,7 @@ mod tests {
     #[test]
     fn the_set_is_bounded_by_what_gossip_carries() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = MetaData::load(dir.path());
+        let mut m = MetaData::load(dir.path()).unwrap();
         let mut added = 0;
         loop {
             match m.add(&format!("service-number-{added:04}")) {
@@ -190,11 +237,11 @@ mod tests {
             b"{\"services\":[\"a b\"]}",
         ] {
             std::fs::write(dir.path().join("meta-data.json"), garbage).unwrap();
-            let mut m = MetaData::load(dir.path());
+            let mut m = MetaData::load(dir.path()).unwrap();
             assert!(m.services().is_empty());
             assert!(!dir.path().join("meta-data.json").exists());
             m.add("fresh").unwrap();
-            assert_eq!(MetaData::load(dir.path()).services().len(), 1);
+            assert_eq!(MetaData::load(dir.path()).unwrap().services().len(), 1);
             std::fs::remove_file(dir.path().join("meta-data.json")).unwrap();
         }
         let aside = std::fs::read_dir(dir.path())
@@ -208,5 +255,36 @@ mod tests {
             })
             .count();
         assert!(aside >= 1);
+    }
+
+    #[test]
+    fn an_over_limit_file_keeps_what_fits_and_a_copy_of_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..200).map(|i| format!("service-{i:03}")).collect();
+        let text = serde_json::json!({ "services": names }).to_string();
+        std::fs::write(dir.path().join("meta-data.json"), &text).unwrap();
+        let m = MetaData::load(dir.path()).unwrap();
+        assert!(!m.services().is_empty() && m.services().len() < 200);
+        assert!(m.gossip_value().len() <= MAX_SERVICES_BYTES);
+        let copies: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("over-limit"))
+            .collect();
+        assert_eq!(copies.len(), 1);
+        assert_eq!(std::fs::read_to_string(&copies[0]).unwrap(), text);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_error_not_an_empty_set() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: reading it fails with EISDIR, as EIO or EACCES would.
+        std::fs::create_dir(dir.path().join("meta-data.json")).unwrap();
+        let e = MetaData::load(dir.path()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("cannot read the meta-data file"),
+            "{e:#}"
+        );
+        assert!(dir.path().join("meta-data.json").is_dir(), "left as it was");
     }
 }

@@ -17,6 +17,7 @@
 //! possible heartbeat, wins everywhere it meets an older one.
 
 pub mod phi;
+mod replay;
 pub mod sim;
 mod state;
 pub mod wire;
@@ -36,6 +37,12 @@ use self::wire::{
     Digest, DigestEntry, Message, NodeDelta, Packet, Security, WireError, MAX_KEY_LEN, MAX_PAYLOAD,
     MAX_VALUE_LEN,
 };
+
+/// The receiver of a datagram whose receiver's id is not known (a Syn to a seed).
+const ANYONE: NodeId = NodeId(0);
+
+/// How long a node that left is still probed now and then (see `scan`).
+const LEFT_PROBE: Duration = Duration::from_secs(60);
 
 /// The heartbeat of a node that left gracefully.
 pub const LEFT_HEARTBEAT: u64 = u64::MAX;
@@ -63,6 +70,19 @@ pub struct GossipConfig {
     /// with the lowest of their thresholds instead of `phi.threshold`, so a service that must fail over
     /// fast gets its nodes convicted sooner (and a tolerant one later).
     pub service_thresholds: std::collections::BTreeMap<String, f64>,
+    /// Checks a key/value received from a peer; a delta holding one that fails is refused whole. The
+    /// default refuses control characters; the agent sets the checks of the keys it publishes
+    /// (`model::published::check_value`).
+    pub check_value: fn(&str, &str) -> Result<(), String>,
+}
+
+/// The check of received values when the caller sets none: no control characters (they would reach
+/// terminals, logs and handlers' environments), whatever the key.
+pub fn no_control_chars(_key: &str, value: &str) -> Result<(), String> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!("control character {c:?}")),
+        None => Ok(()),
+    }
 }
 
 impl GossipConfig {
@@ -75,6 +95,7 @@ impl GossipConfig {
             reap_after: Duration::from_secs(24 * 3600),
             seeds: Vec::new(),
             service_thresholds: Default::default(),
+            check_value: no_control_chars,
         }
     }
 }
@@ -146,6 +167,16 @@ pub struct Stats {
     pub rejected_foreign: u64,
     /// Datagrams that authenticated but did not decode.
     pub rejected_malformed: u64,
+    /// Authentic datagrams seen before (or of a sender's former generation): replays, dropped.
+    pub rejected_replay: u64,
+    /// Node states (deltas) refused whole because a key or value failed its check.
+    pub rejected_invalid: u64,
+    /// Replies cut to the size of the datagram they answer, because it came from an address that is not
+    /// its sender's (a spoofed source must not get more bytes than it sent).
+    pub limited_replies: u64,
+    /// Times this node raised its generation to refute what peers believed of it (a leave, a heartbeat
+    /// or state it never sent, or a newer generation of itself).
+    pub refutations: u64,
 }
 
 /// A member as seen by the local node: what the dashboard and the API show.
@@ -195,6 +226,9 @@ pub struct Gossiper {
     next_tick: Duration,
     stats: Stats,
     left: bool,
+    /// The sequence number of the next datagram sent.
+    seq: u64,
+    replay: replay::Windows,
 }
 
 impl std::fmt::Debug for Gossiper {
@@ -252,6 +286,8 @@ impl Gossiper {
             next_tick: now,
             stats: Stats::default(),
             left: false,
+            seq: 0,
+            replay: replay::Windows::default(),
         }
     }
 
@@ -261,6 +297,11 @@ impl Gossiper {
 
     pub fn generation(&self) -> u64 {
         self.me().generation
+    }
+
+    /// The sequence number the next datagram will carry.
+    pub fn next_seq(&self) -> u64 {
+        self.seq
     }
 
     pub fn config(&self) -> &GossipConfig {
@@ -371,8 +412,10 @@ impl Gossiper {
             .map(|(_, id)| *id)
             .collect();
 
-        let mut targets: Vec<SocketAddr> = Vec::with_capacity(3);
-        let addr_of = |nodes: &BTreeMap<NodeId, NodeState>, id: &NodeId| nodes[id].addr;
+        // Where to, and to whom when known (a seed's id is not).
+        let mut targets: Vec<(SocketAddr, NodeId)> = Vec::with_capacity(3);
+        let addr_of =
+            |nodes: &BTreeMap<NodeId, NodeState>, id: &NodeId| nodes[id].addr.map(|a| (a, *id));
         let (live, dead) = (&self.live, &self.dead);
         // Two random live peers a round: an epidemic with fan-out 2 reaches everyone in about half the
         // rounds of fan-out 1, and heartbeats reach each peer more evenly, for twice the bytes.
@@ -404,13 +447,13 @@ impl Gossiper {
                 || rng
                     .gen_bool((seeds.len() as f64 / (live.len() + dead.len() + 1) as f64).min(1.0)))
         {
-            targets.push(seeds[rng.gen_range(0..seeds.len())]);
+            targets.push((seeds[rng.gen_range(0..seeds.len())], ANYONE));
         }
         targets.sort_unstable();
-        targets.dedup();
-        for to in targets {
-            let digest = self.build_digest(rng, &hot);
-            self.send(to, Message::Syn { digest }, rng);
+        targets.dedup_by_key(|(addr, _)| *addr);
+        for (to, node) in targets {
+            let digest = self.build_digest(rng, &hot, node);
+            self.send(to, node, Message::Syn { digest }, rng);
         }
     }
 
@@ -450,6 +493,12 @@ impl Gossiper {
                     self.dead.push(id);
                     next = next.min(s.since + reap_after);
                 }
+                // A node that left is probed like a dead one for a minute: should the leave be forged,
+                // it learns so and refutes it; after that its address gets nothing more.
+                Liveness::Left if now < s.since + LEFT_PROBE => {
+                    self.dead.push(id);
+                    next = next.min(s.since + LEFT_PROBE);
+                }
                 Liveness::Left => next = next.min(s.since + reap_after),
             }
         }
@@ -480,16 +529,16 @@ impl Gossiper {
         me.heartbeat = LEFT_HEARTBEAT;
         me.changed_at = now;
         self.notes.rumours.push_back((now, self.id));
-        let peers: Vec<SocketAddr> = self
+        let peers: Vec<(SocketAddr, NodeId)> = self
             .nodes
             .iter()
             .filter(|(id, s)| {
                 **id != self.id && matches!(s.liveness, Liveness::Alive | Liveness::Suspect)
             })
-            .filter_map(|(_, s)| s.addr)
+            .filter_map(|(id, s)| s.addr.map(|a| (a, *id)))
             .collect();
-        for to in peers {
-            self.send(to, Message::Leave, rng);
+        for (to, node) in peers {
+            self.send(to, node, Message::Leave, rng);
         }
     }
 
@@ -522,10 +571,36 @@ impl Gossiper {
             return;
         }
         let sender = packet.sender;
+        // Only a Syn may be addressed to anyone (a seed's id is not known); everything else names its
+        // receiver, so what was sent to one node cannot be replayed to another.
+        let addressed = packet.to == self.id
+            || (packet.to == ANYONE && matches!(packet.message, Message::Syn { .. }));
+        if !addressed {
+            self.stats.rejected_replay += 1;
+            return;
+        }
+        let cap = 2 * self.nodes.len() + 64;
+        let nodes = &self.nodes;
+        if !self
+            .replay
+            .accept(sender, packet.generation, packet.seq, cap, |id| {
+                nodes.contains_key(&id)
+            })
+        {
+            self.stats.rejected_replay += 1;
+            return;
+        }
+        // Answer a source that is not the sender's known address with no more bytes than it sent: a
+        // captured datagram replayed from a spoofed address must not turn this node into an amplifier.
+        let verified = self
+            .nodes
+            .get(&sender)
+            .is_some_and(|s| s.addr == Some(from));
+        let syn_reply_limit = if verified { MAX_PAYLOAD } else { payload.len() };
         match packet.message {
             Message::Syn { digest } => {
                 self.peer_known = digest.known;
-                self.on_syn(now, from, digest, rng)
+                self.on_syn(now, from, sender, digest, syn_reply_limit, rng)
             }
             Message::Ack {
                 known,
@@ -537,7 +612,8 @@ impl Gossiper {
                     self.apply_delta(now, sender, d);
                 }
                 self.observe(now, &entries);
-                let budget = MAX_PAYLOAD - wire::packet_header_len(self.generation()) - 2;
+                // An Ack answers a Syn of ours and is addressed to this node alone: its sender was asked.
+                let budget = self.reply_budget(MAX_PAYLOAD).saturating_sub(2);
                 let mut used = 0;
                 let mut deltas = Vec::new();
                 for e in &entries {
@@ -547,7 +623,7 @@ impl Gossiper {
                     }
                 }
                 if !deltas.is_empty() {
-                    self.send(from, Message::Ack2 { deltas }, rng);
+                    self.send(from, sender, Message::Ack2 { deltas }, rng);
                 }
             }
             Message::Ack2 { deltas } => {
@@ -566,10 +642,58 @@ impl Gossiper {
         }
     }
 
-    fn on_syn(&mut self, now: Duration, from: SocketAddr, digest: Digest, rng: &mut impl RngCore) {
+    /// Bytes a reply's message may take when its payload may take `limit` (a whole datagram's, or no
+    /// more than the payload it answers).
+    fn reply_budget(&mut self, limit: usize) -> usize {
+        let header = wire::packet_header_len(self.generation(), self.seq);
+        if limit < MAX_PAYLOAD {
+            self.stats.limited_replies += 1;
+        }
+        limit.min(MAX_PAYLOAD).saturating_sub(header)
+    }
+
+    /// Whether a peer's view of this node, `e`, holds something this node never sent: a newer generation
+    /// of itself, a heartbeat above its own (a leave it did not announce), or state it never set.
+    fn is_forgery_of_me(&self, e: &DigestEntry) -> bool {
+        let me = self.me();
+        e.node == self.id
+            && (e.generation > me.generation
+                || (e.generation == me.generation
+                    && (e.heartbeat > me.heartbeat || e.max_version > me.max_version)))
+    }
+
+    /// SWIM's refutation: peers believe something of this node that it never said (a forged leave, a
+    /// forged heartbeat, or a generation from a former life that the state directory forgot). This node
+    /// starts a new generation above anything seen, which replaces the false belief everywhere, as a
+    /// restart would. Its key/values stay; peers fetch them whole for the new generation.
+    fn refute(&mut self, now: Duration, seen_generation: u64) {
+        let generation = self.generation().max(seen_generation) + 1;
+        let id = self.id;
+        let me = self
+            .nodes
+            .get_mut(&id)
+            .expect("the local node is always known");
+        me.generation = generation;
+        me.heartbeat = 0;
+        self.notes.changed(id, me, now);
+        self.stats.refutations += 1;
+    }
+
+    fn on_syn(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        sender: NodeId,
+        digest: Digest,
+        reply_limit: usize,
+        rng: &mut impl RngCore,
+    ) {
         let mut listed: Vec<NodeId> = digest.entries.iter().map(|e| e.node).collect();
         listed.sort_unstable();
 
+        if let Some(e) = digest.entries.iter().find(|e| self.is_forgery_of_me(e)) {
+            self.refute(now, e.generation);
+        }
         let mut requests = Vec::new();
         let mut news = Vec::new();
         let mut wanted: Vec<(NodeId, Option<&DigestEntry>)> = Vec::new();
@@ -585,6 +709,10 @@ impl Gossiper {
                         wanted.push((e.node, Some(e)));
                     } else if s.max_version < e.max_version {
                         requests.push(s.entry(e.node));
+                    } else if s.heartbeat > e.heartbeat && e.node == sender {
+                        // What we believe of the sender itself beyond what it says (a leave it never
+                        // announced): it goes first, so the sender can refute it at once.
+                        requests.insert(0, s.entry(e.node));
                     } else if s.heartbeat > e.heartbeat {
                         news.push(s.entry(e.node));
                     }
@@ -612,8 +740,9 @@ impl Gossiper {
             }
         }
 
-        let header = wire::packet_header_len(self.generation()) + wire::ACK_BASE_LEN;
-        let mut budget = MAX_PAYLOAD - header;
+        let mut budget = self
+            .reply_budget(reply_limit)
+            .saturating_sub(wire::ACK_BASE_LEN);
         let mut entries = Vec::new();
         for e in requests {
             if e.encoded_len() > budget {
@@ -639,6 +768,7 @@ impl Gossiper {
         let known = self.nodes.len() as u64;
         self.send(
             from,
+            sender,
             Message::Ack {
                 known,
                 entries,
@@ -671,6 +801,9 @@ impl Gossiper {
     fn observe(&mut self, now: Duration, entries: &[DigestEntry]) {
         for e in entries {
             if e.node == self.id {
+                if self.is_forgery_of_me(e) {
+                    self.refute(now, e.generation);
+                }
                 continue;
             }
             if let Some(s) = self.nodes.get_mut(&e.node) {
@@ -681,6 +814,27 @@ impl Gossiper {
 
     fn apply_delta(&mut self, now: Duration, sender: NodeId, d: NodeDelta) {
         if d.node == self.id {
+            let claimed = DigestEntry {
+                node: d.node,
+                generation: d.generation,
+                heartbeat: d.heartbeat,
+                max_version: d.kvs.last().map_or(0, |kv| kv.version),
+            };
+            if self.is_forgery_of_me(&claimed) {
+                self.refute(now, d.generation);
+            }
+            return;
+        }
+        // A node's state is taken whole or not at all: one bad field and the delta is refused.
+        let check = self.config.check_value;
+        if d.kvs.iter().any(|kv| {
+            (kv.key != ADDR_KEY && validate_key(&kv.key).is_err())
+                || kv
+                    .value
+                    .as_deref()
+                    .is_some_and(|v| check(&kv.key, v).is_err())
+        }) {
+            self.stats.rejected_invalid += 1;
             return;
         }
         let probe = DigestEntry {
@@ -747,9 +901,10 @@ impl Gossiper {
     }
 
     /// A digest of at most one datagram: this node, the freshest rumours, then a random arc of the ring.
-    fn build_digest(&self, rng: &mut impl RngCore, hot: &[NodeId]) -> Digest {
-        let mut budget =
-            SYN_DIGEST_BYTES - wire::packet_header_len(self.generation()) - wire::DIGEST_BASE_LEN;
+    fn build_digest(&self, rng: &mut impl RngCore, hot: &[NodeId], to: NodeId) -> Digest {
+        let mut budget = SYN_DIGEST_BYTES
+            - wire::packet_header_len(self.generation(), self.seq)
+            - wire::DIGEST_BASE_LEN;
         let mut entries: Vec<DigestEntry> = Vec::new();
         let fits = |e: &DigestEntry, budget: &mut usize| -> bool {
             if e.encoded_len() > *budget {
@@ -761,6 +916,24 @@ impl Gossiper {
         let me = self.me().entry(self.id);
         if fits(&me, &mut budget) {
             entries.push(me);
+        }
+        // What we believe of the receiver, so it can refute a falsehood (a forged leave) at once.
+        if let Some(s) = self.nodes.get(&to).filter(|_| to != self.id) {
+            let e = s.entry(to);
+            if fits(&e, &mut budget) {
+                entries.push(e);
+            }
+            // A probe of a node we think dead or gone carries no census: whoever holds its address now
+            // learns nothing of the cluster from it, and the node, if alive, gets all it needs by its answer.
+            if matches!(s.liveness, Liveness::Dead | Liveness::Left) {
+                let start = NodeId(rng.next_u64());
+                return Digest {
+                    start,
+                    end: NodeId(start.0.wrapping_add(1)),
+                    known: self.nodes.len() as u64,
+                    entries,
+                };
+            }
         }
         // Rumours take at most a third of the digest so the census still moves on.
         let mut rumour_budget = budget / 3;
@@ -820,12 +993,15 @@ impl Gossiper {
         self.config.interval * rounds
     }
 
-    fn send(&mut self, to: SocketAddr, message: Message, rng: &mut impl RngCore) {
+    fn send(&mut self, to: SocketAddr, node: NodeId, message: Message, rng: &mut impl RngCore) {
         let packet = Packet {
             sender: self.id,
+            to: node,
             generation: self.generation(),
+            seq: self.seq,
             message,
         };
+        self.seq += 1;
         let datagram = wire::seal(&self.security, self.cluster_id, &packet.encode(), rng);
         debug_assert!(
             datagram.len() <= wire::MAX_DATAGRAM,

@@ -226,6 +226,46 @@ impl Sim {
         self.boot(i, seeds);
     }
 
+    /// Starts a crashed node again with `generation`, which may be below its last one: a card whose state
+    /// directory was lost, on a clock that is behind.
+    pub fn restart_with_generation(&mut self, i: usize, generation: u64) {
+        self.nodes[i].generation = generation - 1;
+        self.restart(i);
+    }
+
+    /// Delivers to every running node but `as_node` a datagram that claims to come from `as_node` (its
+    /// id, generation, address and next sequence number, sealed with the cluster key): what a holder of
+    /// the key can forge.
+    pub fn forge(&mut self, as_node: usize, message: super::wire::Message) {
+        let (sender, generation) = (self.nodes[as_node].id, self.nodes[as_node].generation);
+        // The next number of the impersonated node's own sequence, as a forger who listened would pick.
+        let seq = self.nodes[as_node]
+            .gossiper
+            .as_ref()
+            .map_or(0, |g| g.next_seq());
+        for to in self.up().filter(|i| *i != as_node).collect::<Vec<_>>() {
+            let packet = super::wire::Packet {
+                sender,
+                to: self.nodes[to].id,
+                generation,
+                seq,
+                message: message.clone(),
+            };
+            let cluster = super::wire::cluster_id(&self.nodes[to].cluster);
+            let datagram =
+                super::wire::seal(&self.security, cluster, &packet.encode(), &mut self.rng);
+            let at = self.now;
+            self.schedule(
+                at,
+                Action::Deliver {
+                    to,
+                    from: addr_of(as_node),
+                    datagram,
+                },
+            );
+        }
+    }
+
     /// Stops node `i` gracefully: it announces its leave, then stops.
     pub fn leave(&mut self, i: usize) {
         if let Some(g) = self.nodes[i].gossiper.as_mut() {

@@ -32,7 +32,8 @@ pub const MAX_KEY_LEN: usize = 64;
 pub const MAX_VALUE_LEN: usize = 1024;
 
 const MAGIC: [u8; 2] = *b"hd";
-const VERSION: u8 = 1;
+/// 2: packets carry a sequence number (replay protection).
+const VERSION: u8 = 2;
 const FLAG_ENCRYPTED: u8 = 1;
 const HEADER_LEN: usize = 12;
 const NONCE_LEN: usize = 24;
@@ -149,12 +150,35 @@ pub enum Message {
     Leave,
 }
 
-/// A decoded payload: who sent it (which incarnation) and what.
+/// A decoded payload: who sent it (which incarnation), its place in the sender's sequence, and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
     pub sender: NodeId,
+    /// The node it is for (`NodeId(0)`: whoever listens at the address, for a Syn to a seed).
+    pub to: NodeId,
     pub generation: u64,
+    /// Counts the sender's datagrams within its generation: a receiver accepts each (generation, seq)
+    /// once, so a captured datagram replayed later is dropped (see `gossip::replay`).
+    pub seq: u64,
     pub message: Message,
+}
+
+/// The largest generation a datagram may carry: generations count seconds since 2025, so 2^40 lasts
+/// 34,000 years, and a peer can never push a generation so high that no node could refute it by raising
+/// its own.
+pub const MAX_GENERATION: u64 = 1 << 40;
+/// The largest heartbeat a datagram may carry, apart from `u64::MAX` (a graceful leave): 2^48 rounds last
+/// 890,000 years at ten rounds a second.
+pub const MAX_HEARTBEAT: u64 = 1 << 48;
+
+fn check_ranges(generation: u64, heartbeat: u64) -> Result<(), WireError> {
+    if generation > MAX_GENERATION {
+        return Err(WireError::Malformed("generation out of range"));
+    }
+    if heartbeat > MAX_HEARTBEAT && heartbeat != u64::MAX {
+        return Err(WireError::Malformed("heartbeat out of range"));
+    }
+    Ok(())
 }
 
 /// Why a datagram was refused.
@@ -334,9 +358,9 @@ pub fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-/// Bytes of the packet header (sender, generation, kind).
-pub fn packet_header_len(generation: u64) -> usize {
-    8 + varint_len(generation) + 1
+/// Bytes of the packet header (sender, receiver, generation, sequence number, kind).
+pub fn packet_header_len(generation: u64, seq: u64) -> usize {
+    8 + 8 + varint_len(generation) + varint_len(seq) + 1
 }
 
 /// Bytes of an empty digest: range, member count (up to 2^21) and entry count (up to 16383).
@@ -438,7 +462,9 @@ impl Packet {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&self.sender.0.to_le_bytes());
+        out.extend_from_slice(&self.to.0.to_le_bytes());
         put_varint(&mut out, self.generation);
+        put_varint(&mut out, self.seq);
         match &self.message {
             Message::Syn { digest } => {
                 out.push(KIND_SYN);
@@ -467,7 +493,10 @@ impl Packet {
     pub fn decode(bytes: &[u8]) -> Result<Packet, WireError> {
         let mut r = Reader { bytes, pos: 0 };
         let sender = NodeId(r.u64()?);
+        let to = NodeId(r.u64()?);
         let generation = r.varint()?;
+        check_ranges(generation, 0)?;
+        let seq = r.varint()?;
         let message = match r.u8()? {
             KIND_SYN => Message::Syn {
                 digest: r.digest()?,
@@ -488,7 +517,9 @@ impl Packet {
         }
         Ok(Packet {
             sender,
+            to,
             generation,
+            seq,
             message,
         })
     }
@@ -573,12 +604,14 @@ impl Reader<'_> {
         let n = self.count(11)?;
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
-            entries.push(DigestEntry {
+            let e = DigestEntry {
                 node: NodeId(self.u64()?),
                 generation: self.varint()?,
                 heartbeat: self.varint()?,
                 max_version: self.varint()?,
-            });
+            };
+            check_ranges(e.generation, e.heartbeat)?;
+            entries.push(e);
         }
         Ok(entries)
     }
@@ -591,6 +624,7 @@ impl Reader<'_> {
             let generation = self.varint()?;
             let heartbeat = self.varint()?;
             let from_version = self.varint()?;
+            check_ranges(generation, heartbeat)?;
             let k = self.count(4)?;
             let mut kvs = Vec::with_capacity(k);
             let mut last = from_version;
@@ -634,15 +668,27 @@ mod tests {
         rand_chacha::ChaCha8Rng::seed_from_u64(7)
     }
 
+    fn arb_generation() -> impl Strategy<Value = u64> {
+        prop_oneof![0..=MAX_GENERATION, Just(MAX_GENERATION)]
+    }
+
+    fn arb_heartbeat() -> impl Strategy<Value = u64> {
+        prop_oneof![0..=MAX_HEARTBEAT, Just(u64::MAX)]
+    }
+
     fn arb_entry() -> impl Strategy<Value = DigestEntry> {
-        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(n, g, h, v)| {
-            DigestEntry {
+        (
+            any::<u64>(),
+            arb_generation(),
+            arb_heartbeat(),
+            any::<u64>(),
+        )
+            .prop_map(|(n, g, h, v)| DigestEntry {
                 node: NodeId(n),
                 generation: g,
                 heartbeat: h,
                 max_version: v,
-            }
-        })
+            })
     }
 
     fn arb_digest() -> impl Strategy<Value = Digest> {
@@ -664,8 +710,8 @@ mod tests {
         let kv = ("[a-z_.]{0,64}", prop::option::of("\\PC{0,40}"), 1u64..1000);
         (
             any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
+            arb_generation(),
+            arb_heartbeat(),
             0u64..1 << 40,
             prop::collection::vec(kv, 0..6),
         )
@@ -711,11 +757,20 @@ mod tests {
     }
 
     fn arb_packet() -> impl Strategy<Value = Packet> {
-        (any::<u64>(), any::<u64>(), arb_message()).prop_map(|(s, g, message)| Packet {
-            sender: NodeId(s),
-            generation: g,
-            message,
-        })
+        (
+            any::<u64>(),
+            any::<u64>(),
+            arb_generation(),
+            any::<u64>(),
+            arb_message(),
+        )
+            .prop_map(|(s, t, g, seq, message)| Packet {
+                sender: NodeId(s),
+                to: NodeId(t),
+                generation: g,
+                seq,
+                message,
+            })
     }
 
     fn computed_len(p: &Packet) -> usize {
@@ -729,7 +784,7 @@ mod tests {
                     .map(|d| d.encoded_len() - 2 + varint_len(d.kvs.len() as u64))
                     .sum::<usize>()
         };
-        packet_header_len(p.generation)
+        packet_header_len(p.generation, p.seq)
             + match &p.message {
                 Message::Syn { digest } => digest_len(digest),
                 Message::Ack {
@@ -799,7 +854,8 @@ mod tests {
     #[test]
     fn huge_counts_are_rejected_before_allocating() {
         // A Syn claiming 2^62 digest entries in a 30-byte datagram.
-        let mut bytes = vec![0u8; 8];
+        let mut bytes = vec![0u8; 16];
+        put_varint(&mut bytes, 1);
         put_varint(&mut bytes, 1);
         bytes.push(KIND_SYN);
         bytes.extend_from_slice(&[0u8; 16]);
@@ -809,6 +865,40 @@ mod tests {
             Packet::decode(&bytes),
             Err(WireError::Malformed("count exceeds the datagram"))
         );
+    }
+
+    #[test]
+    fn generations_and_heartbeats_out_of_range_are_refused() {
+        let packet = |generation, heartbeat| Packet {
+            sender: NodeId(1),
+            to: NodeId(3),
+            generation: 1,
+            seq: 1,
+            message: Message::Ack2 {
+                deltas: vec![NodeDelta {
+                    node: NodeId(2),
+                    generation,
+                    heartbeat,
+                    from_version: 0,
+                    kvs: vec![],
+                }],
+            },
+        };
+        for (g, h) in [(1, 5), (MAX_GENERATION, MAX_HEARTBEAT), (1, u64::MAX)] {
+            assert!(Packet::decode(&packet(g, h).encode()).is_ok(), "{g} {h}");
+        }
+        for (g, h) in [(MAX_GENERATION + 1, 5), (u64::MAX, 5), (1, u64::MAX - 1)] {
+            assert!(
+                matches!(
+                    Packet::decode(&packet(g, h).encode()),
+                    Err(WireError::Malformed(_))
+                ),
+                "{g} {h}"
+            );
+        }
+        let mut p = packet(1, 1);
+        p.generation = MAX_GENERATION + 1;
+        assert!(Packet::decode(&p.encode()).is_err());
     }
 
     #[test]

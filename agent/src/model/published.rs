@@ -113,3 +113,140 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
         ))
     }
 }
+
+/// Gossip key of the node's name.
+pub const NAME_KEY: &str = "name";
+/// Gossip key of the agent's version.
+pub const VERSION_KEY: &str = "version";
+/// Gossip key of the API's TCP port.
+pub const HTTP_KEY: &str = "http";
+
+/// A node name (`node_name`, or the host name): 1 to 63 characters of `a-z`, `A-Z`, `0-9`, `_`, `-` and
+/// `.`, starting with a letter or a digit. Names end up in Ansible inventories, terminals, Prometheus
+/// labels and handlers' environments, so nothing else is let through: `pi4#` would cut an inventory line
+/// short and `web[1:3]` is an Ansible host range.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    if is_plain_name(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid node name {:?}: use 1 to 63 characters of a-z, A-Z, 0-9, '_', '-' and '.', \
+             starting with a letter or digit",
+            name.chars().take(80).collect::<String>()
+        ))
+    }
+}
+
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// Checks a key/value a peer gossiped, before anything of it is taken: the keys herd publishes must
+/// hold what herd writes there; any other key (a newer agent's) must at least be free of control
+/// characters. The gossip layer refuses the peer's whole delta when this fails.
+pub fn check_value(key: &str, value: &str) -> Result<(), String> {
+    crate::gossip::no_control_chars(key, value)?;
+    let fits = |ok: bool, what: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{key}: not {what}"))
+        }
+    };
+    match key {
+        NAME_KEY => check_node_name(value),
+        VERSION_KEY => fits(
+            !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)),
+            "a version",
+        ),
+        HTTP_KEY => fits(value.parse::<u16>().is_ok_and(|p| p != 0), "a TCP port"),
+        crate::gossip::ADDR_KEY => {
+            fits(value.parse::<std::net::SocketAddr>().is_ok(), "an address")
+        }
+        SERVICES_KEY => {
+            let names: Vec<String> =
+                serde_json::from_str(value).map_err(|e| format!("{key}: {e}"))?;
+            names.iter().try_for_each(|n| check_service_name(n))
+        }
+        SAMPLE_KEY => {
+            let s: Sample = serde_json::from_str(value).map_err(|e| format!("{key}: {e}"))?;
+            let finite = s.cpu.is_finite()
+                && s.load.iter().all(|l| l.is_finite())
+                && s.temp.is_none_or(f32::is_finite);
+            fits(finite, "finite figures")
+        }
+        FACTS_KEY => serde_json::from_str::<Facts>(value)
+            .map(drop)
+            .map_err(|e| format!("{key}: {e}")),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_herd_publishes_passes_and_forgeries_do_not() {
+        let sample = Sample {
+            cpu: 1.5,
+            mem_used: 1,
+            mem_total: 2,
+            load: [0.1, 0.2, 0.3],
+            temp: Some(40.0),
+            disk_used: 1,
+            disk_total: 2,
+        };
+        let facts = Facts {
+            model: Some("Raspberry Pi 4 Model B Rev 1.5".into()),
+            arch: "aarch64".into(),
+            os: Some("Debian GNU/Linux 13 (trixie)".into()),
+            boot: 1,
+            agent: "0.1.0".into(),
+            cpus: Some(4),
+        };
+        for (k, v) in [
+            (NAME_KEY, "pi-01.lab".to_string()),
+            (VERSION_KEY, env!("CARGO_PKG_VERSION").to_string()),
+            (HTTP_KEY, "8080".to_string()),
+            ("_addr", "192.168.1.20:7946".to_string()),
+            (
+                SERVICES_KEY,
+                r#"["nginx_webserver","postgres-16"]"#.to_string(),
+            ),
+            (SAMPLE_KEY, sample.to_gossip()),
+            (FACTS_KEY, facts.to_gossip()),
+            ("future-key", "anything printable".to_string()),
+        ] {
+            assert_eq!(check_value(k, &v), Ok(()), "{k} = {v}");
+        }
+        for (k, v) in [
+            (NAME_KEY, "pi\u{0}4"),
+            (NAME_KEY, "pi4#"),
+            (NAME_KEY, "web[1:3]"),
+            (NAME_KEY, "\u{1b}[2Jx"),
+            (NAME_KEY, ""),
+            (VERSION_KEY, "1.0\nrm"),
+            (HTTP_KEY, "0"),
+            (HTTP_KEY, "http"),
+            ("_addr", "nowhere"),
+            (SERVICES_KEY, r#"["ok","bad\u0000"]"#),
+            (SERVICES_KEY, r#"["a b"]"#),
+            (SERVICES_KEY, "not json"),
+            (SAMPLE_KEY, "{}"),
+            (FACTS_KEY, "[]"),
+            ("future-key", "line\nbreak"),
+        ] {
+            assert!(check_value(k, v).is_err(), "{k} = {v:?} passed");
+        }
+    }
+}

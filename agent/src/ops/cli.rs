@@ -254,10 +254,12 @@ pub fn hosts(
 
 /// `herd watch`: membership events from a node, one line each, until interrupted. A node that cannot be
 /// reached at first is an error; a stream that breaks later (the node restarting) is retried every few
-/// seconds, and the gap is said on stderr.
+/// seconds. Events missed (while reconnecting, or a `gap` the node reports because this reader fell
+/// behind) are made up from the member list: every member whose state changed meanwhile gets a line
+/// with its new state, marked `(catch-up)`, so no failure goes unseen.
 pub fn watch(t: &Target) -> anyhow::Result<()> {
     let client = t.client()?;
-    let mut names: HashMap<String, (String, String)> = HashMap::new();
+    let mut names: Names = HashMap::new();
     refresh_names(&client, &mut names)?;
     let mut stream = client.stream("/api/v1/events")?;
     if !t.json {
@@ -281,22 +283,90 @@ pub fn watch(t: &Target) -> anyhow::Result<()> {
                 Err(_) => wait = (wait * 2).min(std::time::Duration::from_secs(10)),
             }
         };
-        let _ = refresh_names(&client, &mut names);
         eprintln!(
-            "{}: reconnected (events in between were missed)",
+            "{}: reconnected; catching up on what happened meanwhile",
             client.base()
         );
+        let _ = catch_up(t, &client, &mut names);
     }
 }
 
-type Names = HashMap<String, (String, String)>;
+/// Each member's name, address and state, by id.
+type Names = HashMap<String, (String, String, String)>;
 
+fn state_name(state: crate::gossip::Liveness) -> String {
+    format!("{state:?}").to_lowercase()
+}
+
+/// Reads names and addresses again. A known member's state is left as last printed: only events and
+/// [`catch_up`] change it, so a state read early cannot hide an event that is lost later.
 fn refresh_names(client: &Client, names: &mut Names) -> anyhow::Result<()> {
     for n in client.nodes()? {
         let addr = n.address.map_or("-".to_string(), |a| a.to_string());
-        names.insert(n.id.clone(), (n.name.clone(), addr));
+        let state = names
+            .get(&n.id)
+            .map_or_else(|| state_name(n.state), |(_, _, s)| s.clone());
+        names.insert(n.id.clone(), (n.name.clone(), addr, state));
     }
     Ok(())
+}
+
+/// Reads the members again and prints a line for each whose state is not what was last printed.
+fn catch_up(t: &Target, client: &Client, names: &mut Names) -> anyhow::Result<()> {
+    for n in client.nodes()? {
+        let addr = n.address.map_or("-".to_string(), |a| a.to_string());
+        let state = state_name(n.state);
+        let changed = names.get(&n.id).is_none_or(|(_, _, s)| *s != state);
+        names.insert(n.id.clone(), (n.name.clone(), addr.clone(), state.clone()));
+        if changed {
+            print_event(t, &state, &n.id, &n.name, &addr, None, true);
+        }
+    }
+    Ok(())
+}
+
+/// The state a member is in after an event of `kind`, when the event says.
+fn state_after(kind: &str) -> Option<&'static str> {
+    match kind {
+        "joined" | "recovered" | "restarted" => Some("alive"),
+        "suspect" => Some("suspect"),
+        "dead" => Some("dead"),
+        "left" => Some("left"),
+        _ => None,
+    }
+}
+
+/// Prints one event line (or JSON object); exits quietly when stdout is gone (`herd watch | head`).
+fn print_event(
+    t: &Target,
+    kind: &str,
+    id: &str,
+    name: &str,
+    addr: &str,
+    generation: Option<&serde_json::Value>,
+    catch_up: bool,
+) {
+    use std::io::Write;
+    // Names are checked when gossiped, but the terminal is no place to trust a peer: escape anything
+    // that is not printable.
+    let name: String = name.chars().flat_map(char::escape_default).collect();
+    let text = if t.json {
+        serde_json::json!({"event": kind, "id": id, "name": name, "address": addr,
+            "generation": generation, "catch_up": catch_up})
+        .to_string()
+    } else {
+        format!(
+            "{}  {kind:<10} {name:<20} {addr:<15} {}{}",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+            &id[..id.len().min(16)],
+            if catch_up { "  (catch-up)" } else { "" }
+        )
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(0);
+    }
 }
 
 /// Prints the events of one connection until it ends.
@@ -306,10 +376,8 @@ fn follow(
     stream: impl std::io::BufRead,
     names: &mut Names,
 ) -> anyhow::Result<()> {
-    use std::io::Write;
     let mut kind = String::new();
     let mut last_refresh: Option<std::time::Instant> = None;
-    let stdout = std::io::stdout();
     for line in stream.lines() {
         let line = line.context("the event stream broke")?;
         if let Some(k) = line.strip_prefix("event:") {
@@ -323,6 +391,15 @@ fn follow(
             Ok(v) => v,
             Err(_) => continue,
         };
+        if kind == "gap" {
+            eprintln!(
+                "{}: {} events were missed (this reader fell behind); catching up",
+                client.base(),
+                event["missed"]
+            );
+            catch_up(t, client, names)?;
+            continue;
+        }
         let id = event["node"].as_str().unwrap_or("").to_string();
         // Names and addresses change on joins and restarts, rarely on updates; updates (monitoring
         // figures) come every few seconds from every node, so they refresh at most once a second.
@@ -334,26 +411,22 @@ fn follow(
             let _ = refresh_names(client, names);
             last_refresh = Some(std::time::Instant::now());
         }
-        let (name, addr) = names
+        let (name, addr, _) = names
             .get(&id)
             .cloned()
-            .unwrap_or_else(|| ("?".into(), "-".into()));
-        let text = if t.json {
-            serde_json::json!({"event": kind, "id": id, "name": name, "address": addr,
-                "generation": event["generation"]})
-            .to_string()
-        } else {
-            format!(
-                "{}  {kind:<10} {name:<20} {addr:<15} {}",
-                humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
-                &id[..id.len().min(16)]
-            )
-        };
-        let mut out = stdout.lock();
-        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
-            // Whoever read our output is gone (`herd watch | head`): nothing left to do.
-            std::process::exit(0);
+            .unwrap_or_else(|| ("?".into(), "-".into(), String::new()));
+        if let (Some(state), Some(entry)) = (state_after(&kind), names.get_mut(&id)) {
+            entry.2 = state.to_string();
         }
+        print_event(
+            t,
+            &kind,
+            &id,
+            &name,
+            &addr,
+            Some(&event["generation"]),
+            false,
+        );
     }
     Ok(())
 }

@@ -45,16 +45,19 @@ pub struct Inventory {
 }
 
 /// The name a node goes by in inventories: its node name, or `name-<id8>` when two alive nodes share it.
+/// Names are checked when gossiped, but an inventory line is no place to trust a peer: anything but
+/// `A-Z a-z 0-9 . _ -` becomes `-` (`#` starts an INI comment, `[1:3]` is an Ansible host range, `:` a
+/// port, `,` and spaces separate hosts).
 fn host_names(nodes: &[&NodeView]) -> Vec<String> {
     let clean = |n: &NodeView| {
         let s: String = n
             .name
             .chars()
             .map(|c| {
-                if c.is_whitespace() || c == ',' || c == ':' {
-                    '-'
-                } else {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
                     c
+                } else {
+                    '-'
                 }
             })
             .collect();
@@ -250,6 +253,26 @@ mod tests {
         std::fs::write(&p, "- hosts: [unclosed\n").unwrap();
         assert!(format!("{:#}", playbook_groups(&p).unwrap_err()).contains("not YAML"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn host_names_never_carry_ansible_syntax() {
+        let node = |name: &str, id: &str| NodeView {
+            name: name.into(),
+            id: id.into(),
+            ..serde_json::from_value(json!({
+                "id": id, "name": name, "state": "alive", "is_self": false, "generation": 1,
+                "phi": 0.0, "threshold": 8.0, "last_heard_ms": 0, "services": []
+            }))
+            .expect("a node view")
+        };
+        let nodes = [
+            node("pi4#", "aa"),
+            node("web[1:3]", "bb"),
+            node("a b,c:d", "cc"),
+        ];
+        let refs: Vec<&NodeView> = nodes.iter().collect();
+        assert_eq!(host_names(&refs), ["pi4-", "web-1-3-", "a-b-c-d"]);
     }
 
     #[test]

@@ -2,6 +2,9 @@
 
 use std::fmt::Write;
 
+use std::sync::atomic::Ordering;
+
+use super::server::Counters;
 use crate::gossip::{Liveness, Member, Stats};
 
 /// Renders the node's metrics.
@@ -49,6 +52,26 @@ pub fn render(members: &[Member], stats: &Stats, threshold: f64) -> String {
         "{name}{{reason=\"malformed\"}} {}",
         stats.rejected_malformed
     );
+    let _ = writeln!(o, "{name}{{reason=\"replay\"}} {}", stats.rejected_replay);
+    let _ = writeln!(o, "{name}{{reason=\"invalid\"}} {}", stats.rejected_invalid);
+
+    let name = "herd_gossip_limited_replies_total";
+    header(
+        o,
+        name,
+        "counter",
+        "Replies cut to the size of the datagram they answer (its source was not its sender's address).",
+    );
+    let _ = writeln!(o, "{name} {}", stats.limited_replies);
+
+    let name = "herd_gossip_refutations_total";
+    header(
+        o,
+        name,
+        "counter",
+        "Times this node raised its generation to refute what peers believed of it (a forged leave).",
+    );
+    let _ = writeln!(o, "{name} {}", stats.refutations);
 
     let name = "herd_gossip_largest_datagram_bytes";
     header(o, name, "gauge", "Largest datagram this node has sent.");
@@ -81,6 +104,33 @@ pub fn render(members: &[Member], stats: &Stats, threshold: f64) -> String {
         );
     }
     out
+}
+
+/// Appends the API front's counters.
+pub fn render_api(o: &mut String, c: &Counters) {
+    let name = "herd_api_connections_total";
+    header(
+        o,
+        name,
+        "counter",
+        "API connections: accepted, refused at once (over the cap in all or per address), dropped for a \
+         timeout, or ended in another error.",
+    );
+    for (label, v) in [
+        ("accepted", &c.accepted),
+        ("refused", &c.refused),
+        ("timed_out", &c.timed_out),
+        ("failed", &c.failed),
+    ] {
+        let _ = writeln!(
+            o,
+            "{name}{{outcome=\"{label}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let name = "herd_api_connections_open";
+    header(o, name, "gauge", "API connections open now.");
+    let _ = writeln!(o, "{name} {}", c.open.load(Ordering::Relaxed));
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -1,15 +1,19 @@
 //! The HTTP side of the agent (warp): the dashboard at `/`, the original endpoints (`/nodes/…`,
 //! `/meta-data/…`), the v1 API, `/healthz` and `/metrics`. Every node serves the whole cluster's view from
-//! its own gossip state. Write endpoints need `Authorization: Bearer <api.token>` when a token is set;
-//! every error is JSON `{"error": "…"}` with its status.
+//! its own gossip state. Write endpoints need the API token when one is set (`Authorization: Bearer …`,
+//! or HTTP Basic with the token as password, which browsers ask for); with `api.protect_reads` every
+//! endpoint but `/healthz` does. Every error is JSON `{"error": "…"}` with its status. What clients can
+//! hold (connections, time, event streams) is bounded in `server`.
 
 pub mod metrics;
+pub mod server;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use base64::Engine;
 use serde::Serialize;
 use tokio_stream::StreamExt;
 use warp::http::StatusCode;
@@ -32,7 +36,13 @@ pub struct ApiState {
     pub handle: Handle,
     pub metadata: Arc<Mutex<MetaData>>,
     pub token: Option<Secret>,
+    /// Reads need the token too (`api.protect_reads`).
+    pub protect_reads: bool,
     pub cluster: String,
+    pub limits: server::Limits,
+    pub counters: Arc<server::Counters>,
+    /// Event streams left before `/api/v1/events` answers 503.
+    streams: Arc<tokio::sync::Semaphore>,
     templates: Arc<tera::Tera>,
 }
 
@@ -41,7 +51,9 @@ impl ApiState {
         handle: Handle,
         metadata: Arc<Mutex<MetaData>>,
         token: Option<Secret>,
+        protect_reads: bool,
         cluster: &str,
+        limits: server::Limits,
     ) -> ApiState {
         let mut tera = tera::Tera::new();
         tera.add_raw_template("dashboard.html", include_str!("dashboard.html"))
@@ -50,7 +62,11 @@ impl ApiState {
             handle,
             metadata,
             token,
+            protect_reads,
             cluster: cluster.to_string(),
+            limits,
+            counters: Default::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(limits.event_streams)),
             templates: Arc::new(tera),
         }
     }
@@ -82,15 +98,22 @@ pub async fn serve(
         .await
         .with_context(|| format!("api.bind: cannot listen on TCP {addr}"))?;
     let local = listener.local_addr()?;
-    let server = warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown);
-    Ok((local, tokio::spawn(server.run())))
+    let (limits, counters) = (state.limits, Arc::clone(&state.counters));
+    let task = tokio::spawn(server::run(
+        listener,
+        routes(state),
+        limits,
+        counters,
+        shutdown,
+    ));
+    Ok((local, task))
 }
 
 /// Every route, with errors turned into JSON.
 pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    let st = warp::any().map(move || state.clone());
+    let all = warp::any().map(move || state.clone());
+    // Every read goes through `readable`: open, or with the token under `api.protect_reads`.
+    let st = readable(all.clone());
 
     let index = warp::path::end()
         .and(warp::get())
@@ -125,12 +148,12 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and_then(working_service);
     let add = warp::path!("meta-data" / "add-service" / String)
         .and(warp::put())
-        .and(authorized(st.clone()))
+        .and(authorized(all.clone()))
         .and(small_body())
         .and_then(|name: String, s: ApiState| change_services(s, name, true));
     let remove = warp::path!("meta-data" / "remove-service" / String)
         .and(warp::put())
-        .and(authorized(st.clone()))
+        .and(authorized(all.clone()))
         .and(small_body())
         .and_then(|name: String, s: ApiState| change_services(s, name, false));
     let nodes = warp::path!("api" / "v1" / "nodes")
@@ -140,20 +163,21 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let events = warp::path!("api" / "v1" / "events")
         .and(warp::get())
         .and(st.clone())
-        .map(|s: ApiState| {
-            let stream = tokio_stream::wrappers::BroadcastStream::new(s.handle.subscribe())
-                .filter_map(|e| e.ok())
-                .map(|e| {
-                    let kind = serde_json::to_value(e.kind)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    warp::sse::Event::default()
-                        .event(kind)
-                        .json_data(&e)
-                        .or_else(|_| Ok::<_, Infallible>(warp::sse::Event::default()))
-                });
-            warp::sse::reply(warp::sse::keep_alive().stream(stream))
+        .and_then(|s: ApiState| async move {
+            let permit = Arc::clone(&s.streams).try_acquire_owned().map_err(|_| {
+                reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{} event streams are open, the most this node serves; try again later",
+                        s.limits.event_streams
+                    ),
+                )
+            })?;
+            let stream = event_stream(s.handle.subscribe()).map(move |e| {
+                let _held = &permit;
+                e
+            });
+            Ok::<_, Rejection>(warp::sse::reply(warp::sse::keep_alive().stream(stream)))
         });
     let healthz = warp::path!("healthz")
         .and(warp::get())
@@ -164,7 +188,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .map(|s: ApiState| {
             let members = s.handle.members();
             let threshold = members.first().map_or(0.0, |m| m.threshold);
-            let text = metrics::render(&members, &s.handle.stats(), threshold);
+            let mut text = metrics::render(&members, &s.handle.stats(), threshold);
+            metrics::render_api(&mut text, &s.counters);
             warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
         });
 
@@ -181,32 +206,86 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .recover(recover)
 }
 
-/// Passes the state on when the request carries the right bearer token (or no token is configured).
+/// Passes the state on when the request carries the right token (or no token is configured).
 fn authorized(
     st: impl Filter<Extract = (ApiState,), Error = Infallible> + Clone + Send + Sync,
 ) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(st)
         .and_then(|header: Option<String>, s: ApiState| async move {
-            let Some(token) = &s.token else {
-                return Ok(s);
-            };
-            // The scheme is case-insensitive (RFC 7235 §2.1): `bearer`, `BEARER` and `Bearer` alike.
-            let given = header.as_deref().and_then(|h| {
-                let (scheme, credentials) = h.trim_start().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then_some(credentials)
-            });
-            match given {
-                None => Err(reject(
-                    StatusCode::UNAUTHORIZED,
-                    "this endpoint needs an `Authorization: Bearer <token>` header (api.token)",
-                )),
-                Some(given) if constant_time_eq(given.trim().as_bytes(), token.0.as_bytes()) => {
-                    Ok(s)
-                }
-                Some(_) => Err(reject(StatusCode::UNAUTHORIZED, "wrong API token")),
-            }
+            check_token(header.as_deref(), s.token.as_ref())?;
+            Ok::<_, Rejection>(s)
         })
+}
+
+/// Passes the state on for a read: always, or with the token under `api.protect_reads`.
+fn readable(
+    st: impl Filter<Extract = (ApiState,), Error = Infallible> + Clone + Send + Sync,
+) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(st)
+        .and_then(|header: Option<String>, s: ApiState| async move {
+            if s.protect_reads {
+                check_token(header.as_deref(), s.token.as_ref())?;
+            }
+            Ok::<_, Rejection>(s)
+        })
+}
+
+/// Checks an `Authorization` header against the token: `Bearer <token>`, or `Basic` with the token as
+/// the password (any user name), which is what a browser sends after asking. Schemes are
+/// case-insensitive (RFC 7235 §2.1).
+fn check_token(header: Option<&str>, token: Option<&Secret>) -> Result<(), Rejection> {
+    let Some(token) = token else {
+        return Ok(());
+    };
+    let given = header.and_then(|h| {
+        let (scheme, credentials) = h.trim_start().split_once(' ')?;
+        let credentials = credentials.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            Some(credentials.as_bytes().to_vec())
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            let pair = base64::engine::general_purpose::STANDARD
+                .decode(credentials)
+                .ok()?;
+            let colon = pair.iter().position(|b| *b == b':')?;
+            Some(pair[colon + 1..].to_vec())
+        } else {
+            None
+        }
+    });
+    match given {
+        None => Err(reject(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs the API token: `Authorization: Bearer <token>` (api.token)",
+        )),
+        Some(given) if constant_time_eq(&given, token.0.as_bytes()) => Ok(()),
+        Some(_) => Err(reject(StatusCode::UNAUTHORIZED, "wrong API token")),
+    }
+}
+
+/// Membership events as server-sent events. A subscriber that falls more than the channel's capacity
+/// behind gets a `gap` event saying how many it missed (then carries on), never a silent loss: `herd
+/// watch` answers a gap by reading the members again.
+pub fn event_stream(
+    events: tokio::sync::broadcast::Receiver<crate::gossip::Event>,
+) -> impl tokio_stream::Stream<Item = Result<warp::sse::Event, Infallible>> + Send + 'static {
+    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+    tokio_stream::wrappers::BroadcastStream::new(events).map(|e| {
+        let event = match e {
+            Ok(e) => {
+                let kind = serde_json::to_value(e.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                warp::sse::Event::default().event(kind).json_data(&e)
+            }
+            Err(BroadcastStreamRecvError::Lagged(missed)) => warp::sse::Event::default()
+                .event("gap")
+                .json_data(serde_json::json!({ "missed": missed })),
+        };
+        Ok(event.unwrap_or_default())
+    })
 }
 
 /// Refuses a declared body larger than [`MAX_BODY`] (the write endpoints read none; no `Content-Length`
@@ -423,8 +502,83 @@ async fn recover(err: Rejection) -> Result<impl Reply, Infallible> {
     } else {
         (StatusCode::BAD_REQUEST, format!("bad request: {err:?}"))
     };
-    Ok(warp::reply::with_status(
-        warp::reply::json(&ErrorView { error: message }),
-        status,
-    ))
+    let reply = warp::reply::with_status(warp::reply::json(&ErrorView { error: message }), status);
+    // A browser asks for the token (as a password) when it is told how.
+    let challenge = if status == StatusCode::UNAUTHORIZED {
+        "Basic realm=\"herd\", charset=\"UTF-8\""
+    } else {
+        ""
+    };
+    let mut response = reply.into_response();
+    if !challenge.is_empty() {
+        response.headers_mut().insert(
+            "www-authenticate",
+            warp::http::HeaderValue::from_static(challenge),
+        );
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::{Event, EventKind, NodeId};
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_gets_a_gap_then_the_rest() {
+        let (tx, rx) = tokio::sync::broadcast::channel(2);
+        let event = |n| Event {
+            kind: EventKind::Dead,
+            node: NodeId(n),
+            generation: 1,
+            at: std::time::Duration::ZERO,
+        };
+        for n in 1..=5 {
+            tx.send(event(n)).unwrap();
+        }
+        drop(tx);
+        let texts: Vec<String> = event_stream(rx)
+            .map(|e| e.unwrap().to_string())
+            .collect()
+            .await;
+        assert_eq!(texts.len(), 3, "{texts:?}");
+        assert!(
+            texts[0].contains("event:gap") && texts[0].contains(r#""missed":3"#),
+            "{texts:?}"
+        );
+        assert!(texts[1].contains("event:dead") && texts[2].contains("0000000000000005"));
+    }
+
+    #[test]
+    fn tokens_are_taken_as_bearer_or_as_a_basic_password_in_any_case() {
+        let token = Secret("s3cret".into());
+        let basic = |pair: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        };
+        for ok in [
+            "Bearer s3cret".to_string(),
+            "bearer s3cret".to_string(),
+            basic("admin:s3cret"),
+            basic(":s3cret"),
+            format!("BASIC {}", &basic("x:s3cret")[6..]),
+        ] {
+            assert!(check_token(Some(&ok), Some(&token)).is_ok(), "{ok}");
+        }
+        for bad in [
+            None,
+            Some("Bearer wrong".to_string()),
+            Some(basic("s3cret:wrong")),
+            Some(basic("no-colon")),
+            Some("Digest s3cret".to_string()),
+        ] {
+            assert!(
+                check_token(bad.as_deref(), Some(&token)).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(check_token(None, None).is_ok(), "no token configured");
+    }
 }

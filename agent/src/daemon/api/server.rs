@@ -1,0 +1,320 @@
+//! The API's TCP front, which bounds what clients can hold: connections in all and per client address
+//! (over the cap a connection is closed at once and counted), a header-read timeout (a client that
+//! connects and sends nothing, or too slowly, or idles between requests, is dropped), a write-stall
+//! timeout (a client that stops reading a response or an event stream is dropped), 16 KiB of request
+//! head. A failing connection is counted and logged at debug level: clients must not be able to flood
+//! the journal. The routes are warp's, served by hyper's HTTP/1.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Sleep;
+
+/// What one agent's API lets its clients hold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Open connections in all.
+    pub connections: usize,
+    /// Open connections from one client address.
+    pub per_address: usize,
+    /// Time to send a request's head, counted from the connection or the previous response.
+    pub header_timeout: Duration,
+    /// Time a response (or an event stream) may wait on a client that does not read.
+    pub stall_timeout: Duration,
+    /// Event streams (`/api/v1/events`) in all.
+    pub event_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 256,
+            per_address: 16,
+            header_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
+            event_streams: 64,
+        }
+    }
+}
+
+/// File descriptors kept out of the API's reach: the gossip socket, mDNS, state files, and the event
+/// handlers' processes and pipes must always find one.
+pub const FD_RESERVE: usize = 256;
+
+/// What the front counted, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    /// Connections closed at once: over the cap in all or per address.
+    pub refused: AtomicU64,
+    /// Connections dropped for a header-read or write-stall timeout.
+    pub timed_out: AtomicU64,
+    /// Connections that ended in another error (a reset, a malformed request).
+    pub failed: AtomicU64,
+    pub open: AtomicUsize,
+}
+
+/// Serves `filter` on `listener` until `shutdown` completes, then lets open requests finish (5 s at most).
+pub async fn run<F>(
+    listener: TcpListener,
+    filter: F,
+    limits: Limits,
+    counters: Arc<Counters>,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: warp::Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    let slots = Arc::new(Semaphore::new(limits.connections));
+    let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Default::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) and the like: wait, do not spin.
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = admit(&slots, &per_address, peer.ip(), limits.per_address) else {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let (filter, counters, mut stop) = (filter.clone(), Arc::clone(&counters), stop_rx.clone());
+        tokio::spawn(async move {
+            counters.open.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.set_nodelay(true);
+            let io = TokioIo::new(Stalling::new(stream, limits.stall_timeout));
+            let service = hyper_util::service::TowerToHyperService::new(warp::service(filter));
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(16 * 1024);
+            let conn = http.serve_connection(io, service);
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(Duration::from_secs(5), conn.as_mut())
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            };
+            if let Err(e) = result {
+                let timed_out = e.is_timeout()
+                    || std::error::Error::source(&e)
+                        .and_then(|s| s.downcast_ref::<io::Error>())
+                        .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut);
+                let counter = if timed_out {
+                    &counters.timed_out
+                } else {
+                    &counters.failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, error = %e, "API connection ended in error");
+            }
+            counters.open.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Wait for the connections to finish: every slot back.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(6),
+        slots.acquire_many(limits.connections as u32),
+    )
+    .await;
+}
+
+/// A connection's place: a slot of the global cap and one of its address's; both are given back on drop.
+struct Slot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.per_address.lock().expect("per-address lock");
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn admit(
+    slots: &Arc<Semaphore>,
+    per_address: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+    cap: usize,
+) -> Option<Slot> {
+    let mut map = per_address.lock().expect("per-address lock");
+    let n = map.entry(ip).or_insert(0);
+    if *n >= cap {
+        if *n == 0 {
+            map.remove(&ip);
+        }
+        return None;
+    }
+    let global = Arc::clone(slots).try_acquire_owned().ok();
+    let Some(global) = global else {
+        if *n == 0 {
+            map.remove(&ip);
+        }
+        return None;
+    };
+    *n += 1;
+    Some(Slot {
+        _global: global,
+        per_address: Arc::clone(per_address),
+        ip,
+    })
+}
+
+/// A stream whose writes fail with `TimedOut` once they have waited `limit` on a peer that does not read.
+struct Stalling {
+    inner: TcpStream,
+    limit: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stalling {
+    fn new(inner: TcpStream, limit: Duration) -> Self {
+        Stalling {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// `Pending` from the socket: arm (or check) the stall timer.
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for Stalling {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stalling {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.stall(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.stall(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit (systemd gives services 1,024 soft
+/// and 524,288 hard) and returns the limits that fit in it: the API never takes the [`FD_RESERVE`].
+pub fn fit_to_file_limit(mut limits: Limits) -> Limits {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return limits;
+    };
+    let wanted = hard.min(65_536).max(soft);
+    let soft = if wanted > soft && setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).is_ok() {
+        wanted
+    } else {
+        soft
+    };
+    let room = (soft as usize).saturating_sub(FD_RESERVE).max(8);
+    if limits.connections > room {
+        tracing::warn!(
+            open_files = soft,
+            connections = room,
+            "the open-file limit is low: the API takes fewer connections"
+        );
+        limits.connections = room;
+        limits.per_address = limits.per_address.min(room);
+        limits.event_streams = limits.event_streams.min(room / 2);
+    }
+    limits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_caps_in_all_and_per_address_and_gives_back() {
+        let slots = Arc::new(Semaphore::new(3));
+        let map: Arc<Mutex<HashMap<IpAddr, usize>>> = Default::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = admit(&slots, &map, a, 2).unwrap();
+        let a2 = admit(&slots, &map, a, 2).unwrap();
+        assert!(
+            admit(&slots, &map, a, 2).is_none(),
+            "third from one address"
+        );
+        let b1 = admit(&slots, &map, b, 2).unwrap();
+        assert!(admit(&slots, &map, b, 2).is_none(), "over the cap in all");
+        drop(a1);
+        assert!(admit(&slots, &map, b, 2).is_some());
+        drop((a2, b1));
+        assert!(map.lock().unwrap().is_empty(), "{map:?}");
+    }
+}

@@ -1,0 +1,621 @@
+//! Attacks on the real `herd` binary, as a LAN attacker or a holder of the cluster key would make them,
+//! each bounded in count and time, on loopback only: idle and event-stream connections by the thousand,
+//! a forged leave, replayed and reflected datagrams, poisoned peer state, hostile node names, broken
+//! state files, log floods, and the token for reads. Each test fails without its fix (see issue 16).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herd::gossip::wire::{
+    cluster_id, seal, ClusterKey, Digest, DigestEntry, KeyValue, Message, NodeDelta, NodeId,
+    Packet, Security,
+};
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const TOKEN: &str = "hostile-test-token-0123456789";
+const CLUSTER: &str = "hostile";
+
+/// A `herd agent` process on `ip`, its stderr collected; killed on drop.
+struct Agent {
+    child: Child,
+    ip: String,
+    gossip: SocketAddr,
+    api: SocketAddr,
+    log: Arc<Mutex<String>>,
+    dir: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config_text(ip: &str, dir: &Path, seed: Option<SocketAddr>, extra: &str) -> String {
+    let seeds = seed.map(|s| format!("\"{s}\"")).unwrap_or_default();
+    format!(
+        "cluster = \"{CLUSTER}\"\nnode_name = \"n-{}\"\nstate_dir = \"{}\"\n\
+         [gossip]\nbind = \"{ip}:7946\"\nseeds = [{seeds}]\ninterval = \"100ms\"\nkey = \"{KEY}\"\n\
+         [discovery]\nmdns = false\n[api]\nbind = \"{ip}:8080\"\ntoken = \"{TOKEN}\"\n{extra}",
+        ip.replace('.', "-"),
+        dir.join("state").display()
+    )
+}
+
+/// Starts an agent with a soft limit of 1,024 open files (systemd's default for services) and waits
+/// until its API answers.
+fn start(ip: &str, seed: Option<SocketAddr>, extra: &str, dir: &Path) -> Agent {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("herd.toml");
+    std::fs::write(&config, config_text(ip, dir, seed, extra)).unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=1024:8192", "--"])
+        .arg(env!("CARGO_BIN_EXE_herd"))
+        .args(["agent", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux) and the herd binary");
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let agent = Agent {
+        child,
+        ip: ip.to_string(),
+        gossip: format!("{ip}:7946").parse().unwrap(),
+        api: format!("{ip}:8080").parse().unwrap(),
+        log,
+        dir: dir.to_path_buf(),
+    };
+    wait(Duration::from_secs(20), "the API answers", || {
+        get(&agent, "/healthz", None).0 == 200
+    });
+    agent
+}
+
+fn wait(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if ok() {
+            return t.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+/// One HTTP/1.1 request; (status, headers and body). Status 0 when the connection failed or was closed
+/// without an answer.
+fn request(api: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&api, Duration::from_secs(3)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{auth}Connection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+fn get(a: &Agent, path: &str, auth: Option<&str>) -> (u16, String) {
+    request(a.api, "GET", path, auth)
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+fn body_json(text: &str) -> serde_json::Value {
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn nodes(a: &Agent) -> Vec<serde_json::Value> {
+    let (status, text) = get(a, "/api/v1/nodes", Some(&bearer()));
+    assert_eq!(status, 200, "{text}");
+    body_json(&text).as_array().unwrap().clone()
+}
+
+/// (id, generation, state) of the member named `n-<ip>` as `observer` sees it.
+fn member(observer: &Agent, ip: &str) -> Option<(String, u64, String)> {
+    let name = format!("n-{}", ip.replace('.', "-"));
+    nodes(observer)
+        .into_iter()
+        .find(|n| n["name"] == name)
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_string(),
+                n["generation"].as_u64().unwrap(),
+                n["state"].as_str().unwrap().to_string(),
+            )
+        })
+}
+
+fn metric(a: &Agent, line_start: &str) -> f64 {
+    let (_, text) = get(a, "/metrics", Some(&bearer()));
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {line_start}"))
+}
+
+fn key() -> Security {
+    Security::keyring(&ClusterKey::from_base64(KEY).unwrap(), &[])
+}
+
+/// A datagram sealed with the cluster key: what a key holder can send.
+fn forge(packet: &Packet) -> Vec<u8> {
+    let mut rng = rand::rngs::OsRng;
+    seal(&key(), cluster_id(CLUSTER), &packet.encode(), &mut rng)
+}
+
+fn three(dir: &Path, net: u8, extra: &str) -> Vec<Agent> {
+    let first = start(&format!("127.0.{net}.1"), None, extra, &dir.join("a"));
+    let seed = Some(first.gossip);
+    let second = start(&format!("127.0.{net}.2"), seed, extra, &dir.join("b"));
+    let third = start(&format!("127.0.{net}.3"), seed, extra, &dir.join("c"));
+    let agents = vec![first, second, third];
+    wait(Duration::from_secs(20), "3 alive everywhere", || {
+        agents
+            .iter()
+            .all(|a| nodes(a).iter().filter(|n| n["state"] == "alive").count() == 3)
+    });
+    agents
+}
+
+/// Raises this test process's own open-file limit, to hold the attack's connections.
+fn raise_own_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard.min(65536), hard).unwrap();
+}
+
+/// Opens `n` TCP connections to `to` from `from` (sending nothing); those the OS or the agent refused
+/// are left out.
+fn idle_connections(from: &str, to: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), s.connect(to)).await {
+                let c = c.into_std().unwrap();
+                c.set_nonblocking(false).unwrap();
+                out.push(c);
+            }
+        }
+        out
+    })
+}
+
+#[test]
+fn idle_connections_by_the_thousand_neither_take_the_api_down_nor_stop_the_failure_handler() {
+    raise_own_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("failed");
+    let handler = format!(
+        "[[handlers]]\non = [\"failure\"]\ncommand = \"echo $HERD_MEMBER_NAME >> {}\"\n",
+        marker.display()
+    );
+    let mut agents = three(dir.path(), 61, &handler);
+    let a = &agents[0];
+
+    // One address opens 1,100 connections and sends nothing: beyond 16 they are closed at once, and
+    // another client is served meanwhile.
+    let flood = idle_connections("127.0.62.1", a.api, 1100);
+    let took = Instant::now();
+    let (status, _) = request(a.api, "GET", "/healthz", None);
+    assert_eq!(
+        status, 200,
+        "the API answers another client during the flood"
+    );
+    println!(
+        "answered during a 1,100-connection flood in {:?}",
+        took.elapsed()
+    );
+    wait(Duration::from_secs(10), "1,000 refusals counted", || {
+        metric(a, "herd_api_connections_total{outcome=\"refused\"}") >= 1000.0
+    });
+
+    // 70 addresses × 16 connections fill the cap in all. Meanwhile a node crashes: the failure
+    // handler must still run (file descriptors are kept for it), and the held connections are dropped
+    // by the header timeout, after which the API answers again.
+    let mut held: Vec<_> = (1..=70)
+        .flat_map(|i| idle_connections(&format!("127.0.63.{i}"), a.api, 16))
+        .collect();
+    held.extend(flood);
+    println!("holding {} connections", held.len());
+    let mut victim = agents.remove(2);
+    victim.child.kill().unwrap();
+    let _ = victim.child.wait();
+    let a = &agents[0];
+    let ran = wait(Duration::from_secs(30), "the failure handler ran", || {
+        std::fs::read_to_string(&marker).is_ok_and(|t| t.contains("n-127-0-61-3"))
+    });
+    println!("failure handler ran {ran:?} after the crash, under attack");
+    let back = wait(Duration::from_secs(20), "the API is back", || {
+        request(a.api, "GET", "/healthz", None).0 == 200
+    });
+    println!("API back {back:?} later (header timeout 10 s)");
+    // The server closed the idle connections itself.
+    let mut closed = 0;
+    for mut c in held.into_iter().take(50) {
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut b = [0u8; 1];
+        if matches!(c.read(&mut b), Ok(0) | Err(_)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 50, "idle connections are dropped by the agent");
+    assert!(metric(a, "herd_api_connections_total{outcome=\"timed_out\"}") >= 1.0);
+    let log = a.log.lock().unwrap().clone();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(
+        !log.contains("ERROR"),
+        "aborted connections flood the log: {}",
+        log.lines()
+            .filter(|l| l.contains("ERROR"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn event_streams_are_capped_and_given_back() {
+    raise_own_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let a = start("127.0.64.1", None, "", dir.path());
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    // 10 addresses × 10 streams: 64 are served, the rest get 503 at once.
+    for i in 1..=10 {
+        for c in idle_connections(&format!("127.0.65.{i}"), a.api, 10) {
+            let mut c = c;
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(c, "GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut head = [0u8; 12];
+            c.read_exact(&mut head).unwrap();
+            match &head[9..12] {
+                b"200" => streams.push(c),
+                b"503" => refused += 1,
+                other => panic!("{}", String::from_utf8_lossy(other)),
+            }
+        }
+    }
+    assert_eq!((streams.len(), refused), (64, 36));
+    drop(streams);
+    wait(Duration::from_secs(40), "streams given back", || {
+        let mut c = idle_connections("127.0.65.99", a.api, 1).pop().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = write!(c, "GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+    });
+}
+
+#[test]
+fn a_forged_leave_is_refuted_by_its_victim() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = three(dir.path(), 66, "");
+    let (b_id, b_gen, _) = member(&agents[0], "127.0.66.2").unwrap();
+    let id: NodeId = b_id.parse().unwrap();
+    let socket = UdpSocket::bind("127.0.67.1:0").unwrap();
+    // A holder of the key tells A and C that B left, sealed as B (its id, generation and a sequence
+    // number ahead of B's own).
+    for (observer, ip) in [(&agents[0], "127.0.66.1"), (&agents[2], "127.0.66.3")] {
+        let (to, _, _) = member(observer, ip).unwrap();
+        let leave = Packet {
+            sender: id,
+            to: to.parse().unwrap(),
+            generation: b_gen,
+            seq: 1 << 30,
+            message: Message::Leave,
+        };
+        socket.send_to(&forge(&leave), observer.gossip).unwrap();
+    }
+    wait(Duration::from_secs(2), "the forgery lands", || {
+        member(&agents[0], "127.0.66.2").unwrap().2 == "left"
+    });
+    let took = wait(Duration::from_secs(10), "B alive again everywhere", || {
+        [&agents[0], &agents[2]].iter().all(|o| {
+            let (_, generation, state) = member(o, "127.0.66.2").unwrap();
+            state == "alive" && generation > b_gen
+        })
+    });
+    println!("forged leave refuted in {took:?}");
+    assert!(metric(&agents[1], "herd_gossip_refutations_total") >= 1.0);
+    assert!(agents[1].log.lock().unwrap().contains("refuted"));
+}
+
+/// A Syn from an invented member `X`, numbered `seq`, with a digest of one entry (itself).
+fn syn_from_x(to: NodeId, seq: u64) -> Vec<u8> {
+    let x = NodeId(0x5151_5151_5151_5151);
+    forge(&Packet {
+        sender: x,
+        to,
+        generation: 1,
+        seq,
+        message: Message::Syn {
+            digest: Digest {
+                start: NodeId(0),
+                end: NodeId(0),
+                known: 1,
+                entries: vec![DigestEntry {
+                    node: x,
+                    generation: 1,
+                    heartbeat: 1,
+                    max_version: 1,
+                }],
+            },
+        },
+    })
+}
+
+fn answer(socket: &UdpSocket) -> Option<usize> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    socket.recv_from(&mut buf).ok().map(|(n, _)| n)
+}
+
+#[test]
+fn replays_are_dropped_and_a_spoofed_source_never_gets_more_than_it_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = three(dir.path(), 68, "");
+    let a = &agents[0];
+    let (a_id, _, _) = member(a, "127.0.68.1").unwrap();
+    let a_id: NodeId = a_id.parse().unwrap();
+    let socket = UdpSocket::bind("127.0.69.1:0").unwrap();
+
+    // From an address that is not the sender's known one, the answer is no larger than the question,
+    // though A knows three members it could tell of.
+    let syn = syn_from_x(a_id, 7);
+    socket.send_to(&syn, a.gossip).unwrap();
+    let first = answer(&socket).expect("an answer to a fresh Syn");
+    assert!(first <= syn.len(), "{first} bytes for {}", syn.len());
+    assert!(metric(a, "herd_gossip_limited_replies_total") >= 1.0);
+
+    // The same datagram again: dropped, counted, unanswered.
+    let before = metric(a, "herd_gossip_rejected_packets_total{reason=\"replay\"}");
+    for _ in 0..5 {
+        socket.send_to(&syn, a.gossip).unwrap();
+    }
+    assert_eq!(answer(&socket), None, "a replayed Syn was answered");
+    let after = metric(a, "herd_gossip_rejected_packets_total{reason=\"replay\"}");
+    assert_eq!(after - before, 5.0);
+
+    // What was sealed for A is refused by B (it names its receiver).
+    let b = &agents[1];
+    let before = metric(b, "herd_gossip_rejected_packets_total{reason=\"replay\"}");
+    socket.send_to(&syn_from_x(a_id, 8), b.gossip).unwrap();
+    assert_eq!(answer(&socket), None);
+    wait(Duration::from_secs(3), "B counts it", || {
+        metric(b, "herd_gossip_rejected_packets_total{reason=\"replay\"}") > before
+    });
+}
+
+/// An Ack2 from a key holder carrying the whole state of an invented member named `name`.
+fn ack2_with_member(to: NodeId, id: u64, name: &str, seq: u64) -> Vec<u8> {
+    let kv = |key: &str, version, value: &str| KeyValue {
+        key: key.into(),
+        version,
+        value: Some(value.into()),
+    };
+    forge(&Packet {
+        sender: NodeId(0x6161_6161_6161_6161),
+        to,
+        generation: 1,
+        seq,
+        message: Message::Ack2 {
+            deltas: vec![NodeDelta {
+                node: NodeId(id),
+                generation: 1,
+                heartbeat: 1,
+                from_version: 0,
+                kvs: vec![
+                    kv("_addr", 1, "127.0.70.9:7946"),
+                    kv("name", 2, name),
+                    kv("services", 3, r#"["web"]"#),
+                ],
+            }],
+        },
+    })
+}
+
+#[test]
+fn peers_state_with_control_characters_or_ansible_syntax_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start("127.0.70.1", None, "", dir.path());
+    let (a_id, _, _) = member(&a, "127.0.70.1").unwrap();
+    let a_id: NodeId = a_id.parse().unwrap();
+    let socket = UdpSocket::bind("127.0.71.1:0").unwrap();
+    let bad = [
+        "evil\u{0}name",
+        "\u{1b}[2Jowned",
+        "line\nbreak",
+        "pi4#",
+        "web[1:3]",
+    ];
+    for (i, name) in bad.iter().enumerate() {
+        socket
+            .send_to(
+                &ack2_with_member(a_id, 100 + i as u64, name, i as u64),
+                a.gossip,
+            )
+            .unwrap();
+    }
+    // The control: the same state with a good name is taken, so the test can tell.
+    socket
+        .send_to(&ack2_with_member(a_id, 200, "good-name", 50), a.gossip)
+        .unwrap();
+    wait(Duration::from_secs(5), "the good member is listed", || {
+        nodes(&a).iter().any(|n| n["name"] == "good-name")
+    });
+    let listed = nodes(&a);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(
+        metric(&a, "herd_gossip_rejected_packets_total{reason=\"invalid\"}"),
+        bad.len() as f64
+    );
+    // The operator's terminal and Prometheus see nothing of them.
+    let members = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .arg("members")
+        .env("HERD_NODE", format!("http://{}", a.api))
+        .env("HERD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&members.stdout);
+    assert!(
+        out.contains("good-name") && !out.contains('\u{1b}'),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_config_refuses_names_that_would_break_an_inventory_and_warns_of_readable_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str, mode: u32| {
+        let path = dir.path().join("herd.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_herd"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    // The last is an escape sequence, spelled as TOML spells it.
+    for name in ["pi4#", "web[1:3]", "a b", "x\\u001b[2J"] {
+        let o = check(
+            &format!("node_name = \"{name}\"\n[gossip]\nkey = \"{KEY}\"\n"),
+            0o600,
+        );
+        assert!(!o.status.success(), "{name:?} accepted");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("node_name"));
+    }
+    let ok = check(
+        &format!("node_name = \"pi-4.lab_1\"\n[gossip]\nkey = \"{KEY}\"\n"),
+        0o644,
+    );
+    assert!(ok.status.success());
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.contains("every user") && out.contains("chmod 600"),
+        "{out}"
+    );
+    // A syntax error quotes neither the line nor the token on it.
+    let bad = check(&format!("[api]\ntoken = \"{TOKEN}\" junk\n"), 0o600);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("line 2"), "{err}");
+    assert!(!err.contains(TOKEN), "{err}");
+}
+
+#[test]
+fn state_files_an_over_limit_list_runs_an_unreadable_one_stops_a_corrupt_generation_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let names: Vec<String> = (0..200).map(|i| format!("service-{i:03}")).collect();
+    std::fs::write(
+        state.join("meta-data.json"),
+        serde_json::json!({ "services": names }).to_string(),
+    )
+    .unwrap();
+    std::fs::write(state.join("generation"), "not a number\n").unwrap();
+    let a = start("127.0.72.1", None, "", dir.path());
+    let me = nodes(&a)
+        .into_iter()
+        .find(|n| n["is_self"] == true)
+        .unwrap();
+    let published = me["services"].as_array().unwrap().len();
+    assert!(published > 10 && published < 200, "{published}");
+    let log = a.log.lock().unwrap().clone();
+    assert!(log.contains("more services than gossip carries"), "{log}");
+    assert!(log.contains("generation file is corrupt"), "{log}");
+    drop(a);
+
+    // Unreadable (a directory where the file should be, as a disk fault would make it): the agent stops
+    // with the file's name rather than announce "no services".
+    std::fs::remove_file(state.join("meta-data.json")).unwrap();
+    std::fs::create_dir(state.join("meta-data.json")).unwrap();
+    let config = dir.path().join("herd.toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["agent", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot read the meta-data file"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn protect_reads_asks_for_the_token_everywhere_but_healthz() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start("127.0.73.1", None, "protect_reads = true\n", dir.path());
+    for path in [
+        "/",
+        "/api/v1/nodes",
+        "/nodes/alive",
+        "/metrics",
+        "/api/v1/events",
+    ] {
+        let (status, text) = get(&a, path, None);
+        assert_eq!(status, 401, "{path}: {text}");
+        assert!(
+            text.to_lowercase().contains("www-authenticate: basic"),
+            "{text}"
+        );
+    }
+    assert_eq!(get(&a, "/healthz", None).0, 200);
+    use base64::Engine;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{TOKEN}"))
+    );
+    assert_eq!(get(&a, "/", Some(&basic)).0, 200, "a browser's Basic login");
+    assert_eq!(get(&a, "/api/v1/nodes", Some(&bearer())).0, 200);
+    assert_eq!(
+        get(&a, "/api/v1/nodes", Some("Basic YWRtaW46d3Jvbmc=")).0,
+        401
+    );
+    let _ = &a.ip;
+    let _ = &a.dir;
+}
