@@ -219,6 +219,44 @@ fn idle_connections(from: &str, to: SocketAddr, n: usize) -> Vec<std::net::TcpSt
     })
 }
 
+/// Opens `n` connections from `from` that send half a request head and reset (RST, as a killed client
+/// or a scanner does).
+fn aborted_connections(from: &str, to: SocketAddr, n: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        for _ in 0..n {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            s.set_linger(Some(Duration::ZERO)).unwrap();
+            if let Ok(mut c) = s.connect(to).await {
+                let _ = c.write_all(b"GET /api/v1/nodes HTTP/1.1\r\nHo").await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+}
+
+#[test]
+fn aborted_connections_do_not_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start("127.0.74.1", None, "", dir.path());
+    for i in 1..=10 {
+        aborted_connections(&format!("127.0.75.{i}"), a.api, 100);
+    }
+    wait(Duration::from_secs(10), "1,000 failures counted", || {
+        metric(&a, "herd_api_connections_total{outcome=\"failed\"}")
+            + metric(&a, "herd_api_connections_total{outcome=\"accepted\"}")
+            >= 1000.0
+    });
+    let log = a.log.lock().unwrap().clone();
+    let noisy = log.lines().filter(|l| l.contains("connection")).count();
+    assert!(noisy < 5, "{noisy} log lines for 1,000 aborted connections:\n{log}");
+}
+
 #[test]
 fn idle_connections_by_the_thousand_neither_take_the_api_down_nor_stop_the_failure_handler() {
     raise_own_file_limit();
