@@ -247,14 +247,17 @@ fn aborted_connections_do_not_flood_the_log() {
     for i in 1..=10 {
         aborted_connections(&format!("127.0.75.{i}"), a.api, 100);
     }
-    wait(Duration::from_secs(10), "1,000 failures counted", || {
-        metric(&a, "herd_api_connections_total{outcome=\"failed\"}")
-            + metric(&a, "herd_api_connections_total{outcome=\"accepted\"}")
-            >= 1000.0
-    });
+    // The server has seen them all once a request after them is answered.
+    assert_eq!(get(&a, "/healthz", None).0, 200);
+    std::thread::sleep(Duration::from_secs(1));
     let log = a.log.lock().unwrap().clone();
     let noisy = log.lines().filter(|l| l.contains("connection")).count();
-    assert!(noisy < 5, "{noisy} log lines for 1,000 aborted connections:\n{log}");
+    assert!(
+        noisy < 5,
+        "{noisy} log lines for 1,000 aborted connections:\n{}",
+        log.lines().take(5).collect::<Vec<_>>().join("\n")
+    );
+    assert!(metric(&a, "herd_api_connections_total{outcome=\"accepted\"}") >= 1000.0);
 }
 
 #[test]
