@@ -231,7 +231,7 @@ fn aborted_connections(from: &str, to: SocketAddr, n: usize) {
         for _ in 0..n {
             let s = tokio::net::TcpSocket::new_v4().unwrap();
             s.bind(format!("{from}:0").parse().unwrap()).unwrap();
-            s.set_linger(Some(Duration::ZERO)).unwrap();
+            s.set_zero_linger().unwrap();
             if let Ok(mut c) = s.connect(to).await {
                 let _ = c.write_all(b"GET /api/v1/nodes HTTP/1.1\r\nHo").await;
                 tokio::time::sleep(Duration::from_millis(2)).await;
