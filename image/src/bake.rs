@@ -38,6 +38,9 @@ pub struct Baked {
     pub boot_files: Vec<String>,
     /// Symlinks made (path, target): the overlay's units enabled as `systemctl enable` would.
     pub links: Vec<(String, String)>,
+    /// The base runs cloud-init at boot (Raspberry Pi OS Trixie since late 2025): Imager then customises
+    /// it through cloud-init files, not `firstrun.sh`.
+    pub cloud_init: bool,
 }
 
 /// Where the enable symlink lives and what it points to.
@@ -63,6 +66,7 @@ pub struct Prepared {
     plan: Plan,
     root_files: Vec<(String, u64)>,
     boot: Vec<(String, Vec<u8>)>,
+    cloud_init: bool,
 }
 
 impl Prepared {
@@ -89,6 +93,7 @@ pub fn prepare(
         )));
     }
     let arch = img.arch()?;
+    let cloud_init = root.exists("/usr/bin/cloud-init");
     let binary = binary_for(arch)?;
     let bin = std::fs::read(&binary).map_err(crate::io(&binary))?;
 
@@ -146,6 +151,7 @@ pub fn prepare(
         plan,
         root_files,
         boot,
+        cloud_init,
     })
 }
 
@@ -165,6 +171,7 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
         root_files: prepared.root_files,
         boot_files,
         links: prepared.links,
+        cloud_init: prepared.cloud_init,
     })
 }
 

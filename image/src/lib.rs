@@ -117,6 +117,14 @@ impl Arch {
 
     /// Raspberry Pi Imager's device tags for the boards the agent of this architecture runs on (a Pi
     /// Zero 2 W counts as a Pi 3; a Pi Zero and Zero W as a Pi 1).
+    /// The architecture's name in Imager's os-list schema (`armv8`, `armhf`, `armel`).
+    pub fn imager_architecture(self) -> &'static str {
+        match self {
+            Arch::Arm64 => "armv8",
+            Arch::Armhf => "armhf",
+        }
+    }
+
     pub fn imager_devices(self) -> &'static [&'static str] {
         match self {
             Arch::Arm64 => &["pi5-64bit", "pi4-64bit", "pi3-64bit"],

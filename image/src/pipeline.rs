@@ -53,6 +53,9 @@ pub struct PipelineOptions {
     pub xz: bool,
     /// Write the `.img.sha256` and an Imager manifest for the raw image (implied by `xz`).
     pub checksum: bool,
+    /// Where the outputs will be published (`https://host/dir`): the manifest's URLs point there.
+    /// `None`: absolute `file://` URLs of the outputs where they are written.
+    pub url_base: Option<String>,
 }
 
 /// What the run produced.
@@ -120,6 +123,9 @@ pub fn run(
         return Err(Error::Invalid(format!(
             "output name {name:?}: use letters, digits, '-', '_' and '.'"
         )));
+    }
+    if let Some(base) = &opts.url_base {
+        check_url_base(base)?;
     }
     std::fs::create_dir_all(&opts.out_dir).map_err(crate::io(&opts.out_dir))?;
 
@@ -194,7 +200,27 @@ pub fn run(
     let manifest = opts.out_dir.join(format!("{name}.rpi-imager-manifest"));
     let partial_manifest = opts.out_dir.join(format!(".{name}.manifest.partial"));
     let manifest_guard = Partial(Some(partial_manifest.clone()));
+    let icon = opts.out_dir.join(format!("{name}.png"));
+    let partial_icon = opts.out_dir.join(format!(".{name}.png.partial"));
+    let icon_guard = Partial(Some(partial_icon.clone()));
     if let Some((image_sha, download, download_size, download_sha)) = &sums {
+        let url_of = |path: &Path| -> Result<String> {
+            let file = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match &opts.url_base {
+                Some(base) => Ok(format!("{}/{file}", base.trim_end_matches('/'))),
+                None => {
+                    let dir = opts
+                        .out_dir
+                        .canonicalize()
+                        .map_err(crate::io(&opts.out_dir))?;
+                    Ok(file_url(&dir.join(file)))
+                }
+            }
+        };
+        std::fs::write(&partial_icon, ICON).map_err(crate::io(&partial_icon))?;
         let manifest_json = serde_json::json!({
             "os_list": [{
                 "name": format!("herd: {}", opts.bake.values.cluster),
@@ -203,15 +229,18 @@ pub fn run(
                     opts.bake.values.cluster,
                     baked.arch.debian()
                 ),
-                "url": download.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "icon": url_of(&icon)?,
+                "url": url_of(download)?,
                 "extract_size": image_size,
                 "extract_sha256": image_sha,
                 "image_download_size": download_size,
                 "image_download_sha256": download_sha,
                 "release_date": today(),
                 "devices": baked.arch.imager_devices(),
-                "init_format": "systemd",
-                "architecture": baked.arch.debian(),
+                // How Imager customises the card (user, Wi-Fi, SSH): cloud-init files on a base that
+                // runs cloud-init (Trixie since late 2025), else its firstrun.sh under systemd.
+                "init_format": if baked.cloud_init { "cloudinit-rpi" } else { "systemd" },
+                "architecture": baked.arch.imager_architecture(),
             }]
         });
         std::fs::write(
@@ -233,6 +262,7 @@ pub fn run(
             rename(xz_guard.keep(), &final_xz)?;
             xz = Some(final_xz);
         }
+        rename(icon_guard.keep(), &icon)?;
         rename(manifest_guard.keep(), &manifest)?;
         image_sha256 = Some(sha);
         manifest_out = Some(manifest);
@@ -246,6 +276,45 @@ pub fn run(
         baked,
         timings,
     })
+}
+
+/// The manifest's icon (64×64 PNG), written next to the manifest as `NAME.png`.
+const ICON: &[u8] = include_bytes!("../assets/herd-icon.png");
+
+/// Checks `--url-base`: an absolute http(s) URL, nothing Imager or a shell would split.
+fn check_url_base(base: &str) -> Result<()> {
+    let rest = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"));
+    match rest {
+        Some(rest)
+            if !rest.is_empty()
+                && !rest.starts_with('/')
+                && !base.contains(|c: char| {
+                    c.is_whitespace() || c.is_control() || "\"<>\\^`{|}#?".contains(c)
+                }) =>
+        {
+            Ok(())
+        }
+        _ => Err(Error::Invalid(format!(
+            "url base {base:?}: give the http:// or https:// address of the directory the outputs \
+             will be published in, e.g. https://example.com/herd"
+        ))),
+    }
+}
+
+/// A `file://` URL of an absolute path, percent-encoded (RFC 8089).
+fn file_url(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut url = String::from("file://");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url
 }
 
 /// Prints `label: N% of S GB` on stderr once a second while `child` writes `out`, reading progress from

@@ -42,6 +42,7 @@ fn options(base: Base, dir: &Path, xz: bool) -> PipelineOptions {
         },
         xz,
         checksum: false,
+        url_base: None,
     }
 }
 
@@ -95,6 +96,7 @@ fn a_local_img_with_xz_becomes_img_sha256_xz_and_manifest() {
             "herd-test.img",
             "herd-test.img.sha256",
             "herd-test.img.xz",
+            "herd-test.png",
             "herd-test.rpi-imager-manifest"
         ]
     );
@@ -130,32 +132,144 @@ fn a_local_img_with_xz_becomes_img_sha256_xz_and_manifest() {
         .unwrap();
     let image_sha256 = s.image_sha256.clone().unwrap();
     assert!(String::from_utf8_lossy(&xz_sha.stdout).starts_with(&image_sha256));
-    // The manifest has what Raspberry Pi Imager reads.
+    // The manifest is one Imager loads, and it describes these very files.
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(s.manifest.as_ref().unwrap()).unwrap()).unwrap();
-    let os = &m["os_list"][0];
-    for field in [
-        "name",
-        "description",
-        "url",
-        "extract_size",
-        "extract_sha256",
-        "image_download_size",
-        "image_download_sha256",
-        "release_date",
-        "devices",
-        "init_format",
-    ] {
-        assert!(!os[field].is_null(), "{field} missing: {os}");
-    }
+    let os = imager_entry(&m);
     assert_eq!(os["extract_sha256"], image_sha256.as_str());
     assert_eq!(os["extract_size"], s.image_size);
-    assert_eq!(os["url"], "herd-test.img.xz");
+    let xz_path = out.join("herd-test.img.xz").canonicalize().unwrap();
+    assert_eq!(os["url"], format!("file://{}", xz_path.display()));
     assert_eq!(
         os["image_download_sha256"].as_str().unwrap(),
-        sha256_file(&out.join("herd-test.img.xz")).unwrap()
+        sha256_file(&xz_path).unwrap()
     );
+    assert_eq!(
+        os["image_download_size"],
+        std::fs::metadata(&xz_path).unwrap().len()
+    );
+    let icon = os["icon"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("file://")
+        .unwrap();
+    assert!(std::fs::read(icon)
+        .unwrap()
+        .starts_with(b"\x89PNG\r\n\x1a\n"));
     assert_eq!(os["devices"][0], "pi5-64bit");
+    assert_eq!(os["architecture"], "armv8");
+    assert_eq!(
+        os["init_format"], "systemd",
+        "the fixture has no cloud-init"
+    );
+}
+
+/// The one entry of an Imager os-list manifest, checked against the schema's rules (Imager 2.x): every
+/// required field there with its type, absolute URLs, a SHA-256 of 64 hex digits, a YYYY-MM-DD date,
+/// device tags and `init_format` / `architecture` values Imager knows (others are dropped or unloadable).
+fn imager_entry(m: &serde_json::Value) -> &serde_json::Value {
+    let list = m["os_list"].as_array().expect("os_list is an array");
+    assert_eq!(list.len(), 1);
+    let os = &list[0];
+    for field in ["name", "description", "icon", "url", "release_date"] {
+        assert!(
+            os[field].as_str().is_some_and(|v| !v.is_empty()),
+            "{field}: {os}"
+        );
+    }
+    for field in ["extract_size", "image_download_size"] {
+        assert!(os[field].as_u64().is_some_and(|n| n > 0), "{field}: {os}");
+    }
+    for field in ["extract_sha256", "image_download_sha256"] {
+        let v = os[field].as_str().unwrap_or("");
+        assert!(
+            v.len() == 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{field}: {v:?}"
+        );
+    }
+    for field in ["url", "icon"] {
+        let v = os[field].as_str().unwrap();
+        assert!(
+            ["file:///", "https://", "http://"]
+                .iter()
+                .any(|p| v.starts_with(p)),
+            "{field} is not an absolute URL: {v}"
+        );
+    }
+    let date = os["release_date"].as_str().unwrap();
+    assert!(
+        date.len() == 10
+            && date.bytes().enumerate().all(|(i, b)| if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }),
+        "{date}"
+    );
+    let known = [
+        "pi5-64bit",
+        "pi4-64bit",
+        "pi3-64bit",
+        "pi5-32bit",
+        "pi4-32bit",
+        "pi3-32bit",
+        "pi2-32bit",
+        "pi1-32bit",
+    ];
+    let devices = os["devices"].as_array().expect("devices");
+    assert!(!devices.is_empty());
+    for d in devices {
+        assert!(known.contains(&d.as_str().unwrap()), "device {d}");
+    }
+    assert!(
+        ["none", "systemd", "cloudinit", "cloudinit-rpi"]
+            .contains(&os["init_format"].as_str().unwrap()),
+        "{os}"
+    );
+    assert!(
+        ["armv8", "armhf", "armel"].contains(&os["architecture"].as_str().unwrap()),
+        "{os}"
+    );
+    os
+}
+
+#[test]
+fn a_url_base_points_the_manifest_at_the_published_files_and_is_checked() {
+    // A 32-bit base with cloud-init, as Raspberry Pi OS Trixie since late 2025.
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    Fixture {
+        arch: Arch::Armhf,
+        fill: vec![("/usr/bin/cloud-init".into(), 64)],
+        ..Fixture::default()
+    }
+    .build(&base)
+    .unwrap();
+    let mut opts = options(Base::File(base), dir.path(), false);
+    opts.checksum = true;
+    opts.url_base = Some("https://example.com/herd/".into());
+    let s = run(&opts, agent_binary).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.manifest.unwrap()).unwrap()).unwrap();
+    let os = imager_entry(&m);
+    assert_eq!(os["url"], "https://example.com/herd/herd-test.img");
+    assert_eq!(os["icon"], "https://example.com/herd/herd-test.png");
+    assert_eq!(os["init_format"], "cloudinit-rpi");
+    assert_eq!(os["architecture"], "armhf");
+    assert_eq!(os["devices"][4], "pi1-32bit");
+    for bad in [
+        "example.com/herd",
+        "ftp://x/y",
+        "https://",
+        "https://x/a b",
+        "https:///x",
+    ] {
+        opts.url_base = Some(bad.into());
+        let e = run(&opts, agent_binary).unwrap_err().to_string();
+        assert!(e.contains("url base"), "{bad}: {e}");
+    }
 }
 
 #[test]
@@ -171,6 +285,7 @@ fn checksum_alone_describes_the_raw_image() {
         [
             "herd-test.img",
             "herd-test.img.sha256",
+            "herd-test.png",
             "herd-test.rpi-imager-manifest"
         ]
     );
@@ -184,8 +299,9 @@ fn checksum_alone_describes_the_raw_image() {
     assert!(check.status.success(), "{check:?}");
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(s.manifest.unwrap()).unwrap()).unwrap();
-    let os = &m["os_list"][0];
-    assert_eq!(os["url"], "herd-test.img");
+    let os = imager_entry(&m);
+    let img = dir.path().join("out/herd-test.img").canonicalize().unwrap();
+    assert_eq!(os["url"], format!("file://{}", img.display()));
     assert_eq!(os["extract_sha256"], os["image_download_sha256"]);
     assert_eq!(os["image_download_size"], s.image_size);
 }

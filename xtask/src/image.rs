@@ -31,6 +31,8 @@ usage: cargo xtask image --cluster NAME [options]
   --xz                   also write, for publishing, a compressed .img.xz (multi-threaded), the
                          checksums and a Raspberry Pi Imager manifest (one pass)
   --checksum             also write the .img.sha256 and an Imager manifest for the raw image
+  --url-base URL         where the outputs will be published (https://host/dir): the manifest's
+                         URLs point there (default: file:// URLs of the outputs, for a local Imager)
   --name NAME            output name (default: herd-CLUSTER)
   --out DIR              output directory (default: target/herd)
 ";
@@ -45,6 +47,7 @@ struct Args {
     hostname: String,
     xz: bool,
     checksum: bool,
+    url_base: Option<String>,
     name: Option<String>,
     out: PathBuf,
 }
@@ -60,6 +63,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
         hostname: DEFAULT_HOSTNAME.into(),
         xz: false,
         checksum: false,
+        url_base: None,
         name: None,
         out: root().join("target/herd"),
     };
@@ -86,6 +90,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
             "--hostname" => a.hostname = value()?,
             "--xz" => a.xz = true,
             "--checksum" => a.checksum = true,
+            "--url-base" => a.url_base = Some(value()?),
             "--name" => a.name = Some(value()?),
             "--out" => a.out = value()?.into(),
             "-h" | "--help" => {
@@ -97,6 +102,9 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
     }
     if a.cluster.is_empty() {
         bail!("--cluster NAME is required\n\n{USAGE}");
+    }
+    if a.url_base.is_some() && !a.xz && !a.checksum {
+        bail!("--url-base sets the Imager manifest's URLs: add --xz (or --checksum) to write one");
     }
     if a.cluster.len() > 63
         || !a
@@ -319,6 +327,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         },
         xz: a.xz,
         checksum: a.checksum,
+        url_base: a.url_base.clone(),
     };
     println!("==> image: base {base}");
     let summary = herd_image::pipeline::run(&opts, |arch| {

@@ -140,6 +140,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         },
         xz: false,
         checksum,
+        url_base: None,
     };
     let clean = || {
         let _ = std::fs::remove_dir_all(out.path().join("out"));
