@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::ext4::{Entry, Plan};
+use crate::fat::set_cmdline_token;
 use crate::overlay::{self, Values};
+use crate::wifi::{self, Wifi};
 use crate::{Arch, Error, Image, Result};
 
 /// What goes into the image.
@@ -16,6 +18,8 @@ pub struct BakeOptions {
     pub userconf: Option<String>,
     /// Authorized SSH keys for the user (password login over SSH is then turned off).
     pub ssh_keys: Option<(String, String)>,
+    /// A Wi-Fi network to join (see `wifi`).
+    pub wifi: Option<Wifi>,
 }
 
 impl std::fmt::Debug for BakeOptions {
@@ -23,6 +27,7 @@ impl std::fmt::Debug for BakeOptions {
         f.debug_struct("BakeOptions")
             .field("overlay", &self.overlay)
             .field("cluster", &self.values.cluster)
+            .field("wifi", &self.wifi)
             .field("secrets", &"***")
             .finish()
     }
@@ -66,6 +71,8 @@ pub struct Prepared {
     plan: Plan,
     root_files: Vec<(String, u64)>,
     boot: Vec<(String, Vec<u8>)>,
+    /// Tokens to set on `cmdline.txt` (read and rewritten on the copy, in `finish`).
+    cmdline: Vec<String>,
     cloud_init: bool,
 }
 
@@ -105,6 +112,37 @@ pub fn prepare(
         uid: 0,
         gid: 0,
     });
+    let mut boot = Vec::new();
+    let mut cmdline = Vec::new();
+    if let Some(w) = &opts.wifi {
+        let file = |path: &str, contents: String, mode| Entry::File {
+            path: path.into(),
+            contents: contents.into_bytes(),
+            mode,
+            uid: 0,
+            gid: 0,
+        };
+        entries.push(file(wifi::NM_STATE_PATH, wifi::NM_STATE.into(), 0o644));
+        entries.push(file(
+            wifi::UNBLOCK_UNIT_PATH,
+            wifi::UNBLOCK_UNIT.into(),
+            0o644,
+        ));
+        if cloud_init {
+            // cloud-init renders the network for NetworkManager itself: one place only.
+            boot.push((
+                "network-config".to_string(),
+                w.network_config().into_bytes(),
+            ));
+        } else {
+            entries.push(file(
+                "/etc/NetworkManager/system-connections/herd-wifi.nmconnection",
+                w.nm_profile(),
+                0o600,
+            ));
+        }
+        cmdline.push(w.cmdline_token());
+    }
     let links = enable_links(&entries);
     for (path, target) in &links {
         entries.push(Entry::Symlink {
@@ -139,7 +177,6 @@ pub fn prepare(
         .collect();
     let plan = root.plan(&entries)?;
 
-    let mut boot = Vec::new();
     if let Some(line) = &opts.userconf {
         boot.push(("userconf.txt".to_string(), format!("{line}\n").into_bytes()));
     }
@@ -151,6 +188,7 @@ pub fn prepare(
         plan,
         root_files,
         boot,
+        cmdline,
         cloud_init,
     })
 }
@@ -164,6 +202,15 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
     for (name, contents) in &prepared.boot {
         boot.write(name, contents)?;
         boot_files.push(name.clone());
+    }
+    if !prepared.cmdline.is_empty() {
+        let text = String::from_utf8_lossy(&boot.read("cmdline.txt")?).into_owned();
+        let line = prepared
+            .cmdline
+            .iter()
+            .fold(text, |line, token| set_cmdline_token(&line, token));
+        boot.write("cmdline.txt", line.as_bytes())?;
+        boot_files.push("cmdline.txt".into());
     }
     boot.close()?;
     Ok(Baked {

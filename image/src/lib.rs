@@ -14,6 +14,7 @@ pub mod fixture;
 pub mod nosync;
 pub mod overlay;
 pub mod pipeline;
+pub mod wifi;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

@@ -43,6 +43,7 @@ fn options() -> BakeOptions {
         },
         userconf: Some("alice:$6$saltsalt$hash".into()),
         ssh_keys: Some(("alice".into(), "ssh-ed25519 AAAAC3Nz alice@laptop\n".into())),
+        wifi: None,
     }
 }
 
@@ -311,4 +312,101 @@ fn bad_images_get_clear_errors() {
     let e = bake(&full, &opts, binary).unwrap_err();
     assert!(e.to_string().contains("root filesystem is too full"), "{e}");
     assert_eq!(sha256(&full), before, "nothing written");
+}
+
+/// Bakes a fixture with Wi-Fi; returns the image and the temporary directory holding it.
+fn bake_with_wifi(fixture: Fixture) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("out.img");
+    fixture.build(&img).unwrap();
+    let mut opts = options();
+    opts.wifi =
+        Some(herd_image::wifi::Wifi::new("ThisIsASSID", "ThisIsAPassword", "gb", true).unwrap());
+    bake(&img, &opts, |arch| Ok(agent_binary(arch))).unwrap();
+    let image = Image::open(&img).unwrap();
+    let (ok, text) = run(Command::new("e2fsck").arg("-fn").arg(image.root().spec()));
+    assert!(ok, "e2fsck: {text}");
+    (dir, img)
+}
+
+/// The WPA key of ThisIsASSID / ThisIsAPassword (IEEE 802.11i, H.4.1).
+const PSK: &str = "0dc0d6eb90555ed6419756b9a15ec3e3209b63df707dd508d14581f8982721af";
+
+#[test]
+fn wifi_on_a_base_without_cloud_init_is_a_networkmanager_profile() {
+    let (_dir, img) = bake_with_wifi(Fixture::default());
+    let image = Image::open(&img).unwrap();
+    let root = image.root();
+    let profile = "/etc/NetworkManager/system-connections/herd-wifi.nmconnection";
+    let st = root.stat(profile).unwrap();
+    assert_eq!((st.mode & 0o777, st.uid, st.gid), (0o600, 0, 0), "{st:?}");
+    let text = String::from_utf8(root.read(profile).unwrap()).unwrap();
+    assert!(
+        text.contains("ssid=ThisIsASSID\n") && text.contains("hidden=true\n"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("psk={PSK}\n")), "{text}");
+    assert!(!text.contains("ThisIsAPassword"));
+    // The radio is on and unblocked before NetworkManager starts.
+    let state = String::from_utf8(
+        root.read("/var/lib/NetworkManager/NetworkManager.state")
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(state.contains("WirelessEnabled=true"), "{state}");
+    let link = "/etc/systemd/system/multi-user.target.wants/herd-wifi-unblock.service";
+    assert_eq!(
+        root.resolve(link).unwrap(),
+        "/etc/systemd/system/herd-wifi-unblock.service"
+    );
+    // The regulatory domain is on the kernel command line, which stays one line.
+    let boot = image.boot().unwrap();
+    let cmdline = String::from_utf8(boot.read("cmdline.txt").unwrap()).unwrap();
+    assert_eq!(cmdline.lines().count(), 1, "{cmdline:?}");
+    assert!(
+        cmdline.contains("rootwait") && cmdline.contains(" cfg80211.ieee80211_regdom=GB"),
+        "{cmdline:?}"
+    );
+    assert!(!boot.exists("network-config"));
+    // systemd accepts the unit.
+    let unit = tempfile::tempdir().unwrap();
+    let path = unit.path().join("herd-wifi-unblock.service");
+    std::fs::write(
+        &path,
+        root.read("/etc/systemd/system/herd-wifi-unblock.service")
+            .unwrap(),
+    )
+    .unwrap();
+    let (ok, text) = run(Command::new("systemd-analyze").arg("verify").arg(&path));
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn wifi_on_a_cloud_init_base_goes_to_its_network_config_only() {
+    let (_dir, img) = bake_with_wifi(Fixture {
+        fill: vec![("/usr/bin/cloud-init".into(), 64)],
+        ..Fixture::default()
+    });
+    let image = Image::open(&img).unwrap();
+    let root = image.root();
+    assert!(!root.exists("/etc/NetworkManager/system-connections/herd-wifi.nmconnection"));
+    let boot = image.boot().unwrap();
+    let config = String::from_utf8(boot.read("network-config").unwrap()).unwrap();
+    for want in [
+        "version: 2",
+        "eth0:",
+        "wlan0:",
+        "regulatory-domain: \"GB\"",
+        "\"ThisIsASSID\":",
+        &format!("password: \"{PSK}\""),
+        "hidden: true",
+    ] {
+        assert!(config.contains(want), "{want} missing:\n{config}");
+    }
+    assert!(!config.contains("ThisIsAPassword"));
+    let cmdline = String::from_utf8(boot.read("cmdline.txt").unwrap()).unwrap();
+    assert!(
+        cmdline.contains("cfg80211.ieee80211_regdom=GB"),
+        "{cmdline:?}"
+    );
 }

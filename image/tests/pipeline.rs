@@ -39,6 +39,7 @@ fn options(base: Base, dir: &Path, xz: bool) -> PipelineOptions {
             },
             userconf: None,
             ssh_keys: None,
+            wifi: None,
         },
         xz,
         checksum: false,

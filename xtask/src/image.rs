@@ -31,6 +31,12 @@ usage: cargo xtask image --cluster NAME [options]
   --xz                   also write, for publishing, a compressed .img.xz (multi-threaded), the
                          checksums and a Raspberry Pi Imager manifest (one pass)
   --checksum             also write the .img.sha256 and an Imager manifest for the raw image
+  --wifi-ssid SSID       a Wi-Fi network every card joins (Ethernet keeps working beside it)
+  --wifi-password-file FILE
+                         its WPA2 passphrase (first line); only the derived key is stored, mode 0600
+  --wifi-country CC      the country the Pis are in (ISO 3166, e.g. GB): required with Wi-Fi, as
+                         the radio stays off without one
+  --wifi-hidden          the network does not broadcast its SSID
   --url-base URL         where the outputs will be published (https://host/dir): the manifest's
                          URLs point there (default: file:// URLs of the outputs, for a local Imager)
   --name NAME            output name (default: herd-CLUSTER)
@@ -48,6 +54,10 @@ struct Args {
     xz: bool,
     checksum: bool,
     url_base: Option<String>,
+    wifi_ssid: Option<String>,
+    wifi_password_file: Option<PathBuf>,
+    wifi_country: Option<String>,
+    wifi_hidden: bool,
     name: Option<String>,
     out: PathBuf,
 }
@@ -64,6 +74,10 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
         xz: false,
         checksum: false,
         url_base: None,
+        wifi_ssid: None,
+        wifi_password_file: None,
+        wifi_country: None,
+        wifi_hidden: false,
         name: None,
         out: root().join("target/herd"),
     };
@@ -91,6 +105,10 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
             "--xz" => a.xz = true,
             "--checksum" => a.checksum = true,
             "--url-base" => a.url_base = Some(value()?),
+            "--wifi-ssid" => a.wifi_ssid = Some(value()?),
+            "--wifi-password-file" => a.wifi_password_file = Some(value()?.into()),
+            "--wifi-country" => a.wifi_country = Some(value()?),
+            "--wifi-hidden" => a.wifi_hidden = true,
             "--name" => a.name = Some(value()?),
             "--out" => a.out = value()?.into(),
             "-h" | "--help" => {
@@ -148,6 +166,20 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
     }
     if a.ssh_key.is_some() && a.user.is_none() {
         bail!("--ssh-key needs --user: the keys are installed for that user");
+    }
+    match (&a.wifi_ssid, &a.wifi_password_file, &a.wifi_country) {
+        (Some(_), Some(_), Some(_)) | (None, None, None) => {}
+        (Some(_), None, _) => {
+            bail!("--wifi-ssid needs --wifi-password-file (open networks are not supported)")
+        }
+        (Some(_), _, None) => bail!(
+            "--wifi-ssid needs --wifi-country CC (the country the Pis are in, e.g. GB): without a \
+             regulatory domain the radio stays off"
+        ),
+        (None, ..) => bail!("--wifi-password-file and --wifi-country go with --wifi-ssid"),
+    }
+    if a.wifi_hidden && a.wifi_ssid.is_none() {
+        bail!("--wifi-hidden goes with --wifi-ssid");
     }
     Ok(a)
 }
@@ -295,6 +327,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let wifi = match (&a.wifi_ssid, &a.wifi_password_file, &a.wifi_country) {
+        (Some(ssid), Some(file), Some(country)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--wifi-password-file: cannot read {}", file.display()))?;
+            let passphrase = text.lines().next().unwrap_or("");
+            let w = herd_image::wifi::Wifi::new(ssid, passphrase, country, a.wifi_hidden)?;
+            println!(
+                "==> Wi-Fi: {:?} in {}{}",
+                w.ssid,
+                w.country,
+                if w.hidden { " (hidden)" } else { "" }
+            );
+            Some(w)
+        }
+        _ => None,
+    };
     let cache_dir = crate::util::cache_dir();
     let base = match a.base.as_str() {
         "debian" => crate::base::ensure(herd_image::Arch::Arm64)?
@@ -324,6 +372,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             },
             userconf,
             ssh_keys,
+            wifi,
         },
         xz: a.xz,
         checksum: a.checksum,
@@ -429,7 +478,38 @@ pub fn fixture(args: &[String]) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_hostname_template, DEFAULT_HOSTNAME};
+    use super::{check_hostname_template, parse, DEFAULT_HOSTNAME};
+
+    #[test]
+    fn wifi_flags_go_together_and_the_country_is_required() {
+        let args = |extra: &[&str]| {
+            let mut v: Vec<String> = vec!["--cluster".into(), "lab".into()];
+            v.extend(extra.iter().map(|s| s.to_string()));
+            parse(&v).map(drop).map_err(|e| format!("{e:#}"))
+        };
+        let full = [
+            "--wifi-ssid",
+            "lab",
+            "--wifi-password-file",
+            "/p",
+            "--wifi-country",
+            "GB",
+        ];
+        assert_eq!(args(&full), Ok(()));
+        assert!(args(&full[..4]).unwrap_err().contains("--wifi-country CC"));
+        assert!(args(&["--wifi-ssid", "lab", "--wifi-country", "GB"])
+            .unwrap_err()
+            .contains("--wifi-password-file"));
+        assert!(args(&["--wifi-country", "GB"])
+            .unwrap_err()
+            .contains("go with --wifi-ssid"));
+        assert!(args(&["--wifi-hidden"])
+            .unwrap_err()
+            .contains("--wifi-ssid"));
+        assert!(args(&["--url-base", "https://x/y"])
+            .unwrap_err()
+            .contains("--xz"));
+    }
 
     /// The same cases as the agent's `identity` tests: the build must refuse what the agent would.
     #[test]

@@ -137,6 +137,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             },
             userconf: None,
             ssh_keys: None,
+            wifi: None,
         },
         xz: false,
         checksum,
