@@ -150,6 +150,28 @@ pub fn prepare(
             target: target.clone(),
         });
     }
+    // The first user (uid 1000, the one userconf renames to `--user`) gets a login shell: Raspberry Pi OS
+    // Trixie creates it without one since February 2026, and userconf does not change it.
+    if opts.userconf.is_some() {
+        let shell = if root.exists("/usr/bin/bash") {
+            "/bin/bash"
+        } else {
+            "/bin/sh"
+        };
+        if let Some(passwd) = root
+            .read("/etc/passwd")
+            .ok()
+            .and_then(|p| with_login_shell(&String::from_utf8_lossy(&p), shell))
+        {
+            entries.push(Entry::File {
+                path: "/etc/passwd".into(),
+                contents: passwd.into_bytes(),
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            });
+        }
+    }
     if let Some((user, keys)) = &opts.ssh_keys {
         // In a root-owned place named after the final user: it survives the first-boot rename of the
         // first user (pi → user), which moves home directories around.
@@ -222,6 +244,27 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
     })
 }
 
+/// `/etc/passwd` with the shell of uid 1000 set to `shell` when it has none (`nologin`, `false`); `None`
+/// when nothing needs to change.
+pub fn with_login_shell(passwd: &str, shell: &str) -> Option<String> {
+    let mut changed = false;
+    let lines: Vec<String> = passwd
+        .lines()
+        .map(|line| {
+            let mut f: Vec<&str> = line.split(':').collect();
+            let no_shell = f.len() == 7
+                && f[2] == "1000"
+                && (f[6].ends_with("/nologin") || f[6].ends_with("/false") || f[6].is_empty());
+            if no_shell {
+                f[6] = shell;
+                changed = true;
+            }
+            f.join(":")
+        })
+        .collect();
+    changed.then(|| lines.join("\n") + "\n")
+}
+
 /// The `.wants` symlinks `systemctl enable` would make for the units among `entries`: one per target of
 /// each `WantedBy=` in the unit's `[Install]` section.
 fn enable_links(entries: &[Entry]) -> Vec<(String, String)> {
@@ -250,4 +293,27 @@ fn enable_links(entries: &[Entry]) -> Vec<(String, String)> {
         }
     }
     links
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_login_shell;
+
+    #[test]
+    fn only_the_first_user_without_a_shell_gets_one() {
+        let passwd =
+            "root:x:0:0:root:/root:/bin/bash\nsshd:x:101:65534::/run/sshd:/usr/sbin/nologin\n\
+                      pi:x:1000:1000:,,,:/home/pi:/usr/sbin/nologin\n";
+        assert_eq!(
+            with_login_shell(passwd, "/bin/bash").unwrap(),
+            "root:x:0:0:root:/root:/bin/bash\nsshd:x:101:65534::/run/sshd:/usr/sbin/nologin\n\
+             pi:x:1000:1000:,,,:/home/pi:/bin/bash\n"
+        );
+        let bookworm = "root:x:0:0:root:/root:/bin/bash\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n";
+        assert_eq!(with_login_shell(bookworm, "/bin/bash"), None);
+        assert_eq!(
+            with_login_shell("root:x:0:0::/root:/bin/sh\n", "/bin/sh"),
+            None
+        );
+    }
 }

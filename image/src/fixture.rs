@@ -142,9 +142,17 @@ impl Fixture {
         }
         let w = |p: &str, c: &[u8]| std::fs::write(s.join(p), c).map_err(crate::io(&s.join(p)));
         w("usr/bin/dash", &elf_header(self.arch))?;
+        w("usr/bin/bash", &elf_header(self.arch))?;
         std::os::unix::fs::symlink("dash", s.join("usr/bin/sh")).map_err(crate::io(s))?;
         std::os::unix::fs::symlink("usr/bin", s.join("bin")).map_err(crate::io(s))?;
         w("etc/hostname", b"raspberrypi\n")?;
+        // The first user as Raspberry Pi OS Trixie has made it since February 2026: no login shell
+        // (`adduser --disabled-login`), renamed at first boot by userconf.
+        w(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/bash\nmessagebus:x:100:101::/nonexistent:/usr/sbin/nologin\n\
+              pi:x:1000:1000:,,,:/home/pi:/usr/sbin/nologin\n",
+        )?;
         w("etc/machine-id", b"")?;
         w(
             "etc/os-release",

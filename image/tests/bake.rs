@@ -169,6 +169,16 @@ fn check_pipeline(fixture: Fixture) {
     assert!(String::from_utf8(boot.read("cmdline.txt").unwrap())
         .unwrap()
         .contains("rootwait"));
+    // The first user, renamed to alice at first boot, can log in: Trixie made it without a shell.
+    let passwd = String::from_utf8(root.read("/etc/passwd").unwrap()).unwrap();
+    assert!(
+        passwd.contains("\npi:x:1000:1000:,,,:/home/pi:/bin/bash\n")
+            && passwd.starts_with("root:x:0:0:root:/root:/bin/bash\n")
+            && passwd.contains("messagebus:x:100:101::/nonexistent:/usr/sbin/nologin"),
+        "{passwd}"
+    );
+    let st = root.stat("/etc/passwd").unwrap();
+    assert_eq!((st.mode & 0o777, st.uid, st.gid), (0o644, 0, 0));
     // No machine identity is baked in.
     assert_eq!(root.read("/etc/machine-id").unwrap(), b"");
 
