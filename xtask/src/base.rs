@@ -18,15 +18,49 @@ use crate::deps::{ensure_packages, is_root, need, Need};
 use crate::util::{cache_dir, root, run as run_step};
 
 const USAGE: &str = "\
-usage: cargo xtask base debian [--arch arm64|armhf] [--rebuild]
+usage: cargo xtask base debian [--suite bookworm|trixie] [--arch arm64|armhf] [--rebuild]
 
   Builds (once; then it is cached in ~/.cache/herd/base) a Raspberry Pi-layout Debian image to use as
-  `cargo xtask image --base debian` (or debian-armhf). Needs root (mmdebstrap) and the Debian mirror.
+  `cargo xtask image --base debian` (debian-armhf, debian-trixie, debian-trixie-armhf). Needs root
+  (mmdebstrap) and the Debian mirror.
+  --suite S     bookworm (default: systemd-networkd, a user made by userconf) or trixie (made as
+                Raspberry Pi OS is today: NetworkManager, cloud-init with its NoCloud seed on the boot
+                partition, a first user without a login shell renamed by userconf, Wi-Fi off)
   --arch A      arm64 (default: Pi 3, 4, 5 and QEMU virt) or armhf (Pi 2 and later, 32-bit)
   --rebuild     build it again even if cached
 ";
 
-const SUITE: &str = "bookworm";
+/// The Debian release a base is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    Bookworm,
+    Trixie,
+}
+
+impl Suite {
+    pub fn name(self) -> &'static str {
+        match self {
+            Suite::Bookworm => "bookworm",
+            Suite::Trixie => "trixie",
+        }
+    }
+}
+
+/// What Trixie bases add, as Raspberry Pi OS Trixie has them: NetworkManager behind netplan, and
+/// cloud-init.
+const TRIXIE_PACKAGES: &[&str] = &["network-manager", "netplan.io", "cloud-init"];
+/// Trixie's customize hook, after the common one: no systemd-networkd; the first user made as Raspberry
+/// Pi OS makes it since February 2026 (uid 1000, no login shell: userconf renames it).
+const TRIXIE_CUSTOMIZE: &str = r#"set -e
+rm -f "$1/etc/systemd/network/20-wired.network"
+systemctl --root="$1" disable systemd-networkd.service 2>/dev/null || true
+cp -rT --no-preserve=ownership,timestamps "$HERD_TRIXIE_FILES/rootfs" "$1"
+chmod 600 "$1/etc/netplan/01-network-manager-all.yaml"
+chroot "$1" useradd -m -u 1000 -U -s /usr/sbin/nologin -G sudo,adm,video,plugdev,netdev pi 2>/dev/null ||
+    chroot "$1" useradd -m -u 1000 -U -s /usr/sbin/nologin -G sudo pi
+systemctl --root="$1" enable NetworkManager.service NetworkManager-wait-online.service
+chroot "$1" apt-get clean
+"#;
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// The boot partition: where the 2025 Raspberry Pi OS images put it (8 MiB aligned, 512 MiB).
 const BOOT_START: u64 = 16384;
@@ -103,6 +137,7 @@ pub const BASE_NEEDS: &[Need] = &[
 
 struct Recipe {
     arch: Arch,
+    suite: Suite,
 }
 
 impl Recipe {
@@ -117,27 +152,55 @@ impl Recipe {
         root().join("xtask/base-debian")
     }
 
+    fn trixie_files(&self) -> PathBuf {
+        root().join("xtask/base-trixie")
+    }
+
+    fn packages(&self) -> Vec<&'static str> {
+        let mut p = PACKAGES.to_vec();
+        if self.suite == Suite::Trixie {
+            p.extend(TRIXIE_PACKAGES);
+        }
+        p
+    }
+
+    fn customize(&self) -> String {
+        match self.suite {
+            Suite::Bookworm => CUSTOMIZE.to_string(),
+            Suite::Trixie => format!("{CUSTOMIZE}{TRIXIE_CUSTOMIZE}"),
+        }
+    }
+
     /// Everything the image is made from, as text: its hash names the cached image.
     fn describe(&self) -> anyhow::Result<String> {
         let mut text = format!(
-            "debian base v1\nsuite {SUITE}\nmirror {MIRROR}\narch {}\nkernel {}\npackages {}\n\
-             boot {BOOT_START}+{BOOT_SECTORS}\nessential {ESSENTIAL}\ncustomize {CUSTOMIZE}\n",
+            "debian base v1\nsuite {}\nmirror {MIRROR}\narch {}\nkernel {}\npackages {}\n\
+             boot {BOOT_START}+{BOOT_SECTORS}\nessential {ESSENTIAL}\ncustomize {}\n",
+            self.suite.name(),
             self.arch.debian(),
             self.kernel(),
-            PACKAGES.join(",")
+            self.packages().join(","),
+            self.customize()
         );
-        let mut files = Vec::new();
-        walk(&self.files(), &mut files)?;
-        files.sort();
-        for f in files {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&f)?.permissions().mode() & 0o111 != 0;
-            let rel = f.strip_prefix(self.files()).unwrap_or(&f).display();
-            let body = std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
-            text.push_str(&format!(
-                "file {rel} exec={mode} {}\n",
-                hex(&Sha256::digest(&body))
-            ));
+        let mut dirs = vec![(self.files(), "")];
+        if self.suite == Suite::Trixie {
+            dirs.push((self.trixie_files(), "trixie/"));
+        }
+        for (dir, prefix) in dirs {
+            let mut files = Vec::new();
+            walk(&dir, &mut files)?;
+            files.sort();
+            for f in files {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&f)?.permissions().mode() & 0o111 != 0;
+                let rel = f.strip_prefix(&dir).unwrap_or(&f).display();
+                let body =
+                    std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
+                text.push_str(&format!(
+                    "file {prefix}{rel} exec={mode} {}\n",
+                    hex(&Sha256::digest(&body))
+                ));
+            }
         }
         Ok(text)
     }
@@ -145,7 +208,8 @@ impl Recipe {
     fn cached(&self) -> anyhow::Result<PathBuf> {
         let hash = hex(&Sha256::digest(self.describe()?.as_bytes()));
         Ok(cache_dir().join("base").join(format!(
-            "debian-{SUITE}-{}-{}.img",
+            "debian-{}-{}-{}.img",
+            self.suite.name(),
             self.arch.debian(),
             &hash[..12]
         )))
@@ -170,6 +234,7 @@ fn hex(bytes: &[u8]) -> String {
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut arch = Arch::Arm64;
+    let mut suite = Suite::Bookworm;
     let mut rebuild = false;
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -190,6 +255,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                     other => bail!("--arch {other:?}: arm64 or armhf\n\n{USAGE}"),
                 }
             }
+            "--suite" => {
+                suite = match it.next().map(String::as_str) {
+                    Some("bookworm") => Suite::Bookworm,
+                    Some("trixie") => Suite::Trixie,
+                    other => bail!("--suite {other:?}: bookworm or trixie\n\n{USAGE}"),
+                }
+            }
             "--rebuild" => rebuild = true,
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -198,7 +270,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             other => bail!("unknown option {other:?}\n\n{USAGE}"),
         }
     }
-    let recipe = Recipe { arch };
+    let recipe = Recipe { arch, suite };
     if rebuild {
         let path = recipe.cached()?;
         if path.exists() {
@@ -206,22 +278,23 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
-    let path = ensure(arch)?;
+    let path = ensure(arch, suite)?;
     println!("==> base: {}", path.display());
     println!(
-        "    bake herd into it with: cargo xtask image --cluster NAME --base {}",
-        if arch == Arch::Arm64 {
-            "debian"
+        "    bake herd into it with: cargo xtask image --cluster NAME --base debian{}{}",
+        if suite == Suite::Trixie {
+            "-trixie"
         } else {
-            "debian-armhf"
-        }
+            ""
+        },
+        if arch == Arch::Arm64 { "" } else { "-armhf" }
     );
     Ok(())
 }
 
-/// The cached Debian base for `arch`, built first if there is none for the current recipe.
-pub fn ensure(arch: Arch) -> anyhow::Result<PathBuf> {
-    let recipe = Recipe { arch };
+/// The cached Debian base for `arch` and `suite`, built first if there is none for the current recipe.
+pub fn ensure(arch: Arch, suite: Suite) -> anyhow::Result<PathBuf> {
+    let recipe = Recipe { arch, suite };
     let path = recipe.cached()?;
     if path.exists() {
         println!("==> base: cached {} (recipe unchanged)", path.display());
@@ -230,7 +303,8 @@ pub fn ensure(arch: Arch) -> anyhow::Result<PathBuf> {
     if !is_root() {
         bail!(
             "building the Debian base installs packages into a root file system (mmdebstrap), which \
-             needs root; run:\n    sudo env PATH=\"$PATH\" cargo xtask base debian --arch {}",
+             needs root; run:\n    sudo env PATH=\"$PATH\" cargo xtask base debian --suite {} --arch {}",
+            suite.name(),
             arch.debian()
         );
     }
@@ -281,10 +355,11 @@ fn ensure_binfmt(arch: Arch) -> anyhow::Result<()> {
 
 fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
     let arch = recipe.arch.debian();
+    let suite = recipe.suite.name();
     let rootfs = work.join("rootfs");
     let started = Instant::now();
     println!(
-        "==> base: installing Debian {SUITE} {arch} with mmdebstrap (minutes: the packages' scripts run \
+        "==> base: installing Debian {suite} {arch} with mmdebstrap (minutes: the packages' scripts run \
          under qemu-user)"
     );
     let mut m = Command::new("mmdebstrap");
@@ -293,19 +368,24 @@ fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
         "--variant=apt",
         &format!("--arch={arch}"),
         "--components=main,non-free-firmware",
-        &format!("--include={},{}", PACKAGES.join(","), recipe.kernel()),
+        &format!(
+            "--include={},{}",
+            recipe.packages().join(","),
+            recipe.kernel()
+        ),
         "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata",
         "--dpkgopt=path-exclude=/usr/share/doc/*",
         "--dpkgopt=path-include=/usr/share/doc/*/copyright",
         "--dpkgopt=path-exclude=/usr/share/man/*",
         "--dpkgopt=path-exclude=/usr/share/locale/*",
         &format!("--essential-hook={ESSENTIAL}"),
-        &format!("--customize-hook={CUSTOMIZE}"),
-        SUITE,
+        &format!("--customize-hook={}", recipe.customize()),
+        suite,
     ])
     .arg(&rootfs)
     .arg(MIRROR)
-    .env("HERD_BASE_FILES", recipe.files());
+    .env("HERD_BASE_FILES", recipe.files())
+    .env("HERD_TRIXIE_FILES", recipe.trixie_files());
     run_step("mmdebstrap", m)?;
     let installed = started.elapsed();
 
@@ -327,6 +407,12 @@ fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
     tokens.insert(0, "root=LABEL=rootfs".into());
     tokens.insert(1, "rootfstype=ext4".into());
     std::fs::write(&cmdline, tokens.join(" ") + "\n")?;
+    if recipe.suite == Suite::Trixie {
+        // cloud-init's NoCloud seed, all comments, as Raspberry Pi OS ships it.
+        for f in ["user-data", "meta-data", "network-config"] {
+            std::fs::copy(recipe.trixie_files().join("boot").join(f), firmware.join(f))?;
+        }
+    }
 
     let root_bytes = du(&rootfs)?;
     // As Raspberry Pi OS sizes its root: the content + 20% + 200 MiB, in whole MiB.
@@ -466,17 +552,25 @@ mod tests {
 
     #[test]
     fn the_recipe_names_the_cache() {
-        let arm64 = Recipe { arch: Arch::Arm64 }.cached().unwrap();
-        let armhf = Recipe { arch: Arch::Armhf }.cached().unwrap();
+        let recipe = |arch, suite| Recipe { arch, suite };
+        let arm64 = recipe(Arch::Arm64, Suite::Bookworm).cached().unwrap();
+        let armhf = recipe(Arch::Armhf, Suite::Bookworm).cached().unwrap();
+        let trixie = recipe(Arch::Arm64, Suite::Trixie).cached().unwrap();
         assert_ne!(arm64, armhf);
+        assert_ne!(arm64, trixie);
         assert!(arm64.to_string_lossy().contains("debian-bookworm-arm64-"));
+        assert!(trixie.to_string_lossy().contains("debian-trixie-arm64-"));
         assert_eq!(
-            Recipe { arch: Arch::Arm64 }.cached().unwrap(),
+            recipe(Arch::Arm64, Suite::Bookworm).cached().unwrap(),
             arm64,
             "stable"
         );
-        let text = Recipe { arch: Arch::Arm64 }.describe().unwrap();
+        let text = recipe(Arch::Arm64, Suite::Bookworm).describe().unwrap();
         assert!(text.contains("file early/etc/initramfs-tools/hooks/herd-base-modules exec=true"));
         assert!(text.contains("linux-image-arm64"));
+        assert!(!text.contains("trixie") && !text.contains("cloud-init"));
+        let text = recipe(Arch::Arm64, Suite::Trixie).describe().unwrap();
+        assert!(text.contains("network-manager,netplan.io,cloud-init"));
+        assert!(text.contains("file trixie/rootfs/usr/local/sbin/userconf exec=true"));
     }
 }

@@ -66,7 +66,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             + "\n",
     )?;
     for arch in arches {
-        let base = crate::base::ensure(arch)?;
+        let base = crate::base::ensure(arch, crate::base::Suite::Bookworm)?;
         let name = format!("e2e-{}", arch.debian());
         crate::image::run(&[
             "--cluster".into(),

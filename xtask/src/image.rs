@@ -19,8 +19,8 @@ usage: cargo xtask image --cluster NAME [options]
   --cluster NAME         cluster name (secrets are kept in secrets/NAME.toml and reused by every build)
   --base PATH|URL        a Raspberry Pi OS .img or .img.xz, local or http(s)://, file://
                          (default: the latest Raspberry Pi OS Lite 64-bit, downloaded once and cached);
-                         `debian` or `debian-armhf`: the Debian base of `cargo xtask base debian`
-                         (built first if it is not cached)
+                         `debian`, `debian-armhf`, `debian-trixie` or `debian-trixie-armhf`: the
+                         Debian bases of `cargo xtask base debian` (built first if not cached)
   --user NAME            the first user (with --password-file; without them, Lite asks at first boot)
   --password-file FILE   the user's password (first line), stored as a SHA-512 crypt hash
   --ssh-key FILE         authorized SSH public keys for the user; password login over SSH is then off
@@ -344,14 +344,20 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         _ => None,
     };
     let cache_dir = crate::util::cache_dir();
-    let base = match a.base.as_str() {
-        "debian" => crate::base::ensure(herd_image::Arch::Arm64)?
-            .to_string_lossy()
-            .into_owned(),
-        "debian-armhf" => crate::base::ensure(herd_image::Arch::Armhf)?
-            .to_string_lossy()
-            .into_owned(),
-        other => other.to_string(),
+    let base = {
+        use crate::base::{ensure, Suite};
+        use herd_image::Arch;
+        let made = match a.base.as_str() {
+            "debian" => Some((Arch::Arm64, Suite::Bookworm)),
+            "debian-armhf" => Some((Arch::Armhf, Suite::Bookworm)),
+            "debian-trixie" => Some((Arch::Arm64, Suite::Trixie)),
+            "debian-trixie-armhf" => Some((Arch::Armhf, Suite::Trixie)),
+            _ => None,
+        };
+        match made {
+            Some((arch, suite)) => ensure(arch, suite)?.to_string_lossy().into_owned(),
+            None => a.base.clone(),
+        }
     };
     let opts = PipelineOptions {
         base: Base::parse(&base),
