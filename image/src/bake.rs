@@ -112,6 +112,21 @@ pub fn prepare(
         uid: 0,
         gid: 0,
     });
+    // On a base with cloud-init, herd's per-card name must win, every boot, even when user-data (Imager's
+    // customisation) names the card: cloud-init is told to leave the host name and /etc/hosts alone.
+    if cloud_init && !opts.values.hostname_template.is_empty() {
+        let cfg = root
+            .read("/etc/cloud/cloud.cfg")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        entries.push(Entry::File {
+            path: CLOUD_INIT_DROP_IN.into(),
+            contents: cloud_init_drop_in(&cfg).into_bytes(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        });
+    }
     let mut boot = Vec::new();
     let mut cmdline = Vec::new();
     if let Some(w) = &opts.wifi {
@@ -244,6 +259,49 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
     })
 }
 
+/// Where herd's cloud-init settings go: read after the base's own (`cloud.cfg.d` in name order).
+pub const CLOUD_INIT_DROP_IN: &str = "/etc/cloud/cloud.cfg.d/99-herd.cfg";
+
+/// cloud-init modules that name the machine.
+const HOSTNAME_MODULES: [&str; 3] = ["set_hostname", "update_hostname", "update_etc_hosts"];
+
+/// herd's cloud-init drop-in for a base whose `cloud.cfg` is `base_cfg`: `preserve_hostname` (which the
+/// early, pre-network naming honours too), and the base's `cloud_init_modules` without the three that
+/// name the machine, so that not even a user-data `manage_etc_hosts: true` rewrites `/etc/hosts`.
+/// User-data could still list modules itself; Imager's does not.
+pub fn cloud_init_drop_in(base_cfg: &str) -> String {
+    let mut out = String::from(
+        "# Written by herd: this card's host name comes from hostname_template (herd-hostname.service).\n\
+         # cloud-init leaves the host name and /etc/hosts alone, even when user-data names the card.\n\
+         preserve_hostname: true\nmanage_etc_hosts: false\n",
+    );
+    let mut lines = base_cfg
+        .lines()
+        .skip_while(|l| l.trim_end() != "cloud_init_modules:");
+    if lines.next().is_some() {
+        out.push_str("cloud_init_modules:\n");
+        for item in lines.take_while(|l| l.trim_start().starts_with('-') || l.trim().is_empty()) {
+            let name = item
+                .trim_start()
+                .trim_start_matches('-')
+                .trim()
+                .trim_start_matches('[')
+                .split([',', ']'])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches(['"', '\'']);
+            if !name.is_empty() && !HOSTNAME_MODULES.contains(&name) {
+                out.push_str(&format!(
+                    " - {}\n",
+                    item.trim_start().trim_start_matches('-').trim()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// `/etc/passwd` with the shell of uid 1000 set to `shell` when it has none (`nologin`, `false`); `None`
 /// when nothing needs to change.
 pub fn with_login_shell(passwd: &str, shell: &str) -> Option<String> {
@@ -298,6 +356,29 @@ fn enable_links(entries: &[Entry]) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::with_login_shell;
+
+    #[test]
+    fn the_cloud_init_drop_in_keeps_every_module_but_the_naming_ones() {
+        let cfg = "users:\n - default\n\ncloud_init_modules:\n - seed_random\n - bootcmd\n - write_files\n \
+                   - growpart\n - resizefs\n - [set_hostname, always]\n - update_hostname\n - \
+                   update_etc_hosts\n - ca_certs\n - rsyslog\n - users_groups\n - ssh\n\n\
+                   cloud_config_modules:\n - locale\n";
+        let d = super::cloud_init_drop_in(cfg);
+        assert!(
+            d.contains("preserve_hostname: true\nmanage_etc_hosts: false\n"),
+            "{d}"
+        );
+        assert!(
+            d.ends_with(
+                "cloud_init_modules:\n - seed_random\n - bootcmd\n - write_files\n - growpart\n \
+                 - resizefs\n - ca_certs\n - rsyslog\n - users_groups\n - ssh\n"
+            ),
+            "{d}"
+        );
+        assert!(!d.contains("hostname\n - ") && !d.contains("locale"), "{d}");
+        // A base without the list still gets the settings.
+        assert!(super::cloud_init_drop_in("").ends_with("manage_etc_hosts: false\n"));
+    }
 
     #[test]
     fn only_the_first_user_without_a_shell_gets_one() {

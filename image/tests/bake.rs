@@ -378,6 +378,10 @@ fn wifi_on_a_base_without_cloud_init_is_a_networkmanager_profile() {
         "{cmdline:?}"
     );
     assert!(!boot.exists("network-config"));
+    assert!(
+        !root.exists(herd_image::bake::CLOUD_INIT_DROP_IN),
+        "no cloud-init, no drop-in"
+    );
     // systemd accepts the unit.
     let unit = tempfile::tempdir().unwrap();
     let path = unit.path().join("herd-wifi-unblock.service");
@@ -419,4 +423,8 @@ fn wifi_on_a_cloud_init_base_goes_to_its_network_config_only() {
         cmdline.contains("cfg80211.ieee80211_regdom=GB"),
         "{cmdline:?}"
     );
+    // cloud-init is told to leave the host name to herd.
+    let drop_in =
+        String::from_utf8(root.read(herd_image::bake::CLOUD_INIT_DROP_IN).unwrap()).unwrap();
+    assert!(drop_in.contains("preserve_hostname: true"), "{drop_in}");
 }
