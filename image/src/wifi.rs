@@ -52,7 +52,8 @@ impl Wifi {
         }
         let hex_key = passphrase.len() == 64 && passphrase.bytes().all(|b| b.is_ascii_hexdigit());
         let printable = passphrase.bytes().all(|b| (0x20..0x7f).contains(&b));
-        if !hex_key && !(printable && (8..=63).contains(&passphrase.len())) {
+        let passphrase_ok = printable && (8..=63).contains(&passphrase.len());
+        if !(hex_key || passphrase_ok) {
             return Err(Error::Invalid(format!(
                 "Wi-Fi password: WPA2 takes 8 to 63 printable ASCII characters (this one has {} \
                  characters{})",
