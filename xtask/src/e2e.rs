@@ -16,13 +16,16 @@ pub const E2E_NEEDS: &[Need] = &[
     need("dnsmasq", "dnsmasq-base"),
     need("ip", "iproute2"),
     need("ssh-keyscan", "openssh-client"),
+    need("ssh-keygen", "openssh-client"),
+    need("ssh", "openssh-client"),
     // The ROM of the VMs' virtio NIC: a recommends of qemu-system-arm, without which QEMU refuses to
     // start a VM with that NIC.
     need("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu"),
 ];
 
-/// The user the test images are built with (from userconf.txt, as a Raspberry Pi Imager user would be).
-const USER: &str = "pi";
+/// The user the test images are built with (from userconf.txt, as a Raspberry Pi Imager user would be);
+/// not the Trixie base's first user (`pi`), so that userconf renames it as on Raspberry Pi OS.
+const USER: &str = "alice";
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut armhf = true;
@@ -65,8 +68,23 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .collect::<String>()
             + "\n",
     )?;
+    // A key to log in with: the test logs in over SSH (the user's shell, the keys surviving the rename).
+    let key = out.join("id_e2e");
+    let _ = std::fs::remove_file(&key);
+    let _ = std::fs::remove_file(out.join("id_e2e.pub"));
+    let mut keygen = std::process::Command::new("ssh-keygen");
+    keygen
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "herd-e2e", "-f"])
+        .arg(&key);
+    run_step("an SSH key for the test (ssh-keygen)", keygen)?;
     for arch in arches {
-        let base = crate::base::ensure(arch, crate::base::Suite::Bookworm)?;
+        // The 64-bit VMs run what Raspberry Pi OS is today (Trixie: NetworkManager, cloud-init); the
+        // 32-bit one Bookworm, as 32-bit Raspberry Pi OS Lite users still mostly have.
+        let suite = match arch {
+            Arch::Arm64 => crate::base::Suite::Trixie,
+            Arch::Armhf => crate::base::Suite::Bookworm,
+        };
+        let base = crate::base::ensure(arch, suite)?;
         let name = format!("e2e-{}", arch.debian());
         crate::image::run(&[
             "--cluster".into(),
@@ -81,11 +99,19 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             USER.into(),
             "--password-file".into(),
             password.to_string_lossy().into_owned(),
+            "--ssh-key".into(),
+            out.join("id_e2e.pub").to_string_lossy().into_owned(),
         ])?;
         harness
             .arg(format!("--{}", arch.debian()))
             .arg(out.join(format!("{name}.img")));
     }
-    harness.arg("--user").arg(USER).arg("--out").arg(&out);
+    harness
+        .arg("--user")
+        .arg(USER)
+        .arg("--ssh-identity")
+        .arg(&key)
+        .arg("--out")
+        .arg(&out);
     run_step("boot and join (herd-e2e)", harness)
 }

@@ -5,13 +5,15 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-const USAGE: &str = "usage: herd-e2e --arm64 IMAGE [--armhf IMAGE] [--user NAME] --out DIR";
+const USAGE: &str =
+    "usage: herd-e2e --arm64 IMAGE [--armhf IMAGE] [--user NAME [--ssh-identity KEY]] --out DIR";
 
 fn main() -> anyhow::Result<()> {
     let mut arm64 = None;
     let mut armhf = None;
     let mut out = None;
     let mut user = None;
+    let mut ssh_identity = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || {
@@ -24,6 +26,7 @@ fn main() -> anyhow::Result<()> {
             "--armhf" => armhf = Some(value()?),
             "--out" => out = Some(value()?),
             "--user" => user = Some(value()?.to_string_lossy().into_owned()),
+            "--ssh-identity" => ssh_identity = Some(value()?),
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
@@ -35,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         armhf,
         out,
         user,
+        ssh_identity,
     })
 }

@@ -32,7 +32,13 @@ pub struct Options {
     pub out: PathBuf,
     /// The user the images were built with (`--user`): each VM must have created it from userconf.txt.
     pub user: Option<String>,
+    /// The private half of the key the images authorise for `user` (`--ssh-key`): the test logs in.
+    pub ssh_identity: Option<PathBuf>,
 }
+
+/// The user-data Raspberry Pi Imager writes when a user customises the OS and names the card (here
+/// `imager-name`): on a cloud-init base, herd's per-card name must still win.
+const IMAGER_USER_DATA: &str = "#cloud-config\nhostname: imager-name\nmanage_etc_hosts: true\n";
 
 /// How long a step may take before the run fails (TCG on a 2-core machine, three guests at once).
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
@@ -158,6 +164,17 @@ fn run_inner(opts: &Options) -> anyhow::Result<()> {
         disk_copy(&opts.arm64, &d)?;
         disks.push(d);
     }
+    // vm0 gets the user-data of an Imager customisation that names the card.
+    let cloud_init = herd_image::Image::open(&disks[0])?
+        .root()
+        .exists("/usr/bin/cloud-init");
+    if cloud_init {
+        let img = herd_image::Image::open(&disks[0])?;
+        let boot = img.boot()?;
+        boot.write("user-data", IMAGER_USER_DATA.as_bytes())?;
+        boot.close()?;
+        println!("    vm0: Imager's user-data on the boot partition (hostname: imager-name)");
+    }
     let boot32 = match &opts.armhf {
         Some(img) => {
             let b = extract_boot(img, out, "armhf")?;
@@ -191,7 +208,7 @@ fn run_inner(opts: &Options) -> anyhow::Result<()> {
     let mut vms = std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<Vec<Vm>> {
             crate::netns::enter_host(&host)?;
-            join_kill_poweroff(&mut vms, opts.user.as_deref())?;
+            join_kill_poweroff(&mut vms, opts.user.as_deref(), opts.ssh_identity.as_deref())?;
             Ok(std::mem::take(&mut vms))
         })
         .join()
@@ -297,6 +314,90 @@ fn user_created(vm: &Vm, user: &str) -> anyhow::Result<()> {
     )
 }
 
+/// Logs in to `vm` as `user` with `identity` over SSH and checks what a user of the card relies on: a
+/// login shell, the card's herd name as its host name (also when cloud-init's user-data named it
+/// otherwise) resolving to 127.0.1.1, and, under NetworkManager, herd started once the network was
+/// online.
+fn logged_in(vm: &Vm, user: &str, identity: &Path) -> anyhow::Result<()> {
+    let script = "echo \"shell=$(getent passwd \"$(id -un)\" | cut -d: -f7)\"; echo \"host=$(hostname)\"; \
+                  echo \"hosts=$(getent hosts \"$(hostname)\")\"; \
+                  echo \"herd=$(systemctl show -P ExecMainStartTimestampMonotonic herd.service)\"; \
+                  echo \"online=$(systemctl show -P ActiveEnterTimestampMonotonic NetworkManager-wait-online.service)\"";
+    let text = until(
+        Instant::now(),
+        DETECT_DEADLINE,
+        &format!("{}: {user} logs in over SSH", vm.name),
+        || {
+            let out = Command::new("ssh")
+                .arg("-i")
+                .arg(identity)
+                .args([
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "ConnectTimeout=10",
+                    "-o",
+                    "LogLevel=ERROR",
+                ])
+                .arg(format!("{user}@{}", vm.ip))
+                .arg(script)
+                .stdin(Stdio::null())
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+    )?;
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let (shell, host, hosts) = (field("shell"), field("host"), field("hosts"));
+    if shell.ends_with("nologin") || shell.ends_with("false") || shell.is_empty() {
+        bail!("{}: {user}'s shell is {shell:?}", vm.name);
+    }
+    if host != vm.hostname {
+        bail!(
+            "{}: the host name is {host:?}, not herd's {:?} (cloud-init or Imager won)",
+            vm.name,
+            vm.hostname
+        );
+    }
+    if !hosts.starts_with("127.0.1.1") {
+        bail!("{}: {host} resolves to {hosts:?}, not 127.0.1.1", vm.name);
+    }
+    let (herd, online) = (field("herd"), field("online"));
+    let (herd, online): (u64, u64) = (herd.parse().unwrap_or(0), online.parse().unwrap_or(0));
+    if online > 0 && herd < online {
+        bail!(
+            "{}: herd started at {herd} µs, before NetworkManager had the network online ({online} µs)",
+            vm.name
+        );
+    }
+    println!(
+        "    {}: {user} logs in with the key (shell {shell}); host name {host} ({}){}",
+        vm.name,
+        hosts.split_whitespace().next().unwrap_or(""),
+        if online > 0 {
+            format!(
+                "; herd started {:.1} s after NetworkManager-wait-online",
+                (herd - online) as f64 / 1e6
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
 /// Waits until every VM's agent answers (recording who it is) and checks that systemd started it.
 fn agents_up(vms: &mut [Vm], what: &str) -> anyhow::Result<()> {
     until(Instant::now(), BOOT_DEADLINE, what, || {
@@ -315,7 +416,11 @@ fn agents_up(vms: &mut [Vm], what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn join_kill_poweroff(vms: &mut [Vm], user: Option<&str>) -> anyhow::Result<()> {
+fn join_kill_poweroff(
+    vms: &mut [Vm],
+    user: Option<&str>,
+    identity: Option<&Path>,
+) -> anyhow::Result<()> {
     // 1. Every agent comes up, started by systemd.
     agents_up(vms, "every VM's agent answers on :8080")?;
     let mut ids: Vec<&str> = vms.iter().map(|v| v.id.as_str()).collect();
@@ -360,6 +465,11 @@ fn join_kill_poweroff(vms: &mut [Vm], user: Option<&str>) -> anyhow::Result<()> 
             user_created(vm, user)?;
         }
         println!("    every VM made the user {user} from userconf.txt");
+        if let Some(identity) = identity {
+            for vm in vms.iter() {
+                logged_in(vm, user, identity)?;
+            }
+        }
     }
 
     // 2. Every VM lists all three as alive, found by mDNS alone.
