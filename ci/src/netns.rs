@@ -161,6 +161,8 @@ impl Lan {
     /// Adds a tap device `name` to the switch, for a virtual machine run in the switch's namespace
     /// (`switch_command`) to plug its NIC into.
     pub fn add_tap(&self, name: &str) -> anyhow::Result<()> {
+        // A tap of an earlier VM at the same place (taps outlive their QEMU): made anew.
+        let _ = ip_in(&self.switch, &["link", "del", name]);
         ip_in(&self.switch, &["tuntap", "add", "dev", name, "mode", "tap"])?;
         ip_in(&self.switch, &["link", "set", name, "master", "br0", "up"])
     }

@@ -56,7 +56,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         arches.push(Arch::Armhf);
     }
     let mut harness = test_profile_run("herd-ci", "herd-e2e");
-    // A random password nobody needs: the test checks that the user is made, not a login.
+    // A random password nobody needs: the test logs in with its SSH key.
     let password = out.join("password");
     let mut random = [0u8; 16];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
@@ -77,15 +77,19 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "herd-e2e", "-f"])
         .arg(&key);
     run_step("an SSH key for the test (ssh-keygen)", keygen)?;
+    // 64-bit: what Raspberry Pi OS is today (Trixie: NetworkManager, cloud-init), then Bookworm; 32-bit:
+    // Bookworm, which most 32-bit Raspberry Pi OS Lite cards still run.
+    use crate::base::Suite;
+    let mut builds = Vec::new();
     for arch in arches {
-        // The 64-bit VMs run what Raspberry Pi OS is today (Trixie: NetworkManager, cloud-init); the
-        // 32-bit one Bookworm, as 32-bit Raspberry Pi OS Lite users still mostly have.
-        let suite = match arch {
-            Arch::Arm64 => crate::base::Suite::Trixie,
-            Arch::Armhf => crate::base::Suite::Bookworm,
-        };
+        match arch {
+            Arch::Arm64 => builds.extend([(arch, Suite::Trixie), (arch, Suite::Bookworm)]),
+            Arch::Armhf => builds.push((arch, Suite::Bookworm)),
+        }
+    }
+    for (arch, suite) in builds {
         let base = crate::base::ensure(arch, suite)?;
-        let name = format!("e2e-{}", arch.debian());
+        let name = format!("e2e-{}-{}", arch.debian(), suite.name());
         crate::image::run(&[
             "--cluster".into(),
             "e2e".into(),

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 
 const USAGE: &str =
-    "usage: herd-e2e --arm64 IMAGE [--armhf IMAGE] [--user NAME [--ssh-identity KEY]] --out DIR";
+    "usage: herd-e2e --arm64 IMAGE [--arm64 IMAGE] [--armhf IMAGE] [--user NAME [--ssh-identity KEY]] \
+     --out DIR";
 
 fn main() -> anyhow::Result<()> {
     let mut arm64 = None;
+    let mut arm64_other = None;
     let mut armhf = None;
     let mut out = None;
     let mut user = None;
@@ -22,7 +24,8 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("{a} needs a value; {USAGE}"))
         };
         match a.as_str() {
-            "--arm64" => arm64 = Some(value()?),
+            "--arm64" if arm64.is_none() => arm64 = Some(value()?),
+            "--arm64" => arm64_other = Some(value()?),
             "--armhf" => armhf = Some(value()?),
             "--out" => out = Some(value()?),
             "--user" => user = Some(value()?.to_string_lossy().into_owned()),
@@ -35,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     };
     herd_ci::e2e::run(&herd_ci::e2e::Options {
         arm64,
+        arm64_other,
         armhf,
         out,
         user,

@@ -26,6 +26,8 @@ use vm::{
 pub struct Options {
     /// The herd image for arm64 (three VMs boot copies of it).
     pub arm64: PathBuf,
+    /// Another arm64 herd image (another Raspberry Pi OS release): three more VMs, after the first three.
+    pub arm64_other: Option<PathBuf>,
     /// The herd image for armhf (one VM), if any.
     pub armhf: Option<PathBuf>,
     /// Where the disks, kernels and serial consoles go.
@@ -155,26 +157,6 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 fn run_inner(opts: &Options) -> anyhow::Result<()> {
     let out = &opts.out;
     let total = Instant::now();
-    println!("==> e2e: kernels from the images, three disks");
-    mdns_only(&opts.arm64)?;
-    let boot64 = extract_boot(&opts.arm64, out, "arm64")?;
-    let mut disks = Vec::new();
-    for i in 0..3 {
-        let d = out.join(format!("vm{i}.img"));
-        disk_copy(&opts.arm64, &d)?;
-        disks.push(d);
-    }
-    // vm0 gets the user-data of an Imager customisation that names the card.
-    let cloud_init = herd_image::Image::open(&disks[0])?
-        .root()
-        .exists("/usr/bin/cloud-init");
-    if cloud_init {
-        let img = herd_image::Image::open(&disks[0])?;
-        let boot = img.boot()?;
-        boot.write("user-data", IMAGER_USER_DATA.as_bytes())?;
-        boot.close()?;
-        println!("    vm0: Imager's user-data on the boot partition (hostname: imager-name)");
-    }
     let boot32 = match &opts.armhf {
         Some(img) => {
             let b = extract_boot(img, out, "armhf")?;
@@ -189,36 +171,17 @@ fn run_inner(opts: &Options) -> anyhow::Result<()> {
     let vm_count = 3 + usize::from(boot32.is_some());
     let _dhcp = crate::KillOnDrop(start_dhcp(&lan, out, vm_count)?);
 
-    println!("==> e2e: booting vm0, vm1, vm2 (arm64, qemu-system-aarch64 -M virt)");
-    let mut vms = Vec::new();
-    for (i, disk) in disks.iter().enumerate() {
-        vms.push(start_vm(
-            &lan,
-            i,
-            Arch::Arm64,
-            &boot64,
-            disk,
-            out,
-            &format!("vm{i}"),
-        )?);
+    // Three arm64 VMs of each image, one image after the other (same addresses, new disks).
+    let mut rounds = vec![(opts.arm64.as_path(), "vm")];
+    if let Some(other) = &opts.arm64_other {
+        rounds.push((other.as_path(), "bw"));
     }
-
-    // Everything that talks to the VMs runs in host 0's namespace.
-    let host = lan.host(0).clone();
-    let mut vms = std::thread::scope(|s| {
-        s.spawn(|| -> anyhow::Result<Vec<Vm>> {
-            crate::netns::enter_host(&host)?;
-            join_kill_poweroff(&mut vms, opts.user.as_deref(), opts.ssh_identity.as_deref())?;
-            Ok(std::mem::take(&mut vms))
-        })
-        .join()
-        .expect("the e2e thread panicked")
-    })?;
+    for (image, prefix) in rounds {
+        arm64_round(opts, &lan, image, prefix)?;
+    }
 
     if let Some((b, d)) = &boot32 {
         println!("==> e2e: booting vm3 (armhf, qemu-system-arm -M virt, the ARMv6 agent)");
-        // The arm64 VMs are done: their CPU goes to this one.
-        vms.clear();
         let mut vm = start_vm(&lan, 3, Arch::Armhf, b, d, out, "vm3-armhf")?;
         let host = lan.host(0).clone();
         std::thread::scope(|s| {
@@ -232,16 +195,82 @@ fn run_inner(opts: &Options) -> anyhow::Result<()> {
         drop(vm);
     }
     // The disks are only worth keeping when something failed.
-    drop(vms);
-    for i in 0..vm_count {
-        let _ = std::fs::remove_file(out.join(format!("vm{i}.img")));
-    }
     let _ = std::fs::remove_file(out.join("vm3-armhf.img"));
     println!(
         "==> e2e: passed in {:.0} s; serial consoles in {}",
         total.elapsed().as_secs_f64(),
         out.display()
     );
+    Ok(())
+}
+
+/// Three arm64 VMs from copies of `image` (named `prefix`0..2, at the LAN's first three addresses): they
+/// join by mDNS, one is killed, one powered off.
+fn arm64_round(opts: &Options, lan: &Lan, image: &Path, prefix: &str) -> anyhow::Result<()> {
+    let out = &opts.out;
+    let os = herd_image::Image::open(image)?
+        .root()
+        .read_resolved("/etc/os-release")
+        .map(|t| {
+            String::from_utf8_lossy(&t)
+                .lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .unwrap_or("")
+                .trim_matches('"')
+                .to_string()
+        })
+        .unwrap_or_default();
+    println!("==> e2e: {os}: kernel from the image, three disks");
+    mdns_only(image)?;
+    let boot64 = extract_boot(image, out, &format!("arm64-{prefix}"))?;
+    let mut disks = Vec::new();
+    for i in 0..3 {
+        let d = out.join(format!("{prefix}{i}.img"));
+        disk_copy(image, &d)?;
+        disks.push(d);
+    }
+    // The first VM gets the user-data of an Imager customisation that names the card.
+    let cloud_init = herd_image::Image::open(&disks[0])?
+        .root()
+        .exists("/usr/bin/cloud-init");
+    if cloud_init {
+        let img = herd_image::Image::open(&disks[0])?;
+        let boot = img.boot()?;
+        boot.write("user-data", IMAGER_USER_DATA.as_bytes())?;
+        boot.close()?;
+        println!("    {prefix}0: Imager's user-data on the boot partition (hostname: imager-name)");
+    }
+
+    println!(
+        "==> e2e: booting {prefix}0, {prefix}1, {prefix}2 (arm64, qemu-system-aarch64 -M virt)"
+    );
+    let mut vms = Vec::new();
+    for (i, disk) in disks.iter().enumerate() {
+        vms.push(start_vm(
+            lan,
+            i,
+            Arch::Arm64,
+            &boot64,
+            disk,
+            out,
+            &format!("{prefix}{i}"),
+        )?);
+    }
+    // Everything that talks to the VMs runs in host 0's namespace.
+    let host = lan.host(0).clone();
+    std::thread::scope(|s| {
+        s.spawn(|| -> anyhow::Result<()> {
+            crate::netns::enter_host(&host)?;
+            join_kill_poweroff(&mut vms, opts.user.as_deref(), opts.ssh_identity.as_deref())
+        })
+        .join()
+        .expect("the e2e thread panicked")
+    })?;
+    // The VMs stop here (their CPU goes to what comes next); the disks are kept only on failure.
+    drop(vms);
+    for d in disks {
+        let _ = std::fs::remove_file(d);
+    }
     Ok(())
 }
 
@@ -516,8 +545,11 @@ fn join_kill_poweroff(
         },
     )?;
     println!(
-        "    vm2 killed: dead on vm0 after {}, on vm1 after {}",
+        "    {} killed: dead on {} after {}, on {} after {}",
+        vms[2].name,
+        vms[0].name,
         secs(detected[0]),
+        vms[1].name,
         secs(detected[1])
     );
 
@@ -537,7 +569,9 @@ fn join_kill_poweroff(
             .map(|_| pressed.elapsed())
     })?;
     println!(
-        "    vm1 power button: left on vm0 after {}, powered off after {}",
+        "    {} power button: left on {} after {}, powered off after {}",
+        vms[1].name,
+        vms[0].name,
         secs(Some(left)),
         secs(Some(off))
     );
