@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::wait;
 use herd::gossip::wire::{
     cluster_id, seal, ClusterKey, Digest, DigestEntry, KeyValue, Message, NodeDelta, NodeId,
     Packet, Security,
@@ -86,17 +89,6 @@ fn start(ip: &str, seed: Option<SocketAddr>, extra: &str, dir: &Path) -> Agent {
         get(&agent, "/healthz", None).0 == 200
     });
     agent
-}
-
-fn wait(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if ok() {
-            return t.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what}: not within {limit:?}");
 }
 
 /// One HTTP/1.1 request; (status, headers and body). Status 0 when the connection failed or was closed

@@ -97,21 +97,7 @@ pub const MAX_SERVICES_BYTES: usize = 1000;
 /// A service name: 1 to 63 characters of `a-z`, `A-Z`, `0-9`, `_`, `-` and `.`, starting with a letter or
 /// a digit (`nginx_webserver`, `postgres-16`).
 pub fn check_service_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid service name {:?}: use 1 to 63 characters of a-z, A-Z, 0-9, '_', '-' and '.', \
-             starting with a letter or digit",
-            name.chars().take(80).collect::<String>()
-        ))
-    }
+    check_plain_name("service", name)
 }
 
 /// Gossip key of the node's name.
@@ -126,24 +112,26 @@ pub const HTTP_KEY: &str = "http";
 /// labels and handlers' environments, so nothing else is let through: `pi4#` would cut an inventory line
 /// short and `web[1:3]` is an Ansible host range.
 pub fn check_node_name(name: &str) -> Result<(), String> {
-    if is_plain_name(name) {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid node name {:?}: use 1 to 63 characters of a-z, A-Z, 0-9, '_', '-' and '.', \
-             starting with a letter or digit",
-            name.chars().take(80).collect::<String>()
-        ))
-    }
+    check_plain_name("node", name)
 }
 
-fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
+/// The rule service and node names share, with an error naming the `kind` of name.
+fn check_plain_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
         && name.len() <= 63
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {kind} name {:?}: use 1 to 63 characters of a-z, A-Z, 0-9, '_', '-' and '.', \
+             starting with a letter or digit",
+            name.chars().take(80).collect::<String>()
+        ))
+    }
 }
 
 /// Checks a key/value a peer gossiped, before anything of it is taken: the keys herd publishes must
