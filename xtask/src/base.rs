@@ -46,9 +46,26 @@ impl Suite {
     }
 }
 
-/// What Trixie bases add, as Raspberry Pi OS Trixie has them: NetworkManager behind netplan, and
-/// cloud-init.
-const TRIXIE_PACKAGES: &[&str] = &["network-manager", "netplan.io", "cloud-init"];
+/// What Trixie bases add, as Raspberry Pi OS Trixie Lite has them: NetworkManager behind netplan,
+/// cloud-init, and what Wi-Fi needs (NetworkManager only recommends wpa_supplicant, without which it
+/// cannot join a network; the regulatory database; `iw`, `rfkill`).
+const TRIXIE_PACKAGES: &[&str] = &[
+    "network-manager",
+    "netplan.io",
+    "cloud-init",
+    "wpasupplicant",
+    "wireless-regdb",
+    "iw",
+    "rfkill",
+];
+/// Not installed: the packages the Wi-Fi test's access point needs inside a VM (hostapd; busybox's
+/// udhcpd hands out addresses), downloaded for the base's release and architecture and kept beside the
+/// base image (`<base>.test-debs/`), where `cargo xtask e2e` takes them from.
+const TEST_DEBS: &[&str] = &["hostapd", "busybox"];
+/// The kernel command line of a Trixie base also keeps radios blocked until a country is set, as Raspberry
+/// Pi OS does (there by systemd-rfkill state saved for the Pis' own Wi-Fi devices, which a VM's radio is
+/// not).
+const TRIXIE_CMDLINE: &[&str] = &["rfkill.default_state=0"];
 /// Trixie's customize hook, after the common one: no systemd-networkd; the first user made as Raspberry
 /// Pi OS makes it since February 2026 (uid 1000, no login shell: userconf renames it).
 const TRIXIE_CUSTOMIZE: &str = r#"set -e
@@ -59,6 +76,10 @@ chmod 600 "$1/etc/netplan/01-network-manager-all.yaml"
 chroot "$1" useradd -m -u 1000 -U -s /usr/sbin/nologin -G sudo,adm,video,plugdev,netdev pi 2>/dev/null ||
     chroot "$1" useradd -m -u 1000 -U -s /usr/sbin/nologin -G sudo pi
 systemctl --root="$1" enable NetworkManager.service NetworkManager-wait-online.service
+mkdir "$1/tmp/herd-test-debs"
+chroot "$1" sh -c "cd /tmp/herd-test-debs && apt-get download $HERD_TEST_DEBS"
+mv "$1"/tmp/herd-test-debs/*.deb "$HERD_TEST_DEBS_DIR"
+rmdir "$1/tmp/herd-test-debs"
 chroot "$1" apt-get clean
 "#;
 const MIRROR: &str = "http://deb.debian.org/debian";
@@ -182,6 +203,13 @@ impl Recipe {
             self.packages().join(","),
             self.customize()
         );
+        if self.suite == Suite::Trixie {
+            text.push_str(&format!(
+                "test-debs {}\ncmdline {}\n",
+                TEST_DEBS.join(","),
+                TRIXIE_CMDLINE.join(" ")
+            ));
+        }
         let mut dirs = vec![(self.files(), "")];
         if self.suite == Suite::Trixie {
             dirs.push((self.trixie_files(), "trixie/"));
@@ -328,6 +356,11 @@ pub fn ensure(arch: Arch, suite: Suite) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Where the packages of the Wi-Fi test's access point (`TEST_DEBS`) are kept for the Trixie base `base`.
+pub fn test_debs(base: &Path) -> PathBuf {
+    base.with_extension("test-debs")
+}
+
 /// binfmt_misc must run the foreign packages' maintainer scripts through qemu-user.
 fn ensure_binfmt(arch: Arch) -> anyhow::Result<()> {
     let name = match arch {
@@ -357,6 +390,7 @@ fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
     let arch = recipe.arch.debian();
     let suite = recipe.suite.name();
     let rootfs = work.join("rootfs");
+    let debs = work.join("test-debs");
     let started = Instant::now();
     println!(
         "==> base: installing Debian {suite} {arch} with mmdebstrap (minutes: the packages' scripts run \
@@ -385,7 +419,10 @@ fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
     .arg(&rootfs)
     .arg(MIRROR)
     .env("HERD_BASE_FILES", recipe.files())
-    .env("HERD_TRIXIE_FILES", recipe.trixie_files());
+    .env("HERD_TRIXIE_FILES", recipe.trixie_files())
+    .env("HERD_TEST_DEBS", TEST_DEBS.join(" "))
+    .env("HERD_TEST_DEBS_DIR", &debs);
+    std::fs::create_dir_all(&debs)?;
     run_step("mmdebstrap", m)?;
     let installed = started.elapsed();
 
@@ -406,6 +443,9 @@ fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
         .collect();
     tokens.insert(0, "root=LABEL=rootfs".into());
     tokens.insert(1, "rootfstype=ext4".into());
+    if recipe.suite == Suite::Trixie {
+        tokens.extend(TRIXIE_CMDLINE.iter().map(|t| t.to_string()));
+    }
     std::fs::write(&cmdline, tokens.join(" ") + "\n")?;
     if recipe.suite == Suite::Trixie {
         // cloud-init's NoCloud seed, all comments, as Raspberry Pi OS ships it.
@@ -476,6 +516,14 @@ fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
         let found = img.arch().context("the packed image's architecture")?;
         if found != recipe.arch {
             bail!("the packed image is {}, not {arch}", found.debian());
+        }
+        if recipe.suite == Suite::Trixie {
+            // The test packages first: a cached base always has them beside it.
+            let to = test_debs(out);
+            if to.exists() {
+                std::fs::remove_dir_all(&to)?;
+            }
+            std::fs::rename(&debs, &to)?;
         }
         std::fs::rename(&partial, out)?;
         Ok(())
@@ -570,7 +618,8 @@ mod tests {
         assert!(text.contains("linux-image-arm64"));
         assert!(!text.contains("trixie") && !text.contains("cloud-init"));
         let text = recipe(Arch::Arm64, Suite::Trixie).describe().unwrap();
-        assert!(text.contains("network-manager,netplan.io,cloud-init"));
+        assert!(text.contains("network-manager,netplan.io,cloud-init,wpasupplicant"));
+        assert!(text.contains("test-debs hostapd,busybox"));
         assert!(text.contains("file trixie/rootfs/usr/local/sbin/userconf exec=true"));
     }
 }
