@@ -127,6 +127,18 @@ pub fn prepare(
             gid: 0,
         });
     }
+    // cloud-init's first stage reads its seed from the boot partition. Started before that partition is
+    // mounted, it mounts it read-only somewhere of its own, and /boot/firmware, mounted meanwhile, comes
+    // up read-only too (seen in QEMU): userconf.txt then cannot be consumed. It waits for the mount.
+    if cloud_init {
+        entries.push(Entry::File {
+            path: CLOUD_INIT_ORDER.into(),
+            contents: CLOUD_INIT_ORDER_UNIT.as_bytes().to_vec(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        });
+    }
     let mut boot = Vec::new();
     let mut cmdline = Vec::new();
     if let Some(w) = &opts.wifi {
@@ -141,6 +153,11 @@ pub fn prepare(
         entries.push(file(
             wifi::UNBLOCK_UNIT_PATH,
             wifi::UNBLOCK_UNIT.into(),
+            0o644,
+        ));
+        entries.push(file(
+            wifi::UNBLOCK_RULE_PATH,
+            wifi::UNBLOCK_RULE.into(),
             0o644,
         ));
         if cloud_init {
@@ -261,6 +278,13 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
 
 /// Where herd's cloud-init settings go: read after the base's own (`cloud.cfg.d` in name order).
 pub const CLOUD_INIT_DROP_IN: &str = "/etc/cloud/cloud.cfg.d/99-herd.cfg";
+
+/// A drop-in that starts cloud-init's first stage once the boot partition is mounted.
+pub const CLOUD_INIT_ORDER: &str =
+    "/etc/systemd/system/cloud-init-local.service.d/10-herd-boot-firmware.conf";
+const CLOUD_INIT_ORDER_UNIT: &str = "# Written by herd: cloud-init reads its seed from the mounted boot \
+partition\n# rather than mounting it read-only beside /boot/firmware (which then comes up read-only).\n\
+[Unit]\nRequiresMountsFor=/boot/firmware\n";
 
 /// cloud-init modules that name the machine.
 const HOSTNAME_MODULES: [&str; 3] = ["set_hostname", "update_hostname", "update_etc_hosts"];

@@ -171,15 +171,29 @@ pub const NM_STATE: &str =
     "[main]\nNetworkingEnabled=true\nWirelessEnabled=true\nWWANEnabled=true\n";
 pub const NM_STATE_PATH: &str = "/var/lib/NetworkManager/NetworkManager.state";
 
-/// A unit that unblocks the Wi-Fi radio before NetworkManager starts: the kernel blocks radios at boot
-/// (`rfkill.default_state=0`) and systemd-rfkill restores the blocked state saved by an image built
-/// without a country.
+/// How the radio gets unblocked, wherever and whenever it appears: Raspberry Pi OS keeps radios
+/// soft-blocked until a country is set (the kernel's `rfkill.default_state=0`, and systemd-rfkill
+/// restoring a blocked state saved in the image for the Pis' own Wi-Fi). A udev rule unblocks every
+/// Wi-Fi radio as it appears (a Pi's loads its firmware late in boot, after any unit would have run);
+/// systemd-rfkill then restores the state saved at the last shutdown, so a radio the user blocked stays
+/// blocked.
+pub const UNBLOCK_RULE_PATH: &str = "/etc/udev/rules.d/80-herd-wifi-unblock.rules";
+pub const UNBLOCK_RULE: &str =
+    "# Written by herd: Wi-Fi was configured when the image was built.\n\
+ACTION==\"add\", SUBSYSTEM==\"rfkill\", ATTR{type}==\"wlan\", ATTR{soft}=\"0\"\n";
+
+/// Once (on the first boot that finds Wi-Fi configured), before systemd-rfkill restores anything, the
+/// blocked states the image carries are cleared (what `raspi-config` does when it sets a country); a
+/// radio blocked later stays blocked.
 pub const UNBLOCK_UNIT_PATH: &str = "/etc/systemd/system/herd-wifi-unblock.service";
 pub const UNBLOCK_UNIT: &str = "# Written by herd: Wi-Fi was configured when the image was built.\n\
-[Unit]\nDescription=Unblock the Wi-Fi radio (herd)\nAfter=systemd-rfkill.service\n\
-Before=NetworkManager.service\n\n[Service]\nType=oneshot\n\
-ExecStart=/bin/sh -c 'for r in /sys/class/rfkill/rfkill*; do [ \"$(cat \"$r/type\" 2>/dev/null)\" = wlan ] && echo 0 > \"$r/soft\"; done; true'\n\n\
-[Install]\nWantedBy=multi-user.target\n";
+[Unit]\nDescription=Clear the Wi-Fi radio's saved blocked state (herd, once)\n\
+DefaultDependencies=no\nConditionPathExists=!/var/lib/herd-wifi/unblocked\nAfter=local-fs.target\n\
+Before=systemd-rfkill.service sysinit.target NetworkManager.service\n\n[Service]\nType=oneshot\n\
+ExecStart=/bin/sh -c 'for f in /var/lib/systemd/rfkill/*:wlan; do [ -f \"$f\" ] && echo 0 > \"$f\"; done; \
+for r in /sys/class/rfkill/rfkill*; do [ \"$(cat \"$r/type\" 2>/dev/null)\" = wlan ] && echo 0 > \"$r/soft\"; done; \
+mkdir -p /var/lib/herd-wifi && touch /var/lib/herd-wifi/unblocked'\n\n\
+[Install]\nWantedBy=sysinit.target\n";
 
 #[cfg(test)]
 mod tests {

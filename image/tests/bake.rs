@@ -364,10 +364,19 @@ fn wifi_on_a_base_without_cloud_init_is_a_networkmanager_profile() {
     )
     .unwrap();
     assert!(state.contains("WirelessEnabled=true"), "{state}");
-    let link = "/etc/systemd/system/multi-user.target.wants/herd-wifi-unblock.service";
+    let link = "/etc/systemd/system/sysinit.target.wants/herd-wifi-unblock.service";
     assert_eq!(
         root.resolve(link).unwrap(),
         "/etc/systemd/system/herd-wifi-unblock.service"
+    );
+    let rule = String::from_utf8(
+        root.read("/etc/udev/rules.d/80-herd-wifi-unblock.rules")
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        rule.contains("SUBSYSTEM==\"rfkill\", ATTR{type}==\"wlan\", ATTR{soft}=\"0\""),
+        "{rule}"
     );
     // The regulatory domain is on the kernel command line, which stays one line.
     let boot = image.boot().unwrap();
@@ -379,7 +388,8 @@ fn wifi_on_a_base_without_cloud_init_is_a_networkmanager_profile() {
     );
     assert!(!boot.exists("network-config"));
     assert!(
-        !root.exists(herd_image::bake::CLOUD_INIT_DROP_IN),
+        !root.exists(herd_image::bake::CLOUD_INIT_DROP_IN)
+            && !root.exists(herd_image::bake::CLOUD_INIT_ORDER),
         "no cloud-init, no drop-in"
     );
     // systemd accepts the unit.
@@ -427,4 +437,10 @@ fn wifi_on_a_cloud_init_base_goes_to_its_network_config_only() {
     let drop_in =
         String::from_utf8(root.read(herd_image::bake::CLOUD_INIT_DROP_IN).unwrap()).unwrap();
     assert!(drop_in.contains("preserve_hostname: true"), "{drop_in}");
+    // And its first stage waits for the boot partition's mount.
+    let order = String::from_utf8(root.read(herd_image::bake::CLOUD_INIT_ORDER).unwrap()).unwrap();
+    assert!(
+        order.contains("[Unit]\nRequiresMountsFor=/boot/firmware\n"),
+        "{order}"
+    );
 }
