@@ -384,7 +384,10 @@ impl Loop {
                 }
                 change = discovered => {
                     match change {
-                        Change::Peers => self.update_seeds(),
+                        Change::Peers => {
+                            self.update_seeds();
+                            self.update_advertise().await;
+                        }
                         Change::LocalAddresses => self.update_advertise().await,
                     }
                     Vec::new()
@@ -463,7 +466,13 @@ impl Loop {
             Ok(a) => a,
             Err(_) => return,
         };
-        match advertise_addr(&self.config, local, &self.static_seeds) {
+        // The peers known so far, configured seeds first: the address they are reached from is the one
+        // they can reach this node at.
+        let mut peers = self.static_seeds.clone();
+        if let Some(m) = &self.mdns {
+            peers.extend(m.peers());
+        }
+        match advertise_addr(&self.config, local, &peers) {
             Ok(addr) => {
                 let mut g = self.gossiper.lock().expect("lock");
                 let now = self.started.elapsed();
@@ -548,18 +557,36 @@ fn advertise_addr(
     if let Some((_, ip)) = lan.iter().find(|(name, _)| wanted.contains(name)) {
         return Ok(SocketAddr::new(IpAddr::V4(*ip), local.port()));
     }
-    // Then ask the kernel which interface routes to the first seed, or else to the mDNS group (the LAN):
-    // connecting a UDP socket sends nothing.
-    let mdns: SocketAddr = "224.0.0.251:5353".parse().expect("constant");
-    for target in seeds.iter().take(1).chain(std::iter::once(&mdns)) {
-        let probe = std::net::UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), 0))?;
-        if probe.connect(target).is_ok() {
-            if let Ok(a) = probe.local_addr() {
-                if !a.ip().is_unspecified() {
-                    return Ok(SocketAddr::new(a.ip(), local.port()));
-                }
-            }
+    // Then ask the kernel which local address routes to the known peers (seeds, then peers mDNS found;
+    // the address most of them are reached from, so a second network on Wi-Fi or a VPN does not
+    // capture the node), or else to the mDNS group (the LAN): connecting a UDP socket sends nothing.
+    let route_from = |target: &SocketAddr| -> Option<IpAddr> {
+        let probe = std::net::UdpSocket::bind((IpAddr::from([0, 0, 0, 0]), 0)).ok()?;
+        probe.connect(target).ok()?;
+        let ip = probe.local_addr().ok()?.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    };
+    let mut votes: Vec<(IpAddr, usize)> = Vec::new();
+    for ip in seeds
+        .iter()
+        .filter(|s| s.is_ipv4())
+        .take(16)
+        .filter_map(route_from)
+    {
+        match votes.iter_mut().find(|(v, _)| *v == ip) {
+            Some((_, n)) => *n += 1,
+            None => votes.push((ip, 1)),
         }
+    }
+    // The most votes; among equals, the first seen (configured seeds come first).
+    let best = votes
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, (_, n))| (*n, std::cmp::Reverse(*i)))
+        .map(|(_, (ip, _))| *ip);
+    let mdns: SocketAddr = "224.0.0.251:5353".parse().expect("constant");
+    if let Some(ip) = best.or_else(|| route_from(&mdns)) {
+        return Ok(SocketAddr::new(ip, local.port()));
     }
     // A switch with no router (no default route): any LAN interface will do.
     if let Some((_, ip)) = lan.first() {
