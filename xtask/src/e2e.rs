@@ -18,6 +18,8 @@ pub const E2E_NEEDS: &[Need] = &[
     need("ssh-keyscan", "openssh-client"),
     need("ssh-keygen", "openssh-client"),
     need("ssh", "openssh-client"),
+    // Takes the Wi-Fi test's access point programs out of their packages.
+    need("dpkg-deb", "dpkg"),
     // The ROM of the VMs' virtio NIC: a recommends of qemu-system-arm, without which QEMU refuses to
     // start a VM with that NIC.
     need("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu"),
@@ -26,6 +28,8 @@ pub const E2E_NEEDS: &[Need] = &[
 /// The user the test images are built with (from userconf.txt, as a Raspberry Pi Imager user would be);
 /// not the Trixie base's first user (`pi`), so that userconf renames it as on Raspberry Pi OS.
 const USER: &str = "alice";
+/// The Wi-Fi network of the Wi-Fi test (an access point inside one VM).
+const WIFI_SSID: &str = "herd e2e";
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut armhf = true;
@@ -77,6 +81,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "herd-e2e", "-f"])
         .arg(&key);
     run_step("an SSH key for the test (ssh-keygen)", keygen)?;
+    // The Wi-Fi network of the Trixie image (the VM's access point has the same passphrase).
+    let wifi_password = out.join("wifi-password");
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
+    std::fs::write(
+        &wifi_password,
+        random[..10]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            + "\n",
+    )?;
+    let mut wifi_debs = None;
     // 64-bit: what Raspberry Pi OS is today (Trixie: NetworkManager, cloud-init), then Bookworm; 32-bit:
     // Bookworm, which most 32-bit Raspberry Pi OS Lite cards still run.
     use crate::base::Suite;
@@ -90,22 +106,42 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     for (arch, suite) in builds {
         let base = crate::base::ensure(arch, suite)?;
         let name = format!("e2e-{}-{}", arch.debian(), suite.name());
-        crate::image::run(&[
-            "--cluster".into(),
-            "e2e".into(),
-            "--base".into(),
-            base.to_string_lossy().into_owned(),
-            "--out".into(),
-            out.to_string_lossy().into_owned(),
-            "--name".into(),
-            name.clone(),
-            "--user".into(),
-            USER.into(),
-            "--password-file".into(),
-            password.to_string_lossy().into_owned(),
-            "--ssh-key".into(),
-            out.join("id_e2e.pub").to_string_lossy().into_owned(),
-        ])?;
+        // Wi-Fi on the release whose base has NetworkManager and the access point's packages.
+        let mut wifi: Vec<String> = Vec::new();
+        if suite == Suite::Trixie && arch == Arch::Arm64 {
+            wifi_debs = Some(crate::base::test_debs(&base));
+            wifi = [
+                "--wifi-ssid",
+                WIFI_SSID,
+                "--wifi-country",
+                "GB",
+                "--wifi-password-file",
+            ]
+            .map(String::from)
+            .into();
+            wifi.push(wifi_password.to_string_lossy().into_owned());
+        }
+        crate::image::run(
+            &[
+                "--cluster".into(),
+                "e2e".into(),
+                "--base".into(),
+                base.to_string_lossy().into_owned(),
+                "--out".into(),
+                out.to_string_lossy().into_owned(),
+                "--name".into(),
+                name.clone(),
+                "--user".into(),
+                USER.into(),
+                "--password-file".into(),
+                password.to_string_lossy().into_owned(),
+                "--ssh-key".into(),
+                out.join("id_e2e.pub").to_string_lossy().into_owned(),
+            ]
+            .into_iter()
+            .chain(wifi)
+            .collect::<Vec<_>>(),
+        )?;
         harness
             .arg(format!("--{}", arch.debian()))
             .arg(out.join(format!("{name}.img")));
@@ -117,5 +153,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .arg(&key)
         .arg("--out")
         .arg(&out);
+    if let Some(debs) = wifi_debs {
+        harness
+            .args(["--wifi-ssid", WIFI_SSID, "--wifi-password-file"])
+            .arg(&wifi_password)
+            .arg("--password-file")
+            .arg(&password)
+            .arg("--wifi-debs")
+            .arg(debs);
+    }
     run_step("boot and join (herd-e2e)", harness)
 }

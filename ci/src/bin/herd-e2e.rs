@@ -7,7 +7,14 @@ use anyhow::{bail, Context};
 
 const USAGE: &str =
     "usage: herd-e2e --arm64 IMAGE [--arm64 IMAGE] [--armhf IMAGE] [--user NAME [--ssh-identity KEY]] \
-     --out DIR";
+     [--wifi-ssid SSID --wifi-password-file FILE --password-file FILE --wifi-debs DIR] --out DIR";
+
+/// The first line of a file holding a secret.
+fn first_line(path: &std::path::Path) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
 
 fn main() -> anyhow::Result<()> {
     let mut arm64 = None;
@@ -16,6 +23,7 @@ fn main() -> anyhow::Result<()> {
     let mut out = None;
     let mut user = None;
     let mut ssh_identity = None;
+    let (mut ssid, mut wifi_password, mut password, mut debs) = (None, None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || {
@@ -30,11 +38,30 @@ fn main() -> anyhow::Result<()> {
             "--out" => out = Some(value()?),
             "--user" => user = Some(value()?.to_string_lossy().into_owned()),
             "--ssh-identity" => ssh_identity = Some(value()?),
+            "--wifi-ssid" => ssid = Some(value()?.to_string_lossy().into_owned()),
+            "--wifi-password-file" => wifi_password = Some(first_line(&value()?)?),
+            "--password-file" => password = Some(first_line(&value()?)?),
+            "--wifi-debs" => debs = Some(value()?),
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
     let (Some(arm64), Some(out)) = (arm64, out) else {
         bail!("{USAGE}");
+    };
+    let wifi = match (ssid, wifi_password, password, debs) {
+        (None, None, None, None) => None,
+        (Some(ssid), Some(passphrase), Some(password), Some(debs)) => {
+            Some(herd_ci::e2e::WifiOptions {
+                ssid,
+                passphrase,
+                password,
+                debs,
+            })
+        }
+        _ => bail!(
+            "the Wi-Fi test needs --wifi-ssid, --wifi-password-file, --password-file and --wifi-debs; \
+             {USAGE}"
+        ),
     };
     herd_ci::e2e::run(&herd_ci::e2e::Options {
         arm64,
@@ -43,5 +70,6 @@ fn main() -> anyhow::Result<()> {
         out,
         user,
         ssh_identity,
+        wifi,
     })
 }

@@ -17,6 +17,9 @@ use herd_image::Arch;
 use crate::netns::Lan;
 
 mod vm;
+mod wifi;
+
+pub use wifi::Options as WifiOptions;
 
 use vm::{
     check_running, console_has, disk_copy, extract_boot, power_button, start_dhcp, start_vm, Vm,
@@ -36,14 +39,18 @@ pub struct Options {
     pub user: Option<String>,
     /// The private half of the key the images authorise for `user` (`--ssh-key`): the test logs in.
     pub ssh_identity: Option<PathBuf>,
+    /// The Wi-Fi network the images were built for: the second VM of a round whose image has Wi-Fi and
+    /// NetworkManager gets a simulated radio and an access point (`wifi.rs`).
+    pub wifi: Option<WifiOptions>,
 }
 
 /// The user-data Raspberry Pi Imager writes when a user customises the OS and names the card (here
 /// `imager-name`): on a cloud-init base, herd's per-card name must still win.
 const IMAGER_USER_DATA: &str = "#cloud-config\nhostname: imager-name\nmanage_etc_hosts: true\n";
 
-/// How long a step may take before the run fails (TCG on a 2-core machine, three guests at once).
-const BOOT_DEADLINE: Duration = Duration::from_secs(300);
+/// How long a step may take before the run fails (TCG on a 2-core machine, three guests at once: Trixie
+/// agents are up in 220–250 s here, cloud-init's stages and Wi-Fi's taking their share).
+const BOOT_DEADLINE: Duration = Duration::from_secs(420);
 const JOIN_DEADLINE: Duration = Duration::from_secs(120);
 const DETECT_DEADLINE: Duration = Duration::from_secs(60);
 const LEAVE_DEADLINE: Duration = Duration::from_secs(90);
@@ -241,6 +248,26 @@ fn arm64_round(opts: &Options, lan: &Lan, image: &Path, prefix: &str) -> anyhow:
         println!("    {prefix}0: Imager's user-data on the boot partition (hostname: imager-name)");
     }
 
+    // The second VM gets simulated radios and an access point, if the image has Wi-Fi.
+    let wifi = match &opts.wifi {
+        Some(w) => {
+            let img = herd_image::Image::open(&disks[1])?;
+            let root = img.root();
+            (root.exists(herd_image::wifi::UNBLOCK_RULE_PATH)
+                && root.exists("/usr/sbin/NetworkManager"))
+            .then_some(w)
+        }
+        None => None,
+    };
+    if let Some(w) = wifi {
+        wifi::prepare(&disks[1], w)?;
+        println!(
+            "    {prefix}1: two simulated radios (mac80211_hwsim); a WPA2 access point {:?} with DHCP on \
+             the second (hostapd, udhcpd)",
+            w.ssid
+        );
+    }
+
     println!(
         "==> e2e: booting {prefix}0, {prefix}1, {prefix}2 (arm64, qemu-system-aarch64 -M virt)"
     );
@@ -261,7 +288,12 @@ fn arm64_round(opts: &Options, lan: &Lan, image: &Path, prefix: &str) -> anyhow:
     std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<()> {
             crate::netns::enter_host(&host)?;
-            join_kill_poweroff(&mut vms, opts.user.as_deref(), opts.ssh_identity.as_deref())
+            join_kill_poweroff(
+                &mut vms,
+                opts.user.as_deref(),
+                opts.ssh_identity.as_deref(),
+                wifi,
+            )
         })
         .join()
         .expect("the e2e thread panicked")
@@ -356,31 +388,7 @@ fn logged_in(vm: &Vm, user: &str, identity: &Path) -> anyhow::Result<()> {
         Instant::now(),
         DETECT_DEADLINE,
         &format!("{}: {user} logs in over SSH", vm.name),
-        || {
-            let out = Command::new("ssh")
-                .arg("-i")
-                .arg(identity)
-                .args([
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "StrictHostKeyChecking=no",
-                    "-o",
-                    "UserKnownHostsFile=/dev/null",
-                    "-o",
-                    "ConnectTimeout=10",
-                    "-o",
-                    "LogLevel=ERROR",
-                ])
-                .arg(format!("{user}@{}", vm.ip))
-                .arg(script)
-                .stdin(Stdio::null())
-                .output()
-                .ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-        },
+        || ssh(vm, user, identity, script, None),
     )?;
     let field = |k: &str| {
         text.lines()
@@ -427,6 +435,43 @@ fn logged_in(vm: &Vm, user: &str, identity: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `script` on `vm` as `user` over SSH with the key `identity` (and `input` on its standard input);
+/// its output, if it succeeded.
+fn ssh(vm: &Vm, user: &str, identity: &Path, script: &str, input: Option<&str>) -> Option<String> {
+    let mut child = Command::new("ssh")
+        .arg("-i")
+        .arg(identity)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(format!("{user}@{}", vm.ip))
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    if let Some(input) = input {
+        use std::io::Write;
+        stdin.write_all(input.as_bytes()).ok()?;
+    }
+    drop(stdin);
+    let out = child.wait_with_output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Waits until every VM's agent answers (recording who it is) and checks that systemd started it.
 fn agents_up(vms: &mut [Vm], what: &str) -> anyhow::Result<()> {
     until(Instant::now(), BOOT_DEADLINE, what, || {
@@ -449,6 +494,7 @@ fn join_kill_poweroff(
     vms: &mut [Vm],
     user: Option<&str>,
     identity: Option<&Path>,
+    wifi: Option<&WifiOptions>,
 ) -> anyhow::Result<()> {
     // 1. Every agent comes up, started by systemd.
     agents_up(vms, "every VM's agent answers on :8080")?;
@@ -489,6 +535,7 @@ fn join_kill_poweroff(
         bail!("two VMs share an SSH host key: {keys:?}");
     }
     println!("    three distinct SSH host keys (ssh-keyscan)");
+    let mut wifi_seen = None;
     if let Some(user) = user {
         for vm in vms.iter() {
             user_created(vm, user)?;
@@ -497,6 +544,9 @@ fn join_kill_poweroff(
         if let Some(identity) = identity {
             for vm in vms.iter() {
                 logged_in(vm, user, identity)?;
+            }
+            if let Some(w) = wifi {
+                wifi_seen = Some(wifi::check(&vms[1], user, identity, w)?);
             }
         }
     }
@@ -596,6 +646,21 @@ fn join_kill_poweroff(
             } else {
                 secs(left_here)
             }
+        );
+    }
+    if let Some(w) = wifi_seen {
+        println!(
+            "\n    | VM | Wi-Fi: start → wlan0 has an address | address | other passphrase on the AP → \
+             address lost | then without one for |"
+        );
+        println!("    |---|---|---|---|---|");
+        println!(
+            "    | {} | {} | {} | {} | {} |",
+            vms[1].name,
+            secs(Some(w.up)),
+            w.address,
+            secs(Some(w.lost)),
+            secs(Some(w.held))
         );
     }
     println!();

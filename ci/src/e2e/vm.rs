@@ -86,6 +86,25 @@ pub(super) fn vm_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 99, 0, 10 + i as u8)
 }
 
+/// The kernel command line a Pi's firmware would pass: the card's `cmdline.txt` (with what herd baked
+/// there, such as the Wi-Fi regulatory domain), its consoles left out for the VM's serial port.
+fn card_cmdline(disk: &Path) -> anyhow::Result<String> {
+    let img = herd_image::Image::open(disk)?;
+    let text = img
+        .boot()?
+        .read("cmdline.txt")
+        .with_context(|| format!("{}: no cmdline.txt on the boot partition", disk.display()))?;
+    let text = String::from_utf8_lossy(&text);
+    let tokens: Vec<&str> = text
+        .split_whitespace()
+        .filter(|t| !t.starts_with("console="))
+        .collect();
+    if !tokens.iter().any(|t| t.starts_with("root=")) {
+        bail!("{}: cmdline.txt has no root=: {text:?}", disk.display());
+    }
+    Ok(tokens.join(" "))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn start_vm(
     lan: &Lan,
@@ -119,8 +138,9 @@ pub(super) fn start_vm(
         .arg(&boot.initrd)
         .arg("-append")
         .arg(format!(
-            "root=LABEL=rootfs rootfstype=ext4 rw rootwait console={serial} net.ifnames=0 \
-             systemd.journald.forward_to_console=1 systemd.mask=serial-getty@{serial}.service"
+            "{} console={serial} systemd.journald.forward_to_console=1 \
+             systemd.mask=serial-getty@{serial}.service",
+            card_cmdline(disk)?
         ))
         .arg("-drive")
         .arg(format!(
