@@ -14,8 +14,7 @@ mod common;
 
 use common::wait;
 use herd::gossip::wire::{
-    cluster_id, seal, ClusterKey, Digest, DigestEntry, KeyValue, Message, NodeDelta, NodeId,
-    Packet, Security,
+    seal, ClusterKey, Digest, DigestEntry, KeyValue, Message, NodeDelta, NodeId, Packet, Security,
 };
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -165,7 +164,9 @@ fn key() -> Security {
 /// A datagram sealed with the cluster key: what a key holder can send.
 fn forge(packet: &Packet) -> Vec<u8> {
     let mut rng = rand::rngs::OsRng;
-    seal(&key(), cluster_id(CLUSTER), &packet.encode(), &mut rng)
+    // The cluster's id on the wire: its name and its detection (the agents' default, monitors).
+    let cluster = herd::gossip::GossipConfig::new(CLUSTER).wire_cluster_id();
+    seal(&key(), cluster, &packet.encode(), &mut rng)
 }
 
 fn three(dir: &Path, net: u8, extra: &str) -> Vec<Agent> {

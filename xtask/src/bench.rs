@@ -17,8 +17,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         if !a.starts_with("--") && !KNOWN.contains(&a.as_str()) {
             bail!("unknown benchmark {a:?}; known: {}", KNOWN.join(", "));
         }
-        if a.starts_with("--") && a != "--quick" {
-            bail!("unknown option {a:?}; known: --quick");
+        if a.starts_with("--")
+            && a != "--quick"
+            && !a.starts_with("--nodes=")
+            && !a.starts_with("--detection=")
+        {
+            bail!(
+                "unknown option {a:?}; known: --quick, and for gossip --nodes=N,N… (the cluster sizes) \
+                 and --detection=monitors|gossip (one only)"
+            );
         }
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -46,6 +53,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         } else {
             let mut c = run("herd-ci", "herd-bench");
             c.arg(name);
+            c.args(
+                args.iter()
+                    .filter(|a| a.starts_with("--nodes=") || a.starts_with("--detection=")),
+            );
             c
         };
         if quick {
@@ -53,7 +64,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
         report.push((*name, run_captured(name, cmd)?));
     }
-    if everything && !quick {
+    let partial = args
+        .iter()
+        .any(|a| a.starts_with("--nodes=") || a.starts_with("--detection="));
+    if everything && !quick && !partial {
         write_report(&report)?;
     }
     Ok(())

@@ -185,20 +185,46 @@ pub struct GossipSection {
     pub insecure: bool,
 }
 
-/// `[failure_detector]`: the phi accrual detector.
+/// `[failure_detector]`: the phi accrual detector. The settings left out take the defaults of the
+/// detection chosen (see `gossip::phi::PhiConfig::monitors` and `::gossip`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailureDetectorSection {
+    #[serde(default)]
+    pub detection: DetectionMode,
+    /// Detection by monitors: how many monitors each node has.
+    #[serde(default = "default_monitors")]
+    pub monitors: usize,
+    /// Detection by monitors: how long a probe waits for an answer before the node is convicted.
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub probe_timeout: Duration,
     #[serde(default = "default_threshold")]
     pub phi_threshold: f64,
-    #[serde(default = "default_window")]
-    pub window: usize,
-    #[serde(default = "default_min_std_dev", with = "humantime_serde")]
-    pub min_std_dev: Duration,
+    pub window: Option<usize>,
     #[serde(default, with = "humantime_serde")]
-    pub acceptable_pause: Duration,
-    #[serde(default = "default_bootstrap", with = "humantime_serde")]
-    pub bootstrap_interval: Duration,
+    pub min_std_dev: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub acceptable_pause: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub bootstrap_interval: Option<Duration>,
+}
+
+/// `failure_detector.detection`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectionMode {
+    /// Heartbeats straight to each node's monitors (the default).
+    #[default]
+    Monitors,
+    /// Heartbeats through gossip, every node judging every other (herd before 0.2).
+    Gossip,
+}
+
+fn default_monitors() -> usize {
+    crate::gossip::MonitorConfig::default().monitors
+}
+fn default_probe_timeout() -> Duration {
+    crate::gossip::MonitorConfig::default().probe_timeout
 }
 
 fn default_api_bind() -> SocketAddr {
@@ -227,15 +253,6 @@ fn default_reap_after() -> Duration {
 }
 fn default_threshold() -> f64 {
     PhiConfig::default().threshold
-}
-fn default_window() -> usize {
-    PhiConfig::default().window
-}
-fn default_min_std_dev() -> Duration {
-    PhiConfig::default().min_std_dev
-}
-fn default_bootstrap() -> Duration {
-    PhiConfig::default().bootstrap_interval
 }
 
 impl Default for GossipSection {
@@ -444,11 +461,17 @@ impl Config {
         if !(f.phi_threshold.is_finite() && f.phi_threshold > 0.0) {
             bail!("failure_detector.phi_threshold: must be a positive number");
         }
-        if f.window == 0 || f.window > 10_000 {
+        if f.window.is_some_and(|w| w == 0 || w > 10_000) {
             bail!("failure_detector.window: must be between 1 and 10000");
         }
-        if f.bootstrap_interval.is_zero() {
+        if f.bootstrap_interval.is_some_and(|b| b.is_zero()) {
             bail!("failure_detector.bootstrap_interval: must be more than zero");
+        }
+        if !(1..=32).contains(&f.monitors) {
+            bail!("failure_detector.monitors: must be between 1 and 32");
+        }
+        if f.probe_timeout.is_zero() || f.probe_timeout > Duration::from_secs(60) {
+            bail!("failure_detector.probe_timeout: must be between 1ms and 60s");
         }
         Ok(())
     }
@@ -468,15 +491,28 @@ impl Config {
     /// The settings of the gossip core (seeds are resolved by the caller).
     pub fn gossip_config(&self) -> GossipConfig {
         let f = &self.failure_detector;
+        let (detection, phi) = match f.detection {
+            DetectionMode::Monitors => (
+                crate::gossip::Detection::Monitors(crate::gossip::MonitorConfig {
+                    monitors: f.monitors,
+                    probe_timeout: f.probe_timeout,
+                    ..Default::default()
+                }),
+                PhiConfig::monitors(),
+            ),
+            DetectionMode::Gossip => (crate::gossip::Detection::Gossip, PhiConfig::gossip()),
+        };
         GossipConfig {
+            detection,
             interval: self.gossip.interval,
             reap_after: self.gossip.reap_after,
             phi: PhiConfig {
                 threshold: f.phi_threshold,
-                window: f.window,
-                min_std_dev: f.min_std_dev,
-                acceptable_pause: f.acceptable_pause,
-                bootstrap_interval: f.bootstrap_interval,
+                window: f.window.unwrap_or(phi.window),
+                min_std_dev: f.min_std_dev.unwrap_or(phi.min_std_dev),
+                acceptable_pause: f.acceptable_pause.unwrap_or(phi.acceptable_pause),
+                bootstrap_interval: f.bootstrap_interval.unwrap_or(phi.bootstrap_interval),
+                model: phi.model,
             },
             service_thresholds: self
                 .service

@@ -1,5 +1,5 @@
 //! The membership layer as a sans-IO state machine: scuttlebutt anti-entropy gossip plus phi accrual
-//! failure detection.
+//! failure detection by monitors.
 //!
 //! [`Gossiper`] never reads a clock, a socket or a global RNG. Callers hand it the time, the randomness and
 //! the datagrams ([`Gossiper::handle_tick`], [`Gossiper::handle_datagram`]) and collect what it wants sent
@@ -7,15 +7,29 @@
 //! deterministic simulator drive the very same code.
 //!
 //! # Protocol in brief
-//! Every node owns versioned key/values, a heartbeat that grows every round, and a generation that grows on
-//! every restart. Each round a node sends a `Syn` with a digest to two random live peers (and, now and then, to
-//! a dead node and to a seed so partitions heal). The peer answers `Ack`: the deltas the sender lacks plus
-//! digest entries for what it lacks itself; the sender closes with `Ack2`. Digests are bounded: they cover a
-//! random arc of the id ring in full, plus the sender and recently changed nodes ("hot" rumours), so one
-//! datagram suffices at any cluster size. Heartbeats ride on digest entries, so liveness spreads even when
-//! no state changes. A graceful leave sets the heartbeat to [`LEFT_HEARTBEAT`], which, being the largest
-//! possible heartbeat, wins everywhere it meets an older one.
+//! Every node owns versioned key/values and a generation that grows on every restart. A digest lists, per
+//! node, its generation, the highest version of its state, and its status (alive, convicted, left). A
+//! peer answers a `Syn` with `Ack`: the deltas the sender lacks plus digest entries for what it lacks
+//! itself; the sender closes with `Ack2`. Digests are bounded: they cover a random arc of the id ring in
+//! full, plus the sender and recently changed nodes ("hot" rumours), so one datagram suffices at any
+//! cluster size.
+//!
+//! Detection ([`Detection::Monitors`], the default) is apart from the anti-entropy, as in Akka Cluster:
+//! each node sends a small `Heartbeat` every round straight to its K monitors (the K live nodes that
+//! follow it on the id ring, so every node has K of them), and only they keep φ for it. A monitor whose φ
+//! passes the threshold probes the node, directly and through a few other nodes (SWIM's indirect probe:
+//! only the path may be broken); if no answer comes, it convicts the node in its current generation and
+//! the verdict spreads as a rumour. A node that hears it was convicted (or left) but is alive refutes it
+//! by starting a higher generation, which wins everywhere. Rounds with a rumour push it to two peers;
+//! otherwise a full census digest goes to one peer every few rounds, so a quiet cluster sends little.
+//!
+//! [`Detection::Gossip`] is the protocol before monitors, kept for comparison: heartbeats grow every
+//! round and ride on digest entries to two peers a round, and every node keeps φ for every other.
+//!
+//! A graceful leave sets the status to [`LEFT_HEARTBEAT`], a conviction to [`DEAD_HEARTBEAT`]: being the
+//! largest possible heartbeats, they win everywhere they meet an older one of the same generation.
 
+mod monitor;
 pub mod phi;
 mod replay;
 pub mod sim;
@@ -30,7 +44,8 @@ use rand::{Rng, RngCore};
 
 use self::phi::PhiConfig;
 use self::state::{
-    apply_kvs, beat, is_buried, mark_left, take_heartbeat, NodeState, Notes, Tombstone, Versioned,
+    apply_kvs, beat, is_buried, mark_dead, mark_left, take_heartbeat, NodeState, Notes, Probe,
+    Tombstone, Versioned,
 };
 pub use self::wire::NodeId;
 use self::wire::{
@@ -46,16 +61,59 @@ const LEFT_PROBE: Duration = Duration::from_secs(60);
 
 /// The heartbeat of a node that left gracefully.
 pub const LEFT_HEARTBEAT: u64 = u64::MAX;
+/// The heartbeat (status) of a node its monitors convicted.
+pub const DEAD_HEARTBEAT: u64 = u64::MAX - 1;
 /// Payload bytes of a `Syn`. A little under a full datagram: what the last few entries would add to
 /// heartbeat freshness is worth less than the bandwidth they cost on every round of every node.
 const SYN_DIGEST_BYTES: usize = 1300;
 
+/// The most rumours a round considers (more would not fit in a digest's third kept for them).
+const MAX_HOT: usize = 64;
+
 /// The reserved key holding a node's gossip address.
 pub const ADDR_KEY: &str = "_addr";
+
+/// How members are judged alive or dead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Detection {
+    /// Heartbeats ride on every digest and every node keeps φ for every other (the protocol before
+    /// monitors; more bytes, and slow verdicts in large clusters).
+    Gossip,
+    /// Heartbeats go straight to each node's monitors, which probe before they convict; verdicts spread
+    /// as rumours.
+    Monitors(MonitorConfig),
+}
+
+/// Settings of detection by monitors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MonitorConfig {
+    /// How many monitors every node has (the K live nodes after it on the id ring).
+    pub monitors: usize,
+    /// How long a probe waits for an answer before the monitor convicts.
+    pub probe_timeout: Duration,
+    /// How many other nodes a monitor asks to probe for it.
+    pub indirect_probes: usize,
+    /// Every this many rounds a node sends a full census digest (other rounds carry only rumours).
+    pub census_every: u32,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            monitors: 5,
+            probe_timeout: Duration::from_millis(500),
+            indirect_probes: 3,
+            census_every: 5,
+        }
+    }
+}
 
 /// Settings of the membership layer.
 #[derive(Debug, Clone)]
 pub struct GossipConfig {
+    /// How members are judged (part of the cluster's identity on the wire: nodes that differ do not
+    /// talk).
+    pub detection: Detection,
     /// The cluster's name: packets of other clusters are dropped.
     pub cluster: String,
     /// How often a node gossips (and beats its heart).
@@ -89,13 +147,39 @@ impl GossipConfig {
     /// The defaults of the agent for a cluster called `cluster`.
     pub fn new(cluster: &str) -> Self {
         GossipConfig {
+            detection: Detection::Monitors(MonitorConfig::default()),
             cluster: cluster.to_string(),
             interval: Duration::from_millis(200),
-            phi: PhiConfig::default(),
+            phi: PhiConfig::monitors(),
             reap_after: Duration::from_secs(24 * 3600),
             seeds: Vec::new(),
             service_thresholds: Default::default(),
             check_value: no_control_chars,
+        }
+    }
+
+    /// The defaults of the gossip-only detection (the protocol before monitors).
+    pub fn gossip_only(cluster: &str) -> Self {
+        GossipConfig {
+            detection: Detection::Gossip,
+            phi: PhiConfig::gossip(),
+            ..GossipConfig::new(cluster)
+        }
+    }
+
+    /// The cluster's id on the wire: its name, and how it detects failures (a node of the other kind
+    /// would misread every heartbeat, so the two never talk).
+    pub fn wire_cluster_id(&self) -> u64 {
+        match self.detection {
+            Detection::Gossip => wire::cluster_id(&self.cluster),
+            Detection::Monitors(_) => wire::cluster_id(&format!("{}\nmonitors", self.cluster)),
+        }
+    }
+
+    fn monitor(&self) -> Option<&MonitorConfig> {
+        match &self.detection {
+            Detection::Monitors(m) => Some(m),
+            Detection::Gossip => None,
         }
     }
 }
@@ -229,6 +313,12 @@ pub struct Gossiper {
     /// The sequence number of the next datagram sent.
     seq: u64,
     replay: replay::Windows,
+    /// Detection by monitors: whom this node watches and who watches it, probes on its behalf.
+    ring: monitor::Ring,
+    /// Rounds so far (census digests go out every few).
+    round: u64,
+    /// When a verdict on a watched node can next fall due.
+    watch_due: Duration,
 }
 
 impl std::fmt::Debug for Gossiper {
@@ -271,7 +361,7 @@ impl Gossiper {
         let mut nodes = BTreeMap::new();
         nodes.insert(id, me);
         Gossiper {
-            cluster_id: wire::cluster_id(&config.cluster),
+            cluster_id: config.wire_cluster_id(),
             config,
             security,
             id,
@@ -288,6 +378,9 @@ impl Gossiper {
             left: false,
             seq: 0,
             replay: replay::Windows::default(),
+            ring: monitor::Ring::default(),
+            round: 0,
+            watch_due: now,
         }
     }
 
@@ -297,6 +390,16 @@ impl Gossiper {
 
     pub fn generation(&self) -> u64 {
         self.me().generation
+    }
+
+    /// The nodes this node sends its heartbeats to (detection by monitors), in ring order.
+    pub fn monitors(&self) -> &[NodeId] {
+        &self.ring.monitors
+    }
+
+    /// Whether this node is one of `id`'s monitors (it judges `id`).
+    pub fn watches(&self, id: NodeId) -> bool {
+        self.ring.watches(id)
     }
 
     /// The sequence number the next datagram will carry.
@@ -389,47 +492,75 @@ impl Gossiper {
         if self.left {
             return;
         }
+        // A round that comes late by more than a round (this process was stalled: swapped out, suspended)
+        // must not judge others on a silence it did not listen to: their silences start again now.
+        let late = now.saturating_sub(self.next_tick);
+        if late > self.config.interval && self.config.monitor().is_some() {
+            let phi = &self.config.phi;
+            for id in self.ring.watching().to_vec() {
+                if let Some(s) = self.nodes.get_mut(&id) {
+                    s.detector.reset_silence(now);
+                    s.schedule_verdicts(phi);
+                }
+            }
+        }
         self.next_tick = now + self.config.interval;
-        self.me_mut().heartbeat += 1;
+        self.round += 1;
+        let monitor = self.config.monitor().copied();
+        if monitor.is_none() {
+            self.me_mut().heartbeat += 1;
+        }
 
         if now >= self.notes.next_scan || self.notes.membership_epoch != self.lists_epoch {
             self.scan(now);
+        } else if monitor.is_some() && now >= self.watch_due {
+            self.judge_watched(now);
         }
-        let hot_window = self.hot_window();
-        while let Some((at, _)) = self.notes.rumours.front() {
-            if now < *at + hot_window {
-                break;
+        let hot = self.hot(now);
+        self.notes.urgent = false;
+
+        // Detection by monitors: the heartbeats, and the probes of watched nodes past their threshold.
+        // A round without rumours sends a census only every few rounds, to one peer.
+        let (fanout, census) = match monitor {
+            None => (2, true),
+            Some(m) => {
+                for id in self.ring.monitors.clone() {
+                    if let Some(addr) = self.nodes.get(&id).and_then(|s| s.addr) {
+                        self.send(addr, id, Message::Heartbeat, rng);
+                    }
+                }
+                for target in std::mem::take(&mut self.ring.to_probe) {
+                    self.probe(target, m.indirect_probes, rng);
+                }
+                let census = self.round.is_multiple_of(u64::from(m.census_every.max(1)));
+                match (census, hot.is_empty()) {
+                    (true, _) => (1, true),
+                    (false, false) => (2, false),
+                    (false, true) => (0, false),
+                }
             }
-            self.notes.rumours.pop_front();
-        }
-        // Most recent first; a node that changed twice is listed once, under its latest change.
-        let hot: Vec<NodeId> = self
-            .notes
-            .rumours
-            .iter()
-            .rev()
-            .filter(|(at, id)| self.nodes.get(id).is_some_and(|s| s.changed_at == *at))
-            .map(|(_, id)| *id)
-            .collect();
+        };
 
         // Where to, and to whom when known (a seed's id is not).
         let mut targets: Vec<(SocketAddr, NodeId)> = Vec::with_capacity(3);
         let addr_of =
             |nodes: &BTreeMap<NodeId, NodeState>, id: &NodeId| nodes[id].addr.map(|a| (a, *id));
         let (live, dead) = (&self.live, &self.dead);
-        // Two random live peers a round: an epidemic with fan-out 2 reaches everyone in about half the
-        // rounds of fan-out 1, and heartbeats reach each peer more evenly, for twice the bytes.
-        if !live.is_empty() {
+        // Random live peers: an epidemic with fan-out 2 reaches everyone in about half the rounds of
+        // fan-out 1.
+        if !live.is_empty() && fanout > 0 {
             let first = rng.gen_range(0..live.len());
             targets.extend(addr_of(&self.nodes, &live[first]));
-            if live.len() > 1 {
+            if live.len() > 1 && fanout > 1 {
                 let second = (first + 1 + rng.gen_range(0..live.len() - 1)) % live.len();
                 targets.extend(addr_of(&self.nodes, &live[second]));
             }
         }
         // Cassandra's rule: the more of the cluster looks dead, the more often we try one of them, so a
         // healed partition is noticed within a round or two.
-        if !dead.is_empty() && rng.gen_bool((dead.len() as f64 / (live.len() + 1) as f64).min(1.0))
+        if census
+            && !dead.is_empty()
+            && rng.gen_bool((dead.len() as f64 / (live.len() + 1) as f64).min(1.0))
         {
             let id = dead[rng.gen_range(0..dead.len())];
             targets.extend(addr_of(&self.nodes, &id));
@@ -444,24 +575,130 @@ impl Gossiper {
             .collect();
         if !seeds.is_empty()
             && (live.is_empty()
-                || rng
-                    .gen_bool((seeds.len() as f64 / (live.len() + dead.len() + 1) as f64).min(1.0)))
+                || (census
+                    && rng.gen_bool(
+                        (seeds.len() as f64 / (live.len() + dead.len() + 1) as f64).min(1.0),
+                    )))
         {
             targets.push((seeds[rng.gen_range(0..seeds.len())], ANYONE));
         }
         targets.sort_unstable();
         targets.dedup_by_key(|(addr, _)| *addr);
         for (to, node) in targets {
-            let digest = self.build_digest(rng, &hot, node);
+            let digest = self.build_digest(rng, &hot, node, census);
             self.send(to, node, Message::Syn { digest }, rng);
         }
     }
 
-    /// Walks the member table: reaches due verdicts, forgets the long dead, rebuilds the peer lists, and
-    /// notes when the next verdict can fall due, so rounds in between skip the walk.
+    /// The rumours still worth spreading, most recent first; a node that changed twice is listed once,
+    /// under its latest change.
+    fn hot(&mut self, now: Duration) -> Vec<NodeId> {
+        let hot_window = self.hot_window();
+        while let Some((at, _)) = self.notes.rumours.front() {
+            if now < *at + hot_window {
+                break;
+            }
+            self.notes.rumours.pop_front();
+        }
+        // No digest has room for more than a few dozen (a third of 1300 bytes).
+        self.notes
+            .rumours
+            .iter()
+            .rev()
+            .filter(|(at, id)| self.nodes.get(id).is_some_and(|s| s.changed_at == *at))
+            .map(|(_, id)| *id)
+            .take(MAX_HOT)
+            .collect()
+    }
+
+    /// A verdict reached or heard outside a round goes on at once, to two random live peers: each hop
+    /// of the epidemic then takes a network delay, not half a round.
+    fn pass_on_verdicts(&mut self, now: Duration, rng: &mut impl RngCore) {
+        if !std::mem::take(&mut self.notes.urgent) || self.config.monitor().is_none() {
+            return;
+        }
+        let hot = self.hot(now);
+        if self.live.is_empty() {
+            return;
+        }
+        let mut picked: Vec<NodeId> = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let id = self.live[rng.gen_range(0..self.live.len())];
+            if !picked.contains(&id) {
+                picked.push(id);
+            }
+        }
+        for id in picked {
+            if let Some(addr) = self.nodes.get(&id).and_then(|s| s.addr) {
+                let digest = self.build_digest(rng, &hot, id, false);
+                self.send(addr, id, Message::Syn { digest }, rng);
+            }
+        }
+    }
+
+    /// Probes `target` directly and through `indirect` other live nodes.
+    fn probe(&mut self, target: NodeId, indirect: usize, rng: &mut impl RngCore) {
+        let Some(addr) = self.nodes.get(&target).and_then(|s| s.addr) else {
+            return;
+        };
+        self.send(addr, target, Message::Ping { target }, rng);
+        let helpers: Vec<NodeId> = self
+            .live
+            .iter()
+            .filter(|id| **id != target)
+            .copied()
+            .collect();
+        if helpers.is_empty() {
+            return;
+        }
+        let start = rng.gen_range(0..helpers.len());
+        for i in 0..indirect.min(helpers.len()) {
+            let h = helpers[(start + i * (helpers.len() / indirect.max(1)).max(1)) % helpers.len()];
+            if let Some(a) = self.nodes.get(&h).and_then(|s| s.addr) {
+                self.send(a, h, Message::PingReq { target }, rng);
+            }
+        }
+    }
+
+    /// Evidence that `id` is alive (a heartbeat of `generation`, or an answer to a probe): its silence
+    /// starts again, and a suspicion ends.
+    fn heard_alive(&mut self, now: Duration, id: NodeId, generation: Option<u64>, sample: bool) {
+        let phi = &self.config.phi;
+        let Some(s) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if generation.is_some_and(|g| g != s.generation)
+            || !matches!(s.liveness, Liveness::Alive | Liveness::Suspect)
+        {
+            return;
+        }
+        if sample {
+            s.detector.heartbeat(phi, now);
+        } else {
+            s.detector.reset_silence(now);
+        }
+        s.probe = None;
+        s.schedule_verdicts(phi);
+        if self.config.monitor().is_some() {
+            self.watch_due = self.watch_due.min(s.suspect_at);
+        } else {
+            self.notes.next_scan = self.notes.next_scan.min(s.suspect_at);
+        }
+        if s.liveness == Liveness::Suspect {
+            s.liveness = Liveness::Alive;
+            s.since = now;
+            self.notes.push(EventKind::Recovered, id, s, now);
+        }
+    }
+
+    /// Walks the member table: reaches due verdicts, forgets the long dead, rebuilds the peer lists (and
+    /// the monitors' ring), and notes when the next verdict can fall due, so rounds in between skip the
+    /// walk.
     fn scan(&mut self, now: Duration) {
         let reap_after = self.config.reap_after;
+        let monitor = self.config.monitor().copied();
         let mut next = now + reap_after;
+        let mut watch_due = now + reap_after;
         let mut reaped = Vec::new();
         self.live.clear();
         self.dead.clear();
@@ -469,25 +706,26 @@ impl Gossiper {
             if id == self.id {
                 continue;
             }
-            if s.liveness == Liveness::Alive && now >= s.suspect_at {
-                s.liveness = Liveness::Suspect;
-                s.since = now;
-                self.notes.push(EventKind::Suspect, id, s, now);
-            }
-            if s.liveness == Liveness::Suspect && now >= s.dead_at {
-                s.liveness = Liveness::Dead;
-                s.since = now;
-                self.notes.push(EventKind::Dead, id, s, now);
+            // Verdicts: each node's own φ of everyone (gossip), or a monitor's of the nodes it watches,
+            // after a probe that went unanswered (those are also judged between walks, see
+            // `judge_watched`).
+            if monitor.is_none() || self.ring.watches(id) {
+                let due = judge(
+                    s,
+                    id,
+                    now,
+                    monitor,
+                    &mut self.notes,
+                    &mut self.ring.to_probe,
+                );
+                if monitor.is_none() {
+                    next = next.min(due);
+                } else {
+                    watch_due = watch_due.min(due);
+                }
             }
             match s.liveness {
-                Liveness::Alive => {
-                    self.live.push(id);
-                    next = next.min(s.suspect_at);
-                }
-                Liveness::Suspect => {
-                    self.live.push(id);
-                    next = next.min(s.dead_at);
-                }
+                Liveness::Alive | Liveness::Suspect => self.live.push(id),
                 Liveness::Dead | Liveness::Left if now >= s.since + reap_after => reaped.push(id),
                 Liveness::Dead => {
                     self.dead.push(id);
@@ -515,8 +753,55 @@ impl Gossiper {
             self.notes.push(EventKind::Reaped, id, &s, now);
         }
         self.tombstones.retain(|_, t| t.until > now);
+        if let Some(m) = monitor {
+            // A node newly watched is judged from now on, with the expected rhythm as its prior; one no
+            // longer watched is no longer suspected here.
+            let changes = self.ring.rebuild(self.id, &self.live, m.monitors);
+            let phi = &self.config.phi;
+            for id in changes.started {
+                if let Some(s) = self.nodes.get_mut(&id) {
+                    s.detector =
+                        phi::PhiAccrualDetector::with_bootstrap(self.config.interval, phi, now);
+                    s.probe = None;
+                    s.schedule_verdicts(phi);
+                    watch_due = watch_due.min(s.suspect_at);
+                }
+            }
+            for id in changes.stopped {
+                if let Some(s) = self.nodes.get_mut(&id) {
+                    s.probe = None;
+                    if s.liveness == Liveness::Suspect {
+                        s.liveness = Liveness::Alive;
+                        s.since = now;
+                        self.notes.push(EventKind::Recovered, id, s, now);
+                    }
+                }
+            }
+        }
         self.notes.next_scan = next;
+        self.watch_due = watch_due;
         self.lists_epoch = self.notes.membership_epoch;
+    }
+
+    /// Reaches the due verdicts on the nodes this node watches, without walking the member table (in a
+    /// large cluster most rounds need only this).
+    fn judge_watched(&mut self, now: Duration) {
+        let monitor = self.config.monitor().copied();
+        let mut due = now + self.config.reap_after;
+        for id in self.ring.watching().to_vec() {
+            if let Some(s) = self.nodes.get_mut(&id) {
+                let d = judge(
+                    s,
+                    id,
+                    now,
+                    monitor,
+                    &mut self.notes,
+                    &mut self.ring.to_probe,
+                );
+                due = due.min(d);
+            }
+        }
+        self.watch_due = due;
     }
 
     /// Announces a graceful leave to every live peer; the node gossips no more afterwards.
@@ -544,6 +829,17 @@ impl Gossiper {
 
     /// Processes one datagram that arrived from `from`.
     pub fn handle_datagram(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        datagram: &[u8],
+        rng: &mut impl RngCore,
+    ) {
+        self.receive(now, from, datagram, rng);
+        self.pass_on_verdicts(now, rng);
+    }
+
+    fn receive(
         &mut self,
         now: Duration,
         from: SocketAddr,
@@ -637,6 +933,38 @@ impl Gossiper {
                         s.heartbeat = LEFT_HEARTBEAT;
                         mark_left(&mut self.notes, sender, s, now);
                     }
+                }
+            }
+            Message::Heartbeat => self.heard_alive(now, sender, Some(packet.generation), true),
+            Message::Ping { target } => {
+                // Answered where it came from, no bigger than it was.
+                if target == self.id {
+                    self.send(from, sender, Message::PingAck { target }, rng);
+                }
+            }
+            Message::PingReq { target } => {
+                let Some(m) = self.config.monitor().copied() else {
+                    return;
+                };
+                // Only for a member, about a member: the answer goes to the asker's known address.
+                let known = |id: &NodeId| self.nodes.get(id).and_then(|s| s.addr);
+                if target != self.id && target != sender {
+                    if let (Some(addr), Some(_)) = (known(&target), known(&sender)) {
+                        self.ring.relay(target, sender, now + m.probe_timeout);
+                        self.send(addr, target, Message::Ping { target }, rng);
+                    }
+                }
+            }
+            Message::PingAck { target } => {
+                if target == sender {
+                    for asker in self.ring.answered(target, now) {
+                        if let Some(addr) = self.nodes.get(&asker).and_then(|s| s.addr) {
+                            self.send(addr, asker, Message::PingAck { target }, rng);
+                        }
+                    }
+                    self.heard_alive(now, target, Some(packet.generation), false);
+                } else if self.nodes.get(&target).is_some_and(|s| s.probe.is_some()) {
+                    self.heard_alive(now, target, None, false);
                 }
             }
         }
@@ -901,7 +1229,13 @@ impl Gossiper {
     }
 
     /// A digest of at most one datagram: this node, the freshest rumours, then a random arc of the ring.
-    fn build_digest(&self, rng: &mut impl RngCore, hot: &[NodeId], to: NodeId) -> Digest {
+    fn build_digest(
+        &self,
+        rng: &mut impl RngCore,
+        hot: &[NodeId],
+        to: NodeId,
+        census: bool,
+    ) -> Digest {
         let mut budget = SYN_DIGEST_BYTES
             - wire::packet_header_len(self.generation(), self.seq)
             - wire::DIGEST_BASE_LEN;
@@ -947,6 +1281,15 @@ impl Gossiper {
         }
         let pre_listed = entries.len();
         let start = NodeId(rng.next_u64());
+        if !census {
+            // Rumours only: the digest claims no range.
+            return Digest {
+                start,
+                end: NodeId(start.0.wrapping_add(1)),
+                known: self.nodes.len() as u64,
+                entries,
+            };
+        }
         let mut end = start;
         for (id, s) in ring_from(&self.nodes, start) {
             if entries[..pre_listed].iter().any(|e| e.node == id) {
@@ -977,6 +1320,10 @@ impl Gossiper {
     /// a part of it; assuming the small-cluster rhythm there would convict nodes that are merely quiet. The
     /// size is what peers report too, so a newcomer that knows few members yet is not misled.
     fn expected_update_interval(&self) -> Duration {
+        if self.config.monitor().is_some() {
+            // Only monitors judge, from heartbeats sent straight to them every round.
+            return self.config.interval;
+        }
         let per_digest = (MAX_PAYLOAD / 18) as u32;
         let n = (self.nodes.len() as u64).max(self.peer_known).min(1 << 20) as u32;
         let rounds = (2 * n).div_ceil(per_digest).max(1);
@@ -1024,10 +1371,16 @@ impl Gossiper {
             heartbeat: s.heartbeat,
             addr: s.addr,
             liveness: s.liveness,
-            phi: if is_self || s.liveness == Liveness::Left {
+            // φ is a monitor's: this node's own if it watches the member, else none (the member's
+            // monitors' verdict reaches here as a rumour).
+            phi: if is_self
+                || s.liveness == Liveness::Left
+                || (self.config.monitor().is_some() && !self.ring.watches(id))
+            {
                 0.0
             } else {
-                s.detector.phi(&self.config.phi, now)
+                s.detector
+                    .phi(&self.config.phi.for_threshold(s.threshold), now)
             },
             threshold: s.threshold,
             last_heard: if is_self {
@@ -1038,7 +1391,12 @@ impl Gossiper {
             detection_timeout: if is_self {
                 Duration::ZERO
             } else {
-                s.detector.silence_for(&self.config.phi, s.threshold)
+                s.detector
+                    .silence_for(&self.config.phi.for_threshold(s.threshold), s.threshold)
+                    + self
+                        .config
+                        .monitor()
+                        .map_or(Duration::ZERO, |m| m.probe_timeout)
             },
             is_self,
             kvs: s
@@ -1073,6 +1431,60 @@ impl Gossiper {
             .values()
             .filter(|s| s.liveness == liveness)
             .count()
+    }
+}
+
+/// The verdict on `s` that is due at `now` (suspect, a probe, its retry, conviction; or, with gossip
+/// detection, dead at the threshold); returns when the next one can fall due.
+fn judge(
+    s: &mut NodeState,
+    id: NodeId,
+    now: Duration,
+    monitor: Option<MonitorConfig>,
+    notes: &mut Notes,
+    to_probe: &mut Vec<NodeId>,
+) -> Duration {
+    let never = Duration::MAX;
+    if !matches!(s.liveness, Liveness::Alive | Liveness::Suspect) {
+        return never;
+    }
+    if s.liveness == Liveness::Alive && now >= s.suspect_at {
+        s.liveness = Liveness::Suspect;
+        s.since = now;
+        notes.push(EventKind::Suspect, id, s, now);
+    }
+    if s.liveness == Liveness::Suspect && now >= s.dead_at {
+        // A probe is tried twice (at its start and halfway), each time directly and through other
+        // nodes; the node is convicted when neither brought an answer.
+        match (monitor, s.probe) {
+            (None, _) => {
+                s.liveness = Liveness::Dead;
+                s.since = now;
+                notes.push(EventKind::Dead, id, s, now);
+            }
+            (Some(m), None) => {
+                s.probe = Some(Probe {
+                    retry_at: Some(now + m.probe_timeout / 2),
+                    deadline: now + m.probe_timeout,
+                });
+                to_probe.push(id);
+            }
+            (Some(_), Some(p)) if now >= p.deadline => mark_dead(notes, id, s, now),
+            (Some(_), Some(p)) if p.retry_at.is_some_and(|r| now >= r) => {
+                s.probe = Some(Probe {
+                    retry_at: None,
+                    ..p
+                });
+                to_probe.push(id);
+            }
+            (Some(_), Some(_)) => {}
+        }
+    }
+    match (s.liveness, s.probe) {
+        (Liveness::Alive, _) => s.suspect_at,
+        (Liveness::Suspect, None) => s.dead_at,
+        (Liveness::Suspect, Some(p)) => p.retry_at.unwrap_or(p.deadline),
+        _ => never,
     }
 }
 

@@ -59,6 +59,8 @@ struct SimNode {
     epoch: u64,
     group: u8,
     cluster: String,
+    /// The node runs nothing before this time (see [`Sim::stall`]).
+    stalled_until: Duration,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -89,6 +91,8 @@ pub struct Sim {
     bytes_sent: u64,
     datagrams_sent: u64,
     datagrams_lost: u64,
+    /// Links that carry nothing (both ways), by node index, lower first.
+    cut: std::collections::HashSet<(usize, usize)>,
 }
 
 /// The address of simulated node `i`.
@@ -133,6 +137,7 @@ impl Sim {
             bytes_sent: 0,
             datagrams_sent: 0,
             datagrams_lost: 0,
+            cut: Default::default(),
         }
     }
 
@@ -167,6 +172,7 @@ impl Sim {
             epoch: 0,
             group: 0,
             cluster: cluster.to_string(),
+            stalled_until: Duration::ZERO,
         });
         self.boot(i, seeds.iter().map(|s| addr_of(*s)).collect());
         i
@@ -251,7 +257,11 @@ impl Sim {
                 seq,
                 message: message.clone(),
             };
-            let cluster = super::wire::cluster_id(&self.nodes[to].cluster);
+            let cluster = GossipConfig {
+                cluster: self.nodes[to].cluster.clone(),
+                ..self.config.gossip.clone()
+            }
+            .wire_cluster_id();
             let datagram =
                 super::wire::seal(&self.security, cluster, &packet.encode(), &mut self.rng);
             let at = self.now;
@@ -282,8 +292,22 @@ impl Sim {
         }
     }
 
+    /// Heals every partition and every cut link.
     pub fn heal(&mut self) {
         self.partition(|_| 0);
+        self.cut.clear();
+    }
+
+    /// Cuts the link between nodes `a` and `b`: nothing passes either way until [`Sim::heal`].
+    pub fn cut(&mut self, a: usize, b: usize) {
+        self.cut.insert((a.min(b), a.max(b)));
+    }
+
+    /// Stalls node `i` for `d` (a process swapped out, suspended, or stuck in a long pause): it neither
+    /// runs its rounds nor reads datagrams; what arrives meanwhile waits, as in a socket's buffer, and
+    /// is read when it runs again.
+    pub fn stall(&mut self, i: usize, d: Duration) {
+        self.nodes[i].stalled_until = self.now + d;
     }
 
     pub fn is_up(&self, i: usize) -> bool {
@@ -329,17 +353,20 @@ impl Sim {
     /// Whether every running node sees every other running node alive, and nothing else alive.
     pub fn converged(&self) -> bool {
         let up: Vec<usize> = self.up().collect();
-        up.iter().all(|&i| {
-            let g = self.gossiper(i).expect("up");
-            g.count(Liveness::Alive) == up.len()
-                && up
-                    .iter()
+        // The counts first (cheap, and wrong somewhere until the very end), then who exactly.
+        let counts = up
+            .iter()
+            .all(|&i| self.gossiper(i).expect("up").count(Liveness::Alive) == up.len());
+        counts
+            && up.iter().all(|&i| {
+                let g = self.gossiper(i).expect("up");
+                up.iter()
                     .all(|&j| g.liveness(self.id(j)) == Some(Liveness::Alive))
-        })
+            })
     }
 
     /// Runs until `deadline` or until `done` holds; true if `done` held. `done` is checked every
-    /// [`Sim::POLL`] of simulated time (it may be costly), so measure exact times from events instead.
+    /// [`Sim::poll`] of simulated time (it may be costly), so measure exact times from events instead.
     pub fn run_until(&mut self, deadline: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
         let mut next_check = self.now;
         while let Some(Reverse((at, _, _))) = self.queue.peek() {
@@ -353,15 +380,18 @@ impl Sim {
                 if done(self) {
                     return true;
                 }
-                next_check = self.now + Self::POLL;
+                next_check = self.now + self.poll();
             }
         }
         self.now = self.now.max(deadline);
         done(self)
     }
 
-    /// How often [`Sim::run_until`] checks its condition.
-    pub const POLL: Duration = Duration::from_millis(100);
+    /// How often [`Sim::run_until`] checks its condition: every 100 ms of simulated time, and less often
+    /// in large clusters (a check such as [`Sim::converged`] asks every node about every node).
+    pub fn poll(&self) -> Duration {
+        Duration::from_millis(100) * (self.nodes.len() as u32 / 100).max(1)
+    }
 
     /// Runs for `d` of simulated time.
     pub fn run_for(&mut self, d: Duration) {
@@ -375,6 +405,11 @@ impl Sim {
                 if self.nodes[node].epoch != epoch {
                     return;
                 }
+                let resume = self.nodes[node].stalled_until;
+                if self.now < resume {
+                    self.schedule(resume, Action::Tick { node, epoch });
+                    return;
+                }
                 let g = self.nodes[node].gossiper.as_mut().expect("epoch matches");
                 g.handle_tick(self.now, &mut self.rng);
                 let next = g.next_wakeup();
@@ -382,6 +417,11 @@ impl Sim {
                 self.flush(node);
             }
             Action::Deliver { to, from, datagram } => {
+                let resume = self.nodes[to].stalled_until;
+                if self.now < resume {
+                    self.schedule(resume, Action::Deliver { to, from, datagram });
+                    return;
+                }
                 if let Some(g) = self.nodes[to].gossiper.as_mut() {
                     g.handle_datagram(self.now, from, &datagram, &mut self.rng);
                     self.flush(to);
@@ -410,7 +450,10 @@ impl Sim {
             let Some(to) = index_of(t.to).filter(|to| *to < self.nodes.len()) else {
                 continue;
             };
-            if self.nodes[to].group != self.nodes[i].group || self.rng.gen_bool(self.config.loss) {
+            if self.nodes[to].group != self.nodes[i].group
+                || self.cut.contains(&(i.min(to), i.max(to)))
+                || self.rng.gen_bool(self.config.loss)
+            {
                 self.datagrams_lost += 1;
                 continue;
             }

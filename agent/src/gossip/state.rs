@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use super::phi::{PhiAccrualDetector, PhiConfig};
 use super::wire::{DigestEntry, KeyValue, NodeDelta, NodeId};
-use super::{Event, EventKind, GossipConfig, Liveness, ADDR_KEY, LEFT_HEARTBEAT, SERVICES_KEY};
+use super::{
+    Event, EventKind, GossipConfig, Liveness, ADDR_KEY, DEAD_HEARTBEAT, LEFT_HEARTBEAT,
+    SERVICES_KEY,
+};
 
 #[derive(Debug, Clone)]
 pub(super) struct Versioned {
@@ -35,6 +38,16 @@ pub(super) struct NodeState {
     /// The φ at which this node is convicted: the configured one, or its services' (see
     /// [`GossipConfig::service_thresholds`]).
     pub(super) threshold: f64,
+    /// While this node (which the local one monitors) is being probed: when the probe is tried again,
+    /// and when it fails.
+    pub(super) probe: Option<Probe>,
+}
+
+/// A probe under way.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Probe {
+    pub(super) retry_at: Option<Duration>,
+    pub(super) deadline: Duration,
 }
 
 impl NodeState {
@@ -51,10 +64,10 @@ impl NodeState {
             max_version: 0,
             kvs: HashMap::new(),
             addr: None,
-            liveness: if heartbeat == LEFT_HEARTBEAT {
-                Liveness::Left
-            } else {
-                Liveness::Alive
+            liveness: match heartbeat {
+                LEFT_HEARTBEAT => Liveness::Left,
+                DEAD_HEARTBEAT => Liveness::Dead,
+                _ => Liveness::Alive,
             },
             since: now,
             changed_at: now,
@@ -62,15 +75,17 @@ impl NodeState {
             suspect_at: now,
             dead_at: now,
             threshold: phi.threshold,
+            probe: None,
         };
         s.schedule_verdicts(phi);
         s
     }
 
     pub(super) fn schedule_verdicts(&mut self, phi: &PhiConfig) {
+        let phi = phi.for_threshold(self.threshold);
         let last = self.detector.last_arrival();
-        self.suspect_at = last + self.detector.silence_for(phi, self.threshold / 2.0);
-        self.dead_at = last + self.detector.silence_for(phi, self.threshold);
+        self.suspect_at = last + self.detector.silence_for(&phi, self.threshold / 2.0);
+        self.dead_at = last + self.detector.silence_for(&phi, self.threshold);
     }
 
     /// Re-derives the node's φ threshold from the services it announces (after its key/values changed).
@@ -165,6 +180,8 @@ pub(super) struct Notes {
     pub(super) next_scan: Duration,
     /// Recent changes (when, which node), oldest first: the rumours digests lead with.
     pub(super) rumours: VecDeque<(Duration, NodeId)>,
+    /// A verdict was just reached or heard: pass it on now rather than at the next round.
+    pub(super) urgent: bool,
 }
 
 impl Notes {
@@ -223,6 +240,19 @@ pub(super) fn mark_left(notes: &mut Notes, id: NodeId, s: &mut NodeState, now: D
     }
 }
 
+/// A monitor's verdict, its own or heard: the node is dead in this generation.
+pub(super) fn mark_dead(notes: &mut Notes, id: NodeId, s: &mut NodeState, now: Duration) {
+    s.heartbeat = s.heartbeat.max(DEAD_HEARTBEAT);
+    s.probe = None;
+    if matches!(s.liveness, Liveness::Alive | Liveness::Suspect) {
+        s.liveness = Liveness::Dead;
+        s.since = now;
+        notes.changed(id, s, now);
+        notes.push(EventKind::Dead, id, s, now);
+        notes.urgent = true;
+    }
+}
+
 /// Takes the heartbeat a digest entry carries, when it is a newer one of the same generation.
 pub(super) fn take_heartbeat(
     notes: &mut Notes,
@@ -248,6 +278,10 @@ pub(super) fn beat(
     s.heartbeat = heartbeat;
     if heartbeat == LEFT_HEARTBEAT {
         mark_left(notes, id, s, now);
+        return;
+    }
+    if heartbeat == DEAD_HEARTBEAT {
+        mark_dead(notes, id, s, now);
         return;
     }
     s.detector.heartbeat(phi, now);

@@ -148,6 +148,22 @@ pub enum Message {
         deltas: Vec<NodeDelta>,
     },
     Leave,
+    /// "I am alive", straight to one of the sender's monitors (detection by monitors).
+    Heartbeat,
+    /// A monitor's probe of a node it is about to convict (`target` is the receiver).
+    Ping {
+        target: NodeId,
+    },
+    /// "Probe `target` for me": a monitor asks another node, in case only the path between the
+    /// monitor and the target is broken.
+    PingReq {
+        target: NodeId,
+    },
+    /// `target` answered a probe (sent by the target itself, or relayed by the node that probed it for
+    /// the monitor).
+    PingAck {
+        target: NodeId,
+    },
 }
 
 /// A decoded payload: who sent it (which incarnation), its place in the sender's sequence, and what.
@@ -167,15 +183,15 @@ pub struct Packet {
 /// 34,000 years, and a peer can never push a generation so high that no node could refute it by raising
 /// its own.
 pub const MAX_GENERATION: u64 = 1 << 40;
-/// The largest heartbeat a datagram may carry, apart from `u64::MAX` (a graceful leave): 2^48 rounds last
-/// 890,000 years at ten rounds a second.
+/// The largest heartbeat a datagram may carry, apart from `u64::MAX` (a graceful leave) and
+/// `u64::MAX - 1` (convicted): 2^48 rounds last 890,000 years at ten rounds a second.
 pub const MAX_HEARTBEAT: u64 = 1 << 48;
 
 fn check_ranges(generation: u64, heartbeat: u64) -> Result<(), WireError> {
     if generation > MAX_GENERATION {
         return Err(WireError::Malformed("generation out of range"));
     }
-    if heartbeat > MAX_HEARTBEAT && heartbeat != u64::MAX {
+    if heartbeat > MAX_HEARTBEAT && heartbeat < u64::MAX - 1 {
         return Err(WireError::Malformed("heartbeat out of range"));
     }
     Ok(())
@@ -456,6 +472,10 @@ const KIND_SYN: u8 = 1;
 const KIND_ACK: u8 = 2;
 const KIND_ACK2: u8 = 3;
 const KIND_LEAVE: u8 = 4;
+const KIND_HEARTBEAT: u8 = 5;
+const KIND_PING: u8 = 6;
+const KIND_PING_REQ: u8 = 7;
+const KIND_PING_ACK: u8 = 8;
 
 impl Packet {
     /// The payload bytes of this packet (to be sealed).
@@ -485,6 +505,19 @@ impl Packet {
                 put_deltas(&mut out, deltas);
             }
             Message::Leave => out.push(KIND_LEAVE),
+            Message::Heartbeat => out.push(KIND_HEARTBEAT),
+            Message::Ping { target } => {
+                out.push(KIND_PING);
+                out.extend_from_slice(&target.0.to_le_bytes());
+            }
+            Message::PingReq { target } => {
+                out.push(KIND_PING_REQ);
+                out.extend_from_slice(&target.0.to_le_bytes());
+            }
+            Message::PingAck { target } => {
+                out.push(KIND_PING_ACK);
+                out.extend_from_slice(&target.0.to_le_bytes());
+            }
         }
         out
     }
@@ -510,6 +543,16 @@ impl Packet {
                 deltas: r.deltas()?,
             },
             KIND_LEAVE => Message::Leave,
+            KIND_HEARTBEAT => Message::Heartbeat,
+            KIND_PING => Message::Ping {
+                target: NodeId(r.u64()?),
+            },
+            KIND_PING_REQ => Message::PingReq {
+                target: NodeId(r.u64()?),
+            },
+            KIND_PING_ACK => Message::PingAck {
+                target: NodeId(r.u64()?),
+            },
             _ => return Err(WireError::Malformed("unknown message kind")),
         };
         if r.pos != bytes.len() {
@@ -673,7 +716,7 @@ mod tests {
     }
 
     fn arb_heartbeat() -> impl Strategy<Value = u64> {
-        prop_oneof![0..=MAX_HEARTBEAT, Just(u64::MAX)]
+        prop_oneof![0..=MAX_HEARTBEAT, Just(u64::MAX), Just(u64::MAX - 1)]
     }
 
     fn arb_entry() -> impl Strategy<Value = DigestEntry> {
@@ -753,6 +796,10 @@ mod tests {
                 }),
             prop::collection::vec(arb_delta(), 0..5).prop_map(|deltas| Message::Ack2 { deltas }),
             Just(Message::Leave),
+            Just(Message::Heartbeat),
+            any::<u64>().prop_map(|t| Message::Ping { target: NodeId(t) }),
+            any::<u64>().prop_map(|t| Message::PingReq { target: NodeId(t) }),
+            any::<u64>().prop_map(|t| Message::PingAck { target: NodeId(t) }),
         ]
     }
 
@@ -793,7 +840,8 @@ mod tests {
                     deltas,
                 } => varint_len(*known) + entries_len(entries) + deltas_len(deltas),
                 Message::Ack2 { deltas } => deltas_len(deltas),
-                Message::Leave => 0,
+                Message::Leave | Message::Heartbeat => 0,
+                Message::Ping { .. } | Message::PingReq { .. } | Message::PingAck { .. } => 8,
             }
     }
 
@@ -884,10 +932,20 @@ mod tests {
                 }],
             },
         };
-        for (g, h) in [(1, 5), (MAX_GENERATION, MAX_HEARTBEAT), (1, u64::MAX)] {
+        for (g, h) in [
+            (1, 5),
+            (MAX_GENERATION, MAX_HEARTBEAT),
+            (1, u64::MAX),
+            (1, u64::MAX - 1),
+        ] {
             assert!(Packet::decode(&packet(g, h).encode()).is_ok(), "{g} {h}");
         }
-        for (g, h) in [(MAX_GENERATION + 1, 5), (u64::MAX, 5), (1, u64::MAX - 1)] {
+        for (g, h) in [
+            (MAX_GENERATION + 1, 5),
+            (u64::MAX, 5),
+            (1, u64::MAX - 2),
+            (1, MAX_HEARTBEAT + 1),
+        ] {
             assert!(
                 matches!(
                     Packet::decode(&packet(g, h).encode()),

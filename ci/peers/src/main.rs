@@ -1,17 +1,19 @@
 //! `herd-peers`: N herd agents and N chitchat 0.13 nodes on loopback UDP, side by side, in one run.
 //!
 //! Each (implementation, N) runs in a process of its own (this binary again, `one IMPL N SECS [PHI]`), so
-//! CPU time is that implementation's alone. Both gossip every 200 ms, every node seeded with the first,
-//! with a window of 100 intervals and a 400 ms prior. herd runs as deployed (threshold 8 on Cassandra's
-//! φ = Δt / (mean · ln 10); datagrams sealed with XChaCha20-Poly1305; monitoring off so that both carry only
-//! membership); chitchat has no encryption.
+//! CPU time is that implementation's alone. Both gossip every 200 ms, every node seeded with the first.
+//! herd runs as deployed (detection by monitors: direct heartbeats to 5 monitors, threshold 8 on the
+//! normal model with a 2.5 s pause, then a probe; datagrams sealed with XChaCha20-Poly1305; monitoring
+//! off so that both carry only membership); chitchat (window of 100 intervals, 400 ms prior) has no
+//! encryption.
 //!
 //! The failure-detection budget is matched as a timeout, not as a raw threshold: the silence after which
 //! a node is declared dead (herd's `Member::detection_timeout`, chitchat's `failure_detection_timeout`),
-//! averaged over every observer of the node that is then killed. chitchat 0.13 computes φ = Δt / mean, and
-//! its heartbeats reach a peer at another rhythm than herd's, so its threshold is calibrated: a first
-//! chitchat run at 8 · ln 10 (the same number of mean intervals as herd) measures its timeout, and the
-//! measured run uses the threshold that gives herd's timeout in seconds.
+//! averaged over every observer of the node that is then killed (for herd, its monitors' silence before a
+//! probe plus the probe). chitchat 0.13 computes φ = Δt / mean over heartbeats that come through gossip,
+//! so its threshold is calibrated: a first chitchat run at 8 · ln 10 measures its timeout, and the
+//! measured run uses the threshold that gives herd's timeout in seconds (chitchat's φ is linear in the
+//! silence).
 //!
 //! Figures per run: time until every node sees every node alive (from the moment all were started); time
 //! until every survivor declares a killed node dead; bytes sent per node per second and CPU per node in
@@ -107,8 +109,6 @@ mod herd_side {
                     key = "{key}"
                     [failure_detector]
                     phi_threshold = {HERD_THRESHOLD}
-                    window = 100
-                    bootstrap_interval = "400ms"
                     [discovery]
                     mdns = false
                     [api]
@@ -481,8 +481,8 @@ fn main() -> anyhow::Result<()> {
     let mut calibration = Vec::new();
     for &n in sizes {
         let h = run_child("herd", n, steady, HERD_THRESHOLD)?;
-        // Calibration: chitchat at the same number of mean intervals as herd; then the threshold that
-        // gives herd's timeout in seconds (φ is linear in the silence in both models).
+        // Calibration: chitchat at 8 · ln 10 mean intervals; then the threshold that gives herd's timeout
+        // in seconds (chitchat's φ is linear in the silence).
         let start = HERD_THRESHOLD * std::f64::consts::LN_10;
         let c0 = run_child("chitchat", n, steady, start)?;
         let threshold = start * h.timeout_s / c0.timeout_s;
@@ -494,7 +494,7 @@ fn main() -> anyhow::Result<()> {
         rows.push((n, h, c));
     }
     println!("Detection timeouts (mean silence before a verdict, over the victim's observers):\n");
-    println!("| nodes | herd (φ 8, Cassandra's model) | chitchat calibration: φ threshold → timeout | chitchat measured: φ threshold → timeout |");
+    println!("| nodes | herd (φ 8, monitors: normal model, 2.5 s pause, then a probe) | chitchat calibration: φ threshold → timeout | chitchat measured: φ threshold → timeout |");
     println!("|---|---|---|---|");
     for line in &calibration {
         println!("{line}");

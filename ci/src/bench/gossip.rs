@@ -1,17 +1,20 @@
 //! The gossip benchmark: the membership protocol at 10, 100 and 1000 simulated nodes (seeded, 5% loss,
-//! encrypted datagrams, default settings), measured the way the acceptance tests assert it.
+//! encrypted datagrams, default settings), measured the way the acceptance tests assert it, for both
+//! detections side by side: by monitors (the default) and by gossip (the protocol before it), in the same
+//! run, from the same seeds.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use herd::gossip::sim::{delays, quantile, Sim, SimConfig};
-use herd::gossip::{EventKind, Liveness};
+use herd::gossip::{Detection, EventKind, GossipConfig, Liveness};
 
 use super::secs;
 
 /// What one cluster size measured.
 #[derive(Debug)]
 pub struct GossipFigures {
+    pub detection: &'static str,
     pub nodes: usize,
     pub join_p50: Duration,
     pub join_p99: Duration,
@@ -49,9 +52,14 @@ impl Plan {
 }
 
 /// Simulates `n` nodes: bootstrap, a steady stretch, joins, then crashes.
-pub fn measure(n: usize, plan: Plan, seed: u64) -> Result<GossipFigures> {
+pub fn measure(n: usize, plan: Plan, seed: u64, gossip: GossipConfig) -> Result<GossipFigures> {
     let wall = Instant::now();
+    let detection = match gossip.detection {
+        Detection::Monitors(_) => "monitors",
+        Detection::Gossip => "gossip",
+    };
     let mut config = SimConfig::new(seed);
+    config.gossip = gossip;
     config.loss = 0.05;
     config.encrypt = true;
     let mut sim = Sim::new(config);
@@ -127,6 +135,7 @@ pub fn measure(n: usize, plan: Plan, seed: u64) -> Result<GossipFigures> {
     }
     let node_hours = n as f64 * (sim.now() - steady_start).as_secs_f64() / 3600.0;
     Ok(GossipFigures {
+        detection,
         nodes: n,
         join_p50: quantile(&mut join, 0.5),
         join_p99: quantile(&mut join, 0.99),
@@ -154,37 +163,138 @@ fn count_false_dead(sim: &Sim, events: &[herd::gossip::sim::Observed]) -> usize 
         .count()
 }
 
-/// Runs the benchmark and prints its table.
-pub fn run(quick: bool) -> Result<()> {
+/// The targets of detection by monitors (bytes per node per second, crash → dead by all p99, join p99).
+const TARGETS: &[(usize, f64, f64, f64)] = &[(100, 4000.0, 5.0, 2.0), (1000, 6000.0, 8.0, 5.0)];
+
+/// Runs the benchmark and prints its tables; the full run fails when a target is missed.
+pub fn run(quick: bool, nodes: Option<&[usize]>, only: Option<&str>) -> Result<()> {
     let plan = if quick { Plan::quick() } else { Plan::full() };
     println!("## Gossip simulation\n");
     println!(
         "Seeded simulation, 5% packet loss, 1–3 ms latency, encrypted datagrams, default settings \
-         (200 ms gossip interval, φ threshold 8). {} join and {} crash trials per size, {} of steady state.\n",
+         (200 ms gossip interval, φ threshold 8). Detection by monitors (the default: heartbeats straight \
+         to 5 monitors, probes, verdicts as rumours) and by gossip (before: heartbeats in every digest), \
+         same seeds. {} join and {} crash trials per size, {} of steady state.\n",
         plan.trials,
         plan.trials,
         secs(plan.steady)
     );
-    println!("| nodes | join p50 | join p99 | crash → dead p50 | crash → dead p99 | false dead / node-hour | bytes / node / s | largest datagram | simulated | wall | speed |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| nodes | detection | join p50 | join p99 | crash → dead p50 | crash → dead p99 | false dead / node-hour | bytes / node / s | largest datagram | simulated | wall | speed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     // Quick keeps `cargo xtask ci` short: 10 and 50 nodes (the full run: 10, 100 and 1000).
-    let sizes: &[usize] = if quick { &[10, 50] } else { &[10, 100, 1000] };
+    let sizes: &[usize] = match nodes {
+        Some(n) => n,
+        None if quick => &[10, 50],
+        None => &[10, 100, 1000],
+    };
+    let mut all = Vec::new();
     for &n in sizes {
-        let f = measure(n, plan, 42)?;
-        println!(
-            "| {} | {} | {} | {} | {} | {:.4} | {:.0} | {} B | {} | {} | {:.0}× real time |",
-            f.nodes,
-            secs(f.join_p50),
-            secs(f.join_p99),
-            secs(f.crash_p50),
-            secs(f.crash_p99),
-            f.false_dead_per_node_hour,
-            f.bytes_per_node_per_sec,
-            f.largest_datagram,
-            secs(f.simulated),
-            secs(f.wall),
-            f.simulated.as_secs_f64() / f.wall.as_secs_f64()
-        );
+        for config in [GossipConfig::new("sim"), GossipConfig::gossip_only("sim")] {
+            let name = match config.detection {
+                Detection::Monitors(_) => "monitors",
+                Detection::Gossip => "gossip",
+            };
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            let f = measure(n, plan, 42, config)?;
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {:.4} | {:.0} | {} B | {} | {} | {:.0}× real time |",
+                f.nodes,
+                f.detection,
+                secs(f.join_p50),
+                secs(f.join_p99),
+                secs(f.crash_p50),
+                secs(f.crash_p99),
+                f.false_dead_per_node_hour,
+                f.bytes_per_node_per_sec,
+                f.largest_datagram,
+                secs(f.simulated),
+                secs(f.wall),
+                f.simulated.as_secs_f64() / f.wall.as_secs_f64()
+            );
+            all.push(f);
+        }
+    }
+    println!("\nMonitors against gossip, and the targets (ratios below 1 favour monitors):\n");
+    println!("| nodes | figure | gossip | monitors | monitors / gossip | target | met |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut missed = Vec::new();
+    for &n in sizes {
+        let find = |d: &str| all.iter().find(|f| f.nodes == n && f.detection == d);
+        let (Some(m), Some(g)) = (find("monitors"), find("gossip")) else {
+            continue;
+        };
+        let target = TARGETS.iter().find(|t| t.0 == m.nodes);
+        let rows: [(&str, f64, f64, Option<f64>, &str); 4] = [
+            (
+                "bytes / node / s",
+                g.bytes_per_node_per_sec,
+                m.bytes_per_node_per_sec,
+                target.map(|t| t.1),
+                "B",
+            ),
+            (
+                "crash → dead by all p99",
+                g.crash_p99.as_secs_f64(),
+                m.crash_p99.as_secs_f64(),
+                target.map(|t| t.2),
+                "s",
+            ),
+            (
+                "join p99",
+                g.join_p99.as_secs_f64(),
+                m.join_p99.as_secs_f64(),
+                target.map(|t| t.3),
+                "s",
+            ),
+            (
+                "false dead / node-hour",
+                g.false_dead_per_node_hour,
+                m.false_dead_per_node_hour,
+                target.map(|_| 0.0),
+                "",
+            ),
+        ];
+        for (figure, gv, mv, t, unit) in rows {
+            let fmt = |v: f64| {
+                if unit == "s" {
+                    format!("{v:.2} s")
+                } else if unit == "B" {
+                    format!("{v:.0} B")
+                } else {
+                    format!("{v:.4}")
+                }
+            };
+            let ratio = if gv > 0.0 {
+                format!("{:.2}×", mv / gv)
+            } else {
+                "-".into()
+            };
+            let met = match t {
+                Some(t) if mv <= t => "yes",
+                Some(_) => {
+                    missed.push(format!(
+                        "{} nodes: {figure} {} (target {})",
+                        m.nodes,
+                        fmt(mv),
+                        fmt(t.unwrap_or(0.0))
+                    ));
+                    "**no**"
+                }
+                None => "",
+            };
+            println!(
+                "| {} | {figure} | {} | {} | {ratio} | {} | {met} |",
+                m.nodes,
+                fmt(gv),
+                fmt(mv),
+                t.map(|t| format!("≤ {}", fmt(t))).unwrap_or_default()
+            );
+        }
+    }
+    if !quick && !missed.is_empty() {
+        anyhow::bail!("targets missed: {}", missed.join("; "));
     }
     Ok(())
 }
