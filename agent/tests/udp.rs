@@ -126,7 +126,8 @@ async fn ten_agents_converge_detect_a_crash_and_a_leave_and_keep_out_a_wrong_key
         seen.push((e.kind, e.node));
     }
     assert!(seen.contains(&(EventKind::Left, leaver_id)), "{seen:?}");
-    assert!(seen.contains(&(EventKind::Suspect, killed_id)), "{seen:?}");
+    // No Suspect is asserted: suspicion is a monitor's own, and this agent is one of the killed node's 5
+    // monitors (of its 9 peers) only by chance; every agent sees the verdict.
     assert!(seen.contains(&(EventKind::Dead, killed_id)), "{seen:?}");
     assert!(!seen.contains(&(EventKind::Dead, leaver_id)), "{seen:?}");
 
