@@ -463,11 +463,22 @@ fn replays_are_dropped_and_a_spoofed_source_never_gets_more_than_it_sent() {
 
 /// An Ack2 from a key holder carrying the whole state of an invented member named `name`.
 fn ack2_with_member(to: NodeId, id: u64, name: &str, seq: u64) -> Vec<u8> {
+    ack2_with_reports(to, id, name, None, seq)
+}
+
+/// The same, its state also holding φ reports (`_phi`) of other nodes.
+fn ack2_with_reports(to: NodeId, id: u64, name: &str, phi: Option<&str>, seq: u64) -> Vec<u8> {
     let kv = |key: &str, version, value: &str| KeyValue {
         key: key.into(),
         version,
         value: Some(value.into()),
     };
+    let mut kvs = vec![
+        kv("_addr", 1, "127.0.70.9:7946"),
+        kv("name", 2, name),
+        kv("services", 3, r#"["web"]"#),
+    ];
+    kvs.extend(phi.map(|v| kv("_phi", 4, v)));
     forge(&Packet {
         sender: NodeId(0x6161_6161_6161_6161),
         to,
@@ -479,18 +490,14 @@ fn ack2_with_member(to: NodeId, id: u64, name: &str, seq: u64) -> Vec<u8> {
                 generation: 1,
                 heartbeat: 1,
                 from_version: 0,
-                kvs: vec![
-                    kv("_addr", 1, "127.0.70.9:7946"),
-                    kv("name", 2, name),
-                    kv("services", 3, r#"["web"]"#),
-                ],
+                kvs,
             }],
         },
     })
 }
 
 #[test]
-fn peers_state_with_control_characters_or_ansible_syntax_is_refused_whole() {
+fn peers_state_with_control_characters_ansible_syntax_or_bad_phi_reports_is_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
     let a = start("127.0.70.1", None, "", dir.path());
     let (a_id, _, _) = member(&a, "127.0.70.1").unwrap();
@@ -511,9 +518,25 @@ fn peers_state_with_control_characters_or_ansible_syntax_is_refused_whole() {
             )
             .unwrap();
     }
-    // The control: the same state with a good name is taken, so the test can tell.
+    // φ reports that `herd` would never write: zero, out of range, not an id, too many.
+    let many = vec!["00000000000000ab=3"; 33].join(" ");
+    let bad_reports = [
+        "00000000000000ab=0",
+        "00000000000000ab=256",
+        "ab=3",
+        "00000000000000ab=3\n",
+        many.as_str(),
+    ];
+    for (i, phi) in bad_reports.iter().enumerate() {
+        let packet = ack2_with_reports(a_id, 300 + i as u64, "bad-phi", Some(phi), 20 + i as u64);
+        socket.send_to(&packet, a.gossip).unwrap();
+    }
+    // The control: the same state with a good name (and good reports) is taken, so the test can tell.
     socket
-        .send_to(&ack2_with_member(a_id, 200, "good-name", 50), a.gossip)
+        .send_to(
+            &ack2_with_reports(a_id, 200, "good-name", Some("00000000000000ab=3"), 50),
+            a.gossip,
+        )
         .unwrap();
     wait(Duration::from_secs(5), "the good member is listed", || {
         nodes(&a).iter().any(|n| n["name"] == "good-name")
@@ -522,7 +545,7 @@ fn peers_state_with_control_characters_or_ansible_syntax_is_refused_whole() {
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert_eq!(
         metric(&a, "herd_gossip_rejected_packets_total{reason=\"invalid\"}"),
-        bad.len() as f64
+        (bad.len() + bad_reports.len()) as f64
     );
     // The operator's terminal and Prometheus see nothing of them.
     let members = Command::new(env!("CARGO_BIN_EXE_herd"))

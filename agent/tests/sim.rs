@@ -652,6 +652,7 @@ fn a_crash_among_1000_nodes_is_seen_dead_by_all_within_8s() {
     let seed = 35;
     let started = std::time::Instant::now();
     let mut sim = cluster(seed, 1000);
+    let formed = (sim.now(), started.elapsed());
     let mut worst = Vec::new();
     for trial in 0..3 {
         let victim = trial * 333 + 7;
@@ -667,8 +668,90 @@ fn a_crash_among_1000_nodes_is_seen_dead_by_all_within_8s() {
     }
     let p99 = quantile(&mut worst, 0.99);
     let speed = sim.now().as_secs_f64() / started.elapsed().as_secs_f64();
+    let formed_speed = formed.0.as_secs_f64() / formed.1.as_secs_f64();
+    let steady_speed =
+        (sim.now() - formed.0).as_secs_f64() / (started.elapsed() - formed.1).as_secs_f64();
     println!(
-        "1000 nodes: crash dead by all in {p99:?} at worst; simulated at {speed:.1}× real time"
+        "1000 nodes: crash dead by all in {p99:?} at worst; simulated at {speed:.1}× real time \
+         (forming the cluster {formed_speed:.1}×, then {steady_speed:.1}×)"
     );
     assert!(p99 <= secs(8), "seed {seed}: {p99:?}");
+}
+
+#[test]
+fn every_node_shows_the_monitors_phi_of_a_failing_node() {
+    let seed = 36;
+    let mut sim = cluster(seed, N);
+    let phi_of = |sim: &Sim, o: usize, i: usize| {
+        let g = sim.gossiper(o).unwrap();
+        g.member(sim.id(i), sim.now()).unwrap().phi
+    };
+    // A quiet cluster: no one shows φ of 1 or more for anyone (and no monitor publishes anything).
+    for _ in 0..20 {
+        sim.run_for(Duration::from_millis(500));
+        for o in 0..N {
+            for i in (0..N).filter(|i| *i != o) {
+                let phi = phi_of(&sim, o, i);
+                assert!(phi < 1.0, "seed {seed}: node {o} shows φ {phi} for {i}");
+            }
+        }
+    }
+    for trial in 0..3 {
+        let victim = trial * 11 + 4;
+        let monitors = watchers(&sim, victim);
+        let others: Vec<usize> = sim
+            .up()
+            .filter(|o| *o != victim && !monitors.contains(o))
+            .collect();
+        sim.crash(victim);
+        // Until the verdict reaches it, each other node shows the φ the monitors report.
+        let mut shown = vec![0.0f64; N];
+        let mut highest_monitor = 0.0f64;
+        for _ in 0..100 {
+            sim.run_for(Duration::from_millis(100));
+            let dead_for = |o: usize| {
+                sim.gossiper(o).unwrap().liveness(sim.id(victim)) == Some(Liveness::Dead)
+            };
+            for &m in &monitors {
+                if !dead_for(m) {
+                    highest_monitor = highest_monitor.max(phi_of(&sim, m, victim));
+                }
+            }
+            for &o in &others {
+                if !dead_for(o) {
+                    let phi = phi_of(&sim, o, victim);
+                    assert_eq!(phi, phi.floor(), "a report is a whole number");
+                    assert!(
+                        phi <= highest_monitor.floor(),
+                        "seed {seed}: node {o} shows {phi}, above every monitor ({highest_monitor})"
+                    );
+                    shown[o] = shown[o].max(phi);
+                }
+            }
+            if others.iter().all(|o| dead_for(*o)) {
+                break;
+            }
+        }
+        let saw: Vec<f64> = others.iter().map(|o| shown[*o]).collect();
+        // The verdict races the reports (φ climbs steeply once the silence passes the acceptable pause):
+        // most nodes, not all, see the suspicion before the verdict.
+        let rising = saw.iter().filter(|phi| **phi >= 1.0).count();
+        println!(
+            "trial {trial}: {rising} of {} nodes not watching the victim showed its φ before the verdict",
+            others.len()
+        );
+        assert!(
+            rising * 4 >= others.len() * 3,
+            "seed {seed}: only {rising} of {} other nodes saw φ reach 1 before the verdict: {saw:?}",
+            others.len()
+        );
+        sim.restart(victim);
+        sim.run_for(secs(30));
+        sim.take_events();
+        // Once the node is back and the reports withdrawn, φ shown is back below 1 everywhere.
+        for o in sim.up().filter(|o| *o != victim) {
+            let phi = phi_of(&sim, o, victim);
+            assert!(phi < 1.0, "seed {seed}: node {o} still shows φ {phi}");
+        }
+    }
 }

@@ -26,6 +26,9 @@
 //! [`Detection::Gossip`] is the protocol before monitors, kept for comparison: heartbeats grow every
 //! round and ride on digest entries to two peers a round, and every node keeps φ for every other.
 //!
+//! φ shown for a member is its monitors' φ: a monitor publishes, in its own state (key `_phi`), its φ of
+//! each watched node past 1, and nothing while all is well.
+//!
 //! A graceful leave sets the status to [`LEFT_HEARTBEAT`], a conviction to [`DEAD_HEARTBEAT`]: being the
 //! largest possible heartbeats, they win everywhere they meet an older one of the same generation.
 
@@ -36,12 +39,13 @@ pub mod sim;
 mod state;
 pub mod wire;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::{Rng, RngCore};
 
+pub use self::monitor::PHI_KEY;
 use self::phi::PhiConfig;
 use self::state::{
     apply_kvs, beat, is_buried, mark_dead, mark_left, take_heartbeat, NodeState, Notes, Probe,
@@ -69,6 +73,10 @@ const SYN_DIGEST_BYTES: usize = 1300;
 
 /// The most rumours a round considers (more would not fit in a digest's third kept for them).
 const MAX_HOT: usize = 64;
+
+/// The least room an Ack gives one node's delta when it shares its room among many: a header and a
+/// key/value or two.
+const MIN_DELTA_SHARE: usize = 96;
 
 /// The reserved key holding a node's gossip address.
 pub const ADDR_KEY: &str = "_addr";
@@ -319,6 +327,8 @@ pub struct Gossiper {
     round: u64,
     /// When a verdict on a watched node can next fall due.
     watch_due: Duration,
+    /// Members whose state holds φ reports (`_phi`) of the nodes they watch.
+    reporters: BTreeSet<NodeId>,
 }
 
 impl std::fmt::Debug for Gossiper {
@@ -381,6 +391,7 @@ impl Gossiper {
             ring: monitor::Ring::default(),
             round: 0,
             watch_due: now,
+            reporters: BTreeSet::new(),
         }
     }
 
@@ -516,6 +527,9 @@ impl Gossiper {
         } else if monitor.is_some() && now >= self.watch_due {
             self.judge_watched(now);
         }
+        if monitor.is_some() {
+            self.publish_reports(now);
+        }
         let hot = self.hot(now);
         self.notes.urgent = false;
 
@@ -532,11 +546,17 @@ impl Gossiper {
                 for target in std::mem::take(&mut self.ring.to_probe) {
                     self.probe(target, m.indirect_probes, rng);
                 }
-                let census = self.round.is_multiple_of(u64::from(m.census_every.max(1)));
-                match (census, hot.is_empty()) {
-                    (true, _) => (1, true),
-                    (false, false) => (2, false),
-                    (false, true) => (0, false),
+                // While the last digest heard came from a node that knows another number of members
+                // (a cluster starting, nodes joining), every round carries a census to two peers: the
+                // counts agree again within a few rounds, and the quiet rhythm resumes.
+                let unsettled = self.peer_known != self.nodes.len() as u64;
+                let census =
+                    unsettled || self.round.is_multiple_of(u64::from(m.census_every.max(1)));
+                match (census, unsettled, hot.is_empty()) {
+                    (true, true, _) => (2, true),
+                    (true, false, _) => (1, true),
+                    (false, _, false) => (2, false),
+                    (false, _, true) => (0, false),
                 }
             }
         };
@@ -751,6 +771,7 @@ impl Gossiper {
                 },
             );
             self.notes.push(EventKind::Reaped, id, &s, now);
+            self.reporters.remove(&id);
         }
         self.tombstones.retain(|_, t| t.until > now);
         if let Some(m) = monitor {
@@ -1080,8 +1101,12 @@ impl Gossiper {
             entries.push(e);
         }
         let mut deltas = Vec::new();
-        for (id, entry) in wanted {
-            if let Some(d) = self.delta_for(id, entry, budget) {
+        // The room is shared: a node that lacks many members (it just started) learns of each, with the
+        // first part of its state (the rest follows on the next exchanges), rather than of a few in full.
+        let count = wanted.len();
+        for (i, (id, entry)) in wanted.into_iter().enumerate() {
+            let share = (budget / (count - i)).max(MIN_DELTA_SHARE).min(budget);
+            if let Some(d) = self.delta_for(id, entry, share) {
                 budget -= d.encoded_len();
                 deltas.push(d);
             }
@@ -1156,11 +1181,11 @@ impl Gossiper {
         // A node's state is taken whole or not at all: one bad field and the delta is refused.
         let check = self.config.check_value;
         if d.kvs.iter().any(|kv| {
-            (kv.key != ADDR_KEY && validate_key(&kv.key).is_err())
-                || kv
-                    .value
-                    .as_deref()
-                    .is_some_and(|v| check(&kv.key, v).is_err())
+            (kv.key != ADDR_KEY && kv.key != PHI_KEY && validate_key(&kv.key).is_err())
+                || kv.value.as_deref().is_some_and(|v| {
+                    check(&kv.key, v).is_err()
+                        || (kv.key == PHI_KEY && monitor::parse_reports(v).is_err())
+                })
         }) {
             self.stats.rejected_invalid += 1;
             return;
@@ -1195,6 +1220,7 @@ impl Gossiper {
                 self.notes.next_scan = self.notes.next_scan.min(s.suspect_at);
                 self.notes.changed(d.node, s, now);
                 self.notes.push(kind, d.node, s, now);
+                self.note_reporter(d.node);
                 return;
             }
             Some(s) if d.generation > s.generation => {
@@ -1212,20 +1238,97 @@ impl Gossiper {
                 };
                 self.notes.changed(d.node, s, now);
                 self.notes.push(kind, d.node, s, now);
+                self.note_reporter(d.node);
                 return;
             }
             Some(s) if d.generation < s.generation => return,
             Some(s) => s,
         };
+        let mut reports_changed = false;
         if d.from_version <= s.max_version && apply_kvs(s, &d.kvs) {
             s.rethreshold(&self.config);
             self.notes.next_scan = self.notes.next_scan.min(s.suspect_at);
             self.notes.changed(d.node, s, now);
             self.notes.push(EventKind::Updated, d.node, s, now);
+            reports_changed = d.kvs.iter().any(|kv| kv.key == PHI_KEY);
         }
         if d.heartbeat > s.heartbeat {
             beat(&mut self.notes, phi, d.node, s, d.heartbeat, now);
         }
+        if reports_changed {
+            self.note_reporter(d.node);
+        }
+    }
+
+    /// Keeps `reporters` in step with `id`'s `_phi` key.
+    fn note_reporter(&mut self, id: NodeId) {
+        let reports = self
+            .nodes
+            .get(&id)
+            .and_then(|s| s.kvs.get(PHI_KEY))
+            .is_some_and(|v| v.value.is_some());
+        if reports {
+            self.reporters.insert(id);
+        } else {
+            self.reporters.remove(&id);
+        }
+    }
+
+    /// Publishes this node's φ of the watched nodes past 1 (whole numbers, up to the threshold), when that
+    /// changed; the change
+    /// is a rumour, so every node soon shows what the monitors see.
+    fn publish_reports(&mut self, now: Duration) {
+        let phi = &self.config.phi;
+        let mut reports = Vec::new();
+        for id in self.ring.watching() {
+            let Some(s) = self.nodes.get(id) else {
+                continue;
+            };
+            if matches!(s.liveness, Liveness::Alive | Liveness::Suspect) {
+                let level = s.detector.phi(&phi.for_threshold(s.threshold), now);
+                if level >= 1.0 {
+                    // Past the threshold the node is being probed and φ climbs fast: "at the threshold"
+                    // says enough, and bounds a suspicion's updates to one per whole step below it.
+                    let top = s.threshold.ceil().clamp(1.0, 255.0);
+                    // In range by the clamp: the cast cannot wrap.
+                    reports.push((*id, level.clamp(1.0, top) as u8));
+                }
+            }
+        }
+        reports.truncate(monitor::MAX_REPORTS);
+        let value = monitor::encode_reports(&reports);
+        if self.me().kvs.get(PHI_KEY).and_then(|v| v.value.as_ref()) == value.as_ref() {
+            return;
+        }
+        self.put(PHI_KEY, value);
+        let id = self.id;
+        let me = self
+            .nodes
+            .get_mut(&id)
+            .expect("the local node is always known");
+        self.notes.changed(id, me, now);
+    }
+
+    /// The highest φ that `id`'s live monitors report of it (0 when none does).
+    fn reported_phi(&self, id: NodeId) -> f64 {
+        let mut highest = 0u8;
+        for r in &self.reporters {
+            let Some(s) = self.nodes.get(r) else {
+                continue;
+            };
+            if *r == id || !matches!(s.liveness, Liveness::Alive | Liveness::Suspect) {
+                continue;
+            }
+            let Some(value) = s.kvs.get(PHI_KEY).and_then(|v| v.value.as_deref()) else {
+                continue;
+            };
+            for (target, phi) in monitor::parse_reports(value).unwrap_or_default() {
+                if target == id {
+                    highest = highest.max(phi);
+                }
+            }
+        }
+        f64::from(highest)
     }
 
     /// A digest of at most one datagram: this node, the freshest rumours, then a random arc of the ring.
@@ -1271,7 +1374,7 @@ impl Gossiper {
         }
         // Rumours take at most a third of the digest so the census still moves on.
         let mut rumour_budget = budget / 3;
-        for id in hot {
+        for id in hot.iter().filter(|id| **id != self.id) {
             let e = self.nodes[id].entry(*id);
             if !fits(&e, &mut rumour_budget) {
                 break;
@@ -1371,13 +1474,12 @@ impl Gossiper {
             heartbeat: s.heartbeat,
             addr: s.addr,
             liveness: s.liveness,
-            // φ is a monitor's: this node's own if it watches the member, else none (the member's
-            // monitors' verdict reaches here as a rumour).
-            phi: if is_self
-                || s.liveness == Liveness::Left
-                || (self.config.monitor().is_some() && !self.ring.watches(id))
-            {
+            // φ is a monitor's: this node's own if it watches the member, else the highest its
+            // monitors report (whole numbers, 0 while all is well).
+            phi: if is_self || s.liveness == Liveness::Left {
                 0.0
+            } else if self.config.monitor().is_some() && !self.ring.watches(id) {
+                self.reported_phi(id)
             } else {
                 s.detector
                     .phi(&self.config.phi.for_threshold(s.threshold), now)

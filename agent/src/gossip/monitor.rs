@@ -14,6 +14,49 @@ use super::wire::NodeId;
 /// Probes run for other monitors at once, at most: a flood of requests cannot grow this node's memory.
 const MAX_RELAYS: usize = 64;
 
+/// The reserved key in which a monitor publishes its φ of the watched nodes it finds suspicious (φ ≥ 1),
+/// so every node can show a member's φ as its monitors see it. Empty (absent) while all is well: a quiet
+/// cluster pays nothing for it.
+pub const PHI_KEY: &str = "_phi";
+
+/// The most reports one `_phi` value may hold (a node watches at most 32 others).
+pub(super) const MAX_REPORTS: usize = 32;
+
+/// A monitor's reports as its `_phi` value: `<id>=<φ>` pairs (16 hex digits, φ rounded down to a whole
+/// number, 1 to 255), space-separated; `None` when there is nothing to report.
+pub(super) fn encode_reports(reports: &[(NodeId, u8)]) -> Option<String> {
+    if reports.is_empty() {
+        return None;
+    }
+    let pairs: Vec<String> = reports
+        .iter()
+        .map(|(id, phi)| format!("{id}={phi}"))
+        .collect();
+    Some(pairs.join(" "))
+}
+
+/// Reads a `_phi` value received from a peer; refuses anything `encode_reports` would not write.
+pub(super) fn parse_reports(value: &str) -> Result<Vec<(NodeId, u8)>, String> {
+    let mut out = Vec::new();
+    for pair in value.split(' ') {
+        let bad = || format!("{PHI_KEY}: {pair:?} is not <16 hex digits>=<1 to 255>");
+        let (id, phi) = pair.split_once('=').ok_or_else(bad)?;
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let id = NodeId(u64::from_str_radix(id, 16).map_err(|_| bad())?);
+        let phi: u8 = phi.parse().map_err(|_| bad())?;
+        if phi == 0 || phi.to_string().len() != pair.len() - 17 {
+            return Err(bad());
+        }
+        out.push((id, phi));
+        if out.len() > MAX_REPORTS {
+            return Err(format!("{PHI_KEY}: more than {MAX_REPORTS} reports"));
+        }
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Default)]
 pub(super) struct Ring {
     /// Where this node's heartbeats go: the K live nodes after it.
@@ -147,6 +190,37 @@ mod tests {
             }
         }
         assert!(watched_by.values().all(|n| *n == 5), "{watched_by:?}");
+    }
+
+    #[test]
+    fn reports_read_back_and_refuse_what_was_not_written() {
+        let reports = vec![(NodeId(0xab), 3), (NodeId(u64::MAX), 255)];
+        let v = encode_reports(&reports).unwrap();
+        assert_eq!(v, "00000000000000ab=3 ffffffffffffffff=255");
+        assert_eq!(parse_reports(&v).unwrap(), reports);
+        assert_eq!(encode_reports(&[]), None);
+        let many = vec![(NodeId(1), 1); MAX_REPORTS];
+        assert!(parse_reports(&encode_reports(&many).unwrap()).is_ok());
+        for bad in [
+            "",
+            " ",
+            "00000000000000ab=0",
+            "00000000000000ab=256",
+            "00000000000000ab=+3",
+            "00000000000000ab=03",
+            "00000000000000ab=-1",
+            "00000000000000ab",
+            "ab=3",
+            "00000000000000ag=3",
+            "00000000000000ab=3  00000000000000ac=3",
+            "00000000000000ab=3 ",
+            "+0000000000000ab=3",
+        ] {
+            assert!(parse_reports(bad).is_err(), "{bad:?} accepted");
+        }
+        let too_many = vec![(NodeId(1), 1); MAX_REPORTS + 1];
+        let err = parse_reports(&encode_reports(&too_many).unwrap()).unwrap_err();
+        assert!(err.contains("more than 32"), "{err}");
     }
 
     #[test]
