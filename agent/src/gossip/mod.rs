@@ -74,6 +74,9 @@ const SYN_DIGEST_BYTES: usize = 1300;
 /// The most rumours a round considers (more would not fit in a digest's third kept for them).
 const MAX_HOT: usize = 64;
 
+/// Rounds a newcomer may wait before the peer lists (and the monitors' ring) include it.
+const JOINS_WAIT_ROUNDS: u32 = 5;
+
 /// The least room an Ack gives one node's delta when it shares its room among many: a header and a
 /// key/value or two.
 const MIN_DELTA_SHARE: usize = 96;
@@ -313,6 +316,9 @@ pub struct Gossiper {
     live: Vec<NodeId>,
     dead: Vec<NodeId>,
     lists_epoch: u64,
+    /// `notes.liveness_epoch` as of the last walk, and when that was.
+    lists_liveness_epoch: u64,
+    last_scan: Duration,
     /// The member count the last digest's sender knew of.
     peer_known: u64,
     next_tick: Duration,
@@ -329,6 +335,8 @@ pub struct Gossiper {
     watch_due: Duration,
     /// Members whose state holds φ reports (`_phi`) of the nodes they watch.
     reporters: BTreeSet<NodeId>,
+    /// No watched node's φ can reach 1 before this time (its silence is within its acceptable pause).
+    reports_due: Duration,
 }
 
 impl std::fmt::Debug for Gossiper {
@@ -382,6 +390,8 @@ impl Gossiper {
             live: Vec::new(),
             dead: Vec::new(),
             lists_epoch: 0,
+            lists_liveness_epoch: 0,
+            last_scan: Duration::ZERO,
             peer_known: 0,
             next_tick: now,
             stats: Stats::default(),
@@ -392,6 +402,7 @@ impl Gossiper {
             round: 0,
             watch_due: now,
             reporters: BTreeSet::new(),
+            reports_due: Duration::ZERO,
         }
     }
 
@@ -522,7 +533,17 @@ impl Gossiper {
             self.me_mut().heartbeat += 1;
         }
 
-        if now >= self.notes.next_scan || self.notes.membership_epoch != self.lists_epoch {
+        // The member table is walked when a verdict or a reaping falls due, or the membership changed:
+        // at once when a node's liveness changed, at most once a second when nodes only joined (a
+        // cluster forming has newcomers every round, and the walk is the whole table).
+        let moved = self.notes.membership_epoch != self.lists_epoch;
+        let joins_only = self.notes.liveness_epoch == self.lists_liveness_epoch;
+        if now >= self.notes.next_scan
+            || (moved
+                && (!joins_only
+                    || self.live.is_empty()
+                    || now >= self.last_scan + self.config.interval * JOINS_WAIT_ROUNDS))
+        {
             self.scan(now);
         } else if monitor.is_some() && now >= self.watch_due {
             self.judge_watched(now);
@@ -778,6 +799,9 @@ impl Gossiper {
             // A node newly watched is judged from now on, with the expected rhythm as its prior; one no
             // longer watched is no longer suspected here.
             let changes = self.ring.rebuild(self.id, &self.live, m.monitors);
+            if !changes.started.is_empty() || !changes.stopped.is_empty() {
+                self.reports_due = now;
+            }
             let phi = &self.config.phi;
             for id in changes.started {
                 if let Some(s) = self.nodes.get_mut(&id) {
@@ -802,6 +826,8 @@ impl Gossiper {
         self.notes.next_scan = next;
         self.watch_due = watch_due;
         self.lists_epoch = self.notes.membership_epoch;
+        self.lists_liveness_epoch = self.notes.liveness_epoch;
+        self.last_scan = now;
     }
 
     /// Reaches the due verdicts on the nodes this node watches, without walking the member table (in a
@@ -1004,11 +1030,13 @@ impl Gossiper {
     /// Whether a peer's view of this node, `e`, holds something this node never sent: a newer generation
     /// of itself, a heartbeat above its own (a leave it did not announce), or state it never set.
     fn is_forgery_of_me(&self, e: &DigestEntry) -> bool {
+        if e.node != self.id {
+            return false;
+        }
         let me = self.me();
-        e.node == self.id
-            && (e.generation > me.generation
-                || (e.generation == me.generation
-                    && (e.heartbeat > me.heartbeat || e.max_version > me.max_version)))
+        e.generation > me.generation
+            || (e.generation == me.generation
+                && (e.heartbeat > me.heartbeat || e.max_version > me.max_version))
     }
 
     /// SWIM's refutation: peers believe something of this node that it never said (a forged leave, a
@@ -1217,7 +1245,14 @@ impl Gossiper {
                 };
                 apply_kvs(s, &d.kvs);
                 s.rethreshold(&self.config);
-                self.notes.next_scan = self.notes.next_scan.min(s.suspect_at);
+                verdict_due(
+                    &mut self.notes,
+                    &mut self.watch_due,
+                    &self.ring,
+                    &self.config,
+                    d.node,
+                    s.suspect_at,
+                );
                 self.notes.changed(d.node, s, now);
                 self.notes.push(kind, d.node, s, now);
                 self.note_reporter(d.node);
@@ -1230,7 +1265,14 @@ impl Gossiper {
                 *s = NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now);
                 apply_kvs(s, &d.kvs);
                 s.rethreshold(&self.config);
-                self.notes.next_scan = self.notes.next_scan.min(s.suspect_at);
+                verdict_due(
+                    &mut self.notes,
+                    &mut self.watch_due,
+                    &self.ring,
+                    &self.config,
+                    d.node,
+                    s.suspect_at,
+                );
                 let kind = if s.liveness == Liveness::Left {
                     EventKind::Left
                 } else {
@@ -1247,7 +1289,14 @@ impl Gossiper {
         let mut reports_changed = false;
         if d.from_version <= s.max_version && apply_kvs(s, &d.kvs) {
             s.rethreshold(&self.config);
-            self.notes.next_scan = self.notes.next_scan.min(s.suspect_at);
+            verdict_due(
+                &mut self.notes,
+                &mut self.watch_due,
+                &self.ring,
+                &self.config,
+                d.node,
+                s.suspect_at,
+            );
             self.notes.changed(d.node, s, now);
             self.notes.push(EventKind::Updated, d.node, s, now);
             reports_changed = d.kvs.iter().any(|kv| kv.key == PHI_KEY);
@@ -1278,14 +1327,25 @@ impl Gossiper {
     /// changed; the change
     /// is a rumour, so every node soon shows what the monitors see.
     fn publish_reports(&mut self, now: Duration) {
+        if now < self.reports_due {
+            return;
+        }
         let phi = &self.config.phi;
         let mut reports = Vec::new();
+        // While a report stands, look every round; else not before a silence outlasts its pause.
+        let mut due = now + self.config.reap_after;
         for id in self.ring.watching() {
             let Some(s) = self.nodes.get(id) else {
                 continue;
             };
             if matches!(s.liveness, Liveness::Alive | Liveness::Suspect) {
-                let level = s.detector.phi(&phi.for_threshold(s.threshold), now);
+                let config = phi.for_threshold(s.threshold);
+                let level = s.detector.phi(&config, now);
+                due = due.min(if level >= 1.0 {
+                    now
+                } else {
+                    s.detector.last_arrival() + config.acceptable_pause
+                });
                 if level >= 1.0 {
                     // Past the threshold the node is being probed and φ climbs fast: "at the threshold"
                     // says enough, and bounds a suspicion's updates to one per whole step below it.
@@ -1295,6 +1355,7 @@ impl Gossiper {
                 }
             }
         }
+        self.reports_due = due;
         reports.truncate(monitor::MAX_REPORTS);
         let value = monitor::encode_reports(&reports);
         if self.me().kvs.get(PHI_KEY).and_then(|v| v.value.as_ref()) == value.as_ref() {
@@ -1587,6 +1648,24 @@ fn judge(
         (Liveness::Suspect, None) => s.dead_at,
         (Liveness::Suspect, Some(p)) => p.retry_at.unwrap_or(p.deadline),
         _ => never,
+    }
+}
+
+/// Notes that a verdict on `id` can fall due at `at`: in the walk's schedule when every node judges every
+/// other (gossip), in the watched nodes' schedule when this node is one of `id`'s monitors, nowhere else
+/// (a node that does not watch `id` never judges it; pulling the walk forward would only cost time).
+fn verdict_due(
+    notes: &mut Notes,
+    watch_due: &mut Duration,
+    ring: &monitor::Ring,
+    config: &GossipConfig,
+    id: NodeId,
+    at: Duration,
+) {
+    if config.monitor().is_none() {
+        notes.next_scan = notes.next_scan.min(at);
+    } else if ring.watches(id) {
+        *watch_due = (*watch_due).min(at);
     }
 }
 

@@ -176,6 +176,8 @@ pub(super) struct Notes {
     pub(super) events: VecDeque<Event>,
     /// Grows with every change of membership or liveness; the round's peer lists are rebuilt when it moved.
     pub(super) membership_epoch: u64,
+    /// Grows with every such change but a newcomer's: those can wait a little (see `Gossiper::handle_tick`).
+    pub(super) liveness_epoch: u64,
     /// No verdict or reaping is due before this time.
     pub(super) next_scan: Duration,
     /// Recent changes (when, which node), oldest first: the rumours digests lead with.
@@ -188,6 +190,9 @@ impl Notes {
     pub(super) fn push(&mut self, kind: EventKind, node: NodeId, s: &NodeState, at: Duration) {
         if kind != EventKind::Updated {
             self.membership_epoch += 1;
+        }
+        if !matches!(kind, EventKind::Updated | EventKind::Joined) {
+            self.liveness_epoch += 1;
         }
         self.events.push_back(event(kind, node, s, at));
     }
