@@ -105,13 +105,7 @@ pub fn prepare(
     let bin = std::fs::read(&binary).map_err(crate::io(&binary))?;
 
     let mut entries = overlay::render(&opts.overlay, &opts.values)?;
-    entries.push(Entry::File {
-        path: BINARY.into(),
-        contents: bin,
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-    });
+    entries.push(Entry::root_file(BINARY, bin, 0o755));
     // On a base with cloud-init, herd's per-card name must win, every boot, even when user-data (Imager's
     // customisation) names the card: cloud-init is told to leave the host name and /etc/hosts alone.
     if cloud_init && !opts.values.hostname_template.is_empty() {
@@ -119,45 +113,34 @@ pub fn prepare(
             .read("/etc/cloud/cloud.cfg")
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
-        entries.push(Entry::File {
-            path: CLOUD_INIT_DROP_IN.into(),
-            contents: cloud_init_drop_in(&cfg).into_bytes(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        });
+        entries.push(Entry::root_file(
+            CLOUD_INIT_DROP_IN,
+            cloud_init_drop_in(&cfg),
+            0o644,
+        ));
     }
     // cloud-init's first stage reads its seed from the boot partition. Started before that partition is
     // mounted, it mounts it read-only somewhere of its own, and /boot/firmware, mounted meanwhile, comes
     // up read-only too (seen in QEMU): userconf.txt then cannot be consumed. It waits for the mount.
     if cloud_init {
-        entries.push(Entry::File {
-            path: CLOUD_INIT_ORDER.into(),
-            contents: CLOUD_INIT_ORDER_UNIT.as_bytes().to_vec(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        });
+        entries.push(Entry::root_file(
+            CLOUD_INIT_ORDER,
+            CLOUD_INIT_ORDER_UNIT.as_bytes(),
+            0o644,
+        ));
     }
     let mut boot = Vec::new();
     let mut cmdline = Vec::new();
     if let Some(w) = &opts.wifi {
-        let file = |path: &str, contents: String, mode| Entry::File {
-            path: path.into(),
-            contents: contents.into_bytes(),
-            mode,
-            uid: 0,
-            gid: 0,
-        };
-        entries.push(file(wifi::NM_STATE_PATH, wifi::NM_STATE.into(), 0o644));
-        entries.push(file(
+        entries.push(Entry::root_file(wifi::NM_STATE_PATH, wifi::NM_STATE, 0o644));
+        entries.push(Entry::root_file(
             wifi::UNBLOCK_UNIT_PATH,
-            wifi::UNBLOCK_UNIT.into(),
+            wifi::UNBLOCK_UNIT,
             0o644,
         ));
-        entries.push(file(
+        entries.push(Entry::root_file(
             wifi::UNBLOCK_RULE_PATH,
-            wifi::UNBLOCK_RULE.into(),
+            wifi::UNBLOCK_RULE,
             0o644,
         ));
         if cloud_init {
@@ -167,7 +150,7 @@ pub fn prepare(
                 w.network_config().into_bytes(),
             ));
         } else {
-            entries.push(file(
+            entries.push(Entry::root_file(
                 "/etc/NetworkManager/system-connections/herd-wifi.nmconnection",
                 w.nm_profile(),
                 0o600,
@@ -195,32 +178,18 @@ pub fn prepare(
             .ok()
             .and_then(|p| with_login_shell(&String::from_utf8_lossy(&p), shell))
         {
-            entries.push(Entry::File {
-                path: "/etc/passwd".into(),
-                contents: passwd.into_bytes(),
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-            });
+            entries.push(Entry::root_file("/etc/passwd", passwd, 0o644));
         }
     }
     if let Some((user, keys)) = &opts.ssh_keys {
         // In a root-owned place named after the final user: it survives the first-boot rename of the
         // first user (pi → user), which moves home directories around.
-        entries.push(Entry::File {
-            path: format!("/etc/ssh/authorized_keys.d/{user}"),
-            contents: keys.clone().into_bytes(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        });
-        entries.push(Entry::File {
-            path: "/etc/ssh/sshd_config.d/herd.conf".into(),
-            contents: b"# Written by herd: key-only SSH.\nAuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys.d/%u\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n".to_vec(),
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        });
+        entries.push(Entry::root_file(
+            format!("/etc/ssh/authorized_keys.d/{user}"),
+            keys.clone(),
+            0o644,
+        ));
+        entries.push(Entry::root_file(SSHD_DROP_IN, SSHD_KEY_ONLY, 0o644));
     }
     let root_files = entries
         .iter()
@@ -280,6 +249,12 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
 pub const CLOUD_INIT_DROP_IN: &str = "/etc/cloud/cloud.cfg.d/99-herd.cfg";
 
 /// A drop-in that starts cloud-init's first stage once the boot partition is mounted.
+/// Key-only SSH, when the image carries authorized keys.
+const SSHD_DROP_IN: &str = "/etc/ssh/sshd_config.d/herd.conf";
+const SSHD_KEY_ONLY: &str = "# Written by herd: key-only SSH.\n\
+AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys.d/%u\n\
+PasswordAuthentication no\nKbdInteractiveAuthentication no\n";
+
 pub const CLOUD_INIT_ORDER: &str =
     "/etc/systemd/system/cloud-init-local.service.d/10-herd-boot-firmware.conf";
 const CLOUD_INIT_ORDER_UNIT: &str = "# Written by herd: cloud-init reads its seed from the mounted boot \

@@ -30,6 +30,17 @@ pub enum Entry {
 }
 
 impl Entry {
+    /// A file owned by root (most of what an image carries).
+    pub fn root_file(path: impl Into<String>, contents: impl Into<Vec<u8>>, mode: u32) -> Self {
+        Entry::File {
+            path: path.into(),
+            contents: contents.into(),
+            mode,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
     pub fn path(&self) -> &str {
         match self {
             Entry::Dir { path, .. } | Entry::File { path, .. } | Entry::Symlink { path, .. } => {

@@ -59,13 +59,11 @@ fn walk(base: &Path, dir: &Path, ctx: &tera::Context, out: &mut Vec<Entry>) -> R
             let secret = SECRET_VALUES
                 .iter()
                 .any(|v| text.contains(&format!("{{{{ {v} }}}}")));
-            out.push(Entry::File {
-                path: rel,
-                contents: rendered.into_bytes(),
-                mode: if secret { 0o600 } else { 0o644 },
-                uid: 0,
-                gid: 0,
-            });
+            out.push(Entry::root_file(
+                rel,
+                rendered,
+                if secret { 0o600 } else { 0o644 },
+            ));
         }
     }
     Ok(())

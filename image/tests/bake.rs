@@ -109,20 +109,16 @@ fn check_pipeline(fixture: Fixture) {
     // Every injected file reads back byte for byte, with its mode and owner.
     let root = img.root();
     let mut expected = herd_image::overlay::render(&opts.overlay, &opts.values).unwrap();
-    expected.push(Entry::File {
-        path: "/usr/local/bin/herd".into(),
-        contents: std::fs::read(agent_binary(fixture.arch)).unwrap(),
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-    });
-    expected.push(Entry::File {
-        path: "/etc/ssh/authorized_keys.d/alice".into(),
-        contents: b"ssh-ed25519 AAAAC3Nz alice@laptop\n".to_vec(),
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-    });
+    expected.push(Entry::root_file(
+        "/usr/local/bin/herd",
+        std::fs::read(agent_binary(fixture.arch)).unwrap(),
+        0o755,
+    ));
+    expected.push(Entry::root_file(
+        "/etc/ssh/authorized_keys.d/alice",
+        b"ssh-ed25519 AAAAC3Nz alice@laptop\n",
+        0o644,
+    ));
     for e in &expected {
         let Entry::File {
             path,

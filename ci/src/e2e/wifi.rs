@@ -29,9 +29,9 @@ pub struct Options {
     pub debs: PathBuf,
 }
 
-/// The access point's network.
-const AP_ADDRESS: &str = "192.168.77.1";
+/// The access point's network (`@AP_PREFIX@` and `@AP_ADDRESS@` in the fixtures below stand for them).
 const AP_PREFIX: &str = "192.168.77.";
+const AP_ADDRESS: &str = "192.168.77.1";
 
 const AP_SCRIPT: &str = r#"#!/bin/sh
 # herd e2e test fixture: the Wi-Fi test's access point on the second simulated radio (wlan1).
@@ -46,7 +46,7 @@ cp "$conf" /run/herd-e2e/hostapd.conf
 if [ -f /run/herd-e2e/hostapd.pid ] && kill -0 "$(cat /run/herd-e2e/hostapd.pid)" 2>/dev/null; then
     kill -HUP "$(cat /run/herd-e2e/hostapd.pid)"
 else
-    ip addr replace 192.168.77.1/24 dev wlan1
+    ip addr replace @AP_ADDRESS@/24 dev wlan1
     /usr/local/lib/herd-e2e/hostapd -B -P /run/herd-e2e/hostapd.pid /run/herd-e2e/hostapd.conf \
         </dev/null >/dev/null 2>&1
     touch /run/herd-e2e/udhcpd.leases
@@ -63,7 +63,7 @@ Wants=sys-subsystem-net-devices-wlan1.device\nAfter=sys-subsystem-net-devices-wl
 
 const UDHCPD_CONF: &str =
     "# herd e2e test fixture: addresses for the Wi-Fi test's stations; no router\n\
-start 192.168.77.100\nend 192.168.77.150\ninterface wlan1\nmax_leases 50\n\
+start @AP_PREFIX@100\nend @AP_PREFIX@150\ninterface wlan1\nmax_leases 50\n\
 lease_file /run/herd-e2e/udhcpd.leases\npidfile /run/herd-e2e/udhcpd.pid\n\
 option subnet 255.255.255.0\noption lease 3600\n";
 
@@ -77,13 +77,6 @@ fn hostapd_conf(ssid: &str, passphrase: &str) -> String {
 /// Writes the access point into a VM's disk: two simulated radios at boot, NetworkManager told to leave
 /// the second alone, hostapd and udhcpd on it.
 pub(super) fn prepare(disk: &Path, opts: &Options) -> anyhow::Result<()> {
-    let file = |path: &str, contents: Vec<u8>, mode| Entry::File {
-        path: path.into(),
-        contents,
-        mode,
-        uid: 0,
-        gid: 0,
-    };
     // Another passphrase of the same length, so only its value differs.
     let wrong: String = opts
         .passphrase
@@ -91,45 +84,45 @@ pub(super) fn prepare(disk: &Path, opts: &Options) -> anyhow::Result<()> {
         .map(|c| if c == 'x' { 'y' } else { 'x' })
         .collect();
     let mut entries = vec![
-        file(
+        Entry::root_file(
             "/etc/modules-load.d/herd-e2e-hwsim.conf",
-            b"mac80211_hwsim\n".to_vec(),
+            b"mac80211_hwsim\n",
             0o644,
         ),
-        file(
+        Entry::root_file(
             "/etc/modprobe.d/herd-e2e-hwsim.conf",
-            b"options mac80211_hwsim radios=2\n".to_vec(),
+            b"options mac80211_hwsim radios=2\n",
             0o644,
         ),
-        file(
+        Entry::root_file(
             "/etc/NetworkManager/conf.d/90-herd-e2e-ap.conf",
             b"# herd e2e test fixture: wlan1 is the access point's\n[keyfile]\nunmanaged-devices=interface-name:wlan1\n"
-                .to_vec(),
+                ,
             0o644,
         ),
-        file(
+        Entry::root_file(
             "/etc/herd-e2e/hostapd-right.conf",
-            hostapd_conf(&opts.ssid, &opts.passphrase).into_bytes(),
+            hostapd_conf(&opts.ssid, &opts.passphrase),
             0o600,
         ),
-        file(
+        Entry::root_file(
             "/etc/herd-e2e/hostapd-wrong.conf",
-            hostapd_conf(&opts.ssid, &wrong).into_bytes(),
+            hostapd_conf(&opts.ssid, &wrong),
             0o600,
         ),
-        file(
+        Entry::root_file(
             "/etc/herd-e2e/udhcpd.conf",
-            UDHCPD_CONF.as_bytes().to_vec(),
+            UDHCPD_CONF.replace("@AP_PREFIX@", AP_PREFIX),
             0o644,
         ),
-        file(
+        Entry::root_file(
             "/usr/local/sbin/herd-e2e-ap",
-            AP_SCRIPT.as_bytes().to_vec(),
+            AP_SCRIPT.replace("@AP_ADDRESS@", AP_ADDRESS),
             0o755,
         ),
-        file(
+        Entry::root_file(
             "/etc/systemd/system/herd-e2e-ap.service",
-            AP_UNIT.as_bytes().to_vec(),
+            AP_UNIT,
             0o644,
         ),
         Entry::Symlink {
@@ -142,8 +135,8 @@ pub(super) fn prepare(disk: &Path, opts: &Options) -> anyhow::Result<()> {
     // base's (wpa_supplicant's).
     for (package, program) in [("hostapd", "hostapd"), ("busybox", "busybox")] {
         let bytes = program_of(&opts.debs, package, program)?;
-        entries.push(file(
-            &format!("/usr/local/lib/herd-e2e/{program}"),
+        entries.push(Entry::root_file(
+            format!("/usr/local/lib/herd-e2e/{program}"),
             bytes,
             0o755,
         ));
