@@ -1324,8 +1324,7 @@ impl Gossiper {
     }
 
     /// Publishes this node's φ of the watched nodes past 1 (whole numbers, up to the threshold), when that
-    /// changed; the change
-    /// is a rumour, so every node soon shows what the monitors see.
+    /// changed; the change is a rumour, so every node soon shows what the monitors see.
     fn publish_reports(&mut self, now: Duration) {
         if now < self.reports_due {
             return;
