@@ -275,9 +275,19 @@ fn a_host_cut_off_is_declared_dead_and_rejoins_when_its_cable_returns() {
         || views(&nodes),
     );
     println!("rejoined {took:?} after the cable returned");
+    // Convicted in its generation, the host rejoined by refuting the verdict with a higher one (SWIM's
+    // incarnation number), as the same running agent: no restart, and everyone agrees on the generation.
     let now = nodes[0].agent.handle().members();
     let back = now.iter().find(|m| m.id == cut).unwrap();
-    assert_eq!(back.generation, generation, "it rejoined without a restart");
+    assert!(
+        back.generation > generation,
+        "the verdict was refuted with a higher generation: {} after {generation}",
+        back.generation
+    );
+    let own = nodes[3].agent.handle().members();
+    let me = own.iter().find(|m| m.is_self).unwrap();
+    assert_eq!((me.id, me.generation), (cut, back.generation));
+    assert!(nodes[3].agent.handle().stats().refutations >= 1);
 }
 
 #[test]
