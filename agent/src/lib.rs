@@ -8,6 +8,7 @@
 //!   handlers, the HTTP API and dashboard.
 //! - [`ops`]: what runs on the operator's laptop: API client, CLI commands, inventory, launch.
 //! - [`model`]: what the daemon publishes and the API shows, shared by the daemon and the tools.
+//! - [`release`]: the signed release artifact of `herd upgrade`, packed by the tools, checked by the daemon.
 //!
 //! `agent/tests/layout.rs` keeps it so: no import cycle, and a gossip core that uses nothing outside it.
 
@@ -17,3 +18,4 @@ pub mod files;
 pub mod gossip;
 pub mod model;
 pub mod ops;
+pub mod release;
