@@ -653,6 +653,15 @@ mod tests {
     }
 
     #[test]
+    fn the_public_half_is_what_another_implementation_computes() {
+        // Seed [7; 32], public key as Python's `cryptography` (OpenSSL) derives it (RFC 8032).
+        assert_eq!(
+            key(7).public().to_base64(),
+            "6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw="
+        );
+    }
+
+    #[test]
     fn keys_round_trip_and_never_show_the_private_half() {
         let k = key(9);
         let text = k.to_base64();

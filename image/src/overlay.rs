@@ -7,7 +7,7 @@ use crate::ext4::Entry;
 use crate::{Error, Result};
 
 /// The values the templates see.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Clone, serde::Serialize)]
 pub struct Values {
     pub cluster: String,
     pub cluster_key: String,
@@ -16,6 +16,22 @@ pub struct Values {
     pub seeds: String,
     /// `hostname_template` of herd.toml: the name each card takes at first boot ("" keeps the base's).
     pub hostname_template: String,
+    /// `upgrade.public_key` of herd.toml: the public half of the cluster's signing key (base64).
+    pub signing_public_key: String,
+}
+
+impl std::fmt::Debug for Values {
+    /// The cluster key and the API token are secrets: never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Values")
+            .field("cluster", &self.cluster)
+            .field("cluster_key", &"<secret>")
+            .field("api_token", &"<secret>")
+            .field("seeds", &self.seeds)
+            .field("hostname_template", &self.hostname_template)
+            .field("signing_public_key", &self.signing_public_key)
+            .finish()
+    }
 }
 
 /// Renders every file under `dir` into entries rooted at `/` (files 0644 root:root, directories 0755; a

@@ -40,6 +40,7 @@ fn options() -> BakeOptions {
             api_token: TOKEN.into(),
             seeds: herd_image::overlay::seeds_toml(&["pi1.local:7946".into()]),
             hostname_template: "herd-{id:6}".into(),
+            signing_public_key: "6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=".into(),
         },
         userconf: Some("alice:$6$saltsalt$hash".into()),
         ssh_keys: Some(("alice".into(), "ssh-ed25519 AAAAC3Nz alice@laptop\n".into())),

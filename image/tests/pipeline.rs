@@ -36,6 +36,7 @@ fn options(base: Base, dir: &Path, xz: bool) -> PipelineOptions {
                 api_token: "0123456789abcdef0123".into(),
                 seeds: "[]".into(),
                 hostname_template: "herd-{id:6}".into(),
+                signing_public_key: String::new(),
             },
             userconf: None,
             ssh_keys: None,

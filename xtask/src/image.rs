@@ -223,11 +223,45 @@ fn check_hostname_template(template: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The cluster's key and API token, made once and kept in `secrets/CLUSTER.toml` (git-ignored, 0600).
-fn secrets(cluster: &str) -> anyhow::Result<(String, String, PathBuf)> {
+/// A cluster's secrets (`secrets/CLUSTER.toml`).
+struct Secrets {
+    key: String,
+    api_token: String,
+    /// The public half of the signing key of `herd upgrade`'s artifacts (not secret: baked into herd.toml).
+    signing_public_key: String,
+    path: PathBuf,
+}
+
+/// The cluster's key, API token and signing key, made once and kept in `secrets/CLUSTER.toml`
+/// (git-ignored, 0600). A file from before the signing key gets one added, the rest left as it was.
+fn secrets(cluster: &str) -> anyhow::Result<Secrets> {
+    secrets_in(&root().join("secrets"), cluster)
+}
+
+fn secrets_in(dir: &Path, cluster: &str) -> anyhow::Result<Secrets> {
     use base64::Engine;
-    let dir = root().join("secrets");
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let b64 = base64::engine::general_purpose::STANDARD;
     let path = dir.join(format!("{cluster}.toml"));
+    let random = |n: usize| -> anyhow::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; n];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+        Ok(bytes)
+    };
+    let signing_lines = |seed: &[u8]| -> anyhow::Result<(String, String)> {
+        let seed: [u8; 32] = seed.try_into().context("a signing key is 32 bytes")?;
+        let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+        let public = b64.encode(public.as_bytes());
+        Ok((
+            format!(
+                "# Signs the agents `herd upgrade` installs; cards check them with signing_public_key.\n\
+                 signing_key = \"{}\"\nsigning_public_key = \"{public}\"\n",
+                b64.encode(seed)
+            ),
+            public,
+        ))
+    };
     if path.exists() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -240,21 +274,55 @@ fn secrets(cluster: &str) -> anyhow::Result<(String, String, PathBuf)> {
                 .map(String::from)
                 .with_context(|| format!("{}: no {k}", path.display()))
         };
-        return Ok((get("key")?, get("api_token")?, path));
+        let signing_public_key = match v.get("signing_key").and_then(|x| x.as_str()) {
+            Some(seed) => {
+                let seed = b64
+                    .decode(seed)
+                    .ok()
+                    .with_context(|| format!("{}: signing_key is not base64", path.display()))?;
+                let (_, public) = signing_lines(&seed)
+                    .with_context(|| format!("{}: signing_key", path.display()))?;
+                if get("signing_public_key").ok().as_deref() != Some(public.as_str()) {
+                    bail!(
+                        "{}: signing_public_key is not the public half of signing_key",
+                        path.display()
+                    );
+                }
+                public
+            }
+            None => {
+                let (lines, public) = signing_lines(&random(32)?)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                let sep = if text.ends_with('\n') { "" } else { "\n" };
+                f.write_all(format!("{sep}{lines}").as_bytes())?;
+                println!(
+                    "==> cluster {cluster}: a signing key for herd upgrade added to {}",
+                    path.display()
+                );
+                public
+            }
+        };
+        return Ok(Secrets {
+            key: get("key")?,
+            api_token: get("api_token")?,
+            signing_public_key,
+            path,
+        });
     }
-    let mut bytes = [0u8; 48];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    let key = base64::engine::general_purpose::STANDARD.encode(&bytes[..32]);
+    let bytes = random(48)?;
+    let key = b64.encode(&bytes[..32]);
     let token: String = bytes[32..].iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::create_dir_all(&dir)?;
+    let (signing, signing_public_key) = signing_lines(&random(32)?)?;
+    std::fs::create_dir_all(dir)?;
     let text = format!(
         "# herd secrets of cluster {cluster}: every image of the cluster is built with them, so old and new\n\
          # cards join one cluster. Keep this file private (it is git-ignored). The CLI reads api_token with\n\
-         # `herd members --secrets {}`.\ncluster = \"{cluster}\"\nkey = \"{key}\"\napi_token = \"{token}\"\n",
+         # `herd members --secrets {}`.\ncluster = \"{cluster}\"\nkey = \"{key}\"\napi_token = \"{token}\"\n{signing}",
         path.display()
     );
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -263,10 +331,15 @@ fn secrets(cluster: &str) -> anyhow::Result<(String, String, PathBuf)> {
         .with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     println!(
-        "==> new cluster {cluster}: key and API token written to {}",
+        "==> new cluster {cluster}: key, API token and signing key written to {}",
         path.display()
     );
-    Ok((key, token, path))
+    Ok(Secrets {
+        key,
+        api_token: token,
+        signing_public_key,
+        path,
+    })
 }
 
 fn crypt_sha512(password_file: &Path) -> anyhow::Result<String> {
@@ -302,7 +375,7 @@ fn crypt_sha512(password_file: &Path) -> anyhow::Result<String> {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let a = parse(args)?;
     ensure_image_packages()?;
-    let (key, token, secrets_path) = secrets(&a.cluster)?;
+    let secrets = secrets(&a.cluster)?;
     let userconf = match (&a.user, &a.password_file) {
         (Some(u), Some(p)) => Some(format!("{u}:{}", crypt_sha512(p)?)),
         _ => {
@@ -371,8 +444,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             overlay: root().join("overlay"),
             values: Values {
                 cluster: a.cluster.clone(),
-                cluster_key: key,
-                api_token: token,
+                cluster_key: secrets.key.clone(),
+                api_token: secrets.api_token.clone(),
+                signing_public_key: secrets.signing_public_key.clone(),
                 seeds: seeds_toml(&a.seeds),
                 hostname_template: a.hostname.clone(),
             },
@@ -423,8 +497,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     println!(
         "    secrets:  {} (the CLI: herd members --node PI --secrets {})",
-        secrets_path.display(),
-        secrets_path.display()
+        secrets.path.display(),
+        secrets.path.display()
     );
     println!("\n    Flash every card of the cluster with the same image:");
     println!(
@@ -484,7 +558,7 @@ pub fn fixture(args: &[String]) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_hostname_template, parse, DEFAULT_HOSTNAME};
+    use super::{check_hostname_template, parse, secrets_in, PathBuf, DEFAULT_HOSTNAME};
 
     #[test]
     fn wifi_flags_go_together_and_the_country_is_required() {
@@ -537,5 +611,57 @@ mod tests {
             let e = format!("{:#}", check_hostname_template(bad).unwrap_err());
             assert!(e.contains(why), "{bad:?}: {e}");
         }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("herd-xtask-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn secrets_are_made_once_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("new");
+        let a = secrets_in(&dir, "pis").unwrap();
+        let mode = std::fs::metadata(&a.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = secrets_in(&dir, "pis").unwrap();
+        assert_eq!(
+            (&a.key, &a.api_token, &a.signing_public_key),
+            (&b.key, &b.api_token, &b.signing_public_key)
+        );
+        assert_eq!(a.signing_public_key.len(), 44, "32 bytes in base64");
+        let other = secrets_in(&dir, "other").unwrap();
+        assert_ne!(other.signing_public_key, a.signing_public_key);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_from_before_the_signing_key_gets_one_and_keeps_the_rest() {
+        let dir = temp_dir("old");
+        let path = dir.join("pis.toml");
+        let old = "# kept\ncluster = \"pis\"\nkey = \"AAAA\"\napi_token = \"t0k\"";
+        std::fs::write(&path, old).unwrap();
+        let s = secrets_in(&dir, "pis").unwrap();
+        assert_eq!((s.key.as_str(), s.api_token.as_str()), ("AAAA", "t0k"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(old), "{text}");
+        assert!(text.contains("signing_key = ") && text.contains(&s.signing_public_key));
+        assert_eq!(
+            secrets_in(&dir, "pis").unwrap().signing_public_key,
+            s.signing_public_key
+        );
+        // A public half that is not the private half's is an error, not a silent fix.
+        let bad = text.replace(
+            &s.signing_public_key,
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        );
+        std::fs::write(&path, bad).unwrap();
+        let err = secrets_in(&dir, "pis").err().unwrap().to_string();
+        assert!(err.contains("not the public half"), "{err}");
+        assert!(!err.contains("signing_key = "), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

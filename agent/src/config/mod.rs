@@ -55,6 +55,8 @@ pub struct Config {
     pub api: ApiSection,
     #[serde(default)]
     pub monitoring: MonitoringSection,
+    #[serde(default)]
+    pub upgrade: UpgradeSection,
     /// `[service.NAME]`: settings of one service.
     #[serde(default)]
     pub service: std::collections::BTreeMap<String, ServiceSection>,
@@ -127,6 +129,29 @@ pub struct ApiSection {
     /// for clusters on shared networks. `/healthz` stays open.
     #[serde(default)]
     pub protect_reads: bool,
+}
+
+/// `[upgrade]`: what `herd upgrade` may install on this card.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeSection {
+    /// The public half of the cluster's signing key (base64), from `secrets/CLUSTER.toml`: only
+    /// artifacts it verifies are installed. Empty: an image from before `herd upgrade`; the first upgrade
+    /// brings it, authenticated with the API token.
+    #[serde(default)]
+    pub public_key: String,
+}
+
+impl UpgradeSection {
+    /// The key, when one is set.
+    pub fn key(&self) -> anyhow::Result<Option<crate::release::PublicKey>> {
+        if self.public_key.is_empty() {
+            return Ok(None);
+        }
+        crate::release::PublicKey::from_base64(&self.public_key)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("upgrade.public_key: {e}"))
+    }
 }
 
 /// `[monitoring]`: what the agent samples and gossips about its machine.
@@ -367,6 +392,7 @@ impl Config {
         {
             bail!("cluster: {c:?} must be 1 to 63 characters of A-Z, a-z, 0-9, '-' and '_'");
         }
+        self.upgrade.key()?;
         if !self.node_name.is_empty() {
             crate::model::published::check_node_name(&self.node_name)
                 .map_err(|e| anyhow::anyhow!("node_name: {e}"))?;
@@ -530,6 +556,8 @@ mod tests {
     use super::*;
 
     const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    /// The public half of the signing key whose seed is 32 bytes of 7.
+    const PUBLIC: &str = "6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=";
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text).unwrap_err())
@@ -545,8 +573,10 @@ mod tests {
         let text = text.replace("{{ api_token }}", "0123456789abcdef0123");
         let text = text.replace("{{ seeds }}", "[]");
         let text = text.replace("{{ hostname_template }}", "herd-{id:6}");
+        let text = text.replace("{{ signing_public_key }}", PUBLIC);
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.hostname_template, "herd-{id:6}");
+        assert_eq!(c.upgrade.key().unwrap().unwrap().to_base64(), PUBLIC);
         // The commented examples parse too, once uncommented.
         let examples: String = text
             .lines()
@@ -599,6 +629,11 @@ mod tests {
         assert!(err("[gossip]\nkey = \"no pe!\"").contains("gossip.key: is not valid base64"));
         assert!(err("[gossip]\nkey = \"AAAA\"").contains("gossip.key: decodes to 3 bytes"));
         assert!(err("bogus = 1\n[gossip]\ninsecure = true").contains("unknown field `bogus`"));
+        let e = err("[gossip]\ninsecure = true\n[upgrade]\npublic_key = \"AAAA\"");
+        assert!(
+            e.contains("upgrade.public_key") && e.contains("not 32 bytes"),
+            "{e}"
+        );
         let e = err("hostname_template = \"pi-{name}\"\n[gossip]\ninsecure = true");
         assert!(
             e.contains("hostname_template") && e.contains("unknown placeholder {name}"),

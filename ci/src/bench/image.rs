@@ -134,6 +134,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                 api_token: "0123456789abcdef0123".into(),
                 seeds: "[]".into(),
                 hostname_template: String::new(),
+                signing_public_key: String::new(),
             },
             userconf: None,
             ssh_keys: None,
