@@ -19,3 +19,10 @@ pub mod gossip;
 pub mod model;
 pub mod ops;
 pub mod release;
+
+/// This agent's version: `HERD_VERSION` at build time (how `cargo xtask release --version` builds the
+/// agent a rollout installs), else the crate's.
+pub const VERSION: &str = match option_env!("HERD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

@@ -11,7 +11,7 @@ use herd::ops::cli::Target;
 #[derive(Parser)]
 #[command(
     name = "herd",
-    version,
+    version = herd::VERSION,
     about = "Turn a stack of Raspberry Pis into a cluster"
 )]
 struct Cli {
@@ -100,6 +100,24 @@ enum Command {
         reconcile: bool,
         #[command(flatten)]
         target: Target,
+    },
+    /// Install a new agent on every alive node, without reflashing: the signed artifact is uploaded to
+    /// --node once, the other nodes fetch it from each other; nodes are upgraded --batch at a time, each
+    /// kept only once every other alive node sees it alive with the new version within --timeout, else
+    /// it rolls back by itself and the rollout stops. Ctrl-C stops after the batch under way.
+    Upgrade(herd::ops::upgrade::Upgrade),
+    /// (Run by herd-upgrade.service, as root.) Install the agent the local agent handed over.
+    #[command(hide = true)]
+    UpgradeApply {
+        #[arg(long, short, default_value = "/etc/herd/herd.toml")]
+        config: PathBuf,
+    },
+    /// (Run at boot by herd-upgrade-resume.service, as root, from the previous binary.) Finish an upgrade
+    /// a power cut interrupted.
+    #[command(hide = true)]
+    UpgradeResume {
+        #[arg(long, short, default_value = "/etc/herd/herd.toml")]
+        config: PathBuf,
     },
 }
 
@@ -227,6 +245,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } => herd::ops::cli::change_service(&target, &member, &service, false),
         },
         Command::Watch { target } => herd::ops::cli::watch(&target),
+        Command::Upgrade(u) => {
+            herd::ops::upgrade::stop_on_interrupt()?;
+            herd::ops::upgrade::run(&u).map(|_| ())
+        }
+        Command::UpgradeApply { config } => {
+            use herd::daemon::install;
+            let config = Config::load(&config)?;
+            let paths = install::Paths::card(&config);
+            let mut prove = install::prove_by_api(&config);
+            install::apply(&config, &paths, &mut prove).map(|_| ())
+        }
+        Command::UpgradeResume { config } => {
+            use herd::daemon::install;
+            let config = Config::load(&config)?;
+            let paths = install::Paths::card(&config);
+            let mut prove = install::prove_by_api(&config);
+            install::resume(&paths, &mut prove).map(|_| ())
+        }
         Command::Inventory { list, host, target } => {
             herd::ops::cli::inventory(&target, list, host.as_deref())
         }

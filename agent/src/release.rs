@@ -241,6 +241,25 @@ pub struct Artifact<'a> {
     bytes: &'a [u8],
 }
 
+/// The manifest of an artifact, unverified: what the operator's CLI shows before any node checked it.
+pub fn peek(bytes: &[u8]) -> Result<Manifest, Refusal> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(Refusal::NotAnArtifact);
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(Refusal::Truncated("no manifest length"));
+    }
+    let len =
+        u32::from_le_bytes(bytes[MAGIC.len()..HEADER_LEN].try_into().expect("4 bytes")) as usize;
+    if len > MAX_MANIFEST {
+        return Err(Refusal::ManifestTooLarge(len));
+    }
+    let manifest = bytes
+        .get(HEADER_LEN..HEADER_LEN + len)
+        .ok_or(Refusal::Truncated("no room for the manifest"))?;
+    serde_json::from_slice(manifest).map_err(|e| Refusal::BadManifest(e.to_string()))
+}
+
 /// Checks an artifact received from anyone: its format, that `key` signed it, that it is for `cluster`,
 /// and that its length is what the manifest says. The binaries are checked by [`Artifact::binary`].
 pub fn open<'a>(bytes: &'a [u8], key: &PublicKey, cluster: &str) -> Result<Artifact<'a>, Refusal> {
@@ -336,6 +355,14 @@ impl<'a> Artifact<'a> {
         Ok(bytes)
     }
 
+    /// Checks every binary's hash (a node keeps and serves artifacts for CPU families other than its own).
+    pub fn check_binaries(&self) -> Result<(), Refusal> {
+        for b in &self.manifest.binaries {
+            self.binary(b.arch)?;
+        }
+        Ok(())
+    }
+
     /// Whether a card running `running` takes this artifact's version.
     pub fn check_version(&self, running: &str, allow_downgrade: bool) -> Result<(), Refusal> {
         let offered = &self.manifest.version;
@@ -421,7 +448,7 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 }
 
 /// A version is what the gossip accepts as one: 1 to 64 of a-z, A-Z, 0-9, '.', '_', '+', '-'.
-fn check_version_text(v: &str) -> Result<(), String> {
+pub fn check_version_text(v: &str) -> Result<(), String> {
     if v.is_empty()
         || v.len() > 64
         || !v
@@ -433,6 +460,11 @@ fn check_version_text(v: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The SHA-256 of `bytes` in lower-case hex: how artifacts and binaries are named.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {

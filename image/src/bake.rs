@@ -334,7 +334,10 @@ fn enable_links(entries: &[Entry]) -> Vec<(String, String)> {
         let Some(unit) = path.strip_prefix(DIR).filter(|u| !u.contains('/')) else {
             continue;
         };
-        if !(unit.ends_with(".service") || unit.ends_with(".timer")) {
+        if ![".service", ".timer", ".path"]
+            .iter()
+            .any(|x| unit.ends_with(x))
+        {
             continue;
         }
         let mut install = false;

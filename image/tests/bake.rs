@@ -142,6 +142,15 @@ fn check_pipeline(fixture: Fixture) {
             "/etc/systemd/system/sysinit.target.wants/herd-hostname.service",
             "/etc/systemd/system/herd-hostname.service",
         ),
+        // herd upgrade's installer (started by the path unit) and its resumption after a power cut.
+        (
+            "/etc/systemd/system/multi-user.target.wants/herd-upgrade.path",
+            "/etc/systemd/system/herd-upgrade.path",
+        ),
+        (
+            "/etc/systemd/system/multi-user.target.wants/herd-upgrade-resume.service",
+            "/etc/systemd/system/herd-upgrade-resume.service",
+        ),
     ] {
         assert_eq!(root.stat(link).unwrap().kind, "symlink", "{link}");
         assert_eq!(root.resolve(link).unwrap(), unit);
@@ -241,13 +250,20 @@ fn the_units_pass_systemd_analyze_verify() {
         .args(["-a", "/usr/lib/systemd/system"])
         .arg(root.join("usr/lib/systemd/")));
     assert!(ok, "systemd's units (apt-get install systemd): {text}");
-    let units = ["herd.service", "herd-hostname.service"];
+    let units = [
+        "herd.service",
+        "herd-hostname.service",
+        "herd-upgrade.path",
+        "herd-upgrade.service",
+        "herd-upgrade-resume.service",
+    ];
     for unit in units {
         let from = workspace().join("overlay/etc/systemd/system").join(unit);
         std::fs::copy(&from, root.join("etc/systemd/system").join(unit)).unwrap();
     }
     // verify checks that the ExecStart binary exists and is executable.
     std::fs::copy("/bin/true", root.join("usr/local/bin/herd")).unwrap();
+    std::fs::copy("/bin/true", root.join("usr/local/bin/herd.previous")).unwrap();
     let (ok, text) = run(Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", root.display()))

@@ -52,7 +52,12 @@ enum Std {
 
 /// Builds the agent for `arch`; returns the binary.
 pub fn build_one(arch: Arch) -> anyhow::Result<PathBuf> {
-    let bin = build_static(arch.agent_target())?;
+    build_version(arch, None)
+}
+
+/// Builds the agent for `arch`, saying it is `version` (`HERD_VERSION`) when given; returns the binary.
+pub fn build_version(arch: Arch, version: Option<&str>) -> anyhow::Result<PathBuf> {
+    let bin = build_static(arch.agent_target(), version)?;
     debug_assert_eq!(bin, binary(arch));
     let size = std::fs::metadata(&bin)
         .with_context(|| format!("{} was not built", bin.display()))?
@@ -70,11 +75,14 @@ pub fn build_one(arch: Arch) -> anyhow::Result<PathBuf> {
 /// The agent as shipped (static, musl, size-optimised) for this machine's own CPU, which is what the
 /// footprint benchmark measures.
 pub fn build_for_this_machine() -> anyhow::Result<PathBuf> {
-    build_static(&format!("{}-unknown-linux-musl", std::env::consts::ARCH))
+    build_static(
+        &format!("{}-unknown-linux-musl", std::env::consts::ARCH),
+        None,
+    )
 }
 
 /// A static release build of the agent for a musl `triple`; returns the binary.
-fn build_static(triple: &str) -> anyhow::Result<PathBuf> {
+fn build_static(triple: &str, version: Option<&str>) -> anyhow::Result<PathBuf> {
     let std = ensure_std(triple)?;
     let mut c = match std {
         Std::Prebuilt => {
@@ -108,6 +116,12 @@ fn build_static(triple: &str) -> anyhow::Result<PathBuf> {
             c.arg("--target-dir").arg(root().join("target/build-std"));
             c
         }
+    };
+    // The agent's version (herd::VERSION) is the crate's unless HERD_VERSION says otherwise; an inherited
+    // one must not leak into an image build.
+    match version {
+        Some(v) => c.env("HERD_VERSION", v),
+        None => c.env_remove("HERD_VERSION"),
     };
     c.args([
         "--release",

@@ -9,6 +9,7 @@ mod ci;
 mod deps;
 mod e2e;
 mod image;
+mod release;
 mod util;
 mod zig;
 
@@ -34,6 +35,9 @@ tasks:
   bare                   the README's commands in a bare Debian root: a fresh clone makes an image with
                          only the Rust toolchain brought in, then installs the test suite's packages
                          (needs root)
+  release --cluster NAME [--version V] [--out FILE]
+                         the signed artifact `herd upgrade --to FILE` installs: herd built for both
+                         CPU families, signed with the cluster's key (`cargo xtask release --help`)
   ci                     everything CI checks: formatting, clippy -D warnings, all tests, quick benchmarks
   bench [NAME…] [--quick]
                          run benchmarks and print their figures (names: gossip, peers, footprint,
@@ -62,6 +66,7 @@ fn run() -> anyhow::Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("deps") => deps::run(&args[1..]),
         Some("bare") => bare::run(&args[1..]),
+        Some("release") => release::run(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
             Ok(())

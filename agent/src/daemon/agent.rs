@@ -85,7 +85,7 @@ impl Agent {
             config.node_name.clone()
         };
         gossiper.set("name", &name)?;
-        gossiper.set("version", env!("CARGO_PKG_VERSION"))?;
+        gossiper.set("version", crate::VERSION)?;
         let metadata = MetaData::load(&config.state_dir)?;
         gossiper.set(SERVICES_KEY, &metadata.gossip_value())?;
         gossiper.set(FACTS_KEY, &Facts::read().to_gossip())?;
@@ -105,7 +105,8 @@ impl Agent {
                 config.api.protect_reads,
                 &config.cluster,
                 api::server::fit_to_file_limit(api::server::Limits::default()),
-            );
+            )
+            .with_upgrades(super::upgrade::Upgrades::new(&config)?);
             if config.api.token.is_none() {
                 tracing::warn!(
                     "api.token is not set: anyone who can reach the API can change meta-data"

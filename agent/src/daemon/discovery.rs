@@ -76,7 +76,7 @@ impl Mdns {
             ("cluster", a.cluster.clone()),
             ("id", id.clone()),
             ("gossip", a.gossip_port.to_string()),
-            ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ("version", crate::VERSION.to_string()),
         ];
         if let Some(port) = a.http_port {
             txt.push(("http", port.to_string()));

@@ -8,8 +8,10 @@ pub mod discovery;
 pub mod handle;
 pub mod handlers;
 pub mod identity;
+pub mod install;
 pub mod metadata;
 pub mod monitor;
+pub mod upgrade;
 
 pub use agent::{run, Agent};
 pub use handle::Handle;

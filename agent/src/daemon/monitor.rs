@@ -24,7 +24,7 @@ impl Facts {
             arch: std::env::consts::ARCH.to_string(),
             os: sysinfo::System::long_os_version().ok().map(clip),
             boot: sysinfo::System::boot_time().unwrap_or(0),
-            agent: env!("CARGO_PKG_VERSION").to_string(),
+            agent: crate::VERSION.to_string(),
             cpus: std::thread::available_parallelism()
                 .ok()
                 .map(|n| n.get() as u32),

@@ -204,7 +204,7 @@ mod tests {
         };
         for (k, v) in [
             (NAME_KEY, "pi-01.lab".to_string()),
-            (VERSION_KEY, env!("CARGO_PKG_VERSION").to_string()),
+            (VERSION_KEY, crate::VERSION.to_string()),
             (HTTP_KEY, "8080".to_string()),
             ("_addr", "192.168.1.20:7946".to_string()),
             (

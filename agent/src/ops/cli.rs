@@ -38,7 +38,7 @@ impl Target {
         Client::new(&self.node, self.token()?)
     }
 
-    fn token(&self) -> anyhow::Result<Option<String>> {
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
         if let Some(t) = &self.token {
             return Ok(Some(t.trim().to_string()));
         }
@@ -80,9 +80,9 @@ pub fn members(t: &Target) -> anyhow::Result<()> {
 /// The member table: one line per node.
 pub fn table(nodes: &[NodeView]) -> String {
     let header = [
-        "NAME", "ADDRESS", "STATE", "PHI", "CPU", "MEM", "LOAD1", "TEMP", "SERVICES",
+        "NAME", "ADDRESS", "STATE", "PHI", "CPU", "MEM", "LOAD1", "TEMP", "VERSION", "SERVICES",
     ];
-    let rows: Vec<[String; 9]> = nodes
+    let rows: Vec<[String; 10]> = nodes
         .iter()
         .map(|n| {
             let m = n.monitoring.as_ref();
@@ -104,6 +104,7 @@ pub fn table(nodes: &[NodeView]) -> String {
                 m.map_or("-".into(), |m| format!("{:.2}", m.load[0])),
                 m.and_then(|m| m.temp)
                     .map_or("-".into(), |t| format!("{t:.0}C")),
+                n.version.clone().unwrap_or_else(|| "-".into()),
                 if n.services.is_empty() {
                     "-".into()
                 } else {

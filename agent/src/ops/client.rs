@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::model::upgrade::{InstallRequest, StoredView, UpgradeView};
 use crate::model::views::{NodeView, ServicesView};
 
 /// A node's API: `http://host:port` and, for writes, its token.
@@ -50,18 +51,39 @@ impl Client {
 
     /// Sends `method path` with the token when `auth`, and returns whatever came back.
     pub fn raw(&self, method: &str, path: &str, auth: bool) -> anyhow::Result<Raw> {
+        self.send(method, path, auth, None, &self.http)
+    }
+
+    /// Sends `method path` with `body` (content type, bytes) through `http`.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        auth: bool,
+        body: Option<(&str, &[u8])>,
+        http: &ureq::Agent,
+    ) -> anyhow::Result<Raw> {
         let url = format!("{}{path}", self.base);
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         if let (true, Some(t)) = (auth, &self.token) {
             req = req.header("authorization", format!("Bearer {t}"));
         }
-        let req = req
-            .body(())
-            .with_context(|| format!("bad request {method} {url}"))?;
-        let mut resp = self
-            .http
-            .run(req)
-            .with_context(|| format!("cannot reach {url}"))?;
+        let sent = match body {
+            Some((content_type, bytes)) => {
+                let req = req
+                    .header("content-type", content_type)
+                    .body(bytes.to_vec())
+                    .with_context(|| format!("bad request {method} {url}"))?;
+                http.run(req)
+            }
+            None => {
+                let req = req
+                    .body(())
+                    .with_context(|| format!("bad request {method} {url}"))?;
+                http.run(req)
+            }
+        };
+        let mut resp = sent.with_context(|| format!("cannot reach {url}"))?;
         let status = resp.status().as_u16();
         let content_type = resp
             .headers()
@@ -89,6 +111,10 @@ impl Client {
         auth: bool,
     ) -> anyhow::Result<T> {
         let r = self.raw(method, path, auth)?;
+        self.parse(path, r)
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, path: &str, r: Raw) -> anyhow::Result<T> {
         if !(200..300).contains(&r.status) {
             let message = serde_json::from_str::<serde_json::Value>(&r.body)
                 .ok()
@@ -122,6 +148,45 @@ impl Client {
     /// `GET /api/v1/nodes`.
     pub fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
         self.json("GET", "/api/v1/nodes", false)
+    }
+
+    /// `GET /api/v1/upgrade`.
+    pub fn upgrade_view(&self) -> anyhow::Result<UpgradeView> {
+        self.json("GET", "/api/v1/upgrade", true)
+    }
+
+    /// `PUT /api/v1/upgrade/artifact`: the node checks the artifact whole and keeps it. Up to 5 minutes.
+    pub fn upload(&self, artifact: &[u8]) -> anyhow::Result<StoredView> {
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build()
+            .into();
+        let path = "/api/v1/upgrade/artifact";
+        let r = self.send(
+            "PUT",
+            path,
+            true,
+            Some(("application/octet-stream", artifact)),
+            &http,
+        )?;
+        self.parse(path, r)
+    }
+
+    /// `POST /api/v1/upgrade/install`: the node fetches the artifact if it must, checks it and hands it
+    /// to its installer. Up to 5 minutes (the fetch).
+    pub fn install(&self, req: &InstallRequest) -> anyhow::Result<serde_json::Value> {
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(Duration::from_secs(330)))
+            .build()
+            .into();
+        let path = "/api/v1/upgrade/install";
+        let body = serde_json::to_vec(req)?;
+        let r = self.send("POST", path, true, Some(("application/json", &body)), &http)?;
+        self.parse(path, r)
     }
 
     /// `PUT /meta-data/add-service/:service` or `remove-service`.

@@ -1,7 +1,8 @@
 //! What runs on the operator's laptop: the HTTP client of a node's API, the CLI commands, the Ansible
-//! inventory and service launch. It reads the cluster through the API only, never through the gossip.
+//! inventory, service launch, and upgrades of the agents. It reads the cluster through the API only, never through the gossip.
 
 pub mod cli;
 pub mod client;
 pub mod inventory;
 pub mod launch;
+pub mod upgrade;

@@ -21,14 +21,22 @@ use warp::{Filter, Rejection, Reply};
 
 use super::handle::Handle;
 use super::metadata::{ChangeError, MetaData, SERVICES_KEY};
+use super::upgrade::{Refused, Upgrades};
 use crate::config::Secret;
 use crate::gossip::Liveness;
 use crate::model::views::{
     self, ErrorView, MonitoringView, NodeView, ServiceNodeView, ServicesView,
 };
 
-/// Largest request body accepted (the write endpoints take none).
+/// Largest request body accepted (the write endpoints take none; an install request and an artifact
+/// have their own limits).
 const MAX_BODY: u64 = 1024;
+/// Largest install request (JSON: a hash, up to 64 sources, a timeout).
+const MAX_INSTALL_REQUEST: u64 = 16 * 1024;
+/// Artifacts served to other nodes at once (each is read into memory).
+const MAX_SERVING: usize = 2;
+/// Time an artifact upload may take (a Pi Zero behind a slow link).
+const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What request handlers share.
 #[derive(Clone)]
@@ -44,6 +52,12 @@ pub struct ApiState {
     /// Event streams left before `/api/v1/events` answers 503.
     streams: Arc<tokio::sync::Semaphore>,
     templates: Arc<tera::Tera>,
+    /// `herd upgrade`'s artifacts and installs (none: the routes answer 404).
+    pub upgrades: Option<Arc<Upgrades>>,
+    /// One upload or install at a time (each may hold an artifact in memory).
+    upgrade_slot: Arc<tokio::sync::Semaphore>,
+    /// Artifacts served to other nodes at once.
+    serving: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiState {
@@ -68,7 +82,16 @@ impl ApiState {
             counters: Default::default(),
             streams: Arc::new(tokio::sync::Semaphore::new(limits.event_streams)),
             templates: Arc::new(tera),
+            upgrades: None,
+            upgrade_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            serving: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
         }
+    }
+
+    /// With `herd upgrade`'s endpoints.
+    pub fn with_upgrades(mut self, upgrades: Upgrades) -> ApiState {
+        self.upgrades = Some(Arc::new(upgrades));
+        self
     }
 }
 
@@ -179,6 +202,26 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
             });
             Ok::<_, Rejection>(warp::sse::reply(warp::sse::keep_alive().stream(stream)))
         });
+    let upgrade_view = warp::path!("api" / "v1" / "upgrade")
+        .and(warp::get())
+        .and(st.clone())
+        .and_then(upgrade_view);
+    let upload = warp::path!("api" / "v1" / "upgrade" / "artifact")
+        .and(warp::put())
+        .and(authorized(all.clone()))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and_then(upload);
+    let download = warp::path!("api" / "v1" / "upgrade" / "artifact" / String)
+        .and(warp::get())
+        .and(st.clone())
+        .and_then(download);
+    let install = warp::path!("api" / "v1" / "upgrade" / "install")
+        .and(warp::post())
+        .and(authorized(all.clone()))
+        .and(warp::body::content_length_limit(MAX_INSTALL_REQUEST))
+        .and(warp::body::bytes())
+        .and_then(install);
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })));
@@ -201,6 +244,10 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(remove)
         .or(nodes)
         .or(events)
+        .or(upgrade_view)
+        .or(upload)
+        .or(download)
+        .or(install)
         .or(healthz)
         .or(metrics)
         .recover(recover)
@@ -378,6 +425,7 @@ struct Row {
     load: String,
     temp: String,
     services: Vec<String>,
+    version: String,
     last_heard: String,
 }
 
@@ -429,6 +477,7 @@ impl Row {
                 .and_then(|m| m.temp)
                 .map_or_else(dash, |t| format!("{t:.1} °C")),
             services: n.services.clone(),
+            version: n.version.clone().unwrap_or_else(dash),
             last_heard: if n.is_self {
                 "self".into()
             } else {
@@ -476,7 +525,7 @@ async fn dashboard(s: ApiState) -> Result<impl Reply, Rejection> {
             .unwrap_or_default(),
     );
     ctx.insert("summary", &format!("{alive} of {} alive", nodes.len()));
-    ctx.insert("version", env!("CARGO_PKG_VERSION"));
+    ctx.insert("version", crate::VERSION);
     ctx.insert("rows", &nodes.iter().map(Row::new).collect::<Vec<_>>());
     let html = s.templates.render("dashboard.html", &ctx).map_err(|e| {
         tracing::error!(error = %e, "dashboard template");
@@ -486,6 +535,163 @@ async fn dashboard(s: ApiState) -> Result<impl Reply, Rejection> {
         )
     })?;
     Ok(warp::reply::html(html))
+}
+
+fn upgrades(s: &ApiState) -> Result<Arc<Upgrades>, Rejection> {
+    s.upgrades
+        .clone()
+        .ok_or_else(|| reject(StatusCode::NOT_FOUND, "this agent takes no upgrades"))
+}
+
+fn refusal(r: Refused) -> Rejection {
+    reject(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
+        r.message,
+    )
+}
+
+/// Runs `f` on a blocking thread (files, fsync, HTTP fetches).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Refused> + Send + 'static,
+) -> Result<T, Rejection> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "the upgrade task failed"))?
+        .map_err(refusal)
+}
+
+fn upgrade_slot(s: &ApiState) -> Result<tokio::sync::OwnedSemaphorePermit, Rejection> {
+    Arc::clone(&s.upgrade_slot)
+        .try_acquire_owned()
+        .map_err(|_| {
+            reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "another artifact upload or install is in progress on this node",
+            )
+        })
+}
+
+async fn upgrade_view(s: ApiState) -> Result<impl Reply, Rejection> {
+    let u = upgrades(&s)?;
+    let me = views::nodes(&s.handle.members())
+        .into_iter()
+        .find(|n| n.is_self);
+    let view = blocking(move || {
+        Ok(crate::model::upgrade::UpgradeView {
+            id: me.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+            name: me.map(|m| m.name).unwrap_or_default(),
+            version: crate::VERSION.to_string(),
+            arch: crate::release::Arch::this_machine().map(|a| a.name().to_string()),
+            artifact: u.kept(),
+            busy: u.busy(),
+            last: u.last(),
+        })
+    })
+    .await?;
+    Ok(warp::reply::json(&view))
+}
+
+/// `PUT /api/v1/upgrade/artifact`: the body is read with a size and a time limit, one upload at a time,
+/// and kept only once it checked out whole.
+async fn upload(
+    s: ApiState,
+    length: Option<u64>,
+    body: impl tokio_stream::Stream<Item = Result<impl warp::Buf, warp::Error>> + Send,
+) -> Result<impl Reply, Rejection> {
+    use crate::model::upgrade::MAX_ARTIFACT;
+    let u = upgrades(&s)?;
+    let too_large = |n: u64| {
+        reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("an artifact of {n} bytes or more; this node takes at most {MAX_ARTIFACT}"),
+        )
+    };
+    match length {
+        Some(n) if n > MAX_ARTIFACT => return Err(too_large(n)),
+        Some(_) => {}
+        None => {
+            return Err(reject(
+                StatusCode::LENGTH_REQUIRED,
+                "send the artifact with a Content-Length",
+            ))
+        }
+    }
+    let _slot = upgrade_slot(&s)?;
+    let read = async {
+        let mut bytes = Vec::with_capacity(length.unwrap_or(0) as usize);
+        tokio::pin!(body);
+        while let Some(chunk) = body.next().await {
+            let mut chunk = chunk.map_err(|e| {
+                reject(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the artifact: {e}"),
+                )
+            })?;
+            while warp::Buf::has_remaining(&chunk) {
+                let part = warp::Buf::chunk(&chunk);
+                if (bytes.len() + part.len()) as u64 > MAX_ARTIFACT {
+                    return Err(too_large((bytes.len() + part.len()) as u64));
+                }
+                bytes.extend_from_slice(part);
+                let n = part.len();
+                warp::Buf::advance(&mut chunk, n);
+            }
+        }
+        Ok(bytes)
+    };
+    let bytes = tokio::time::timeout(UPLOAD_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            reject(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the upload took more than {} s", UPLOAD_TIMEOUT.as_secs()),
+            )
+        })??;
+    let view = blocking(move || u.accept(&bytes)).await?;
+    Ok(warp::reply::json(&view))
+}
+
+/// `GET /api/v1/upgrade/artifact/:sha256`: the artifact this node keeps, for the other nodes.
+async fn download(sha: String, s: ApiState) -> Result<impl Reply, Rejection> {
+    let u = upgrades(&s)?;
+    let _permit = Arc::clone(&s.serving).try_acquire_owned().map_err(|_| {
+        reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is serving the artifact to others; try another",
+        )
+    })?;
+    let bytes = blocking(move || {
+        u.read(&sha).ok_or_else(|| Refused {
+            status: 404,
+            message: format!("this node does not have artifact {sha}"),
+        })
+    })
+    .await?;
+    Ok(warp::reply::with_header(
+        bytes,
+        "content-type",
+        "application/octet-stream",
+    ))
+}
+
+/// `POST /api/v1/upgrade/install`: fetch (if needed), check, and hand over to the card's installer.
+async fn install(s: ApiState, body: hyper::body::Bytes) -> Result<impl Reply, Rejection> {
+    let u = upgrades(&s)?;
+    let req: crate::model::upgrade::InstallRequest = serde_json::from_slice(&body)
+        .map_err(|e| reject(StatusCode::BAD_REQUEST, format!("install request: {e}")))?;
+    let _slot = upgrade_slot(&s)?;
+    let peers: Vec<String> = s
+        .handle
+        .members()
+        .iter()
+        .filter(|m| !m.is_self && m.liveness == Liveness::Alive)
+        .map(|m| m.id.to_string())
+        .collect();
+    let version = blocking(move || u.install(&req, peers)).await?;
+    Ok(warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "installing": version })),
+        StatusCode::ACCEPTED,
+    ))
 }
 
 /// Turns every rejection into a JSON error with the right status.

@@ -1,0 +1,406 @@
+//! The agent's side of `herd upgrade`. It takes a signed artifact (uploaded by the operator, or fetched
+//! from another node that has it), checks it whole (signature, cluster, every binary's hash), keeps it
+//! in `STATE_DIR/upgrade/` to serve to the other nodes, and, asked to install it, checks that it has a
+//! binary for this CPU and a version this card takes, then hands it to the card's root installer by
+//! writing `request.json` (which `herd-upgrade.path` watches). The agent itself runs sandboxed and never
+//! touches the installed binary: the installer ([`crate::daemon::install`]) checks it all again.
+//!
+//! Everything here blocks (files, fsync, HTTP fetches): the API runs it on blocking threads, one
+//! upload or install at a time.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{Config, Secret};
+use crate::model::upgrade::{Handoff, InstallRequest, Outcome, StoredView, MAX_ARTIFACT};
+use crate::release::{self, Arch, PublicKey, Refusal};
+
+/// The root installer's directory (root's, world-readable): `pending.json` while a new agent proves
+/// itself, `status.json` with the last outcome.
+pub const INSTALLER_DIR: &str = "/var/lib/herd-upgrade";
+pub const REQUEST: &str = "request.json";
+pub const PENDING: &str = "pending.json";
+pub const STATUS: &str = "status.json";
+/// The artifact kept: `<sha256>.herd`, described by `artifact.json`.
+const KEPT: &str = "artifact.json";
+/// How long fetching an artifact from one source may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A refusal with the HTTP status it answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+fn refused(status: u16, message: impl Into<String>) -> Refused {
+    Refused {
+        status,
+        message: message.into(),
+    }
+}
+
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Self {
+        let status = match r {
+            Refusal::SameVersion(_) | Refusal::Downgrade { .. } => 409,
+            _ => 422,
+        };
+        refused(status, format!("artifact refused: {r}"))
+    }
+}
+
+/// The agent's upgrade state: where it keeps artifacts, and what it checks them with.
+pub struct Upgrades {
+    dir: PathBuf,
+    installer_dir: PathBuf,
+    key: Option<PublicKey>,
+    cluster: String,
+    /// The cluster's API token: other nodes may serve artifacts only with it (`api.protect_reads`).
+    token: Option<Secret>,
+}
+
+impl std::fmt::Debug for Upgrades {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrades")
+            .field("dir", &self.dir)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upgrades {
+    pub fn new(config: &Config) -> anyhow::Result<Upgrades> {
+        Ok(Upgrades::at(
+            config.state_dir.join("upgrade"),
+            PathBuf::from(INSTALLER_DIR),
+            config.upgrade.key()?,
+            &config.cluster,
+            config.api.token.clone(),
+        ))
+    }
+
+    pub fn at(
+        dir: PathBuf,
+        installer_dir: PathBuf,
+        key: Option<PublicKey>,
+        cluster: &str,
+        token: Option<Secret>,
+    ) -> Upgrades {
+        Upgrades {
+            dir,
+            installer_dir,
+            key,
+            cluster: cluster.to_string(),
+            token,
+        }
+    }
+
+    fn artifact_path(&self, sha: &str) -> PathBuf {
+        self.dir.join(format!("{sha}.herd"))
+    }
+
+    /// Checks an artifact whole and keeps it (the one kept before is dropped).
+    pub fn accept(&self, bytes: &[u8]) -> Result<StoredView, Refused> {
+        let key = self.key.as_ref().ok_or_else(|| {
+            refused(
+                409,
+                "this node has no signing key (upgrade.public_key in /etc/herd/herd.toml): it installs \
+                 nothing; rebuild its image with `cargo xtask image`, which bakes the key in",
+            )
+        })?;
+        if bytes.len() as u64 > MAX_ARTIFACT {
+            return Err(refused(
+                413,
+                format!(
+                    "the artifact is {} bytes, more than {MAX_ARTIFACT}",
+                    bytes.len()
+                ),
+            ));
+        }
+        let artifact = release::open(bytes, key, &self.cluster)?;
+        artifact.check_binaries()?;
+        let view = StoredView {
+            sha256: release::sha256_hex(bytes),
+            version: artifact.manifest.version.clone(),
+            size: bytes.len() as u64,
+        };
+        if self.kept().as_ref() == Some(&view) {
+            return Ok(view);
+        }
+        self.keep(bytes, &view).map_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "cannot keep an artifact");
+            refused(507, format!("cannot keep the artifact on this node: {e:#}"))
+        })?;
+        tracing::info!(version = %view.version, sha256 = %view.sha256, "artifact accepted");
+        Ok(view)
+    }
+
+    fn keep(&self, bytes: &[u8], view: &StoredView) -> anyhow::Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.artifact_path(&view.sha256);
+        let tmp = self.dir.join("incoming.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        crate::files::write_atomic(&self.dir.join(KEPT), &serde_json::to_string(view)?)?;
+        // One artifact at a time: a Pi's card is small.
+        for e in std::fs::read_dir(&self.dir)?.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "herd") && p != path {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// The artifact this node keeps, if any.
+    pub fn kept(&self) -> Option<StoredView> {
+        let text = std::fs::read_to_string(self.dir.join(KEPT)).ok()?;
+        let view: StoredView = serde_json::from_str(&text).ok()?;
+        crate::model::upgrade::check_sha(&view.sha256).ok()?;
+        self.artifact_path(&view.sha256).exists().then_some(view)
+    }
+
+    /// The kept artifact's bytes, if it is `sha`.
+    pub fn read(&self, sha: &str) -> Option<Vec<u8>> {
+        crate::model::upgrade::check_sha(sha).ok()?;
+        (self.kept()?.sha256 == sha)
+            .then(|| std::fs::read(self.artifact_path(sha)).ok())
+            .flatten()
+    }
+
+    /// Whether an install is under way: handed over and not finished, or a new agent proving itself.
+    pub fn busy(&self) -> bool {
+        self.dir.join(REQUEST).exists() || self.installer_dir.join(PENDING).exists()
+    }
+
+    /// The installer's last report.
+    pub fn last(&self) -> Option<Outcome> {
+        let text = read_small(&self.installer_dir.join(STATUS), 64 << 10)?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// `POST /api/v1/upgrade/install`: gets the artifact (kept, or from a source), checks it is for this
+    /// card, and hands it to the installer. `peers`: the ids of the other alive members.
+    pub fn install(&self, req: &InstallRequest, peers: Vec<String>) -> Result<String, Refused> {
+        req.check().map_err(|e| refused(400, e))?;
+        if self.busy() {
+            return Err(refused(
+                409,
+                "an upgrade is already under way on this node (see GET /api/v1/upgrade)",
+            ));
+        }
+        let bytes = match self.read(&req.sha256) {
+            Some(b) => b,
+            None => self.fetch(&req.sha256, &req.sources)?,
+        };
+        // Checked again whole: the kept file is the agent's own, but a card can rot.
+        self.accept(&bytes)?;
+        let key = self.key.as_ref().expect("accept checked there is a key");
+        let artifact = release::open(&bytes, key, &self.cluster)?;
+        let arch = Arch::this_machine()
+            .ok_or_else(|| refused(422, "this node's CPU family is not one herd builds for"))?;
+        artifact.binary(arch)?;
+        artifact.check_version(crate::VERSION, req.allow_downgrade)?;
+        let handoff = Handoff {
+            sha256: req.sha256.clone(),
+            allow_downgrade: req.allow_downgrade,
+            timeout_s: req.timeout_s,
+            peers,
+        };
+        let text = serde_json::to_string(&handoff).expect("a handoff serializes");
+        crate::files::write_atomic(&self.dir.join(REQUEST), &text)
+            .map_err(|e| refused(507, format!("{e:#}")))?;
+        tracing::info!(
+            from = crate::VERSION,
+            to = %artifact.manifest.version,
+            "upgrade handed to the installer"
+        );
+        Ok(artifact.manifest.version.clone())
+    }
+
+    /// Fetches artifact `sha` from the first source that has it.
+    fn fetch(&self, sha: &str, sources: &[String]) -> Result<Vec<u8>, Refused> {
+        if sources.is_empty() {
+            return Err(refused(
+                404,
+                format!("this node does not have artifact {sha} and no source was given"),
+            ));
+        }
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_global(Some(FETCH_TIMEOUT))
+            .max_redirects(0)
+            .build()
+            .into();
+        let mut order: Vec<&String> = sources.iter().collect();
+        use rand::seq::SliceRandom;
+        order.shuffle(&mut rand::thread_rng());
+        let mut failures = Vec::new();
+        for source in order {
+            let url = format!("{source}/api/v1/upgrade/artifact/{sha}");
+            let mut req = http.get(&url);
+            if let Some(t) = &self.token {
+                req = req.header("authorization", &format!("Bearer {}", t.0));
+            }
+            let result = req
+                .call()
+                .map_err(|e| e.to_string())
+                .and_then(|mut resp| {
+                    if resp.status() != 200 {
+                        return Err(format!("HTTP {}", resp.status().as_u16()));
+                    }
+                    resp.body_mut()
+                        .with_config()
+                        .limit(MAX_ARTIFACT)
+                        .read_to_vec()
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|bytes| {
+                    if release::sha256_hex(&bytes) == sha {
+                        Ok(bytes)
+                    } else {
+                        Err("sent other bytes than the artifact asked for".to_string())
+                    }
+                });
+            match result {
+                Ok(bytes) => {
+                    tracing::info!(%source, size = bytes.len(), "artifact fetched");
+                    return Ok(bytes);
+                }
+                Err(e) => {
+                    tracing::warn!(%source, error = %e, "cannot fetch the artifact");
+                    failures.push(format!("{source}: {e}"));
+                }
+            }
+        }
+        Err(refused(
+            502,
+            format!(
+                "cannot fetch artifact {sha} from any source: {}",
+                failures.join("; ")
+            ),
+        ))
+    }
+}
+
+/// Reads a small file, or nothing (missing, too large, not text).
+pub fn read_small(path: &Path, limit: u64) -> Option<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).ok()?;
+    let mut text = String::new();
+    f.take(limit + 1).read_to_string(&mut text).ok()?;
+    (text.len() as u64 <= limit).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::SigningKey;
+
+    fn setup(dir: &Path) -> (Upgrades, SigningKey) {
+        let key = SigningKey::from_base64(&base64_seed(7)).unwrap();
+        let u = Upgrades::at(
+            dir.join("upgrade"),
+            dir.join("installer"),
+            Some(key.public()),
+            "pis",
+            None,
+        );
+        (u, key)
+    }
+
+    fn base64_seed(b: u8) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([b; 32])
+    }
+
+    fn artifact(key: &SigningKey, version: &str) -> Vec<u8> {
+        let arch = Arch::this_machine().unwrap();
+        release::pack(key, "pis", version, &[(arch, b"new agent".as_slice())]).unwrap()
+    }
+
+    #[test]
+    fn an_accepted_artifact_is_kept_alone_and_handed_over_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (u, key) = setup(dir.path());
+        let a = artifact(&key, "99.0");
+        let view = u.accept(&a).unwrap();
+        assert_eq!(view.version, "99.0");
+        assert_eq!(u.read(&view.sha256).as_deref(), Some(a.as_slice()));
+        let b = artifact(&key, "99.1");
+        let second = u.accept(&b).unwrap();
+        assert_eq!(u.read(&view.sha256), None, "the first one was dropped");
+        assert_eq!(u.kept(), Some(second.clone()));
+        let req = InstallRequest {
+            sha256: second.sha256.clone(),
+            sources: vec![],
+            allow_downgrade: false,
+            timeout_s: 60,
+        };
+        assert_eq!(
+            u.install(&req, vec!["0123456789abcdef".into()]),
+            Ok("99.1".into())
+        );
+        let handoff: Handoff = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("upgrade/request.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(handoff.sha256, second.sha256);
+        assert_eq!(handoff.peers, vec!["0123456789abcdef".to_string()]);
+        let again = u.install(&req, vec![]).unwrap_err();
+        assert_eq!(again.status, 409, "{again:?}");
+    }
+
+    #[test]
+    fn refusals_keep_nothing_and_name_the_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let (u, key) = setup(dir.path());
+        let other = SigningKey::from_base64(&base64_seed(9)).unwrap();
+        let e = u.accept(&artifact(&other, "99.0")).unwrap_err();
+        assert!(e.message.contains("signing key"), "{e:?}");
+        let mut bad = artifact(&key, "99.0");
+        *bad.last_mut().unwrap() ^= 1;
+        let e = u.accept(&bad).unwrap_err();
+        assert!(e.message.contains("SHA-256"), "{e:?}");
+        assert_eq!(u.kept(), None);
+        // Older than what runs: refused at install, unless allowed.
+        let old = u.accept(&artifact(&key, "0.0.1")).unwrap();
+        let mut req = InstallRequest {
+            sha256: old.sha256,
+            sources: vec![],
+            allow_downgrade: false,
+            timeout_s: 60,
+        };
+        let e = u.install(&req, vec![]).unwrap_err();
+        assert_eq!(e.status, 409);
+        assert!(e.message.contains("older"), "{e:?}");
+        assert!(!u.busy());
+        req.allow_downgrade = true;
+        assert!(u.install(&req, vec![]).is_ok());
+        // Unknown artifact, no source.
+        req.sha256 = "f".repeat(64);
+        std::fs::remove_file(dir.path().join("upgrade/request.json")).unwrap();
+        assert_eq!(u.install(&req, vec![]).unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn a_node_without_a_key_installs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, key) = setup(dir.path());
+        let u = Upgrades::at(
+            dir.path().join("u"),
+            dir.path().join("i"),
+            None,
+            "pis",
+            None,
+        );
+        let e = u.accept(&artifact(&key, "99.0")).unwrap_err();
+        assert_eq!(e.status, 409);
+        assert!(e.message.contains("no signing key"), "{e:?}");
+    }
+}

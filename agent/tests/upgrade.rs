@@ -1,0 +1,171 @@
+//! `herd upgrade` between real agents on loopback (real sockets, real HTTP): an artifact uploaded to one
+//! node spreads to the others by fetching from each other and is handed to each one's installer; every
+//! hostile upload or install request is refused with a clear status and leaves nothing behind.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use base64::Engine;
+use common::{Cluster, TOKEN};
+use herd::model::upgrade::InstallRequest;
+use herd::ops::client::Client;
+use herd::release::{self, Arch, SigningKey};
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_base64(&base64::engine::general_purpose::STANDARD.encode([seed; 32])).unwrap()
+}
+
+fn cluster(net: u8) -> Cluster {
+    Cluster::start_with(
+        net,
+        3,
+        &format!(
+            "[upgrade]\npublic_key = \"{}\"\n",
+            key(7).public().to_base64()
+        ),
+    )
+}
+
+fn artifact(signer: &SigningKey, version: &str) -> Vec<u8> {
+    let agent = vec![0x7f; 300_000];
+    release::pack(
+        signer,
+        "api-test",
+        version,
+        &[
+            (Arch::this_machine().unwrap(), agent.as_slice()),
+            (Arch::Armhf, b"32-bit agent".as_slice()),
+        ],
+    )
+    .unwrap()
+}
+
+fn install(c: &Client, sha: &str, sources: Vec<String>) -> anyhow::Result<serde_json::Value> {
+    c.install(&InstallRequest {
+        sha256: sha.into(),
+        sources,
+        allow_downgrade: false,
+        timeout_s: 60,
+    })
+}
+
+#[test]
+fn an_artifact_uploaded_once_spreads_from_node_to_node_to_each_installer() {
+    let c = cluster(61);
+    let a = artifact(&key(7), "99.0.0");
+    let sha = release::sha256_hex(&a);
+    let kept = c.client(0).upload(&a).unwrap();
+    assert_eq!(
+        (kept.sha256.as_str(), kept.version.as_str()),
+        (sha.as_str(), "99.0.0")
+    );
+    // Node 1 fetches it from node 0, node 2 from node 1: the operator uploaded once.
+    assert_eq!(c.client(1).upgrade_view().unwrap().artifact, None);
+    let r = install(&c.client(1), &sha, vec![c.url(0)]).unwrap();
+    assert_eq!(r["installing"], "99.0.0");
+    let r = install(&c.client(2), &sha, vec![c.url(1)]).unwrap();
+    assert_eq!(r["installing"], "99.0.0");
+    for i in 1..3 {
+        let v = c.client(i).upgrade_view().unwrap();
+        assert_eq!(
+            v.artifact.as_ref().map(|a| a.sha256.as_str()),
+            Some(sha.as_str())
+        );
+        assert!(v.busy, "node {i} handed it to its installer");
+        assert_eq!(v.version, herd::VERSION);
+        // Handed over once: a second request waits for the installer.
+        let e = install(&c.client(i), &sha, vec![]).unwrap_err().to_string();
+        assert!(e.contains("409") && e.contains("under way"), "{e}");
+    }
+    // The node that only served it was asked for nothing.
+    assert!(!c.client(0).upgrade_view().unwrap().busy);
+}
+
+/// Sends a request by hand (what a well-behaved client cannot send) and returns the status line.
+fn raw(addr: &str, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn hostile_artifacts_and_requests_are_refused_and_nothing_is_kept() {
+    let c = cluster(62);
+    let node = c.client(0);
+    let fails = |r: anyhow::Result<herd::model::upgrade::StoredView>, want: &[&str]| {
+        let e = format!("{:#}", r.unwrap_err());
+        for w in want {
+            assert!(e.contains(w), "{w:?} not in {e}");
+        }
+    };
+    // Signed with another key.
+    fails(
+        node.upload(&artifact(&key(8), "99.0.0")),
+        &["422", "signing key"],
+    );
+    // Right signature, one byte of a binary changed.
+    let mut bad = artifact(&key(7), "99.0.0");
+    let at = bad.len() - 20;
+    bad[at] ^= 0x20;
+    fails(node.upload(&bad), &["422", "SHA-256"]);
+    // Cut short, or not an artifact at all.
+    let good = artifact(&key(7), "99.0.0");
+    fails(node.upload(&good[..good.len() - 1]), &["422"]);
+    fails(
+        node.upload(b"#!/bin/sh\nrm -rf /\n"),
+        &["422", "not a herd release"],
+    );
+    // Without the token.
+    let anonymous = Client::new(&c.url(0), None).unwrap();
+    fails(anonymous.upload(&good), &["401"]);
+    // Larger than any artifact, or without a length: refused before a byte is read.
+    let addr = c.url(0);
+    let head = |extra: &str| {
+        format!(
+            "PUT /api/v1/upgrade/artifact HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n{extra}\r\n"
+        )
+    };
+    assert!(raw(&addr, &head("content-length: 999999999\r\n")).contains("413"));
+    assert!(raw(&addr, &head("transfer-encoding: chunked\r\n")).contains("411"));
+    assert_eq!(node.upgrade_view().unwrap().artifact, None, "nothing kept");
+
+    // Install requests: every field checked, sources that do not have it, older versions.
+    let sha = release::sha256_hex(&good);
+    for (sources, want) in [
+        (vec!["file:///etc/shadow".to_string()], "400"),
+        (vec![format!("{}/../x", c.url(1))], "400"),
+        (vec![], "404"),
+        (vec![c.url(1)], "502"),
+    ] {
+        let e = format!("{:#}", install(&node, &sha, sources).unwrap_err());
+        assert!(e.contains(want), "{want} not in {e}");
+    }
+    let e = format!(
+        "{:#}",
+        node.install(&InstallRequest {
+            sha256: sha.clone(),
+            sources: vec![],
+            allow_downgrade: false,
+            timeout_s: 1,
+        })
+        .unwrap_err()
+    );
+    assert!(e.contains("timeout_s"), "{e}");
+    let old = artifact(&key(7), "0.0.1");
+    node.upload(&old).unwrap();
+    let e = format!(
+        "{:#}",
+        install(&node, &release::sha256_hex(&old), vec![]).unwrap_err()
+    );
+    assert!(e.contains("409") && e.contains("older"), "{e}");
+    assert!(!node.upgrade_view().unwrap().busy, "nothing handed over");
+}
