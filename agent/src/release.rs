@@ -170,7 +170,7 @@ impl PublicKey {
             .map_err(|_| format!("public key {text:?} is not an Ed25519 key"))
     }
 
-    pub fn to_base64(&self) -> String {
+    pub fn to_base64(self) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.0.as_bytes())
     }
 }

@@ -169,3 +169,38 @@ fn hostile_artifacts_and_requests_are_refused_and_nothing_is_kept() {
     assert!(e.contains("409") && e.contains("older"), "{e}");
     assert!(!node.upgrade_view().unwrap().busy, "nothing handed over");
 }
+
+#[test]
+fn a_node_configured_without_a_signing_key_takes_the_clusters_once_with_the_token() {
+    let c = Cluster::start_with(63, 1, "");
+    let node = c.client(0);
+    let a = artifact(&key(7), "99.0.0");
+    assert!(!node.upgrade_view().unwrap().has_key);
+    let e = format!("{:#}", node.upload(&a).unwrap_err());
+    assert!(e.contains("no signing key"), "{e}");
+    // Not without the token; then once, and no other after.
+    let anonymous = Client::new(&c.url(0), None).unwrap();
+    let e = format!(
+        "{:#}",
+        anonymous
+            .give_key(&key(7).public().to_base64())
+            .unwrap_err()
+    );
+    assert!(e.contains("401"), "{e}");
+    assert_eq!(
+        node.give_key(&key(7).public().to_base64()).unwrap()["changed"],
+        true
+    );
+    assert!(node.upgrade_view().unwrap().has_key);
+    let e = format!(
+        "{:#}",
+        node.give_key(&key(8).public().to_base64()).unwrap_err()
+    );
+    assert!(e.contains("409"), "{e}");
+    assert_eq!(node.upload(&a).unwrap().version, "99.0.0");
+    let e = format!(
+        "{:#}",
+        node.upload(&artifact(&key(8), "99.0.1")).unwrap_err()
+    );
+    assert!(e.contains("signing key"), "{e}");
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask e2e`: boot-and-join on the real image. Makes (or takes from the cache) the Debian bases,
 //! bakes the herd image for each architecture exactly as `cargo xtask image` does (no seeds: the VMs must
-//! find each other with mDNS), and runs the QEMU harness (`ci/src/e2e.rs`). Serial consoles and timings
+//! find each other with mDNS), makes `herd upgrade`'s artifacts (a second build of the agent and a broken
+//! one, `cargo xtask release`), and runs the QEMU harness (`ci/src/e2e/`). Serial consoles and timings
 //! land in `target/e2e/`.
 
 use anyhow::bail;
@@ -146,6 +147,46 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .arg(format!("--{}", arch.debian()))
             .arg(out.join(format!("{name}.img")));
     }
+    // herd upgrade's artifacts: a second build of the 64-bit agent (same code, another version) and a
+    // broken one, both signed with the test cluster's key.
+    let version = env!("CARGO_PKG_VERSION");
+    let secrets = root().join("secrets/e2e.toml");
+    let good = crate::release::make(&crate::release::Options {
+        cluster: "e2e".into(),
+        version: format!("{version}+e2e"),
+        arches: vec![Arch::Arm64],
+        binaries: vec![],
+        secrets: secrets.clone(),
+        out: out.join("upgrade.herd"),
+    })?;
+    let broken_version = format!("{version}+e2e.broken");
+    let script = out.join("broken-agent");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh
+# herd's e2e: a deliberately broken agent. It says its version, then fails at start.
+             if [ \"$1\" = --version ]; then echo \"herd {broken_version}\"; exit 0; fi
+             echo \"broken on purpose\" >&2
+exit 1
+"
+        ),
+    )?;
+    let broken = crate::release::make(&crate::release::Options {
+        cluster: "e2e".into(),
+        version: broken_version,
+        arches: vec![],
+        binaries: vec![(Arch::Arm64, script)],
+        secrets: secrets.clone(),
+        out: out.join("broken.herd"),
+    })?;
+    harness
+        .arg("--upgrade")
+        .arg(good)
+        .arg("--upgrade-broken")
+        .arg(broken)
+        .arg("--secrets")
+        .arg(secrets);
     harness
         .arg("--user")
         .arg(USER)

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use herd::release::{self, SigningKey};
 use herd_image::Arch;
 
+use crate::artifact::{self as release, SigningKey};
 use crate::util::root;
 
 const USAGE: &str = "\

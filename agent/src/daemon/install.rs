@@ -112,8 +112,13 @@ pub fn apply(config: &Config, paths: &Paths, prove: &mut Prover) -> anyhow::Resu
     if paths.dir.join(PENDING).exists() {
         return refuse("another upgrade is still proving itself on this card".into());
     }
-    let Some(key) = config.upgrade.key()? else {
-        return refuse("upgrade.public_key is not set in the configuration".into());
+    // The configuration's key, else the one the operator gave this node with the API token.
+    let Some(key) = config
+        .upgrade
+        .key()?
+        .or_else(|| super::upgrade::given_key(&paths.agent_dir))
+    else {
+        return refuse("this card has no signing key (upgrade.public_key)".into());
     };
     let bytes = match read_artifact(&paths.agent_dir.join(format!("{}.herd", handoff.sha256))) {
         Ok(b) => b,

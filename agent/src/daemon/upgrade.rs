@@ -23,6 +23,8 @@ pub const PENDING: &str = "pending.json";
 pub const STATUS: &str = "status.json";
 /// The artifact kept: `<sha256>.herd`, described by `artifact.json`.
 const KEPT: &str = "artifact.json";
+/// The signing key a node without one in its configuration was given, once, with the API token.
+pub const GIVEN_KEY: &str = "public_key";
 /// How long fetching an artifact from one source may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -100,15 +102,53 @@ impl Upgrades {
         self.dir.join(format!("{sha}.herd"))
     }
 
+    /// The signing key: the configuration's, else the one given with the API token.
+    pub fn key(&self) -> Option<PublicKey> {
+        self.key.or_else(|| given_key(&self.dir))
+    }
+
+    /// `PUT /api/v1/upgrade/key`: a node whose configuration has no signing key (an image made without
+    /// one) takes the cluster's from the operator, once, authenticated with the API token. Returns
+    /// whether it was new.
+    pub fn trust(&self, text: &str) -> Result<bool, Refused> {
+        let offered = PublicKey::from_base64(text).map_err(|e| refused(400, e))?;
+        if let Some(current) = self.key() {
+            return if current == offered {
+                Ok(false)
+            } else {
+                Err(refused(
+                    409,
+                    "this node already has another signing key; it takes no other",
+                ))
+            };
+        }
+        if self.token.is_none() {
+            return Err(refused(
+                403,
+                "this node has no API token (api.token), so nothing authenticates a signing key sent \
+                 to it: set upgrade.public_key in its configuration",
+            ));
+        }
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|_| {
+                crate::files::write_atomic(&self.dir.join(GIVEN_KEY), &offered.to_base64())
+                    .map_err(std::io::Error::other)
+            })
+            .map_err(|e| refused(507, format!("cannot keep the signing key: {e}")))?;
+        tracing::info!(key = %offered.to_base64(), "signing key given with the API token");
+        Ok(true)
+    }
+
     /// Checks an artifact whole and keeps it (the one kept before is dropped).
     pub fn accept(&self, bytes: &[u8]) -> Result<StoredView, Refused> {
-        let key = self.key.as_ref().ok_or_else(|| {
+        let key = self.key().ok_or_else(|| {
             refused(
                 409,
-                "this node has no signing key (upgrade.public_key in /etc/herd/herd.toml): it installs \
-                 nothing; rebuild its image with `cargo xtask image`, which bakes the key in",
+                "this node has no signing key (upgrade.public_key in /etc/herd/herd.toml): herd upgrade \
+                 --secrets gives it the cluster's",
             )
         })?;
+        let key = &key;
         if bytes.len() as u64 > MAX_ARTIFACT {
             return Err(refused(
                 413,
@@ -199,8 +239,8 @@ impl Upgrades {
         };
         // Checked again whole: the kept file is the agent's own, but a card can rot.
         self.accept(&bytes)?;
-        let key = self.key.as_ref().expect("accept checked there is a key");
-        let artifact = release::open(&bytes, key, &self.cluster)?;
+        let key = self.key().expect("accept checked there is a key");
+        let artifact = release::open(&bytes, &key, &self.cluster)?;
         let arch = Arch::this_machine()
             .ok_or_else(|| refused(422, "this node's CPU family is not one herd builds for"))?;
         artifact.binary(arch)?;
@@ -286,6 +326,11 @@ impl Upgrades {
             ),
         ))
     }
+}
+
+/// The signing key given to a node with the API token (in `dir`, the agent's `STATE_DIR/upgrade`).
+pub fn given_key(dir: &Path) -> Option<PublicKey> {
+    PublicKey::from_base64(&read_small(&dir.join(GIVEN_KEY), 256)?).ok()
 }
 
 /// Reads a small file, or nothing (missing, too large, not text).
@@ -389,7 +434,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_without_a_key_installs_nothing() {
+    fn a_node_without_a_key_takes_one_once_and_only_with_a_token() {
         let dir = tempfile::tempdir().unwrap();
         let (_, key) = setup(dir.path());
         let u = Upgrades::at(
@@ -402,5 +447,25 @@ mod tests {
         let e = u.accept(&artifact(&key, "99.0")).unwrap_err();
         assert_eq!(e.status, 409);
         assert!(e.message.contains("no signing key"), "{e:?}");
+        // Without an API token nothing authenticates the key.
+        assert_eq!(u.trust(&key.public().to_base64()).unwrap_err().status, 403);
+        let token = Some(crate::config::Secret("t".repeat(20)));
+        let u = Upgrades::at(
+            dir.path().join("u"),
+            dir.path().join("i"),
+            None,
+            "pis",
+            token,
+        );
+        assert_eq!(u.trust("not a key").unwrap_err().status, 400);
+        assert_eq!(u.trust(&key.public().to_base64()), Ok(true));
+        assert_eq!(u.trust(&key.public().to_base64()), Ok(false));
+        let other = SigningKey::from_base64(&base64_seed(9)).unwrap();
+        assert_eq!(
+            u.trust(&other.public().to_base64()).unwrap_err().status,
+            409
+        );
+        assert!(u.accept(&artifact(&key, "99.0")).is_ok());
+        assert!(u.accept(&artifact(&other, "99.0")).is_err());
     }
 }

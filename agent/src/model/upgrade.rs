@@ -115,6 +115,9 @@ pub struct UpgradeView {
     pub name: String,
     pub version: String,
     pub arch: Option<String>,
+    /// Whether the node has a signing key (configured, or given with the API token).
+    #[serde(default)]
+    pub has_key: bool,
     pub artifact: Option<StoredView>,
     /// An install handed to the installer and not finished yet.
     pub busy: bool,

@@ -122,8 +122,9 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
         (None, false) => bail!("give --to PATH, --build or --status"),
     };
     let manifest = release::peek(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some((cluster, key)) = cluster_key(&u.target)? {
-        release::open(&bytes, &key, &cluster)
+    let cluster_key = cluster_key(&u.target)?;
+    if let Some((cluster, key)) = &cluster_key {
+        release::open(&bytes, key, cluster)
             .and_then(|a| a.check_binaries())
             .map_err(|e| anyhow::anyhow!("{e} (checked with the key in --secrets)"))?;
     }
@@ -227,6 +228,26 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
     if todo.is_empty() {
         println!("every alive node runs {version}: nothing to do");
         return Ok(report);
+    }
+
+    // A node configured without a signing key is given the cluster's, authenticated with the token.
+    for n in todo.iter().chain(std::iter::once(&first)) {
+        let client = Client::new(&n.api, token.clone())?;
+        if client.upgrade_view()?.has_key {
+            continue;
+        }
+        let Some((_, key)) = &cluster_key else {
+            bail!(
+                "{} has no signing key: give --secrets (the cluster's secrets file) so that herd upgrade \
+                 gives it the cluster's",
+                n.label()
+            );
+        };
+        client.give_key(&key.to_base64())?;
+        println!(
+            "  {}: had no signing key; given the cluster's (authenticated with the API token)",
+            n.label()
+        );
     }
 
     // One upload, to the entry node; the others fetch from nodes that have it.

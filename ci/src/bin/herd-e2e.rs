@@ -7,7 +7,8 @@ use anyhow::{bail, Context};
 
 const USAGE: &str =
     "usage: herd-e2e --arm64 IMAGE [--arm64 IMAGE] [--armhf IMAGE] [--user NAME [--ssh-identity KEY]] \
-     [--wifi-ssid SSID --wifi-password-file FILE --password-file FILE --wifi-debs DIR] --out DIR";
+     [--wifi-ssid SSID --wifi-password-file FILE --password-file FILE --wifi-debs DIR] \
+     [--upgrade ARTIFACT --upgrade-broken ARTIFACT --secrets FILE] --out DIR";
 
 /// The first line of a file holding a secret.
 fn first_line(path: &std::path::Path) -> anyhow::Result<String> {
@@ -24,6 +25,7 @@ fn main() -> anyhow::Result<()> {
     let mut user = None;
     let mut ssh_identity = None;
     let (mut ssid, mut wifi_password, mut password, mut debs) = (None, None, None, None);
+    let (mut good, mut broken, mut secrets) = (None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || {
@@ -42,6 +44,9 @@ fn main() -> anyhow::Result<()> {
             "--wifi-password-file" => wifi_password = Some(first_line(&value()?)?),
             "--password-file" => password = Some(first_line(&value()?)?),
             "--wifi-debs" => debs = Some(value()?),
+            "--upgrade" => good = Some(value()?),
+            "--upgrade-broken" => broken = Some(value()?),
+            "--secrets" => secrets = Some(value()?),
             other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
@@ -63,6 +68,15 @@ fn main() -> anyhow::Result<()> {
              {USAGE}"
         ),
     };
+    let upgrade = match (good, broken, secrets) {
+        (None, None, None) => None,
+        (Some(good), Some(broken), Some(secrets)) => Some(herd_ci::e2e::UpgradeOptions {
+            good,
+            broken,
+            secrets,
+        }),
+        _ => bail!("the upgrade test needs --upgrade, --upgrade-broken and --secrets; {USAGE}"),
+    };
     herd_ci::e2e::run(&herd_ci::e2e::Options {
         arm64,
         arm64_other,
@@ -71,5 +85,6 @@ fn main() -> anyhow::Result<()> {
         user,
         ssh_identity,
         wifi,
+        upgrade,
     })
 }

@@ -16,9 +16,11 @@ use herd_image::Arch;
 
 use crate::netns::Lan;
 
+mod upgrade;
 mod vm;
 mod wifi;
 
+pub use upgrade::Options as UpgradeOptions;
 pub use wifi::Options as WifiOptions;
 
 use vm::{
@@ -42,6 +44,9 @@ pub struct Options {
     /// The Wi-Fi network the images were built for: the second VM of a round whose image has Wi-Fi and
     /// NetworkManager gets a simulated radio and an access point (`wifi.rs`).
     pub wifi: Option<WifiOptions>,
+    /// `herd upgrade`'s artifacts: tried on the last arm64 round (`upgrade.rs`), whose third VM then
+    /// loses power mid-upgrade instead of being killed.
+    pub upgrade: Option<UpgradeOptions>,
 }
 
 /// The user-data Raspberry Pi Imager writes when a user customises the OS and names the card (here
@@ -183,8 +188,9 @@ fn run_inner(opts: &Options) -> anyhow::Result<()> {
     if let Some(other) = &opts.arm64_other {
         rounds.push((other.as_path(), "bw"));
     }
-    for (image, prefix) in rounds {
-        arm64_round(opts, &lan, image, prefix)?;
+    let last = rounds.len() - 1;
+    for (i, (image, prefix)) in rounds.into_iter().enumerate() {
+        arm64_round(opts, &lan, image, prefix, i == last)?;
     }
 
     if let Some((b, d)) = &boot32 {
@@ -213,7 +219,13 @@ fn run_inner(opts: &Options) -> anyhow::Result<()> {
 
 /// Three arm64 VMs from copies of `image` (named `prefix`0..2, at the LAN's first three addresses): they
 /// join by mDNS, one is killed, one powered off.
-fn arm64_round(opts: &Options, lan: &Lan, image: &Path, prefix: &str) -> anyhow::Result<()> {
+fn arm64_round(
+    opts: &Options,
+    lan: &Lan,
+    image: &Path,
+    prefix: &str,
+    upgrade: bool,
+) -> anyhow::Result<()> {
     let out = &opts.out;
     let os = herd_image::Image::open(image)?
         .root()
@@ -283,8 +295,21 @@ fn arm64_round(opts: &Options, lan: &Lan, image: &Path, prefix: &str) -> anyhow:
             &format!("{prefix}{i}"),
         )?);
     }
+    // A VM powered on again boots from its own disk, its console in a file of its own.
+    let restart = |i: usize| {
+        start_vm(
+            lan,
+            i,
+            Arch::Arm64,
+            &boot64,
+            &disks[i],
+            out,
+            &format!("{prefix}{i}-again"),
+        )
+    };
     // Everything that talks to the VMs runs in host 0's namespace.
     let host = lan.host(0).clone();
+    let upgrade = opts.upgrade.as_ref().filter(|_| upgrade);
     std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<()> {
             crate::netns::enter_host(&host)?;
@@ -293,6 +318,7 @@ fn arm64_round(opts: &Options, lan: &Lan, image: &Path, prefix: &str) -> anyhow:
                 opts.user.as_deref(),
                 opts.ssh_identity.as_deref(),
                 wifi,
+                upgrade.map(|u| (u, &restart as &(dyn Fn(usize) -> anyhow::Result<Vm> + Sync))),
             )
         })
         .join()
@@ -490,11 +516,14 @@ fn agents_up(vms: &mut [Vm], what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+type Restart<'a> = &'a (dyn Fn(usize) -> anyhow::Result<Vm> + Sync);
+
 fn join_kill_poweroff(
     vms: &mut [Vm],
     user: Option<&str>,
     identity: Option<&Path>,
     wifi: Option<&WifiOptions>,
+    upgrade: Option<(&UpgradeOptions, Restart)>,
 ) -> anyhow::Result<()> {
     // 1. Every agent comes up, started by systemd.
     agents_up(vms, "every VM's agent answers on :8080")?;
@@ -575,33 +604,40 @@ fn join_kill_poweroff(
     )?;
     println!("    every VM lists {want:?} alive");
 
-    // 3. vm2 crashes (QEMU killed): the others must call it dead, not left.
-    let killed = Instant::now();
-    vms[2].child.kill()?;
-    vms[2].child.wait()?;
-    let dead_id = vms[2].id.clone();
-    let mut detected = [None, None];
-    until(
-        killed,
-        DETECT_DEADLINE,
-        "vm0 and vm1 report vm2 dead",
-        || {
-            for (i, d) in detected.iter_mut().enumerate() {
-                if d.is_none() && state_of(vms[i].ip, &dead_id).as_deref() == Some("dead") {
-                    *d = Some(killed.elapsed());
-                }
-            }
-            detected.iter().all(Option::is_some).then_some(())
-        },
-    )?;
-    println!(
-        "    {} killed: dead on {} after {}, on {} after {}",
-        vms[2].name,
-        vms[0].name,
-        secs(detected[0]),
-        vms[1].name,
-        secs(detected[1])
-    );
+    // 3. vm2 crashes: the others must call it dead, not left. With herd upgrade, it loses power
+    //    (QMP quit) in the middle of its upgrade; else QEMU is killed.
+    let detected = match upgrade {
+        Some((u, restart)) => upgrade::run(u, vms, restart)?.detected,
+        None => {
+            let killed = Instant::now();
+            vms[2].child.kill()?;
+            vms[2].child.wait()?;
+            let dead_id = vms[2].id.clone();
+            let mut detected = [None, None];
+            until(
+                killed,
+                DETECT_DEADLINE,
+                "vm0 and vm1 report vm2 dead",
+                || {
+                    for (i, d) in detected.iter_mut().enumerate() {
+                        if d.is_none() && state_of(vms[i].ip, &dead_id).as_deref() == Some("dead") {
+                            *d = Some(killed.elapsed());
+                        }
+                    }
+                    detected.iter().all(Option::is_some).then_some(())
+                },
+            )?;
+            println!(
+                "    {} killed: dead on {} after {}, on {} after {}",
+                vms[2].name,
+                vms[0].name,
+                secs(detected[0]),
+                vms[1].name,
+                secs(detected[1])
+            );
+            detected
+        }
+    };
 
     // 4. vm1 is powered off cleanly: vm0 must call it left.
     let pressed = Instant::now();
@@ -626,7 +662,12 @@ fn join_kill_poweroff(
         secs(Some(off))
     );
 
-    println!("\n    | VM | start → agent up | start → all joined | kill → dead seen here | power-off → left seen here |");
+    let crash = if upgrade.is_some() {
+        "power cut"
+    } else {
+        "kill"
+    };
+    println!("\n    | VM | start → agent up | start → all joined | {crash} → dead seen here | power-off → left seen here |");
     println!("    |---|---|---|---|---|");
     for (i, vm) in vms.iter().enumerate() {
         let dead = detected.get(i).copied().flatten();
@@ -637,7 +678,7 @@ fn join_kill_poweroff(
             secs(vm.up),
             secs(vm.joined),
             if i == 2 {
-                "(killed)".into()
+                format!("({crash})")
             } else {
                 secs(dead)
             },

@@ -211,6 +211,16 @@ pub(super) fn start_dhcp(lan: &Lan, out: &Path, vms: usize) -> anyhow::Result<Ch
 
 /// Asks QEMU to press the power button (an ACPI / GPIO power-off the guest handles as a clean shutdown).
 pub(super) fn power_button(qmp: &Path) -> anyhow::Result<()> {
+    qmp_command(qmp, "system_powerdown")
+}
+
+/// Stops the VM at once, as pulling its power cable would: QEMU quits, the guest flushes nothing.
+pub(super) fn power_cut(qmp: &Path) -> anyhow::Result<()> {
+    qmp_command(qmp, "quit")
+}
+
+/// Runs one QMP command (after the capabilities handshake).
+fn qmp_command(qmp: &Path, command: &str) -> anyhow::Result<()> {
     let stream = UnixStream::connect(qmp)
         .with_context(|| format!("cannot connect to QMP at {}", qmp.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -218,11 +228,20 @@ pub(super) fn power_button(qmp: &Path) -> anyhow::Result<()> {
     let mut w = stream;
     let mut line = String::new();
     reader.read_line(&mut line)?; // greeting
-    for cmd in ["qmp_capabilities", "system_powerdown"] {
+    for cmd in ["qmp_capabilities", command] {
         writeln!(w, "{{\"execute\":\"{cmd}\"}}")?;
         loop {
             line.clear();
-            if reader.read_line(&mut line)? == 0 {
+            let n = match reader.read_line(&mut line) {
+                Ok(n) => n,
+                // QEMU may close the socket before it answers `quit`.
+                Err(_) if cmd == "quit" => 0,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                if cmd == "quit" {
+                    break;
+                }
                 bail!("QMP closed during {cmd}");
             }
             if line.contains("\"return\"") {

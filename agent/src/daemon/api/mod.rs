@@ -216,6 +216,12 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::get())
         .and(st.clone())
         .and_then(download);
+    let give_key = warp::path!("api" / "v1" / "upgrade" / "key")
+        .and(warp::put())
+        .and(authorized(all.clone()))
+        .and(warp::body::content_length_limit(MAX_BODY))
+        .and(warp::body::bytes())
+        .and_then(give_key);
     let install = warp::path!("api" / "v1" / "upgrade" / "install")
         .and(warp::post())
         .and(authorized(all.clone()))
@@ -248,6 +254,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(upload)
         .or(download)
         .or(install)
+        .or(give_key)
         .or(healthz)
         .or(metrics)
         .recover(recover)
@@ -582,6 +589,7 @@ async fn upgrade_view(s: ApiState) -> Result<impl Reply, Rejection> {
             name: me.map(|m| m.name).unwrap_or_default(),
             version: crate::VERSION.to_string(),
             arch: crate::release::Arch::this_machine().map(|a| a.name().to_string()),
+            has_key: u.key().is_some(),
             artifact: u.kept(),
             busy: u.busy(),
             last: u.last(),
@@ -672,6 +680,15 @@ async fn download(sha: String, s: ApiState) -> Result<impl Reply, Rejection> {
         "content-type",
         "application/octet-stream",
     ))
+}
+
+/// `PUT /api/v1/upgrade/key`: the cluster's signing key, for a node configured without one.
+async fn give_key(s: ApiState, body: hyper::body::Bytes) -> Result<impl Reply, Rejection> {
+    let u = upgrades(&s)?;
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let _slot = upgrade_slot(&s)?;
+    let new = blocking(move || u.trust(&text)).await?;
+    Ok(warp::reply::json(&serde_json::json!({ "changed": new })))
 }
 
 /// `POST /api/v1/upgrade/install`: fetch (if needed), check, and hand over to the card's installer.
