@@ -45,6 +45,7 @@ fn artifact(signer: &SigningKey, version: &str) -> Vec<u8> {
 fn install(c: &Client, sha: &str, sources: Vec<String>) -> anyhow::Result<serde_json::Value> {
     c.install(&InstallRequest {
         sha256: sha.into(),
+        rollout: "0a1b".into(),
         sources,
         allow_downgrade: false,
         timeout_s: 60,
@@ -153,6 +154,7 @@ fn hostile_artifacts_and_requests_are_refused_and_nothing_is_kept() {
         "{:#}",
         node.install(&InstallRequest {
             sha256: sha.clone(),
+            rollout: String::new(),
             sources: vec![],
             allow_downgrade: false,
             timeout_s: 1,
@@ -203,4 +205,60 @@ fn a_node_configured_without_a_signing_key_takes_the_clusters_once_with_the_toke
         node.upload(&artifact(&key(8), "99.0.1")).unwrap_err()
     );
     assert!(e.contains("signing key"), "{e}");
+}
+
+/// `herd upgrade` (the real binary): a first Ctrl-C lets the batch under way finish (the node is
+/// handed its upgrade and must prove it or roll back on its own), a second one leaves at once.
+#[test]
+fn ctrl_c_stops_after_the_batch_under_way_and_twice_at_once() {
+    use std::process::{Command, Stdio};
+    let c = cluster(64);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.herd");
+    std::fs::write(&path, artifact(&key(7), "99.0.0")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["upgrade", "--timeout", "10s", "--node", &c.url(0), "--to"])
+        .arg(&path)
+        .env("HERD_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    // Wait until the first node was handed its upgrade (no installer runs here: it never reports).
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("installing") {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("uploading")), "{seen:?}");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let interrupt = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    interrupt();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the batch under way is waited for"
+    );
+    interrupt();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a second Ctrl-C leaves at once"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    // The node that was handed the upgrade keeps it for its installer; the others were not touched.
+    assert!(c.client(0).upgrade_view().unwrap().busy);
+    assert!(!c.client(1).upgrade_view().unwrap().busy);
+    assert!(!c.client(2).upgrade_view().unwrap().busy);
 }

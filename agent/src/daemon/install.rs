@@ -72,6 +72,8 @@ impl Paths {
 #[serde(deny_unknown_fields)]
 pub struct Pending {
     pub sha256: String,
+    #[serde(default)]
+    pub rollout: String,
     pub from: String,
     pub to: String,
     pub timeout_s: u64,
@@ -99,6 +101,7 @@ pub fn apply(config: &Config, paths: &Paths, prove: &mut Prover) -> anyhow::Resu
     let refuse = |reason: String| -> anyhow::Result<Outcome> {
         let outcome = Outcome {
             sha256: handoff.sha256.clone(),
+            rollout: handoff.rollout.clone(),
             from: crate::VERSION.to_string(),
             to: String::new(),
             stage: Stage::Refused,
@@ -164,6 +167,7 @@ pub fn apply(config: &Config, paths: &Paths, prove: &mut Prover) -> anyhow::Resu
     std::fs::create_dir_all(&paths.dir)?;
     let pending = Pending {
         sha256: handoff.sha256.clone(),
+        rollout: handoff.rollout.clone(),
         from: crate::VERSION.to_string(),
         to: to.clone(),
         timeout_s: handoff.timeout_s,
@@ -198,6 +202,7 @@ pub fn resume(paths: &Paths, prove: &mut Prover) -> anyhow::Result<Option<Outcom
             eprintln!("{}: {e}; going back to the previous agent", path.display());
             let p = Pending {
                 sha256: String::new(),
+                rollout: String::new(),
                 from: String::new(),
                 to: String::new(),
                 timeout_s: 0,
@@ -299,6 +304,7 @@ fn rollback(paths: &Paths, pending: &Pending, reason: &str) -> anyhow::Result<Ou
 fn outcome(p: &Pending, stage: Stage, reason: Option<String>) -> Outcome {
     Outcome {
         sha256: p.sha256.clone(),
+        rollout: p.rollout.clone(),
         from: p.from.clone(),
         to: p.to.clone(),
         stage,
@@ -543,6 +549,7 @@ mod tests {
             std::fs::write(self.paths.agent_dir.join(format!("{sha}.herd")), &a).unwrap();
             let h = Handoff {
                 sha256: sha.clone(),
+                rollout: "be7e".into(),
                 allow_downgrade: false,
                 timeout_s: 10,
                 peers: vec![],
@@ -576,6 +583,7 @@ mod tests {
         assert!(!c.paths.dir.join(PENDING).exists());
         assert!(!c.paths.agent_dir.join(REQUEST).exists());
         assert_eq!(seen.unwrap().from, crate::VERSION);
+        assert_eq!(o.rollout, "be7e", "the report names the request");
         let status: Outcome =
             serde_json::from_str(&std::fs::read_to_string(c.paths.dir.join(STATUS)).unwrap())
                 .unwrap();
@@ -641,6 +649,7 @@ mod tests {
         let c = card();
         let p = Pending {
             sha256: "0".repeat(64),
+            rollout: String::new(),
             from: crate::VERSION.into(),
             to: "99.0".into(),
             timeout_s: 10,

@@ -247,6 +247,7 @@ impl Upgrades {
         artifact.check_version(crate::VERSION, req.allow_downgrade)?;
         let handoff = Handoff {
             sha256: req.sha256.clone(),
+            rollout: req.rollout.clone(),
             allow_downgrade: req.allow_downgrade,
             timeout_s: req.timeout_s,
             peers,
@@ -383,6 +384,7 @@ mod tests {
         assert_eq!(u.kept(), Some(second.clone()));
         let req = InstallRequest {
             sha256: second.sha256.clone(),
+            rollout: String::new(),
             sources: vec![],
             allow_downgrade: false,
             timeout_s: 60,
@@ -417,6 +419,7 @@ mod tests {
         let old = u.accept(&artifact(&key, "0.0.1")).unwrap();
         let mut req = InstallRequest {
             sha256: old.sha256,
+            rollout: String::new(),
             sources: vec![],
             allow_downgrade: false,
             timeout_s: 60,

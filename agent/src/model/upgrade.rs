@@ -22,6 +22,10 @@ pub const MAX_PEERS: usize = 4096;
 #[serde(deny_unknown_fields)]
 pub struct InstallRequest {
     pub sha256: String,
+    /// Names this install in the installer's report, so the operator's tool knows the report is about
+    /// its request (not an earlier one) without comparing clocks: a Pi has no clock until NTP answers.
+    #[serde(default)]
+    pub rollout: String,
     #[serde(default)]
     pub sources: Vec<String>,
     #[serde(default)]
@@ -32,6 +36,7 @@ pub struct InstallRequest {
 impl InstallRequest {
     pub fn check(&self) -> Result<(), String> {
         check_sha(&self.sha256)?;
+        check_rollout(&self.rollout)?;
         check_timeout(self.timeout_s)?;
         if self.sources.len() > MAX_SOURCES {
             return Err(format!("sources: more than {MAX_SOURCES}"));
@@ -48,6 +53,8 @@ impl InstallRequest {
 #[serde(deny_unknown_fields)]
 pub struct Handoff {
     pub sha256: String,
+    #[serde(default)]
+    pub rollout: String,
     pub allow_downgrade: bool,
     pub timeout_s: u64,
     /// Node ids of the other alive members: each must see this node alive with the new version.
@@ -57,6 +64,7 @@ pub struct Handoff {
 impl Handoff {
     pub fn check(&self) -> Result<(), String> {
         check_sha(&self.sha256)?;
+        check_rollout(&self.rollout)?;
         check_timeout(self.timeout_s)?;
         if self.peers.len() > MAX_PEERS {
             return Err(format!("peers: more than {MAX_PEERS}"));
@@ -91,6 +99,9 @@ pub enum Stage {
 #[serde(deny_unknown_fields)]
 pub struct Outcome {
     pub sha256: String,
+    /// The install request's `rollout`.
+    #[serde(default)]
+    pub rollout: String,
     pub from: String,
     pub to: String,
     pub stage: Stage,
@@ -134,6 +145,17 @@ pub fn check_sha(sha: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A rollout's name: up to 32 hex digits (empty: unnamed).
+pub fn check_rollout(r: &str) -> Result<(), String> {
+    if r.len() > 32 || !r.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "rollout: {:?} is not up to 32 hex digits",
+            r.chars().take(40).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 fn check_timeout(t: u64) -> Result<(), String> {
     if !(MIN_TIMEOUT_S..=MAX_TIMEOUT_S).contains(&t) {
         return Err(format!(
@@ -167,6 +189,7 @@ mod tests {
     fn request() -> InstallRequest {
         InstallRequest {
             sha256: "a".repeat(64),
+            rollout: "0123abcd".into(),
             sources: vec![
                 "http://10.0.0.5:8080".into(),
                 "http://[fe80::1]:8080".into(),
@@ -188,6 +211,7 @@ mod tests {
         bad(|r| r.sha256 = "A".repeat(64), "sha256");
         bad(|r| r.sha256 = "a".repeat(63), "sha256");
         bad(|r| r.timeout_s = 5, "timeout_s");
+        bad(|r| r.rollout = "x; rm -rf /".into(), "rollout");
         bad(|r| r.timeout_s = 99_999, "timeout_s");
         bad(
             |r| r.sources = vec!["http://x:8080/etc/passwd".into()],
@@ -205,6 +229,7 @@ mod tests {
     fn handoffs_name_peers_by_id_only() {
         let mut h = Handoff {
             sha256: "0".repeat(64),
+            rollout: String::new(),
             allow_downgrade: false,
             timeout_s: 60,
             peers: vec!["0123456789abcdef".into()],

@@ -278,11 +278,12 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
             );
         }
         let batch: Vec<Node> = queue.drain(..(u.batch as usize).min(queue.len())).collect();
-        let since = now();
+        let rollout = rollout_id();
         for n in &batch {
             let client = Client::new(&n.api, token.clone())?;
             let req = InstallRequest {
                 sha256: sha.clone(),
+                rollout: rollout.clone(),
                 sources: sources.clone(),
                 allow_downgrade: u.allow_downgrade,
                 timeout_s: u.timeout.as_secs(),
@@ -299,7 +300,7 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
         }
         let t0 = Instant::now();
         for n in &batch {
-            match wait(n, &version, &sha, since, u.timeout, token.clone()) {
+            match wait(n, &version, &rollout, u.timeout, token.clone()) {
                 Ok(()) => {
                     println!(
                         "  {}: {} → {version}, seen alive by every node ({:.1} s)",
@@ -339,18 +340,16 @@ fn list(v: &[String]) -> String {
     }
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// A random name for one batch's install requests: their reports carry it back.
+fn rollout_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Waits for `n`'s installer to report, then checks that every alive node sees it alive at `version`.
 fn wait(
     n: &Node,
     version: &str,
-    sha: &str,
-    since: u64,
+    rollout: &str,
     timeout: Duration,
     token: Option<String>,
 ) -> anyhow::Result<()> {
@@ -367,7 +366,7 @@ fn wait(
     loop {
         match client.upgrade_view() {
             Ok(v) => match v.last {
-                Some(o) if o.sha256 == sha && o.at + 1 >= since => match o.stage {
+                Some(o) if o.rollout == rollout => match o.stage {
                     Stage::Upgraded if v.version == version => break,
                     Stage::Upgraded | Stage::Proving => {
                         show(format!("proving itself (running {})", v.version))
@@ -601,6 +600,7 @@ mod tests {
     fn outcomes_read_as_sentences() {
         let o = Outcome {
             sha256: "0".repeat(64),
+            rollout: String::new(),
             from: "0.1.0".into(),
             to: "0.2.0".into(),
             stage: Stage::RolledBack,

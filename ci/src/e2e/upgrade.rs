@@ -1,9 +1,10 @@
 //! `herd upgrade` on booted VMs: artifacts signed with another key or with an altered binary are refused
 //! by every node; a broken build (it says its version, then exits at start) is installed on the first
 //! node only, which rolls itself back, and the rollout stops naming it; a second build of the agent
-//! (same code, another version) is rolled out to all three, and the last one loses power (QMP `quit`)
-//! while its new agent proves itself: it boots into a working agent, and every VM ends up reporting
-//! the new version. The operator's side is `herd upgrade` itself (the library the CLI runs).
+//! (same code, another version) is rolled out to all three, and the third VM loses power (QMP `quit`)
+//! while its new agent proves itself (the rollout waiting on it meanwhile): it boots into a working
+//! agent, and every VM ends up reporting the new version. The operator's side is `herd upgrade` itself
+//! (the library the CLI runs).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -181,7 +182,7 @@ pub(super) fn run(
         e.lines().next().unwrap_or("")
     );
 
-    // 3. The second build to all three; the last loses power while its new agent proves itself.
+    // 3. The second build to all three; the third VM loses power while its new agent proves itself.
     let t = Instant::now();
     let plan = rollout(opts, &opts.good, &vms[0], Duration::from_secs(60));
     let good_sha = release::sha256_hex(&good);
