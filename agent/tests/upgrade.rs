@@ -262,3 +262,69 @@ fn ctrl_c_stops_after_the_batch_under_way_and_twice_at_once() {
     assert!(!c.client(1).upgrade_view().unwrap().busy);
     assert!(!c.client(2).upgrade_view().unwrap().busy);
 }
+
+/// `herd upgrade --dry-run` prints the plan and changes nothing; `--status` shows every node.
+#[test]
+fn dry_run_and_status_change_nothing() {
+    use std::process::Command;
+    let c = cluster(65);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.herd");
+    std::fs::write(&path, artifact(&key(7), "99.0.0")).unwrap();
+    let herd = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_herd"))
+            .args(args)
+            .args(["--node", &c.url(0)])
+            .env("HERD_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let plan = herd(&[
+        "upgrade",
+        "--dry-run",
+        "--batch",
+        "2",
+        "--to",
+        path.to_str().unwrap(),
+    ]);
+    assert!(plan.contains("dry run: nothing changed"), "{plan}");
+    assert_eq!(
+        plan.matches(&format!("{} → 99.0.0", herd::VERSION)).count(),
+        3,
+        "{plan}"
+    );
+    assert!(plan.contains("2 at a time"), "{plan}");
+    for i in 0..3 {
+        let v = c.client(i).upgrade_view().unwrap();
+        assert!(v.artifact.is_none() && !v.busy, "node {i}: {v:?}");
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&herd(&["upgrade", "--status", "--json"])).unwrap();
+    let rows = status.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        assert_eq!(r["version"], herd::VERSION);
+        assert_eq!(r["upgrade"], "idle");
+    }
+    // An older artifact is refused before anything changes.
+    std::fs::write(&path, artifact(&key(7), "0.0.1")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args([
+            "upgrade",
+            "--node",
+            &c.url(0),
+            "--to",
+            path.to_str().unwrap(),
+        ])
+        .env("HERD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--allow-downgrade"),
+        "{err}"
+    );
+    assert!(c.client(0).upgrade_view().unwrap().artifact.is_none());
+}
