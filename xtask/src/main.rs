@@ -35,7 +35,8 @@ tasks:
   fixture PATH [--armhf] [--old-layout]
                          write a small Pi-layout test image (to try `image --base PATH` offline)
   e2e [--no-armhf]       boot-and-join: three VMs boot copies of one herd image in QEMU, find each
-                         other by mDNS, one is killed and one powered off (needs root)
+                         other by mDNS, one is killed and one powered off; on the Bookworm image,
+                         herd upgrade (refusals, a rollback, a power cut mid-upgrade) (needs root)
   deps                   install every Debian package the test suite and the image pipeline use (root),
                          or print the command that does
   bare                   the README's commands in a bare Debian root: a fresh clone makes an image with
