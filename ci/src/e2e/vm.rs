@@ -255,6 +255,19 @@ fn qmp_command(qmp: &Path, command: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The last line of the VM's serial console (what it was doing when it went quiet).
+pub(super) fn console_tail(vm: &Vm) -> String {
+    let text = std::fs::read(&vm.console).unwrap_or_default();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .chars()
+        .take(160)
+        .collect()
+}
+
 /// Whether the VM's serial console (colours stripped) shows `needle`. The harness boots with the journal
 /// forwarded to the console and no getty on it, so systemd's own "Started …" lines land there.
 pub(super) fn console_has(vm: &Vm, needle: &str) -> bool {
