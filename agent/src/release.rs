@@ -241,8 +241,8 @@ pub struct Artifact<'a> {
     bytes: &'a [u8],
 }
 
-/// The manifest of an artifact, unverified: what the operator's CLI shows before any node checked it.
-pub fn peek(bytes: &[u8]) -> Result<Manifest, Refusal> {
+/// The manifest's length, once the magic and the length field checked out.
+fn manifest_len(bytes: &[u8]) -> Result<usize, Refusal> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(Refusal::NotAnArtifact);
     }
@@ -254,6 +254,12 @@ pub fn peek(bytes: &[u8]) -> Result<Manifest, Refusal> {
     if len > MAX_MANIFEST {
         return Err(Refusal::ManifestTooLarge(len));
     }
+    Ok(len)
+}
+
+/// The manifest of an artifact, unverified: what the operator's CLI shows before any node checked it.
+pub fn peek(bytes: &[u8]) -> Result<Manifest, Refusal> {
+    let len = manifest_len(bytes)?;
     let manifest = bytes
         .get(HEADER_LEN..HEADER_LEN + len)
         .ok_or(Refusal::Truncated("no room for the manifest"))?;
@@ -263,17 +269,7 @@ pub fn peek(bytes: &[u8]) -> Result<Manifest, Refusal> {
 /// Checks an artifact received from anyone: its format, that `key` signed it, that it is for `cluster`,
 /// and that its length is what the manifest says. The binaries are checked by [`Artifact::binary`].
 pub fn open<'a>(bytes: &'a [u8], key: &PublicKey, cluster: &str) -> Result<Artifact<'a>, Refusal> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(Refusal::NotAnArtifact);
-    }
-    if bytes.len() < HEADER_LEN {
-        return Err(Refusal::Truncated("no manifest length"));
-    }
-    let len =
-        u32::from_le_bytes(bytes[MAGIC.len()..HEADER_LEN].try_into().expect("4 bytes")) as usize;
-    if len > MAX_MANIFEST {
-        return Err(Refusal::ManifestTooLarge(len));
-    }
+    let len = manifest_len(bytes)?;
     let signed_end = HEADER_LEN + len;
     if bytes.len() < signed_end + SIGNATURE_LEN {
         return Err(Refusal::Truncated(

@@ -157,12 +157,7 @@ impl Client {
 
     /// `PUT /api/v1/upgrade/artifact`: the node checks the artifact whole and keeps it. Up to 5 minutes.
     pub fn upload(&self, artifact: &[u8]) -> anyhow::Result<StoredView> {
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_global(Some(Duration::from_secs(300)))
-            .build()
-            .into();
+        let http = patient(Duration::from_secs(300));
         let path = "/api/v1/upgrade/artifact";
         let body = Some(("application/octet-stream", artifact));
         match self.send("PUT", path, true, body, &http) {
@@ -195,12 +190,7 @@ impl Client {
     /// `POST /api/v1/upgrade/install`: the node fetches the artifact if it must, checks it and hands it
     /// to its installer. Up to 5 minutes (the fetch).
     pub fn install(&self, req: &InstallRequest) -> anyhow::Result<serde_json::Value> {
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_global(Some(Duration::from_secs(330)))
-            .build()
-            .into();
+        let http = patient(Duration::from_secs(330));
         let path = "/api/v1/upgrade/install";
         let body = serde_json::to_vec(req)?;
         let r = self.send("POST", path, true, Some(("application/json", &body)), &http)?;
@@ -212,6 +202,16 @@ impl Client {
         let verb = if add { "add-service" } else { "remove-service" };
         self.json("PUT", &format!("/meta-data/{verb}/{service}"), true)
     }
+}
+
+/// An HTTP agent for requests that may take `total` (an upload, a node fetching an artifact).
+fn patient(total: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_global(Some(total))
+        .build()
+        .into()
 }
 
 fn normalize(node: &str) -> anyhow::Result<String> {
