@@ -187,16 +187,23 @@ pub(super) fn run(
     let plan = rollout(opts, &opts.good, &vms[0], Duration::from_secs(60));
     let good_sha = release::sha256_hex(&good);
     let operator = std::thread::spawn(move || herd::ops::upgrade::run(&plan));
-    let proving = until(
-        t,
-        Duration::from_secs(400),
-        "vm2's new agent is proving itself",
-        || {
-            let v = get_json(vms[2].ip, "/api/v1/upgrade").ok()?;
-            (v["last"]["stage"] == "proving" && v["last"]["sha256"] == good_sha.as_str())
-                .then(|| t.elapsed())
-        },
-    )?;
+    // The cut comes once the new agent answers and is still on trial (its installer has not yet seen
+    // every peer agree): the binary swapped, the old one kept, the outcome open. Polled often: that
+    // window lasts a second or two.
+    let proving = loop {
+        if let Ok(v) = get_json(vms[2].ip, "/api/v1/upgrade") {
+            if v["last"]["stage"] == "proving"
+                && v["last"]["sha256"] == good_sha.as_str()
+                && v["version"] == new_version.as_str()
+            {
+                break t.elapsed();
+            }
+        }
+        if t.elapsed() > Duration::from_secs(400) {
+            bail!("vm2's new agent was never seen on trial within 400 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let cut = Instant::now();
     power_cut(&vms[2].qmp)?;
     vms[2].child.wait()?;
