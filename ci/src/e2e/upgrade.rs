@@ -208,26 +208,34 @@ pub(super) fn run(
     power_cut(&vms[2].qmp)?;
     vms[2].child.wait()?;
     let dead_id = vms[2].id.clone();
+    // Its peers call it dead, or left: its old agent said goodbye when it was restarted, and the new
+    // one may have lost power before they heard from it (it answers HTTP before its first gossip
+    // round reaches anyone). Either way, not alive.
     let mut detected = [None, None];
+    let mut verdicts = [String::new(), String::new()];
     until(
         cut,
         super::DETECT_DEADLINE,
-        "vm0 and vm1 report the VM that lost power dead",
+        "vm0 and vm1 report the VM that lost power dead (or left)",
         || {
             for (i, d) in detected.iter_mut().enumerate() {
-                if d.is_none() && super::state_of(vms[i].ip, &dead_id).as_deref() == Some("dead") {
+                let state = super::state_of(vms[i].ip, &dead_id);
+                if d.is_none() && matches!(state.as_deref(), Some("dead" | "left")) {
                     *d = Some(cut.elapsed());
+                    verdicts[i] = state.unwrap_or_default();
                 }
             }
             detected.iter().all(Option::is_some).then_some(())
         },
     )?;
     println!(
-        "    {} lost power {} into the rollout, its new agent on trial: dead on {} after {}, on {} after {}",
+        "    {} lost power {} into the rollout, its new agent on trial: {} on {} after {}, {} on {} after {}",
         vms[2].name,
         secs(Some(proving)),
+        verdicts[0],
         vms[0].name,
         secs(detected[0]),
+        verdicts[1],
         vms[1].name,
         secs(detected[1])
     );
