@@ -38,16 +38,24 @@ impl Target {
         Client::new(&self.node, self.token()?)
     }
 
+    /// The `--secrets` file, parsed (none given: `None`).
+    pub fn secrets_table(&self) -> anyhow::Result<Option<(&std::path::Path, toml::Table)>> {
+        let Some(path) = &self.secrets else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--secrets: cannot read {}", path.display()))?;
+        let table: toml::Table = text
+            .parse()
+            .with_context(|| format!("--secrets: {} is not TOML", path.display()))?;
+        Ok(Some((path, table)))
+    }
+
     pub fn token(&self) -> anyhow::Result<Option<String>> {
         if let Some(t) = &self.token {
             return Ok(Some(t.trim().to_string()));
         }
-        if let Some(path) = &self.secrets {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("--secrets: cannot read {}", path.display()))?;
-            let table: toml::Table = text
-                .parse()
-                .with_context(|| format!("--secrets: {} is not TOML", path.display()))?;
+        if let Some((path, table)) = self.secrets_table()? {
             let token = table
                 .get("api_token")
                 .and_then(|v| v.as_str())

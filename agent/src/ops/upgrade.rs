@@ -132,7 +132,7 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
     let version = manifest.version.clone();
     let entry = u.target.client()?;
     let all = entry.nodes()?;
-    let token = entry_token(&u.target)?;
+    let token = u.target.token()?;
 
     // The plan: every alive node not at the version, the entry node first.
     let mut nodes: Vec<Node> = Vec::new();
@@ -434,7 +434,7 @@ fn wait(
 /// `herd upgrade --status`: one line per node.
 fn status(t: &Target) -> anyhow::Result<()> {
     let entry = t.client()?;
-    let token = entry_token(t)?;
+    let token = t.token()?;
     let nodes = entry.nodes()?;
     let mut rows: BTreeMap<(bool, String), [String; 5]> = BTreeMap::new();
     for n in &nodes {
@@ -563,14 +563,9 @@ fn build(t: &Target) -> anyhow::Result<Vec<u8>> {
 
 /// The cluster and the public half of its signing key, from --secrets.
 fn cluster_key(t: &Target) -> anyhow::Result<Option<(String, release::PublicKey)>> {
-    let Some(path) = &t.secrets else {
+    let Some((_, table)) = t.secrets_table()? else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--secrets: cannot read {}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("--secrets: {} is not TOML", path.display()))?;
     let get = |k: &str| table.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let (Some(cluster), Some(public)) = (get("cluster"), get("signing_public_key")) else {
         return Ok(None);
@@ -578,10 +573,6 @@ fn cluster_key(t: &Target) -> anyhow::Result<Option<(String, release::PublicKey)
     let key = release::PublicKey::from_base64(&public)
         .map_err(|e| anyhow::anyhow!("--secrets: signing_public_key: {e}"))?;
     Ok(Some((cluster, key)))
-}
-
-fn entry_token(t: &Target) -> anyhow::Result<Option<String>> {
-    t.token()
 }
 
 #[cfg(test)]
