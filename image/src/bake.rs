@@ -90,6 +90,10 @@ pub fn prepare(
     opts: &BakeOptions,
     binary_for: impl FnOnce(Arch) -> Result<PathBuf>,
 ) -> Result<Prepared> {
+    if let Some(line) = &opts.userconf {
+        let name = line.split(':').next().unwrap_or_default();
+        crate::imager::check_user_name(name).map_err(Error::Invalid)?;
+    }
     let img = Image::open(image)?;
     let root = img.root();
     if root.needs_recovery()? {
@@ -100,7 +104,9 @@ pub fn prepare(
         )));
     }
     let arch = img.arch()?;
-    let cloud_init = root.exists("/usr/bin/cloud-init");
+    let cloud = crate::cloudinit::CloudInit::read(&root, &img.boot()?)?;
+    let cloud_init = cloud.is_some();
+    let seed = cloud.as_ref().is_some_and(|c| c.seed);
     let binary = binary_for(arch)?;
     let bin = std::fs::read(&binary).map_err(crate::io(&binary))?;
 
@@ -108,16 +114,27 @@ pub fn prepare(
     entries.push(Entry::root_file(BINARY, bin, 0o755));
     // On a base with cloud-init, herd's per-card name must win, every boot, even when user-data (Imager's
     // customisation) names the card: cloud-init is told to leave the host name and /etc/hosts alone.
-    if cloud_init && !opts.values.hostname_template.is_empty() {
-        let cfg = root
-            .read("/etc/cloud/cloud.cfg")
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        entries.push(Entry::root_file(
-            CLOUD_INIT_DROP_IN,
-            cloud_init_drop_in(&cfg),
-            0o644,
-        ));
+    if let Some(ci) = &cloud {
+        if !opts.values.hostname_template.is_empty() {
+            let drop_in = CLOUD_INIT_DROP_IN.rsplit('/').next().unwrap_or_default();
+            if let Some(later) = ci
+                .drop_ins
+                .iter()
+                .find(|n| n.as_bytes() > drop_in.as_bytes())
+            {
+                return Err(Error::Invalid(format!(
+                    "{}: /etc/cloud/cloud.cfg.d/{later} sorts after herd's {drop_in}, so cloud-init would \
+                     let it override herd's settings (it reads cloud.cfg.d in byte order, the last one \
+                     winning); rename it on the base",
+                    image.display()
+                )));
+            }
+            entries.push(Entry::root_file(
+                CLOUD_INIT_DROP_IN,
+                cloud_init_drop_in(ci.list("cloud_init_modules")),
+                0o644,
+            ));
+        }
     }
     // cloud-init's first stage reads its seed from the boot partition. Started before that partition is
     // mounted, it mounts it read-only somewhere of its own, and /boot/firmware, mounted meanwhile, comes
@@ -143,8 +160,9 @@ pub fn prepare(
             wifi::UNBLOCK_RULE,
             0o644,
         ));
-        if cloud_init {
-            // cloud-init renders the network for NetworkManager itself: one place only.
+        if seed {
+            // cloud-init renders the network for NetworkManager itself: one place only. A base whose
+            // seed is not read (no meta-data) gets the NetworkManager profile, as one without cloud-init.
             boot.push((
                 "network-config".to_string(),
                 w.network_config().into_bytes(),
@@ -245,8 +263,10 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
     })
 }
 
-/// Where herd's cloud-init settings go: read after the base's own (`cloud.cfg.d` in name order).
-pub const CLOUD_INIT_DROP_IN: &str = "/etc/cloud/cloud.cfg.d/99-herd.cfg";
+/// Where herd's cloud-init settings go: last in byte order, so they win over the base's own (cloud-init
+/// reads `cloud.cfg.d` in byte order, the last file setting a key winning; Raspberry Pi OS's is
+/// `99_raspberry-pi.cfg`, after any `99-…`, since `_` sorts after `-`).
+pub const CLOUD_INIT_DROP_IN: &str = "/etc/cloud/cloud.cfg.d/zz-herd.cfg";
 
 /// A drop-in that starts cloud-init's first stage once the boot partition is mounted.
 /// Key-only SSH, when the image carries authorized keys.
@@ -264,37 +284,30 @@ partition\n# rather than mounting it read-only beside /boot/firmware (which then
 /// cloud-init modules that name the machine.
 const HOSTNAME_MODULES: [&str; 3] = ["set_hostname", "update_hostname", "update_etc_hosts"];
 
-/// herd's cloud-init drop-in for a base whose `cloud.cfg` is `base_cfg`: `preserve_hostname` (which the
-/// early, pre-network naming honours too), and the base's `cloud_init_modules` without the three that
-/// name the machine, so that not even a user-data `manage_etc_hosts: true` rewrites `/etc/hosts`.
-/// User-data could still list modules itself; Imager's does not.
-pub fn cloud_init_drop_in(base_cfg: &str) -> String {
+/// herd's cloud-init drop-in, given the base's effective `cloud_init_modules` (cloud.cfg merged with
+/// cloud.cfg.d, see [`crate::cloudinit`]), each item as YAML flow text: `preserve_hostname` (which the
+/// early, pre-network naming honours too), and that list without the three modules that name the
+/// machine, so that not even a user-data `manage_etc_hosts: true` rewrites `/etc/hosts`. User-data
+/// could still list modules itself; Imager's does not.
+pub fn cloud_init_drop_in(modules: Option<Vec<String>>) -> String {
     let mut out = String::from(
         "# Written by herd: this card's host name comes from hostname_template (herd-hostname.service).\n\
          # cloud-init leaves the host name and /etc/hosts alone, even when user-data names the card.\n\
          preserve_hostname: true\nmanage_etc_hosts: false\n",
     );
-    let mut lines = base_cfg
-        .lines()
-        .skip_while(|l| l.trim_end() != "cloud_init_modules:");
-    if lines.next().is_some() {
+    if let Some(modules) = modules {
         out.push_str("cloud_init_modules:\n");
-        for item in lines.take_while(|l| l.trim_start().starts_with('-') || l.trim().is_empty()) {
-            let name = item
-                .trim_start()
-                .trim_start_matches('-')
-                .trim()
-                .trim_start_matches('[')
-                .split([',', ']'])
-                .next()
-                .unwrap_or("")
-                .trim()
-                .trim_matches(['"', '\'']);
-            if !name.is_empty() && !HOSTNAME_MODULES.contains(&name) {
-                out.push_str(&format!(
-                    " - {}\n",
-                    item.trim_start().trim_start_matches('-').trim()
-                ));
+        for item in modules {
+            let name = serde_json::from_str::<serde_json::Value>(&item)
+                .ok()
+                .and_then(|v| match v {
+                    serde_json::Value::String(s) => Some(s),
+                    serde_json::Value::Array(a) => a.first()?.as_str().map(String::from),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            if !HOSTNAME_MODULES.contains(&name.as_str()) {
+                out.push_str(&format!(" - {item}\n"));
             }
         }
     }
@@ -361,25 +374,66 @@ mod tests {
 
     #[test]
     fn the_cloud_init_drop_in_keeps_every_module_but_the_naming_ones() {
+        use crate::cloudinit::{CloudInit, Seed};
+        const NO_SEED: Seed = Seed {
+            meta_data: false,
+            cmdline: "",
+            boot_label: "bootfs",
+        };
         let cfg = "users:\n - default\n\ncloud_init_modules:\n - seed_random\n - bootcmd\n - write_files\n \
                    - growpart\n - resizefs\n - [set_hostname, always]\n - update_hostname\n - \
                    update_etc_hosts\n - ca_certs\n - rsyslog\n - users_groups\n - ssh\n\n\
                    cloud_config_modules:\n - locale\n";
-        let d = super::cloud_init_drop_in(cfg);
+        let base = CloudInit::from_sources(cfg, vec![], &NO_SEED);
+        let d = super::cloud_init_drop_in(base.list("cloud_init_modules"));
         assert!(
             d.contains("preserve_hostname: true\nmanage_etc_hosts: false\n"),
             "{d}"
         );
-        assert!(
-            d.ends_with(
-                "cloud_init_modules:\n - seed_random\n - bootcmd\n - write_files\n - growpart\n \
-                 - resizefs\n - ca_certs\n - rsyslog\n - users_groups\n - ssh\n"
-            ),
-            "{d}"
+        assert!(!d.contains("hostname\"") && !d.contains("locale"), "{d}");
+        // Read back as cloud-init will, with the drop-in last: the base's list minus the naming ones.
+        let name = super::CLOUD_INIT_DROP_IN.rsplit('/').next().unwrap();
+        let merged = |drop_ins: Vec<(String, String)>| {
+            CloudInit::from_sources(cfg, drop_ins, &NO_SEED)
+                .list("cloud_init_modules")
+                .unwrap()
+        };
+        let want = [
+            "seed_random",
+            "bootcmd",
+            "write_files",
+            "growpart",
+            "resizefs",
+            "ca_certs",
+            "rsyslog",
+            "users_groups",
+            "ssh",
+        ]
+        .map(|m| format!("{m:?}"));
+        let rpi = (
+            "99_raspberry-pi.cfg".to_string(),
+            "preserve_hostname: false\n".to_string(),
         );
-        assert!(!d.contains("hostname\n - ") && !d.contains("locale"), "{d}");
+        let ours = (name.to_string(), d.clone());
+        assert_eq!(merged(vec![rpi.clone(), ours.clone()]), want);
+        // A base whose drop-in sets the list: that list is the one herd starts from.
+        let theirs = (
+            "90_modules.cfg".to_string(),
+            "cloud_init_modules:\n - [set_hostname, always]\n - [rpi_userconf, once]\n".to_string(),
+        );
+        let base = CloudInit::from_sources(cfg, vec![theirs.clone()], &NO_SEED);
+        let d = super::cloud_init_drop_in(base.list("cloud_init_modules"));
+        let ours = (name.to_string(), d);
+        let all = CloudInit::from_sources(cfg, vec![theirs, rpi, ours], &NO_SEED);
+        assert_eq!(
+            all.list("cloud_init_modules").unwrap(),
+            ["[\"rpi_userconf\",\"once\"]"]
+        );
+        // ... and herd's preserve_hostname wins over 99_raspberry-pi.cfg's.
+        assert_eq!(all.drop_ins.last().unwrap(), name);
+        assert_eq!(all.setting("preserve_hostname").as_bool(), Some(true));
         // A base without the list still gets the settings.
-        assert!(super::cloud_init_drop_in("").ends_with("manage_etc_hosts: false\n"));
+        assert!(super::cloud_init_drop_in(None).ends_with("manage_etc_hosts: false\n"));
     }
 
     #[test]

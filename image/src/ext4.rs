@@ -152,6 +152,23 @@ impl Root {
         self.stat(path).is_ok()
     }
 
+    /// The names in a directory (without `.` and `..`), in no particular order; empty when `dir` does
+    /// not exist.
+    pub fn list(&self, dir: &str) -> Result<Vec<String>> {
+        check_path(dir)?;
+        if !self.stat(dir).is_ok_and(|s| s.kind == "directory") {
+            return Ok(Vec::new());
+        }
+        // `ls -p`: one `/inode/mode/uid/gid/name/size/` line per entry; a name holds no '/'.
+        let text = String::from_utf8_lossy(&self.request(&format!("ls -p {dir}"))?).into_owned();
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix('/')?.split('/').nth(4))
+            .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+            .map(String::from)
+            .collect())
+    }
+
     /// Follows symlinks (in every component) to a real path.
     pub fn resolve(&self, path: &str) -> Result<String> {
         check_path(path)?;

@@ -97,6 +97,16 @@ impl Boot {
         })
     }
 
+    /// The volume label as blkid reports it (the root directory's label entry, else the boot sector's),
+    /// without its padding.
+    pub fn label(&self) -> String {
+        let label = match self.fs.read_volume_label_from_root_dir() {
+            Ok(Some(l)) => l,
+            _ => self.fs.volume_label(),
+        };
+        label.trim_end().to_string()
+    }
+
     fn err(&self, what: &str, e: io::Error) -> Error {
         Error::Invalid(format!(
             "{}: boot partition: {what}: {e}",

@@ -8,9 +8,11 @@
 //! - [`bake`] puts the herd overlay into an image (see [`overlay`]).
 
 pub mod bake;
+pub mod cloudinit;
 pub mod ext4;
 pub mod fat;
 pub mod fixture;
+pub mod imager;
 pub mod nosync;
 pub mod overlay;
 pub mod pipeline;

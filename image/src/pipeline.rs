@@ -56,6 +56,9 @@ pub struct PipelineOptions {
     /// Where the outputs will be published (`https://host/dir`): the manifest's URLs point there.
     /// `None`: absolute `file://` URLs of the outputs where they are written.
     pub url_base: Option<String>,
+    /// Leave the user, SSH keys and Wi-Fi to Raspberry Pi Imager's customisation (the manifest then
+    /// offers it); otherwise herd bakes them and the manifest turns Imager's customisation off.
+    pub imager_customisation: bool,
 }
 
 /// What the run produced.
@@ -126,6 +129,24 @@ pub fn run(
     }
     if let Some(base) = &opts.url_base {
         check_url_base(base)?;
+    }
+    if opts.imager_customisation {
+        let b = &opts.bake;
+        let baked: Vec<&str> = [
+            (b.userconf.is_some(), "a user"),
+            (b.ssh_keys.is_some(), "SSH keys"),
+            (b.wifi.is_some(), "Wi-Fi"),
+        ]
+        .iter()
+        .filter_map(|(set, what)| set.then_some(*what))
+        .collect();
+        if !baked.is_empty() {
+            return Err(Error::Invalid(format!(
+                "Imager's customisation is to set the user, SSH keys and Wi-Fi, but this build bakes \
+                 {}: choose one source (two would fight at first boot)",
+                baked.join(", ")
+            )));
+        }
     }
     std::fs::create_dir_all(&opts.out_dir).map_err(crate::io(&opts.out_dir))?;
 
@@ -221,27 +242,25 @@ pub fn run(
             }
         };
         std::fs::write(&partial_icon, ICON).map_err(crate::io(&partial_icon))?;
-        let manifest_json = serde_json::json!({
-            "os_list": [{
-                "name": format!("herd: {}", opts.bake.values.cluster),
-                "description": format!(
-                    "Raspberry Pi OS with the herd agent for cluster {} ({})",
-                    opts.bake.values.cluster,
-                    baked.arch.debian()
-                ),
-                "icon": url_of(&icon)?,
-                "url": url_of(download)?,
-                "extract_size": image_size,
-                "extract_sha256": image_sha,
-                "image_download_size": download_size,
-                "image_download_sha256": download_sha,
-                "release_date": today(),
-                "devices": baked.arch.imager_devices(),
-                // How Imager customises the card (user, Wi-Fi, SSH): cloud-init files on a base that
-                // runs cloud-init (Trixie since late 2025), else its firstrun.sh under systemd.
-                "init_format": if baked.cloud_init { "cloudinit-rpi" } else { "systemd" },
-                "architecture": baked.arch.imager_architecture(),
-            }]
+        let icon_url = url_of(&icon)?;
+        let url = url_of(download)?;
+        let manifest_json = crate::imager::manifest(&crate::imager::Entry {
+            cluster: &opts.bake.values.cluster,
+            arch: baked.arch,
+            icon_url: &icon_url,
+            url: &url,
+            extract_size: image_size,
+            extract_sha256: image_sha,
+            download_size: *download_size,
+            download_sha256: download_sha,
+            release_date: &today(),
+            customisation: if opts.imager_customisation {
+                crate::imager::Customisation::Imager {
+                    cloud_init: baked.cloud_init,
+                }
+            } else {
+                crate::imager::Customisation::Off
+            },
         });
         std::fs::write(
             &partial_manifest,

@@ -338,10 +338,11 @@ fn bad_images_get_clear_errors() {
 }
 
 /// Bakes a fixture with Wi-Fi; returns the image and the temporary directory holding it.
-fn bake_with_wifi(fixture: Fixture) -> (tempfile::TempDir, PathBuf) {
+fn bake_with_wifi(fixture: Fixture, setup: impl FnOnce(&Image)) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("out.img");
     fixture.build(&img).unwrap();
+    setup(&Image::open(&img).unwrap());
     let mut opts = options();
     opts.wifi =
         Some(herd_image::wifi::Wifi::new("ThisIsASSID", "ThisIsAPassword", "gb", true).unwrap());
@@ -357,7 +358,7 @@ const PSK: &str = "0dc0d6eb90555ed6419756b9a15ec3e3209b63df707dd508d14581f898272
 
 #[test]
 fn wifi_on_a_base_without_cloud_init_is_a_networkmanager_profile() {
-    let (_dir, img) = bake_with_wifi(Fixture::default());
+    let (_dir, img) = bake_with_wifi(Fixture::default(), |_| {});
     let image = Image::open(&img).unwrap();
     let root = image.root();
     let profile = "/etc/NetworkManager/system-connections/herd-wifi.nmconnection";
@@ -418,12 +419,60 @@ fn wifi_on_a_base_without_cloud_init_is_a_networkmanager_profile() {
     assert!(ok, "{text}");
 }
 
+/// A cloud-init base as Raspberry Pi OS Trixie ships it since 2025-11-24 (pi-gen cb05dfcc): NoCloud
+/// seeded from the boot partition (`99_raspberry-pi.cfg`), and `meta-data` there
+/// (`stage2/04-cloud-init/01-run.sh` line 10 at tag 2026-06-18-raspios-trixie-arm64); `seed: false` is
+/// the 2025-10-01 image, whose install of the seed files is commented out (pi-gen e4640531).
+fn cloud_init_base(seed: bool) -> impl FnOnce(&Image) {
+    move |image: &Image| {
+        image
+            .root()
+            .apply(&[
+                Entry::root_file("/usr/bin/cloud-init", "#!/usr/bin/python3\n", 0o755),
+                Entry::root_file(
+                    "/etc/cloud/cloud.cfg",
+                    "cloud_init_modules:\n - seed_random\n - set_hostname\n - users_groups\n",
+                    0o644,
+                ),
+                Entry::root_file(
+                    "/etc/cloud/cloud.cfg.d/99_raspberry-pi.cfg",
+                    "datasource_list: [ NoCloud, None ]\ndatasource:\n  NoCloud:\n    seedfrom: file:///boot/firmware\n",
+                    0o644,
+                ),
+            ])
+            .unwrap();
+        if seed {
+            let boot = image.boot().unwrap();
+            boot.write("meta-data", b"dsmode: local\ninstance_id: rpios-image\n")
+                .unwrap();
+            boot.close().unwrap();
+        }
+    }
+}
+
+#[test]
+fn wifi_on_a_cloud_init_base_whose_seed_is_unread_is_a_networkmanager_profile() {
+    let (_dir, img) = bake_with_wifi(Fixture::default(), cloud_init_base(false));
+    let image = Image::open(&img).unwrap();
+    let root = image.root();
+    let profile = "/etc/NetworkManager/system-connections/herd-wifi.nmconnection";
+    let text = String::from_utf8(root.read(profile).unwrap()).unwrap();
+    assert!(text.contains("ssid=ThisIsASSID\n"), "{text}");
+    assert!(!image.boot().unwrap().exists("network-config"));
+    // Still a cloud-init base: the naming drop-in, read last.
+    let drop_in =
+        String::from_utf8(root.read(herd_image::bake::CLOUD_INIT_DROP_IN).unwrap()).unwrap();
+    assert!(
+        drop_in.contains("preserve_hostname: true")
+            && drop_in.contains(" - \"users_groups\"\n")
+            && !drop_in.contains("set_hostname"),
+        "{drop_in}"
+    );
+}
+
 #[test]
 fn wifi_on_a_cloud_init_base_goes_to_its_network_config_only() {
-    let (_dir, img) = bake_with_wifi(Fixture {
-        fill: vec![("/usr/bin/cloud-init".into(), 64)],
-        ..Fixture::default()
-    });
+    let (_dir, img) = bake_with_wifi(Fixture::default(), cloud_init_base(true));
     let image = Image::open(&img).unwrap();
     let root = image.root();
     assert!(!root.exists("/etc/NetworkManager/system-connections/herd-wifi.nmconnection"));

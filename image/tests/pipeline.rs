@@ -45,6 +45,7 @@ fn options(base: Base, dir: &Path, xz: bool) -> PipelineOptions {
         xz,
         checksum: false,
         url_base: None,
+        imager_customisation: false,
     }
 }
 
@@ -161,9 +162,124 @@ fn a_local_img_with_xz_becomes_img_sha256_xz_and_manifest() {
     assert_eq!(os["devices"][0], "pi5-64bit");
     assert_eq!(os["architecture"], "armv8");
     assert_eq!(
-        os["init_format"], "systemd",
-        "the fixture has no cloud-init"
+        os["init_format"], "none",
+        "herd baked the user, keys and Wi-Fi: Imager offers no customisation by default"
     );
+}
+
+/// Walks a manifest through Imager 2.x's own steps, as its source states them (rpi-imager at commit
+/// 72ad1179, v2.0.11.1+), and returns the boards on which the entry is offered:
+/// - `src/hwlistmodel.cpp` lines 27-39, `HWListModel::reload()`: no top-level `imager` object, or no
+///   `devices` array in it, and the device list is not loaded (returns false); lines 49-71 read each
+///   device's `name`, `tags`, `icon`, `description`, `matching_type`;
+/// - `src/wizard/DeviceSelectionStep.qml` line 23: Next is enabled only once a device is selected, so an
+///   empty device list is a dead end;
+/// - `src/imagewriter.cpp` lines 2298-2339, `filterOsListWithHWTags`: an entry with `devices` is kept iff
+///   one of them is among the selected board's tags; one without is kept only for an "inclusive" board
+///   (`src/hwlistmodel.h` lines 49-51);
+/// - `src/oslistmodel.cpp` lines 25-52: an entry whose `init_format` is not one of '', systemd,
+///   cloudinit, cloudinit-rpi, rpi-preseed, none is pruned.
+fn boards_offering_the_entry(m: &serde_json::Value) -> Vec<String> {
+    let devices = m["imager"]["devices"]
+        .as_array()
+        .expect("Imager's HWListModel::reload() needs imager.devices, an array");
+    assert!(
+        !devices.is_empty(),
+        "no board to select: Imager's Next stays disabled"
+    );
+    let mut offered = Vec::new();
+    for d in devices {
+        let name = d["name"].as_str().expect("a board has a name");
+        let tags: Vec<&str> = d["tags"]
+            .as_array()
+            .expect("a board has tags")
+            .iter()
+            .map(|t| t.as_str().expect("tags are strings"))
+            .collect();
+        assert!(d["description"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(d["icon"].as_str().is_some_and(|s| !s.is_empty()));
+        let inclusive = d["matching_type"] == "inclusive";
+        let shown = m["os_list"].as_array().unwrap().iter().any(|os| {
+            let valid = [
+                "",
+                "systemd",
+                "cloudinit",
+                "cloudinit-rpi",
+                "rpi-preseed",
+                "none",
+            ]
+            .contains(&os["init_format"].as_str().unwrap_or(""));
+            let matches = match os["devices"].as_array() {
+                Some(ds) => ds.iter().any(|t| tags.contains(&t.as_str().unwrap_or(""))),
+                None => inclusive,
+            };
+            valid && matches
+        });
+        assert!(shown, "board {name:?} (tags {tags:?}) is offered no image");
+        offered.push(name.to_string());
+    }
+    // Every tag the entry names is some listed board's, or it names a board Imager never shows.
+    for os in m["os_list"].as_array().unwrap() {
+        for t in os["devices"].as_array().unwrap() {
+            assert!(
+                devices
+                    .iter()
+                    .any(|d| d["tags"].as_array().unwrap().contains(t)),
+                "device tag {t} is on no listed board"
+            );
+        }
+    }
+    offered
+}
+
+#[test]
+fn imager_can_walk_the_manifest_on_every_board_the_image_runs_on() {
+    for (arch, boards) in [
+        (
+            Arch::Arm64,
+            &[
+                "Raspberry Pi 5",
+                "Raspberry Pi 4",
+                "Raspberry Pi 3",
+                "Raspberry Pi Zero 2 W",
+            ][..],
+        ),
+        (
+            Arch::Armhf,
+            &[
+                "Raspberry Pi 5",
+                "Raspberry Pi 4",
+                "Raspberry Pi 3",
+                "Raspberry Pi Zero 2 W",
+                "Raspberry Pi 2",
+                "Raspberry Pi 1 and Zero",
+            ][..],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.img");
+        Fixture {
+            arch,
+            ..Fixture::default()
+        }
+        .build(&base)
+        .unwrap();
+        let mut opts = options(Base::File(base), dir.path(), false);
+        opts.checksum = true;
+        let s = run(&opts, agent_binary).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.manifest.unwrap()).unwrap()).unwrap();
+        assert_eq!(boards_offering_the_entry(&m), boards, "{arch:?}");
+        assert_eq!(imager_entry(&m)["init_format"], "none");
+        // Handing the customisation to Imager: its firstrun.sh on a base without cloud-init.
+        opts.imager_customisation = true;
+        std::fs::remove_dir_all(dir.path().join("out")).unwrap();
+        let s = run(&opts, agent_binary).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.manifest.unwrap()).unwrap()).unwrap();
+        boards_offering_the_entry(&m);
+        assert_eq!(imager_entry(&m)["init_format"], "systemd");
+    }
 }
 
 /// The one entry of an Imager os-list manifest, checked against the schema's rules (Imager 2.x): every
@@ -258,7 +374,7 @@ fn a_url_base_points_the_manifest_at_the_published_files_and_is_checked() {
     let os = imager_entry(&m);
     assert_eq!(os["url"], "https://example.com/herd/herd-test.img");
     assert_eq!(os["icon"], "https://example.com/herd/herd-test.png");
-    assert_eq!(os["init_format"], "cloudinit-rpi");
+    assert_eq!(os["init_format"], "none");
     assert_eq!(os["architecture"], "armhf");
     assert_eq!(os["devices"][4], "pi1-32bit");
     for bad in [

@@ -37,6 +37,9 @@ usage: cargo xtask image --cluster NAME [options]
   --wifi-country CC      the country the Pis are in (ISO 3166, e.g. GB): required with Wi-Fi, as
                          the radio stays off without one
   --wifi-hidden          the network does not broadcast its SSID
+  --imager-customisation leave the user, SSH keys and Wi-Fi to Raspberry Pi Imager's customisation
+                         (the manifest offers it; not with --user, --ssh-key or --wifi-*); without
+                         it the manifest turns Imager's customisation off, as herd bakes them
   --url-base URL         where the outputs will be published (https://host/dir): the manifest's
                          URLs point there (default: file:// URLs of the outputs, for a local Imager)
   --name NAME            output name (default: herd-CLUSTER)
@@ -54,6 +57,7 @@ struct Args {
     xz: bool,
     checksum: bool,
     url_base: Option<String>,
+    imager_customisation: bool,
     wifi_ssid: Option<String>,
     wifi_password_file: Option<PathBuf>,
     wifi_country: Option<String>,
@@ -74,6 +78,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
         xz: false,
         checksum: false,
         url_base: None,
+        imager_customisation: false,
         wifi_ssid: None,
         wifi_password_file: None,
         wifi_country: None,
@@ -105,6 +110,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
             "--xz" => a.xz = true,
             "--checksum" => a.checksum = true,
             "--url-base" => a.url_base = Some(value()?),
+            "--imager-customisation" => a.imager_customisation = true,
             "--wifi-ssid" => a.wifi_ssid = Some(value()?),
             "--wifi-password-file" => a.wifi_password_file = Some(value()?.into()),
             "--wifi-country" => a.wifi_country = Some(value()?),
@@ -147,16 +153,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
     }
     match (&a.user, &a.password_file) {
         (Some(u), Some(_)) => {
-            let ok = u.len() <= 32
-                && u.bytes()
-                    .next()
-                    .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-                && u.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
-                });
-            if !ok || u == "root" {
-                bail!("--user {u:?}: a Linux user name (lowercase letters, digits, '_', '-'; not root)");
-            }
+            herd_image::imager::check_user_name(u).map_err(|e| anyhow::anyhow!("--user: {e}"))?
         }
         (Some(_), None) => {
             bail!("--user needs --password-file (herd never bakes a default password)")
@@ -180,6 +177,21 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
     }
     if a.wifi_hidden && a.wifi_ssid.is_none() {
         bail!("--wifi-hidden goes with --wifi-ssid");
+    }
+    if a.imager_customisation {
+        if let Some(flag) = [
+            (a.user.is_some(), "--user"),
+            (a.ssh_key.is_some(), "--ssh-key"),
+            (a.wifi_ssid.is_some(), "--wifi-ssid"),
+        ]
+        .iter()
+        .find_map(|(set, flag)| set.then_some(flag))
+        {
+            bail!(
+                "--imager-customisation leaves the user, SSH keys and Wi-Fi to Imager: drop {flag}, \
+                 or drop --imager-customisation to bake them (two sources would fight at first boot)"
+            );
+        }
     }
     Ok(a)
 }
@@ -457,6 +469,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         xz: a.xz,
         checksum: a.checksum,
         url_base: a.url_base.clone(),
+        imager_customisation: a.imager_customisation,
     };
     println!("==> image: base {base}");
     let summary = herd_image::pipeline::run(&opts, |arch| {
@@ -589,6 +602,46 @@ mod tests {
         assert!(args(&["--url-base", "https://x/y"])
             .unwrap_err()
             .contains("--xz"));
+    }
+
+    /// `--user` is refused before anything is written when userconf-pi would refuse it at first boot
+    /// (the rule and its source: `herd_image::imager::check_user_name`), and Imager's customisation is
+    /// never combined with herd's own user, keys or Wi-Fi.
+    #[test]
+    fn user_names_and_imager_customisation_are_checked_up_front() {
+        let args = |extra: &[&str]| {
+            let mut v: Vec<String> = vec!["--cluster".into(), "lab".into()];
+            v.extend(extra.iter().map(|s| s.to_string()));
+            parse(&v).map(drop).map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(args(&["--user", "ops-1", "--password-file", "/p"]), Ok(()));
+        for bad in ["ops_1", "_ops", "root", "Ops"] {
+            let e = args(&["--user", bad, "--password-file", "/p"]).unwrap_err();
+            assert!(
+                e.starts_with("--user: ") && e.contains("userconf-pi"),
+                "{e}"
+            );
+        }
+        assert_eq!(args(&["--imager-customisation"]), Ok(()));
+        for (extra, flag) in [
+            (&["--user", "ops", "--password-file", "/p"][..], "--user"),
+            (
+                &[
+                    "--wifi-ssid",
+                    "x",
+                    "--wifi-password-file",
+                    "/p",
+                    "--wifi-country",
+                    "GB",
+                ],
+                "--wifi-ssid",
+            ),
+        ] {
+            let mut v = vec!["--imager-customisation"];
+            v.extend(extra);
+            let e = args(&v).unwrap_err();
+            assert!(e.contains(&format!("drop {flag}")), "{e}");
+        }
     }
 
     /// The same cases as the agent's `identity` tests: the build must refuse what the agent would.

@@ -143,6 +143,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         xz: false,
         checksum,
         url_base: None,
+        imager_customisation: false,
     };
     let clean = || {
         let _ = std::fs::remove_dir_all(out.path().join("out"));
