@@ -1,6 +1,7 @@
 //! zig and cargo-zigbuild, the linker of the ARMv6 agent (see `build.rs` for why), installed from PyPI,
 //! pinned by hash (`xtask/zig/requirements.txt`), into a Python virtual environment in herd's cache,
 //! named by the hash of that file: a changed pin makes a new one, and no clone installs it twice.
+//! Two builds at once (two clones, a build beside `cargo xtask ci`) take turns: the install holds a lock.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -23,6 +24,22 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     let dir = cache_dir().join("tools").join(format!("zig-{hash}"));
     let bin = dir.join("bin");
     let done = dir.join(".installed");
+    if done.exists() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(cache_dir().join("tools"))?;
+    let lock_path = cache_dir().join("tools").join(format!("zig-{hash}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        eprintln!(
+            "==> another build is installing zig into {}: waiting for it",
+            dir.display()
+        );
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    }
+    // Whoever held the lock may have finished the install.
     if done.exists() {
         return Ok(bin);
     }
