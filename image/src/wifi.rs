@@ -117,13 +117,17 @@ impl Wifi {
     }
 
     /// cloud-init's NoCloud `network-config` (netplan v2) for the network, with Ethernet kept on DHCP
-    /// beside it; both `optional`, so boot does not wait for the one that is absent.
+    /// beside it; both `optional`, so boot does not wait for the one that is absent. Both take IPv6 too:
+    /// netplan writes `ipv6.method=ignore` for an interface without `dhcp6` or an IPv6 address (netplan
+    /// `src/nm.c` lines 947-995, commit e9dd90a9), and the network-config replaces cloud-init's
+    /// fallback, which has it (`dhcp4` and `dhcp6`).
     pub fn network_config(&self) -> String {
         let ssid = serde_json::to_string(&self.ssid).expect("a string");
         format!(
-            "# Written by herd: Ethernet and Wi-Fi, both by DHCP.\nnetwork:\n  version: 2\n  \
-             ethernets:\n    eth0:\n      dhcp4: true\n      optional: true\n  \
-             wifis:\n    wlan0:\n      dhcp4: true\n      optional: true\n      \
+            "# Written by herd: Ethernet and Wi-Fi, both by DHCP and IPv6 autoconfiguration.\nnetwork:\n  \
+             version: 2\n  ethernets:\n    eth0:\n      dhcp4: true\n      dhcp6: true\n      \
+             optional: true\n  wifis:\n    wlan0:\n      dhcp4: true\n      dhcp6: true\n      \
+             optional: true\n      \
              regulatory-domain: \"{}\"\n      access-points:\n        {ssid}:\n          \
              password: \"{}\"\n          hidden: {}\n",
             self.country,

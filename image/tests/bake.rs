@@ -490,6 +490,48 @@ fn wifi_on_a_cloud_init_base_goes_to_its_network_config_only() {
         assert!(config.contains(want), "{want} missing:\n{config}");
     }
     assert!(!config.contains("ThisIsAPassword"));
+    // The real netplan renders it for NetworkManager, IPv6 kept on both interfaces. cloud-init passes a
+    // version-2 network-config to netplan as it is ("V2 to V2 passthrough", cloud-init
+    // `cloudinit/net/netplan.py` line 465, commit 04eacd06) in /etc/netplan/50-cloud-init.yaml, and
+    // Raspberry Pi OS makes NetworkManager the renderer (pi-gen
+    // `stage2/04-cloud-init/files/00-network-manager-all.yaml` at tag 2025-10-01-raspios-trixie-arm64).
+    let np = tempfile::tempdir().unwrap();
+    for (path, text) in [
+        (
+            "lib/netplan/00-network-manager-all.yaml",
+            "network:\n  version: 2\n  renderer: NetworkManager\n",
+        ),
+        ("etc/netplan/50-cloud-init.yaml", config.as_str()),
+    ] {
+        let p = np.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    let (ok, text) = run(Command::new("netplan")
+        .arg("generate")
+        .arg("--root-dir")
+        .arg(np.path()));
+    assert!(ok, "netplan generate: {text}");
+    let dir = np.path().join("run/NetworkManager/system-connections");
+    let mut profiles: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    profiles.sort();
+    assert_eq!(profiles.len(), 2, "{profiles:?}");
+    for p in &profiles {
+        let ipv6 = p.split("[ipv6]\n").nth(1).unwrap_or("");
+        assert!(ipv6.starts_with("method=auto\n"), "IPv6 dropped:\n{p}");
+        assert!(p.contains("[ipv4]\nmethod=auto\n"), "{p}");
+    }
+    assert!(
+        profiles.iter().any(|p| p.contains("type=ethernet"))
+            && profiles.iter().any(|p| p.contains("type=wifi")
+                && p.contains("ssid=ThisIsASSID\n")
+                && p.contains(&format!("psk={PSK}\n"))),
+        "{profiles:?}"
+    );
     let cmdline = String::from_utf8(boot.read("cmdline.txt").unwrap()).unwrap();
     assert!(
         cmdline.contains("cfg80211.ieee80211_regdom=GB"),

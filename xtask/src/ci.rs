@@ -32,6 +32,8 @@ const IMAGE_TEST_NEEDS: &[Need] = &[
     need("curl", "curl"),
     need("openssl", "openssl"),
     need("python3", "python3"),
+    // The real netplan renders the cloud-init network-config herd writes.
+    need("netplan", "netplan.io"),
 ];
 
 /// What the tests of the shipped agents (`ci/tests/agents.rs`) run them with.
