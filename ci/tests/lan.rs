@@ -13,6 +13,8 @@ use herd::gossip::{Liveness, NodeId};
 use herd_ci::netns::{HostAgent, Lan};
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+/// The gossip port every card of a new image uses.
+const PORT: u16 = herd::config::DEFAULT_GOSSIP_PORT;
 
 /// A config with no seeds, no addresses and no node name: what every card of an image gets.
 fn config(cluster: &str, state: &std::path::Path) -> Config {
@@ -117,7 +119,7 @@ fn five_hosts_with_no_seeds_find_each_other_with_mdns() {
         let me = me.iter().find(|m| m.is_self).unwrap();
         assert_eq!(
             me.addr,
-            Some(SocketAddr::new(IpAddr::V4(lan.host(i).ip), 7946))
+            Some(SocketAddr::new(IpAddr::V4(lan.host(i).ip), PORT))
         );
         assert_eq!(me.kvs.get("name"), Some(&lan.host(i).hostname));
     }
@@ -171,9 +173,9 @@ fn avahi_sees_every_agent_and_keeps_its_host_name() {
         assert_eq!(b.name, format!("herd-{id}"));
         assert_eq!(b.host, format!("herd-{id}.local"));
         assert_eq!(b.address, lan.host(i).ip.to_string());
-        assert_eq!(b.port, 7946);
+        assert_eq!(b.port, PORT);
         assert_eq!(b.txt("cluster"), Some("lan"));
-        assert_eq!(b.txt("gossip"), Some("7946"));
+        assert_eq!(b.txt("gossip"), Some(PORT.to_string().as_str()));
         assert_eq!(b.txt("http"), Some("8080"));
         assert_eq!(b.txt("version"), Some(env!("CARGO_PKG_VERSION")));
     }
@@ -303,7 +305,7 @@ fn a_new_address_is_followed_without_a_restart() {
     );
     // A DHCP renewal hands host 2 another address.
     let moved = nodes[2].id();
-    let new: SocketAddr = "10.99.0.33:7946".parse().unwrap();
+    let new: SocketAddr = format!("10.99.0.33:{PORT}").parse().unwrap();
     let ip = |args: &[&str]| {
         let out = lan.command(2, "ip").args(args).output().unwrap();
         assert!(
@@ -341,10 +343,83 @@ fn a_new_address_is_followed_without_a_restart() {
     assert!(all_see(&nodes, &ids), "{}", views(&nodes));
 }
 
+/// Docker Swarm holds TCP and UDP 7946 on every node and cannot move it (moby#39280: the port is fixed
+/// in its memberlist set-up); a card baked before herd moved off 7946 still uses it. Host 0 runs a
+/// process holding both the way Swarm's node discovery does, herd beside it on its default port; host 2
+/// is an old card on 7946. They find each other by mDNS, which carries each node's own port.
+#[test]
+fn herd_runs_beside_docker_swarm_on_7946_and_joins_cards_still_on_it() {
+    let lan = Lan::new(3).unwrap();
+    let mut swarm = lan
+        .command(0, "python3")
+        .args([
+            "-c",
+            "import socket, sys\n\
+             t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)\n\
+             t.bind(('0.0.0.0', 7946)); t.listen()\n\
+             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             u.bind(('0.0.0.0', 7946))\n\
+             print('holding 7946', flush=True)\n\
+             sys.stdin.read()\n",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(swarm.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line, "holding 7946\n",
+        "the stand-in for Swarm did not start"
+    );
+    let nodes = [
+        start(&lan, 0, "lan", |_| {}),
+        start(&lan, 1, "lan", |_| {}),
+        start(&lan, 2, "lan", |c| {
+            c.gossip.bind = "0.0.0.0:7946".parse().unwrap();
+        }),
+    ];
+    let ids: BTreeSet<NodeId> = nodes.iter().map(Node::id).collect();
+    eventually(
+        Duration::from_secs(30),
+        "herd beside Swarm, and the old card, all alive everywhere",
+        || all_see(&nodes, &ids),
+        || views(&nodes),
+    );
+    let members = nodes[1].agent.handle().members();
+    let port_of = |i: usize| {
+        members
+            .iter()
+            .find(|m| m.id == nodes[i].id())
+            .and_then(|m| m.addr)
+            .map(|a| a.port())
+    };
+    assert_eq!((port_of(0), port_of(2)), (Some(PORT), Some(7946)));
+    // Swarm's stand-in still holds its ports and runs.
+    assert!(swarm.try_wait().unwrap().is_none(), "it exited");
+    let taken = lan
+        .spawn_in(0, || {
+            (
+                std::net::UdpSocket::bind("0.0.0.0:7946").is_err(),
+                std::net::TcpListener::bind("0.0.0.0:7946").is_err(),
+            )
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken, (true, true));
+    drop(swarm.stdin.take());
+    assert!(swarm.wait().unwrap().success());
+}
+
 #[test]
 fn static_seeds_form_the_cluster_with_mdns_off() {
     let lan = Lan::new(5).unwrap();
-    let seed = format!("{}:7946", lan.host(0).ip);
+    let seed = format!("{}:{PORT}", lan.host(0).ip);
     let nodes: Vec<Node> = (0..5)
         .map(|i| {
             start(&lan, i, "lan", |c| {
@@ -396,7 +471,7 @@ fn the_static_agent_resolves_a_local_seed_with_mdns() {
             [gossip]
             interval = "100ms"
             key = "{KEY}"
-            seeds = ["h1.local:7946"]
+            seeds = ["h1.local:{PORT}"]
             [discovery]
             mdns = false
             [api]

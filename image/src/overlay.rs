@@ -12,7 +12,7 @@ pub struct Values {
     pub cluster: String,
     pub cluster_key: String,
     pub api_token: String,
-    /// A TOML array of `host:port` seeds, e.g. `["pi1.local:7946"]`.
+    /// A TOML array of `host:port` seeds, e.g. `["pi1.local:7496"]`.
     pub seeds: String,
     /// `hostname_template` of herd.toml: the name each card takes at first boot ("" keeps the base's).
     pub hostname_template: String,

@@ -38,7 +38,7 @@ fn options() -> BakeOptions {
             cluster: "fixture".into(),
             cluster_key: KEY.into(),
             api_token: TOKEN.into(),
-            seeds: herd_image::overlay::seeds_toml(&["pi1.local:7946".into()]),
+            seeds: herd_image::overlay::seeds_toml(&["pi1.local:7496".into()]),
             hostname_template: "herd-{id:6}".into(),
             signing_public_key: "6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=".into(),
         },
@@ -162,7 +162,7 @@ fn check_pipeline(fixture: Fixture) {
     let toml = String::from_utf8(root.read("/etc/herd/herd.toml").unwrap()).unwrap();
     let config = herd::config::Config::parse(&toml).unwrap();
     assert_eq!(config.cluster, "fixture");
-    assert_eq!(config.gossip.seeds, ["pi1.local:7946"]);
+    assert_eq!(config.gossip.seeds, ["pi1.local:7496"]);
     assert_eq!(config.hostname_template, "herd-{id:6}");
     assert!(config.api.token.is_some());
     // The boot partition has the user and SSH switched on.

@@ -267,8 +267,15 @@ fn default_cluster() -> String {
 fn default_state_dir() -> PathBuf {
     "/var/lib/herd".into()
 }
+/// The gossip port of a new image. Not 7946, which Docker Swarm (which cannot move it, moby#39280),
+/// Serf, Consul's LAN pool and MetalLB's memberlist use on TCP and UDP; nor any other port of the tools
+/// people run beside herd on a Pi cluster (Swarm 2377 and 4789, Consul 8300-8302, Nomad 4646-4648, k3s
+/// 6443 and 10250, flannel 8472 and 51820-51821, etcd 2379-2380, Ceph 6789 and 6800-7300). Cards
+/// baked with another port keep it: mDNS and the gossip carry each node's own address and port.
+pub const DEFAULT_GOSSIP_PORT: u16 = 7496;
+
 fn default_bind() -> SocketAddr {
-    "0.0.0.0:7946".parse().expect("constant")
+    SocketAddr::from(([0, 0, 0, 0], DEFAULT_GOSSIP_PORT))
 }
 fn default_interval() -> Duration {
     GossipConfig::new("").interval

@@ -100,13 +100,13 @@ pub fn addr_of(i: usize) -> SocketAddr {
     let i = i as u32 + 1;
     SocketAddr::V4(SocketAddrV4::new(
         Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8),
-        7946,
+        7496,
     ))
 }
 
 fn index_of(addr: SocketAddr) -> Option<usize> {
     match addr {
-        SocketAddr::V4(a) if a.port() == 7946 => {
+        SocketAddr::V4(a) if a.port() == 7496 => {
             let [_, b, c, d] = a.ip().octets();
             let i = (u32::from(b) << 16) | (u32::from(c) << 8) | u32::from(d);
             (i as usize).checked_sub(1)

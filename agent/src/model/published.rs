@@ -206,7 +206,7 @@ mod tests {
             (NAME_KEY, "pi-01.lab".to_string()),
             (VERSION_KEY, crate::VERSION.to_string()),
             (HTTP_KEY, "8080".to_string()),
-            ("_addr", "192.168.1.20:7946".to_string()),
+            ("_addr", "192.168.1.20:7496".to_string()),
             (
                 SERVICES_KEY,
                 r#"["nginx_webserver","postgres-16"]"#.to_string(),

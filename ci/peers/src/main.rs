@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 const INTERVAL: Duration = Duration::from_millis(200);
 const HERD_THRESHOLD: f64 = 8.0;
-const PORT: u16 = 7946;
+const PORT: u16 = 7496;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Figures {
