@@ -188,7 +188,15 @@ fn set_hostname(config: &std::path::Path, once: Option<&std::path::Path>) -> any
         None => println!("host name set to {name} (node id {id})"),
     }
     if let Some(done) = once {
-        herd::files::write_atomic(done, &format!("{name}\n"))?;
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if herd::daemon::identity::first_boot_script_pending(&cmdline) {
+            println!(
+                "a first-boot script runs on this boot (systemd.run= on the kernel command line, as \
+                 Imager's firstrun.sh) and may rename the card: {name} is set again on the next boot"
+            );
+        } else {
+            herd::files::write_atomic(done, &format!("{name}\n"))?;
+        }
     }
     Ok(())
 }

@@ -268,13 +268,16 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
 /// `99_raspberry-pi.cfg`, after any `99-…`, since `_` sorts after `-`).
 pub const CLOUD_INIT_DROP_IN: &str = "/etc/cloud/cloud.cfg.d/zz-herd.cfg";
 
-/// A drop-in that starts cloud-init's first stage once the boot partition is mounted.
-/// Key-only SSH, when the image carries authorized keys.
-const SSHD_DROP_IN: &str = "/etc/ssh/sshd_config.d/herd.conf";
+/// Key-only SSH, when the image carries authorized keys. sshd keeps the first value it reads for each
+/// keyword (sshd_config(5)) and reads `sshd_config.d/*.conf` in glob order, so this sorts first: before
+/// cloud-init's `50-cloud-init.conf` (cloud-init `cloudinit/ssh_util.py` line 565, commit 04eacd06),
+/// which an Imager `ssh_pwauth: true` fills with `PasswordAuthentication yes`.
+pub const SSHD_DROP_IN: &str = "/etc/ssh/sshd_config.d/00-herd.conf";
 const SSHD_KEY_ONLY: &str = "# Written by herd: key-only SSH.\n\
 AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys.d/%u\n\
 PasswordAuthentication no\nKbdInteractiveAuthentication no\n";
 
+/// A drop-in that starts cloud-init's first stage once the boot partition is mounted.
 pub const CLOUD_INIT_ORDER: &str =
     "/etc/systemd/system/cloud-init-local.service.d/10-herd-boot-firmware.conf";
 const CLOUD_INIT_ORDER_UNIT: &str = "# Written by herd: cloud-init reads its seed from the mounted boot \

@@ -120,6 +120,21 @@ fn check_pipeline(fixture: Fixture) {
         b"ssh-ed25519 AAAAC3Nz alice@laptop\n",
         0o644,
     ));
+    // Key-only SSH, in a drop-in sshd reads before any other: it keeps the first value of each keyword,
+    // and cloud-init writes `50-cloud-init.conf` (`PasswordAuthentication yes` for Imager's
+    // `ssh_pwauth: true`; cloud-init `cloudinit/ssh_util.py` line 565, commit 04eacd06).
+    let sshd = herd_image::bake::SSHD_DROP_IN;
+    let name = sshd.rsplit('/').next().unwrap();
+    assert!(
+        name.as_bytes() < b"50-cloud-init.conf".as_slice() && name.as_bytes() < b"01".as_slice(),
+        "{name} is not read first"
+    );
+    let text = String::from_utf8(root.read(sshd).unwrap()).unwrap();
+    assert!(
+        text.contains("\nPasswordAuthentication no\n")
+            && text.contains("\nKbdInteractiveAuthentication no\n"),
+        "{text}"
+    );
     for e in &expected {
         let Entry::File {
             path,

@@ -214,6 +214,19 @@ pub fn set_hostname(root: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether this boot runs a first-boot script that may rename the card after herd has named it: Imager's
+/// `firstrun.sh` on Bookworm-style images is started with `systemd.run=/boot/firstrun.sh` on the kernel
+/// command line (rpi-imager `src/downloadthread.cpp` line 2590, commit 72ad1179) and, among other
+/// things, sets the host name Imager was given; it then removes the token and reboots. herd names the
+/// card on that boot too but sets it "once" only on the next, so its name is the one that stays, as on a
+/// cloud-init base.
+pub fn first_boot_script_pending(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|t| {
+        t.strip_prefix("systemd.run=")
+            .is_some_and(|v| !v.is_empty())
+    })
+}
+
 /// `hosts` with its `127.0.1.1` line naming `name` (added when missing); every other line kept.
 fn with_hosts_line(hosts: &str, name: &str) -> String {
     let line = format!("127.0.1.1\t{name}");
@@ -238,6 +251,22 @@ fn with_hosts_line(hosts: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imagers_firstrun_boot_is_recognised_by_its_kernel_command_line() {
+        // The tokens Imager appends (downloadthread.cpp line 2590, commit 72ad1179).
+        let firstrun = "console=serial0,115200 console=tty1 root=PARTUUID=1-02 rootfstype=ext4 fsck.repair=yes \
+                        rootwait systemd.run=/boot/firstrun.sh systemd.run_success_action=reboot \
+                        systemd.unit=kernel-command-line.target\n";
+        assert!(first_boot_script_pending(firstrun));
+        // After it: firstrun.sh removes its tokens (sed 's| systemd.run.*||g').
+        let after = "console=serial0,115200 console=tty1 root=PARTUUID=1-02 rootfstype=ext4 fsck.repair=yes rootwait\n";
+        assert!(!first_boot_script_pending(after));
+        assert!(!first_boot_script_pending(
+            "quiet systemd.run_success_action=reboot"
+        ));
+        assert!(!first_boot_script_pending(""));
+    }
 
     fn root_with(files: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -49,9 +49,13 @@ pub struct Options {
     pub upgrade: Option<UpgradeOptions>,
 }
 
-/// The user-data Raspberry Pi Imager writes when a user customises the OS and names the card (here
-/// `imager-name`): on a cloud-init base, herd's per-card name must still win.
-const IMAGER_USER_DATA: &str = "#cloud-config\nhostname: imager-name\nmanage_etc_hosts: true\n";
+/// The user-data Raspberry Pi Imager writes when a user customises the OS, names the card (here
+/// `imager-name`) and allows password SSH (rpi-imager `src/customization_generator.cpp` at commit
+/// 72ad1179, `generateCloudInitUserData`: `hostname` and `manage_etc_hosts: true` lines 554-555,
+/// `ssh_pwauth: true` line 663): on a
+/// cloud-init base, herd's per-card name must still win, and an image built key-only stays key-only.
+const IMAGER_USER_DATA: &str =
+    "#cloud-config\nhostname: imager-name\nmanage_etc_hosts: true\nssh_pwauth: true\n";
 
 /// How long a step may take before the run fails (TCG on a 2-core machine, three guests at once: Trixie
 /// agents are up in 220–250 s here, cloud-init's stages and Wi-Fi's taking their share).
@@ -446,8 +450,49 @@ fn logged_in(vm: &Vm, user: &str, identity: &Path) -> anyhow::Result<()> {
             vm.name
         );
     }
+    // Built key-only (`--ssh-key`): the server offers no password, whatever user-data says (vm0 of a
+    // cloud-init round has Imager's `ssh_pwauth: true`, which makes cloud-init write
+    // `PasswordAuthentication yes` into sshd_config.d/50-cloud-init.conf). With no key to offer and
+    // prompts off, ssh lists the methods the server allows.
+    let out = Command::new("ssh")
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=10",
+        ])
+        .arg(format!("{user}@{}", vm.ip))
+        .arg("true")
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run ssh")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let methods = err
+        .lines()
+        .find_map(|l| l.split("Permission denied (").nth(1))
+        .map(|m| m.trim_end_matches(['.', ')']).to_string());
+    match &methods {
+        Some(m)
+            if !m
+                .split(',')
+                .any(|a| a == "password" || a == "keyboard-interactive") => {}
+        _ => bail!(
+            "{}: the image was built key-only, but sshd allows {methods:?} ({}: {})",
+            vm.name,
+            out.status,
+            err.trim()
+        ),
+    }
     println!(
-        "    {}: {user} logs in with the key (shell {shell}); host name {host} ({}){}",
+        "    {}: {user} logs in with the key (shell {shell}); host name {host} ({}){}; SSH offers {}",
         vm.name,
         hosts.split_whitespace().next().unwrap_or(""),
         if online > 0 {
@@ -457,7 +502,8 @@ fn logged_in(vm: &Vm, user: &str, identity: &Path) -> anyhow::Result<()> {
             )
         } else {
             String::new()
-        }
+        },
+        methods.unwrap_or_default()
     );
     Ok(())
 }
