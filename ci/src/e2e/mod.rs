@@ -455,19 +455,12 @@ fn logged_in(vm: &Vm, user: &str, identity: &Path) -> anyhow::Result<()> {
     // `PasswordAuthentication yes` into sshd_config.d/50-cloud-init.conf). With no key to offer and
     // prompts off, ssh lists the methods the server allows.
     let out = Command::new("ssh")
+        .args(SSH_OPTIONS)
         .args([
-            "-o",
-            "BatchMode=yes",
             "-o",
             "PubkeyAuthentication=no",
             "-o",
             "PreferredAuthentications=password,keyboard-interactive",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=10",
         ])
         .arg(format!("{user}@{}", vm.ip))
         .arg("true")
@@ -508,24 +501,26 @@ fn logged_in(vm: &Vm, user: &str, identity: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the test runs ssh: never a prompt, a VM's fresh host key taken and not remembered.
+const SSH_OPTIONS: [&str; 8] = [
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "ConnectTimeout=10",
+];
+
 /// Runs `script` on `vm` as `user` over SSH with the key `identity` (and `input` on its standard input);
 /// its output, if it succeeded.
 fn ssh(vm: &Vm, user: &str, identity: &Path, script: &str, input: Option<&str>) -> Option<String> {
     let mut child = Command::new("ssh")
         .arg("-i")
         .arg(identity)
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "LogLevel=ERROR",
-        ])
+        .args(SSH_OPTIONS)
+        .args(["-o", "LogLevel=ERROR"])
         .arg(format!("{user}@{}", vm.ip))
         .arg(script)
         .stdin(Stdio::piped())
