@@ -32,7 +32,7 @@ pub const DEVICES: &[Device] = &[
     },
     Device {
         name: "Raspberry Pi Zero 2 W",
-        description: "Raspberry Pi Zero 2 W (Wi-Fi only: build the image with --wifi-ssid)",
+        description: "Raspberry Pi Zero 2 W (no Ethernet: the card needs a Wi-Fi network)",
         tags: &["pi3-64bit", "pi3-32bit"],
     },
     Device {
