@@ -38,8 +38,9 @@ usage: cargo xtask image --cluster NAME [options]
                          the radio stays off without one
   --wifi-hidden          the network does not broadcast its SSID
   --imager-customisation leave the user, SSH keys and Wi-Fi to Raspberry Pi Imager's customisation
-                         (the manifest offers it; not with --user, --ssh-key or --wifi-*); without
-                         it the manifest turns Imager's customisation off, as herd bakes them
+                         (the manifest offers it; with --xz or --checksum, not with --user,
+                         --ssh-key or --wifi-*); without it the manifest turns Imager's
+                         customisation off, as herd bakes them
   --url-base URL         where the outputs will be published (https://host/dir): the manifest's
                          URLs point there (default: file:// URLs of the outputs, for a local Imager)
   --name NAME            output name (default: herd-CLUSTER)
@@ -177,6 +178,12 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
     }
     if a.wifi_hidden && a.wifi_ssid.is_none() {
         bail!("--wifi-hidden goes with --wifi-ssid");
+    }
+    if a.imager_customisation && !a.xz && !a.checksum {
+        bail!(
+            "--imager-customisation is a setting of the Imager manifest, which only --xz or \
+             --checksum writes: add one of them"
+        );
     }
     if a.imager_customisation {
         if let Some(flag) = [
@@ -622,7 +629,10 @@ mod tests {
                 "{e}"
             );
         }
-        assert_eq!(args(&["--imager-customisation"]), Ok(()));
+        assert_eq!(args(&["--imager-customisation", "--xz"]), Ok(()));
+        assert_eq!(args(&["--checksum", "--imager-customisation"]), Ok(()));
+        let e = args(&["--imager-customisation"]).unwrap_err();
+        assert!(e.contains("add one of them"), "{e}");
         for (extra, flag) in [
             (&["--user", "ops", "--password-file", "/p"][..], "--user"),
             (
@@ -637,7 +647,7 @@ mod tests {
                 "--wifi-ssid",
             ),
         ] {
-            let mut v = vec!["--imager-customisation"];
+            let mut v = vec!["--imager-customisation", "--xz"];
             v.extend(extra);
             let e = args(&v).unwrap_err();
             assert!(e.contains(&format!("drop {flag}")), "{e}");
