@@ -345,7 +345,14 @@ pub fn ensure(arch: Arch, suite: Suite) -> anyhow::Result<PathBuf> {
         path.file_stem().unwrap_or_default().to_string_lossy()
     ));
     if work.exists() {
-        // Left by an interrupted build.
+        // Left by an interrupted build, maybe with mmdebstrap's mounts of /proc, /sys and /dev still on
+        // it (a killed mmdebstrap does not unmount): those go first, or removing the directory would
+        // reach into the host's /dev.
+        for m in mounts_under(&work)? {
+            let mut umount = Command::new("umount");
+            umount.arg("--lazy").arg(&m);
+            run_step("unmount what an interrupted base build left", umount)?;
+        }
         std::fs::remove_dir_all(&work)
             .with_context(|| format!("cannot remove {}", work.display()))?;
     }
@@ -354,6 +361,47 @@ pub fn ensure(arch: Arch, suite: Suite) -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&work);
     result?;
     Ok(path)
+}
+
+/// The mount points at or below `dir`, deepest first (from /proc/self/mountinfo, whose fifth field is the
+/// mount point with space, tab, newline and backslash as octal escapes).
+fn mounts_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
+    Ok(parse_mounts_under(&info, dir))
+}
+
+fn parse_mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let unescape = |s: &str| {
+        let mut out = Vec::new();
+        let b = s.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let octal = b.get(i + 1..i + 4).and_then(|d| {
+                std::str::from_utf8(d)
+                    .ok()
+                    .and_then(|d| u8::from_str_radix(d, 8).ok())
+            });
+            match (b[i], octal) {
+                (b'\\', Some(c)) => {
+                    out.push(c);
+                    i += 4;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+    };
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found
 }
 
 /// Where the packages of the Wi-Fi test's access point (`TEST_DEBS`) are kept for the Trixie base `base`.
@@ -597,6 +645,24 @@ fn du(dir: &Path) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mounts_left_on_an_interrupted_build_are_found_deepest_first() {
+        let info = "22 1 0:21 / /proc rw - proc proc rw\n\
+                    90 80 0:5 / /c/.work-x/rootfs/dev rw - devtmpfs udev rw\n\
+                    91 90 0:24 / /c/.work-x/rootfs/dev/pts rw - devpts devpts rw\n\
+                    92 80 0:22 / /c/.work-x/root\\040fs rw - sysfs sysfs rw\n\
+                    93 1 0:22 / /c/.work-xy/rootfs/sys rw - sysfs sysfs rw\n";
+        let found = parse_mounts_under(info, Path::new("/c/.work-x"));
+        assert_eq!(
+            found,
+            [
+                PathBuf::from("/c/.work-x/rootfs/dev/pts"),
+                PathBuf::from("/c/.work-x/rootfs/dev"),
+                PathBuf::from("/c/.work-x/root fs"),
+            ]
+        );
+    }
 
     #[test]
     fn the_recipe_names_the_cache() {
