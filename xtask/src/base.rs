@@ -23,9 +23,9 @@ usage: cargo xtask base debian [--suite bookworm|trixie] [--arch arm64|armhf] [-
   Builds (once; then it is cached in ~/.cache/herd/base) a Raspberry Pi-layout Debian image to use as
   `cargo xtask image --base debian` (debian-armhf, debian-trixie, debian-trixie-armhf). Needs root
   (mmdebstrap) and the Debian mirror.
-  --suite S     bookworm (default: systemd-networkd, a user made by userconf) or trixie (made as
-                Raspberry Pi OS is today: NetworkManager, cloud-init with its NoCloud seed on the boot
-                partition, a first user without a login shell renamed by userconf, Wi-Fi off)
+  --suite S     bookworm (default: systemd-networkd, a first user `pi` renamed by userconf) or trixie
+                (made as Raspberry Pi OS is today: NetworkManager, cloud-init with its NoCloud seed on
+                the boot partition, a first user without a login shell renamed by userconf, Wi-Fi off)
   --arch A      arm64 (default: Pi 3, 4, 5 and QEMU virt) or armhf (Pi 2 and later, 32-bit)
   --rebuild     build it again even if cached
 ";
@@ -66,6 +66,13 @@ const TEST_DEBS: &[&str] = &["hostapd", "busybox"];
 /// Pi OS does (there by systemd-rfkill state saved for the Pis' own Wi-Fi devices, which a VM's radio is
 /// not).
 const TRIXIE_CMDLINE: &[&str] = &["rfkill.default_state=0"];
+/// Bookworm's customize hook, after the common one: the first user made as pi-gen's Bookworm branch
+/// makes it (stage1/01-sys-tweaks/00-run.sh: `pi`, uid 1000, a login shell, no password), for userconf
+/// to rename.
+const BOOKWORM_CUSTOMIZE: &str = r#"set -e
+chroot "$1" useradd -m -u 1000 -U -s /bin/bash -G sudo,adm,video,plugdev,netdev pi 2>/dev/null ||
+    chroot "$1" useradd -m -u 1000 -U -s /bin/bash -G sudo pi
+"#;
 /// Trixie's customize hook, after the common one: no systemd-networkd; the first user made as Raspberry
 /// Pi OS makes it since February 2026 (uid 1000, no login shell: userconf renames it).
 const TRIXIE_CUSTOMIZE: &str = r#"set -e
@@ -187,7 +194,7 @@ impl Recipe {
 
     fn customize(&self) -> String {
         match self.suite {
-            Suite::Bookworm => CUSTOMIZE.to_string(),
+            Suite::Bookworm => format!("{CUSTOMIZE}{BOOKWORM_CUSTOMIZE}"),
             Suite::Trixie => format!("{CUSTOMIZE}{TRIXIE_CUSTOMIZE}"),
         }
     }
@@ -196,7 +203,7 @@ impl Recipe {
     fn describe(&self) -> anyhow::Result<String> {
         let mut text = format!(
             "debian base v1\nsuite {}\nmirror {MIRROR}\narch {}\nkernel {}\npackages {}\n\
-             boot {BOOT_START}+{BOOT_SECTORS}\nessential {ESSENTIAL}\ncustomize {}\n",
+             boot {BOOT_START}+{BOOT_SECTORS} fat32 1 sector per cluster\nessential {ESSENTIAL}\ncustomize {}\n",
             self.suite.name(),
             self.arch.debian(),
             self.kernel(),
@@ -522,10 +529,14 @@ fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
             "label: dos\nstart={BOOT_START}, size={BOOT_SECTORS}, type=c\nstart={root_start}, size={root_sectors}, type=83\n"
         );
         pipe("partition table (sfdisk)", sfdisk, &table)?;
+        // One sector per cluster, as pi-gen's images have made it since 2026-03 (46c69572,
+        // export-image/prerun.sh line 65).
         let mut vfat = Command::new("mkfs.vfat");
         vfat.args([
             "-F",
             "32",
+            "-s",
+            "1",
             "-n",
             "bootfs",
             "--offset",
@@ -664,6 +675,95 @@ mod tests {
         );
     }
 
+    /// The bases' userconf refuses a name as userconf-pi's `validate_user` does (userconf-service lines
+    /// 7-25 at RPi-Distro/userconf-pi 1e8dc53f): the reasons go into the file, it becomes
+    /// `failed_userconf.txt` (lines 48-52) and the script never finishes, as the real one waits at its
+    /// prompt. herd refuses every such name before it writes userconf.txt, and a backslash besides, which
+    /// the real bracket expression lets through. The script runs as `nobody` when the test is root, so a
+    /// name it accepts fails at the rename and touches no account of this machine.
+    #[test]
+    fn the_bases_userconf_refuses_names_as_userconf_pi_does_and_herd_refuses_them_first() {
+        use std::os::unix::fs::chown;
+        use std::process::Stdio;
+        use std::time::Duration;
+        let script = root().join("xtask/base-debian/rootfs/usr/local/sbin/userconf");
+        let long = "a".repeat(33);
+        for (name, refused) in [
+            ("alice", false),
+            ("ops-1", false),
+            ("al\\ice", false),
+            ("ops_1", true),
+            ("_ops", true),
+            ("1ops", true),
+            ("Alice", true),
+            ("root", true),
+            ("", true),
+            (long.as_str(), true),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("userconf.txt");
+            let line = format!("{name}:$6$salt$hash");
+            std::fs::write(&file, format!("{line}\n")).unwrap();
+            let mut cmd = if is_root() {
+                chown(dir.path(), Some(65534), Some(65534)).unwrap();
+                chown(&file, Some(65534), Some(65534)).unwrap();
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh"]);
+                c
+            } else {
+                Command::new("sh")
+            };
+            let mut child = cmd
+                .arg(&script)
+                .arg(&file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let failed = dir.path().join("failed_userconf.txt");
+            let mut waited = Duration::ZERO;
+            let seen_refused = loop {
+                if failed.exists() {
+                    std::thread::sleep(Duration::from_millis(300));
+                    assert!(
+                        child.try_wait().unwrap().is_none(),
+                        "{name:?}: refused, but the script did not stay waiting"
+                    );
+                    break true;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break false;
+                }
+                assert!(
+                    waited < Duration::from_secs(20),
+                    "{name:?}: neither refused nor done"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+                waited += Duration::from_millis(50);
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            // A process still waiting in `sleep` (the script exec'd it) is the child itself.
+            assert_eq!(seen_refused, refused, "{name:?}");
+            if refused {
+                let text = std::fs::read_to_string(&failed).unwrap();
+                assert!(text.starts_with(&line), "{name:?}: {text}");
+                assert!(text.contains("Entered username is invalid:"), "{text}");
+                assert!(!file.exists());
+                assert!(
+                    herd_image::imager::check_user_name(name).is_err(),
+                    "{name:?}: herd would have written a name the card refuses"
+                );
+            } else {
+                assert!(
+                    file.exists(),
+                    "{name:?}: accepted, so only the rename (not root) failed"
+                );
+            }
+        }
+        assert!(herd_image::imager::check_user_name("al\\ice").is_err());
+    }
+
     #[test]
     fn the_recipe_names_the_cache() {
         let recipe = |arch, suite| Recipe { arch, suite };
@@ -683,9 +783,11 @@ mod tests {
         assert!(text.contains("file early/etc/initramfs-tools/hooks/herd-base-modules exec=true"));
         assert!(text.contains("linux-image-arm64"));
         assert!(!text.contains("trixie") && !text.contains("cloud-init"));
+        assert!(text.contains("useradd -m -u 1000 -U -s /bin/bash"));
         let text = recipe(Arch::Arm64, Suite::Trixie).describe().unwrap();
         assert!(text.contains("network-manager,netplan.io,cloud-init,wpasupplicant"));
         assert!(text.contains("test-debs hostapd,busybox"));
-        assert!(text.contains("file trixie/rootfs/usr/local/sbin/userconf exec=true"));
+        assert!(text.contains("file rootfs/usr/local/sbin/userconf exec=true"));
+        assert!(text.contains("-s /usr/sbin/nologin"));
     }
 }

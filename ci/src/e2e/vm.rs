@@ -138,12 +138,15 @@ pub(super) fn start_vm(
         .arg(&boot.initrd)
         .arg("-append")
         // A guest emulated by TCG beside two others on two cores runs far slower than a Pi: udev's
-        // coldplug took 124 s in one fresh-clone run, and systemd gave up on the boot partition's device
-        // after its default 90 s (so no /boot/firmware, no userconf). The card's own command line is
-        // unchanged; only the VM waits longer for devices (systemd 254+: Trixie; Bookworm ignores it).
+        // coldplug took 124 s in one fresh-clone run, and systemd gives up on a device after its default
+        // 90 s; the boot partition is not "nofail" (as on Raspberry Pi OS), so that boot would end in
+        // emergency mode. The card's own command line is unchanged; only the VM waits longer for
+        // devices: systemd 254+ (Trixie) by the device timeout, Bookworm's 252 by the start timeout,
+        // which its device units take as theirs.
         .arg(format!(
             "{} console={serial} systemd.journald.forward_to_console=1 \
-             systemd.mask=serial-getty@{serial}.service systemd.default_device_timeout_sec=600",
+             systemd.mask=serial-getty@{serial}.service systemd.default_device_timeout_sec=600 \
+             systemd.default_timeout_start_sec=600",
             card_cmdline(disk)?
         ))
         .arg("-drive")
