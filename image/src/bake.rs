@@ -288,11 +288,11 @@ partition\n# rather than mounting it read-only beside /boot/firmware (which then
 const HOSTNAME_MODULES: [&str; 3] = ["set_hostname", "update_hostname", "update_etc_hosts"];
 
 /// herd's cloud-init drop-in, given the base's effective `cloud_init_modules` (cloud.cfg merged with
-/// cloud.cfg.d, see [`crate::cloudinit`]), each item as YAML flow text: `preserve_hostname` (which the
-/// early, pre-network naming honours too), and that list without the three modules that name the
-/// machine, so that not even a user-data `manage_etc_hosts: true` rewrites `/etc/hosts`. User-data
-/// could still list modules itself; Imager's does not.
-pub fn cloud_init_drop_in(modules: Option<Vec<String>>) -> String {
+/// cloud.cfg.d, see [`crate::cloudinit`]): `preserve_hostname` (which the early, pre-network naming
+/// honours too), and that list without the three modules that name the machine, so that not even a
+/// user-data `manage_etc_hosts: true` rewrites `/etc/hosts`. User-data could still list modules
+/// itself; Imager's does not.
+pub fn cloud_init_drop_in(modules: Option<Vec<crate::cloudinit::ListItem>>) -> String {
     let mut out = String::from(
         "# Written by herd: this card's host name comes from hostname_template (herd-hostname.service).\n\
          # cloud-init leaves the host name and /etc/hosts alone, even when user-data names the card.\n\
@@ -301,16 +301,8 @@ pub fn cloud_init_drop_in(modules: Option<Vec<String>>) -> String {
     if let Some(modules) = modules {
         out.push_str("cloud_init_modules:\n");
         for item in modules {
-            let name = serde_json::from_str::<serde_json::Value>(&item)
-                .ok()
-                .and_then(|v| match v {
-                    serde_json::Value::String(s) => Some(s),
-                    serde_json::Value::Array(a) => a.first()?.as_str().map(String::from),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            if !HOSTNAME_MODULES.contains(&name.as_str()) {
-                out.push_str(&format!(" - {item}\n"));
+            if !HOSTNAME_MODULES.contains(&item.name.as_str()) {
+                out.push_str(&format!(" - {}\n", item.flow));
             }
         }
     }
@@ -400,6 +392,9 @@ mod tests {
             CloudInit::from_sources(cfg, drop_ins, &NO_SEED)
                 .list("cloud_init_modules")
                 .unwrap()
+                .into_iter()
+                .map(|i| i.flow)
+                .collect::<Vec<_>>()
         };
         let want = [
             "seed_random",
@@ -428,10 +423,10 @@ mod tests {
         let d = super::cloud_init_drop_in(base.list("cloud_init_modules"));
         let ours = (name.to_string(), d);
         let all = CloudInit::from_sources(cfg, vec![theirs, rpi, ours], &NO_SEED);
-        assert_eq!(
-            all.list("cloud_init_modules").unwrap(),
-            ["[\"rpi_userconf\",\"once\"]"]
-        );
+        let list = all.list("cloud_init_modules").unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].name, "rpi_userconf");
+        assert_eq!(list[0].flow, "[\"rpi_userconf\",\"once\"]");
         // ... and herd's preserve_hostname wins over 99_raspberry-pi.cfg's.
         assert_eq!(all.drop_ins.last().unwrap(), name);
         assert_eq!(all.setting("preserve_hostname").as_bool(), Some(true));

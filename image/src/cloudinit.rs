@@ -136,12 +136,47 @@ impl CloudInit {
     }
 
     /// The effective value of a list setting such as `cloud_init_modules`, each item as cloud-init
-    /// would take it (a module name, or `[name, frequency]`), rendered as YAML flow (JSON) text.
-    pub fn list(&self, key: &str) -> Option<Vec<String>> {
+    /// would take it (a module name, or `[name, frequency]`).
+    pub fn list(&self, key: &str) -> Option<Vec<ListItem>> {
         match &self.config[key] {
-            Yaml::Array(items) => Some(items.iter().filter_map(flow).collect()),
+            Yaml::Array(items) => Some(items.iter().filter_map(ListItem::new).collect()),
             _ => None,
         }
+    }
+}
+
+/// One item of a cloud-init module list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListItem {
+    /// The module's name: the item itself, or the first element of `[name, frequency]`.
+    pub name: String,
+    /// The item as YAML flow text (JSON is YAML), to be written back into a drop-in unchanged.
+    pub flow: String,
+}
+
+impl ListItem {
+    /// A scalar or a list of scalars; `None` for anything else.
+    fn new(y: &Yaml) -> Option<ListItem> {
+        fn scalar(y: &Yaml) -> Option<serde_json::Value> {
+            Some(match y {
+                Yaml::String(s) => s.clone().into(),
+                Yaml::Integer(i) => (*i).into(),
+                Yaml::Boolean(b) => (*b).into(),
+                Yaml::Real(r) => serde_json::Value::String(r.clone()),
+                _ => return None,
+            })
+        }
+        let (value, name) = match y {
+            Yaml::Array(items) => (
+                serde_json::Value::Array(items.iter().map(scalar).collect::<Option<_>>()?),
+                items.first().and_then(|f| f.as_str()),
+            ),
+            other => (scalar(other)?, other.as_str()),
+        };
+        Some(ListItem {
+            name: name.unwrap_or_default().to_string(),
+            flow: value.to_string(),
+        })
     }
 }
 
@@ -171,29 +206,13 @@ fn merge_under(into: &mut Yaml, doc: Yaml) {
     }
 }
 
-/// A scalar or a list of scalars as YAML flow text (JSON is YAML); `None` for anything else.
-fn flow(y: &Yaml) -> Option<String> {
-    fn scalar(y: &Yaml) -> Option<serde_json::Value> {
-        Some(match y {
-            Yaml::String(s) => s.clone().into(),
-            Yaml::Integer(i) => (*i).into(),
-            Yaml::Boolean(b) => (*b).into(),
-            Yaml::Real(r) => serde_json::Value::String(r.clone()),
-            _ => return None,
-        })
-    }
-    let value = match y {
-        Yaml::Array(items) => {
-            serde_json::Value::Array(items.iter().map(scalar).collect::<Option<_>>()?)
-        }
-        other => scalar(other)?,
-    };
-    Some(value.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flows(list: Option<Vec<ListItem>>) -> Vec<String> {
+        list.unwrap().into_iter().map(|i| i.flow).collect()
+    }
 
     const NO_SEED: Seed = Seed {
         meta_data: false,
@@ -234,7 +253,7 @@ mod tests {
             &NO_SEED,
         );
         assert_eq!(ci.config["preserve_hostname"].as_bool(), Some(true));
-        assert_eq!(ci.list("cloud_init_modules").unwrap(), ["\"bootcmd\""]);
+        assert_eq!(flows(ci.list("cloud_init_modules")), ["\"bootcmd\""]);
         // Mappings merge key by key; the drop-in's keys win.
         let user = &ci.config["system_info"]["default_user"];
         assert_eq!(user["name"].as_str(), Some("ops"));
@@ -246,14 +265,17 @@ mod tests {
         );
         // Only cloud.cfg: its list, items as cloud-init takes them.
         let ci = CloudInit::from_sources(base, vec![], &NO_SEED);
+        let list = ci.list("cloud_init_modules").unwrap();
         assert_eq!(
-            ci.list("cloud_init_modules").unwrap(),
+            flows(Some(list.clone())),
             [
                 "\"seed_random\"",
                 "\"set_hostname\"",
                 "[\"ssh\",\"always\"]"
             ]
         );
+        let names: Vec<_> = list.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["seed_random", "set_hostname", "ssh"]);
         assert_eq!(ci.list("cloud_final_modules"), None);
     }
 
