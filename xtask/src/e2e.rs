@@ -61,7 +61,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         arches.push(Arch::Armhf);
     }
     let mut harness = test_profile_run("herd-ci", "herd-e2e");
-    // A random password nobody needs: the test logs in with its SSH key.
+    // A random password: the test logs in with its SSH key, and gives this to sudo, which asks for it.
     let password = out.join("password");
     let mut random = [0u8; 16];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
@@ -192,14 +192,14 @@ exit 1
         .arg(USER)
         .arg("--ssh-identity")
         .arg(&key)
+        .arg("--password-file")
+        .arg(&password)
         .arg("--out")
         .arg(&out);
     if let Some(debs) = wifi_debs {
         harness
             .args(["--wifi-ssid", WIFI_SSID, "--wifi-password-file"])
             .arg(&wifi_password)
-            .arg("--password-file")
-            .arg(&password)
             .arg("--wifi-debs")
             .arg(debs);
     }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 
 const USAGE: &str =
-    "usage: herd-e2e --arm64 IMAGE [--arm64 IMAGE] [--armhf IMAGE] [--user NAME [--ssh-identity KEY]] \
-     [--wifi-ssid SSID --wifi-password-file FILE --password-file FILE --wifi-debs DIR] \
+    "usage: herd-e2e --arm64 IMAGE [--arm64 IMAGE] [--armhf IMAGE] [--user NAME [--ssh-identity KEY] \
+     [--password-file FILE]] [--wifi-ssid SSID --wifi-password-file FILE --wifi-debs DIR] \
      [--upgrade ARTIFACT --upgrade-broken ARTIFACT --secrets FILE] --out DIR";
 
 /// The first line of a file holding a secret.
@@ -53,8 +53,8 @@ fn main() -> anyhow::Result<()> {
     let (Some(arm64), Some(out)) = (arm64, out) else {
         bail!("{USAGE}");
     };
-    let wifi = match (ssid, wifi_password, password, debs) {
-        (None, None, None, None) => None,
+    let wifi = match (ssid, wifi_password, password.clone(), debs) {
+        (None, None, _, None) => None,
         (Some(ssid), Some(passphrase), Some(password), Some(debs)) => {
             Some(herd_ci::e2e::WifiOptions {
                 ssid,
@@ -84,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         out,
         user,
         ssh_identity,
+        password,
         wifi,
         upgrade,
     })

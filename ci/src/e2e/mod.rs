@@ -41,6 +41,8 @@ pub struct Options {
     pub user: Option<String>,
     /// The private half of the key the images authorise for `user` (`--ssh-key`): the test logs in.
     pub ssh_identity: Option<PathBuf>,
+    /// The `user`'s password (`--password-file`): sudo asks for it, as on Raspberry Pi OS since 2026.
+    pub password: Option<String>,
     /// The Wi-Fi network the images were built for: the second VM of a round whose image has Wi-Fi and
     /// NetworkManager gets a simulated radio and an access point (`wifi.rs`).
     pub wifi: Option<WifiOptions>,
@@ -49,13 +51,142 @@ pub struct Options {
     pub upgrade: Option<UpgradeOptions>,
 }
 
-/// The user-data Raspberry Pi Imager writes when a user customises the OS, names the card (here
-/// `imager-name`) and allows password SSH (rpi-imager `src/customization_generator.cpp` at commit
-/// 72ad1179, `generateCloudInitUserData`: `hostname` and `manage_etc_hosts: true` lines 554-555,
-/// `ssh_pwauth: true` line 663): on a
-/// cloud-init base, herd's per-card name must still win, and an image built key-only stays key-only.
-const IMAGER_USER_DATA: &str =
-    "#cloud-config\nhostname: imager-name\nmanage_etc_hosts: true\nssh_pwauth: true\n";
+/// What Raspberry Pi Imager wrote onto the boot partition of a round's first VM, as it does when its
+/// user customises the OS: names the card `imager-name`, allows password SSH and (on Trixie) adds a user.
+/// On a herd image, herd's per-card name must still win, an image built key-only stays key-only, herd's
+/// `--user` is still made and its Wi-Fi is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Imager {
+    /// Trixie (`init_format: cloudinit-rpi`): cloud-init user-data.
+    UserData,
+    /// Bookworm (`init_format: systemd`): `firstrun.sh`, run from the kernel command line.
+    FirstRun,
+}
+
+/// The user Imager's user-data adds.
+const IMAGER_USER: &str = "imager-user";
+
+/// The user-data Imager writes (rpi-imager `src/customization_generator.cpp` at commit 72ad1179,
+/// `generateCloudInitUserData`): `hostname` and `manage_etc_hosts: true` (lines 554-555), the singular
+/// `user:` with `name`, `shell`, `lock_passwd: false`, the quoted `passwd` hash and `sudo: null`
+/// (lines 608-650), `ssh_pwauth: true` (line 663). Left out: the `packages: [avahi-daemon]` and `apt:`
+/// lines it writes with a host name (559-569): the VMs have no Debian mirror, and herd images have
+/// avahi-daemon.
+fn imager_user_data(hash: &str) -> String {
+    format!(
+        "#cloud-config\nhostname: imager-name\nmanage_etc_hosts: true\nuser:\n  name: {IMAGER_USER}\n  \
+         shell: /bin/bash\n  lock_passwd: false\n  passwd: \"{hash}\"\n  sudo: null\n\nssh_pwauth: true\n"
+    )
+}
+
+/// The `firstrun.sh` Imager writes for the same choices on Bookworm (`generateSystemdScript` at the same
+/// commit): its header (lines 322-325), the host name, by the fallback branch taken where there is no
+/// `/usr/lib/raspberrypi-sys-mods/imager_custom`, as on our bases (327-335), the first user's name and
+/// home (338-339), password SSH (358-364). Its last lines (530-532) are as raspberrypi-sys-mods' initramfs
+/// script leaves them on Raspberry Pi OS Bookworm (`scripts/local-bottom/imager_fixup` lines 26-32,
+/// bookworm branch at 3af395f): Imager writes `/boot/...`, which that script turns into
+/// `/boot/firmware/...`, here and on the command line. Our bases have no such initramfs script.
+const IMAGER_FIRSTRUN: &str = r#"#!/bin/sh
+
+set +e
+
+CURRENT_HOSTNAME=$(cat /etc/hostname | tr -d " \t\n\r")
+if [ -f /usr/lib/raspberrypi-sys-mods/imager_custom ]; then
+   /usr/lib/raspberrypi-sys-mods/imager_custom set_hostname imager-name
+else
+   echo imager-name >/etc/hostname
+   sed -i "s/127.0.1.1.*$CURRENT_HOSTNAME/127.0.1.1\timager-name/g" /etc/hosts
+fi
+FIRSTUSER=$(getent passwd 1000 | cut -d: -f1)
+FIRSTUSERHOME=$(getent passwd 1000 | cut -d: -f6)
+if [ -f /usr/lib/raspberrypi-sys-mods/imager_custom ]; then
+   /usr/lib/raspberrypi-sys-mods/imager_custom enable_ssh
+else
+   systemctl enable ssh
+fi
+rm -f /boot/firmware/firstrun.sh
+sed -i 's| systemd\.[^ ]*||g' /boot/firmware/cmdline.txt
+exit 0
+"#;
+
+/// What Imager adds to `cmdline.txt` beside `firstrun.sh` (`src/downloadthread.cpp` line 2590), with
+/// the path `imager_fixup` gives it.
+const IMAGER_FIRSTRUN_CMDLINE: &str = " systemd.run=/boot/firmware/firstrun.sh \
+systemd.run_success_action=reboot systemd.unit=kernel-command-line.target";
+
+/// Writes what Imager writes for `imager` onto `disk`'s boot partition.
+fn write_imager_files(disk: &Path, imager: Imager) -> anyhow::Result<()> {
+    let img = herd_image::Image::open(disk)?;
+    let boot = img.boot()?;
+    match imager {
+        Imager::UserData => {
+            // Imager hashes the password it is given; the test gives it the `--user`'s.
+            let userconf = String::from_utf8_lossy(&boot.read("userconf.txt")?).into_owned();
+            let hash = userconf
+                .lines()
+                .next()
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, h)| h.to_string())
+                .context("userconf.txt has no name:hash line")?;
+            boot.write("user-data", imager_user_data(&hash).as_bytes())?;
+        }
+        Imager::FirstRun => {
+            boot.write("firstrun.sh", IMAGER_FIRSTRUN.as_bytes())?;
+            let cmdline = String::from_utf8_lossy(&boot.read("cmdline.txt")?).into_owned();
+            boot.write(
+                "cmdline.txt",
+                format!("{}{IMAGER_FIRSTRUN_CMDLINE}\n", cmdline.trim_end()).as_bytes(),
+            )?;
+        }
+    }
+    boot.close()?;
+    Ok(())
+}
+
+/// After the boot that ran Imager's `firstrun.sh` (QEMU quits at the reboot it asks for): the script
+/// removed itself and its command line, and named the card as Imager was told to.
+fn firstrun_done(vm: &mut Vm, disk: &Path) -> anyhow::Result<()> {
+    let exited = until(
+        Instant::now(),
+        BOOT_DEADLINE,
+        &format!("{}: firstrun.sh runs and reboots", vm.name),
+        || vm.child.try_wait().ok().flatten(),
+    )?;
+    if !exited.success() {
+        bail!(
+            "{}: QEMU ended with {exited} in the firstrun.sh boot",
+            vm.name
+        );
+    }
+    let img = herd_image::Image::open(disk)?;
+    let boot = img.boot()?;
+    let cmdline = String::from_utf8_lossy(&boot.read("cmdline.txt")?).into_owned();
+    if boot.exists("firstrun.sh") || cmdline.contains("systemd.") {
+        bail!(
+            "{}: firstrun.sh did not finish: it is {}there, cmdline.txt is {cmdline:?}",
+            vm.name,
+            if boot.exists("firstrun.sh") {
+                "still "
+            } else {
+                "not "
+            }
+        );
+    }
+    let hostname = String::from_utf8_lossy(&img.root().read("/etc/hostname")?).into_owned();
+    if hostname.trim() != "imager-name" {
+        bail!(
+            "{}: firstrun.sh ran, but /etc/hostname is {hostname:?}, not imager-name",
+            vm.name
+        );
+    }
+    println!(
+        "    {}: firstrun.sh ran ({:.0} s), named the card imager-name, removed itself and its \
+         command line, and rebooted",
+        vm.name,
+        vm.started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
 
 /// How long a step may take before the run fails (TCG on a 2-core machine, three guests at once: Trixie
 /// agents are up in 220–250 s here, cloud-init's stages and Wi-Fi's taking their share).
@@ -252,17 +383,26 @@ fn arm64_round(
         disk_copy(image, &d)?;
         disks.push(d);
     }
-    // The first VM gets the user-data of an Imager customisation that names the card.
-    let cloud_init = herd_image::Image::open(&disks[0])?
+    // The first VM gets what Imager writes when its user customises the OS.
+    let imager = if herd_image::Image::open(&disks[0])?
         .root()
-        .exists("/usr/bin/cloud-init");
-    if cloud_init {
-        let img = herd_image::Image::open(&disks[0])?;
-        let boot = img.boot()?;
-        boot.write("user-data", IMAGER_USER_DATA.as_bytes())?;
-        boot.close()?;
-        println!("    {prefix}0: Imager's user-data on the boot partition (hostname: imager-name)");
-    }
+        .exists("/usr/bin/cloud-init")
+    {
+        Imager::UserData
+    } else {
+        Imager::FirstRun
+    };
+    write_imager_files(&disks[0], imager)?;
+    println!(
+        "    {prefix}0: {}",
+        match imager {
+            Imager::UserData =>
+                "Imager's user-data on the boot partition (hostname: imager-name, a user, ssh_pwauth)",
+            Imager::FirstRun =>
+                "Imager's firstrun.sh on the boot partition and its tokens in cmdline.txt (imager-name, \
+                 password SSH)",
+        }
+    );
 
     // The second VM gets simulated radios and an access point, if the image has Wi-Fi.
     let wifi = match &opts.wifi {
@@ -299,6 +439,18 @@ fn arm64_round(
             &format!("{prefix}{i}"),
         )?);
     }
+    if imager == Imager::FirstRun {
+        firstrun_done(&mut vms[0], &disks[0])?;
+        vms[0] = start_vm(
+            lan,
+            0,
+            Arch::Arm64,
+            &boot64,
+            &disks[0],
+            out,
+            &format!("{prefix}0-after-firstrun"),
+        )?;
+    }
     // A VM powered on again boots from its own disk, its console in a file of its own.
     let restart = |i: usize| {
         start_vm(
@@ -317,14 +469,7 @@ fn arm64_round(
     std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<()> {
             crate::netns::enter_host(&host)?;
-            join_kill_poweroff(
-                &mut vms,
-                opts.user.as_deref(),
-                opts.ssh_identity.as_deref(),
-                wifi,
-                &restart,
-                upgrade,
-            )
+            join_kill_poweroff(&mut vms, opts, imager, wifi, &restart, upgrade)
         })
         .join()
         .expect("the e2e thread panicked")
@@ -501,6 +646,104 @@ fn logged_in(vm: &Vm, user: &str, identity: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What only root sees, through sudo, which asks for the user's password as Raspberry Pi OS's has since
+/// 2026 (pi-gen c020178c: raspberrypi-sys-mods no longer ships `010_pi-nopasswd`): sshd's effective
+/// settings (`sshd -T`), which drop-in set what, the accounts, the NetworkManager profiles. On the VM
+/// that got Imager's files, the outcome of each: Imager's `ssh_pwauth: true` made cloud-init write
+/// `PasswordAuthentication yes` (so the attack was there) and sshd still takes herd's `no`; Imager's user
+/// was made beside herd's `--user` (uid 1000); herd's Wi-Fi profile is still there.
+fn as_root(
+    vm: &Vm,
+    user: &str,
+    identity: &Path,
+    password: &str,
+    imager: Option<Imager>,
+    wifi: Option<&WifiOptions>,
+) -> anyhow::Result<()> {
+    let said = ssh(
+        vm,
+        user,
+        identity,
+        "sudo -n true 2>&1; echo \"rc=$?\"",
+        None,
+    )
+    .with_context(|| format!("{}: {user} cannot run sudo -n", vm.name))?;
+    if said.contains("rc=0") || !said.contains("password") {
+        bail!(
+            "{}: sudo ran without asking {user}'s password: {said:?}",
+            vm.name
+        );
+    }
+    let script = format!(
+        "sshd -T | grep -E \"^(passwordauthentication|kbdinteractiveauthentication) \"; \
+         for f in /etc/ssh/sshd_config.d/*.conf; do \
+         echo \"file $f $(grep -i \"^passwordauthentication\" \"$f\" | head -n 1)\"; done; \
+         getent passwd 1000 {IMAGER_USER} | cut -d: -f1,3,7 | sed \"s/^/user /\"; \
+         nmcli -t -f TYPE,NAME connection show 2>/dev/null | sed \"s/^/nm /\"; true"
+    );
+    let text = ssh(
+        vm,
+        user,
+        identity,
+        &format!("sudo -S -p '' sh -c '{script}'"),
+        Some(&format!("{password}\n")),
+    )
+    .with_context(|| format!("{}: {user} cannot run sudo with the password", vm.name))?;
+    let has = |l: &str| text.lines().any(|t| t.trim() == l);
+    for want in [
+        "passwordauthentication no",
+        "kbdinteractiveauthentication no",
+    ] {
+        if !has(want) {
+            bail!("{}: sshd -T lacks {want:?}:\n{text}", vm.name);
+        }
+    }
+    if !text
+        .lines()
+        .any(|l| l.starts_with(&format!("user {user}:1000:")))
+    {
+        bail!("{}: {user} is not uid 1000:\n{text}", vm.name);
+    }
+    let mut seen = Vec::new();
+    if imager == Some(Imager::UserData) {
+        let attack = "file /etc/ssh/sshd_config.d/50-cloud-init.conf PasswordAuthentication yes";
+        if !has(attack) {
+            bail!(
+                "{}: Imager's ssh_pwauth left no 50-cloud-init.conf turning password SSH on, so the \
+                 test proves nothing:\n{text}",
+                vm.name
+            );
+        }
+        seen.push("cloud-init's 50-cloud-init.conf says PasswordAuthentication yes".to_string());
+        let theirs = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("user {IMAGER_USER}:")))
+            .with_context(|| {
+                format!(
+                    "{}: Imager's user {IMAGER_USER} was not made:\n{text}",
+                    vm.name
+                )
+            })?;
+        seen.push(format!(
+            "Imager's {IMAGER_USER} made beside it (uid:shell {theirs})"
+        ));
+        if wifi.is_some() {
+            let profile = text
+                .lines()
+                .find_map(|l| l.strip_prefix("nm 802-11-wireless:"))
+                .with_context(|| format!("{}: no Wi-Fi profile:\n{text}", vm.name))?;
+            seen.push(format!("herd's Wi-Fi profile {profile:?} kept"));
+        }
+    }
+    println!(
+        "    {}: sudo asks {user}'s password; sshd -T: passwordauthentication no, \
+         kbdinteractiveauthentication no; {user} is uid 1000{}",
+        vm.name,
+        seen.iter().map(|s| format!("; {s}")).collect::<String>()
+    );
+    Ok(())
+}
+
 /// How the test runs ssh: never a prompt, a VM's fresh host key taken and not remembered.
 const SSH_OPTIONS: [&str; 8] = [
     "-o",
@@ -562,12 +805,17 @@ type Restart<'a> = &'a (dyn Fn(usize) -> anyhow::Result<Vm> + Sync);
 
 fn join_kill_poweroff(
     vms: &mut [Vm],
-    user: Option<&str>,
-    identity: Option<&Path>,
+    opts: &Options,
+    imager: Imager,
     wifi: Option<&WifiOptions>,
     restart: Restart,
     upgrade: Option<&UpgradeOptions>,
 ) -> anyhow::Result<()> {
+    let (user, identity, password) = (
+        opts.user.as_deref(),
+        opts.ssh_identity.as_deref(),
+        opts.password.as_deref(),
+    );
     // 1. Every agent comes up, started by systemd. A VM whose agent is not up by the deadline is powered
     //    off and on again, once: under TCG on two busy cores a guest has been seen to stall for minutes
     //    (soft lockups verifying module signatures, then silence). A card must survive a power cycle
@@ -633,8 +881,18 @@ fn join_kill_poweroff(
         }
         println!("    every VM made the user {user} from userconf.txt");
         if let Some(identity) = identity {
-            for vm in vms.iter() {
+            for (i, vm) in vms.iter().enumerate() {
                 logged_in(vm, user, identity)?;
+                if let Some(password) = password {
+                    as_root(
+                        vm,
+                        user,
+                        identity,
+                        password,
+                        (i == 0).then_some(imager),
+                        wifi,
+                    )?;
+                }
             }
             if let Some(w) = wifi {
                 wifi_seen = Some(wifi::check(&vms[1], user, identity, w)?);
@@ -785,4 +1043,45 @@ fn armhf_answers(vm: &mut Vm) -> anyhow::Result<()> {
         bail!("{}: /nodes/alive is {ips:?}, not itself", vm.name);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Imager's files as the VMs get them: the script is valid sh, its last lines undo what the
+    /// command line got, and the user-data is YAML with what Imager puts there.
+    #[test]
+    fn imager_files_parse_and_firstrun_undoes_its_command_line() {
+        let check = Command::new("sh")
+            .args(["-n", "-c", IMAGER_FIRSTRUN])
+            .status()
+            .unwrap();
+        assert!(check.success());
+        println!("{IMAGER_FIRSTRUN}");
+        let dir = tempfile::tempdir().unwrap();
+        let cmdline = dir.path().join("cmdline.txt");
+        let card = "console=tty1 root=LABEL=rootfs rootfstype=ext4 fsck.repair=yes rootwait cfg80211.ieee80211_regdom=GB";
+        std::fs::write(&cmdline, format!("{card}{IMAGER_FIRSTRUN_CMDLINE}\n")).unwrap();
+        let sed = IMAGER_FIRSTRUN
+            .lines()
+            .find(|l| l.starts_with("sed -i 's| systemd"))
+            .unwrap()
+            .replace("/boot/firmware/cmdline.txt", &cmdline.to_string_lossy());
+        assert!(Command::new("sh")
+            .args(["-c", &sed])
+            .status()
+            .unwrap()
+            .success());
+        assert_eq!(
+            std::fs::read_to_string(&cmdline).unwrap(),
+            format!("{card}\n")
+        );
+        let doc = &yaml_rust2::YamlLoader::load_from_str(&imager_user_data("$6$s$h")).unwrap()[0];
+        assert_eq!(doc["hostname"].as_str(), Some("imager-name"));
+        assert_eq!(doc["user"]["name"].as_str(), Some(IMAGER_USER));
+        assert_eq!(doc["user"]["passwd"].as_str(), Some("$6$s$h"));
+        assert!(doc["user"]["sudo"].is_null());
+        assert_eq!(doc["ssh_pwauth"].as_bool(), Some(true));
+    }
 }
