@@ -1,6 +1,8 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium`) opens a 3-node cluster's page,
 //! lets its JavaScript fetch `/api/v1/nodes` and redraw, and the test reads the resulting DOM: every node's
-//! name, φ / threshold and link. Screenshots (desktop and phone widths) land in `target/tmp/`.
+//! name, φ / threshold and link. Screenshots (desktop and phone widths) land in `target/tmp/`; with
+//! `HERD_SCREENSHOT_DIR` set (`cargo xtask screenshot` sets it to `docs/`), the desktop one is copied
+//! there too, for the README.
 
 mod common;
 
@@ -92,11 +94,21 @@ fn chromium_renders_every_node_with_its_phi_after_the_script_ran() {
     }
     let states = texts_after(&dom, r#"class="state alive""#);
     assert_eq!(states, ["alive"; 3]);
+    // Every row the script built has a cell under each heading, in the headings' order.
+    let headings = dom.matches("<th>").count();
+    let labelled = dom.matches("data-label=").count();
+    assert_eq!(
+        labelled,
+        3 * headings,
+        "{headings} headings, {labelled} labelled cells"
+    );
+    let versions = texts_after(&dom, r#"data-label="Version""#);
+    assert_eq!(versions, [env!("CARGO_PKG_VERSION"); 3]);
 
     // Screenshots, for people (and readable on a phone: the table scrolls inside its box).
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     for (file, size) in [
-        ("dashboard.png", "1280,720"),
+        ("dashboard.png", "1440,400"),
         ("dashboard-phone.png", "390,844"),
     ] {
         let path = dir.join(file);
@@ -111,5 +123,12 @@ fn chromium_renders_every_node_with_its_phi_after_the_script_ran() {
         let png = std::fs::read(&path).expect("a screenshot");
         assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{file}");
         println!("screenshot: {}", path.display());
+        if let Some(dir) =
+            std::env::var_os("HERD_SCREENSHOT_DIR").filter(|_| file == "dashboard.png")
+        {
+            let to = std::path::Path::new(&dir).join(file);
+            std::fs::write(&to, &png).expect("the screenshot copied");
+            println!("screenshot: {}", to.display());
+        }
     }
 }

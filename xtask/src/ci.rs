@@ -50,7 +50,7 @@ const ANSIBLE_TEST_NEEDS: &[Need] = &[
 ];
 
 /// What the dashboard test (`agent/tests/dashboard.rs`) drives: a real browser.
-const BROWSER_TEST_NEEDS: &[Need] = &[need("chromium", "chromium")];
+pub const BROWSER_TEST_NEEDS: &[Need] = &[need("chromium", "chromium")];
 
 pub fn run() -> anyhow::Result<()> {
     ensure_components()?;

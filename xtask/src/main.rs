@@ -16,6 +16,7 @@ mod deps;
 mod e2e;
 mod image;
 mod release;
+mod screenshot;
 mod util;
 mod zig;
 
@@ -46,6 +47,8 @@ tasks:
                          the signed artifact `herd upgrade --to FILE` installs: herd built for both
                          CPU families, signed with the cluster's key (`cargo xtask release --help`)
   ci                     everything CI checks: formatting, clippy -D warnings, all tests, quick benchmarks
+  screenshot             the README's picture of the dashboard (docs/dashboard.png), taken again by the
+                         browser test from a real 3-agent cluster
   bench [NAME…] [--quick]
                          run benchmarks and print their figures (names: gossip, peers, footprint,
                          http, image; default: all, and then docs/BENCHMARKS.md is written)
@@ -74,6 +77,7 @@ fn run() -> anyhow::Result<()> {
         Some("deps") => deps::run(&args[1..]),
         Some("bare") => bare::run(&args[1..]),
         Some("release") => release::run(&args[1..]),
+        Some("screenshot") => screenshot::run_task(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             print!("{USAGE}");
             Ok(())

@@ -1,0 +1,24 @@
+//! `cargo xtask screenshot`: the README's picture of the dashboard, taken again. It runs the browser
+//! test (`agent/tests/dashboard.rs`: a real 3-agent cluster on loopback, headless Chromium), which copies
+//! its desktop screenshot to `docs/dashboard.png` when told where.
+
+use anyhow::bail;
+
+use crate::deps::ensure_packages;
+use crate::util::{cargo, root, run};
+
+pub fn run_task(args: &[String]) -> anyhow::Result<()> {
+    if let Some(a) = args.first() {
+        bail!("unknown option {a:?}; usage: cargo xtask screenshot");
+    }
+    ensure_packages("the dashboard's screenshot", crate::ci::BROWSER_TEST_NEEDS)?;
+    let mut test = cargo();
+    test.args(["test", "--locked", "-p", "herd", "--test", "dashboard"])
+        .env("HERD_SCREENSHOT_DIR", root().join("docs"));
+    run("the dashboard in headless Chromium", test)?;
+    println!(
+        "==> screenshot: {}",
+        root().join("docs/dashboard.png").display()
+    );
+    Ok(())
+}
