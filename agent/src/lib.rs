@@ -1,7 +1,8 @@
 //! herd: the agent that turns a stack of Raspberry Pis into a cluster, and the operator's CLI.
 //!
-//! Four rooms, and data flows one way through them: [`config`] → [`daemon`] → [`gossip`] ← the daemon's
+//! Five rooms, and data flows one way through them: [`config`] → [`daemon`] → [`gossip`] ← the daemon's
 //! UDP transport; gossip state → [`model`] → the daemon's API and the operator's [`ops`].
+//! - [`config`]: the strict TOML configuration.
 //! - [`gossip`]: the membership protocol as a sans-IO state machine (state, digests, φ detector, wire
 //!   format) and the deterministic simulator that drives it; no clock, socket, file or runtime.
 //! - [`daemon`]: what runs on the card: the tokio loop, discovery, monitoring, meta-data, identity,
