@@ -46,9 +46,21 @@ cp "$conf" /run/herd-e2e/hostapd.conf
 if [ -f /run/herd-e2e/hostapd.pid ] && kill -0 "$(cat /run/herd-e2e/hostapd.pid)" 2>/dev/null; then
     kill -HUP "$(cat /run/herd-e2e/hostapd.pid)"
 else
+    # The access point's own radio (another machine's, in the story) is not the card's: the radios are
+    # blocked at boot (rfkill.default_state=0), and only the card's is herd's to unblock.
+    for r in /sys/class/net/wlan1/phy80211/rfkill*/soft; do echo 0 > "$r"; done
     ip addr replace @AP_ADDRESS@/24 dev wlan1
-    /usr/local/lib/herd-e2e/hostapd -B -P /run/herd-e2e/hostapd.pid /run/herd-e2e/hostapd.conf \
-        </dev/null >/dev/null 2>&1
+    tries=0
+    until /usr/local/lib/herd-e2e/hostapd -B -P /run/herd-e2e/hostapd.pid /run/herd-e2e/hostapd.conf \
+        </dev/null >/run/herd-e2e/hostapd.log 2>&1; do
+        tries=$((tries + 1))
+        if [ "$tries" -ge 5 ]; then
+            echo "herd-e2e-ap: hostapd did not start:"
+            cat /run/herd-e2e/hostapd.log
+            exit 1
+        fi
+        sleep 3
+    done
     touch /run/herd-e2e/udhcpd.leases
     /usr/local/lib/herd-e2e/busybox udhcpd /etc/herd-e2e/udhcpd.conf </dev/null >/dev/null 2>&1
 fi
@@ -57,7 +69,8 @@ echo "herd-e2e-ap: access point up on wlan1 ($1 passphrase)"
 
 const AP_UNIT: &str =
     "# herd e2e test fixture\n[Unit]\nDescription=The Wi-Fi test's access point (herd e2e)\n\
-Wants=sys-subsystem-net-devices-wlan1.device\nAfter=sys-subsystem-net-devices-wlan1.device\n\n\
+Wants=sys-subsystem-net-devices-wlan1.device\nAfter=sys-subsystem-net-devices-wlan1.device \
+NetworkManager.service\n\n\
 [Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/sbin/herd-e2e-ap right\n\n\
 [Install]\nWantedBy=multi-user.target\n";
 
