@@ -7,19 +7,26 @@
 //!   format) and the deterministic simulator that drives it; no clock, socket, file or runtime.
 //! - [`daemon`]: what runs on the card: the tokio loop, discovery, monitoring, meta-data, identity,
 //!   handlers, the HTTP API and dashboard.
-//! - [`ops`]: what runs on the operator's laptop: API client, CLI commands, inventory, launch.
+//! - [`ops`]: what runs on the operator's laptop: CLI commands, inventory, launch, upgrade.
+//! - [`installer`]: the card's root installer of `herd upgrade`, a program apart from the agent.
+//! - [`client`]: the one blocking client of a node's HTTP API (the operator's tools, the installer).
 //! - [`model`]: what the daemon publishes and the API shows, shared by the daemon and the tools.
-//! - [`release`]: the signed release artifact of `herd upgrade`, packed by the tools, checked by the daemon.
+//! - [`release`]: the signed release artifact of `herd upgrade`, packed by the tools, checked by the daemon
+//!   (the `herd-release` crate, shared with `cargo xtask` and the image pipeline).
 //!
 //! `agent/tests/layout.rs` keeps it so: no import cycle, and a gossip core that uses nothing outside it.
 
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod files;
 pub mod gossip;
+pub mod installer;
 pub mod model;
 pub mod ops;
-pub mod release;
+/// The release format lives in a crate of its own (`agent/release/`), which `cargo xtask` and the image
+/// pipeline use too.
+pub use herd_release as release;
 
 /// This agent's version: `HERD_VERSION` at build time (how `cargo xtask release --version` builds the
 /// agent a rollout installs), else the crate's.

@@ -83,24 +83,7 @@ enum Command {
     /// Launch SERVICE on the COUNT least-busy alive nodes that do not run it, with its playbook
     /// (PLAYBOOKS/SERVICE/playbook.yml, *.tera files rendered with the cluster's facts), and record it in
     /// their meta-data; or, with --reconcile, bring every launched service back to its wanted count.
-    Launch {
-        /// How many more nodes.
-        #[arg(required_unless_present = "reconcile")]
-        count: Option<usize>,
-        #[arg(required_unless_present = "reconcile")]
-        service: Option<String>,
-        /// The playbooks directory.
-        #[arg(long, env = "HERD_PLAYBOOKS", default_value = "playbooks")]
-        playbooks: PathBuf,
-        /// Print the chosen nodes, why, and the rendered files; run and record nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Launch whatever is missing from the wanted counts (after nodes died).
-        #[arg(long, conflicts_with_all = ["count", "service"])]
-        reconcile: bool,
-        #[command(flatten)]
-        target: Target,
-    },
+    Launch(herd::ops::launch::Args),
     /// Install a new agent on every alive node, without reflashing: the signed artifact is uploaded to
     /// --node once, the other nodes fetch it from each other; nodes are upgraded --batch at a time, each
     /// kept only once every other alive node sees it alive with the new version within --timeout, else
@@ -162,45 +145,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn set_hostname(config: &std::path::Path, once: Option<&std::path::Path>) -> anyhow::Result<()> {
-    use herd::config::HostnameTemplate;
-    use herd::daemon::identity::{current_id, set_hostname};
-    if let Some(done) = once {
-        if done.exists() {
-            println!(
-                "host name already set once ({} exists): left alone",
-                done.display()
-            );
-            return Ok(());
-        }
-    }
-    let config = Config::load(config)?;
-    if config.hostname_template.is_empty() {
-        println!("hostname_template is empty: host name left alone");
-        return Ok(());
-    }
-    let root = std::path::Path::new("/");
-    let (id, origin) = current_id(root, &config.state_dir)?;
-    let name = HostnameTemplate::parse(&config.hostname_template)?.render(id)?;
-    set_hostname(root, &name)?;
-    match origin {
-        Some(origin) => println!("host name set to {name} (node id {id}, from {origin})"),
-        None => println!("host name set to {name} (node id {id})"),
-    }
-    if let Some(done) = once {
-        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        if herd::daemon::identity::first_boot_script_pending(&cmdline) {
-            println!(
-                "a first-boot script runs on this boot (systemd.run= on the kernel command line, as \
-                 Imager's firstrun.sh) and may rename the card: {name} is set again on the next boot"
-            );
-        } else {
-            herd::files::write_atomic(done, &format!("{name}\n"))?;
-        }
-    }
-    Ok(())
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent { config } => {
@@ -238,7 +182,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::SetHostname { config, once } => set_hostname(&config, once.as_deref()),
+        Command::SetHostname { config, once } => {
+            let said = herd::daemon::identity::name_this_card(&config, once.as_deref())?;
+            println!("{said}");
+            Ok(())
+        }
         Command::Members { target } => herd::ops::cli::members(&target),
         Command::MetaData { change } => match change {
             MetaDataCommand::AddService {
@@ -258,14 +206,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             herd::ops::upgrade::run(&u).map(|_| ())
         }
         Command::UpgradeApply { config } => {
-            use herd::daemon::install;
+            use herd::installer as install;
             let config = Config::load(&config)?;
             let paths = install::Paths::card(&config);
             let mut prove = install::prove_by_api(&config);
             install::apply(&config, &paths, &mut prove).map(|_| ())
         }
         Command::UpgradeResume { config } => {
-            use herd::daemon::install;
+            use herd::installer as install;
             let config = Config::load(&config)?;
             let paths = install::Paths::card(&config);
             let mut prove = install::prove_by_api(&config);
@@ -279,31 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             target,
         } => herd::ops::cli::hosts(&target, &playbook, out.as_deref()),
-        Command::Launch {
-            count,
-            service,
-            playbooks,
-            dry_run,
-            reconcile,
-            target,
-        } => {
-            if reconcile {
-                return herd::ops::launch::reconcile(&target, &playbooks, dry_run);
-            }
-            let (Some(count), Some(service)) = (count, service) else {
-                anyhow::bail!("launch: give COUNT and SERVICE, or --reconcile");
-            };
-            herd::ops::launch::launch(
-                &target,
-                &herd::ops::launch::Launch {
-                    count,
-                    service,
-                    playbooks,
-                    dry_run,
-                },
-            )
-            .map(|_| ())
-        }
+        Command::Launch(c) => herd::ops::launch::run(&c),
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use herd::ops::client::{Client, Raw};
+use herd::client::{Client, Raw};
 
 mod common;
 

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use herd::ops::client::Client;
+use herd::client::Client;
 use rand::{Rng, SeedableRng};
 
 const TOKEN: &str = "durability-token-0123";

@@ -673,6 +673,27 @@ fn protect_reads_asks_for_the_token_everywhere_but_healthz() {
         get(&a, "/api/v1/nodes", Some("Basic YWRtaW46d3Jvbmc=")).0,
         401
     );
+    // The operator's CLI sends the token where a read asks for it, and says so when it has none.
+    let members = |token: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_herd"));
+        c.args(["members", "--node", &a.api.to_string()])
+            .env_remove("HERD_TOKEN")
+            .env_remove("HERD_NODE")
+            .env("HOME", dir.path());
+        if let Some(t) = token {
+            c.args(["--token", t]);
+        }
+        c.output().unwrap()
+    };
+    let with = members(Some(TOKEN));
+    assert!(
+        with.status.success() && String::from_utf8_lossy(&with.stdout).contains("127.0.73.1"),
+        "herd members with the token: {}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    let without = members(None);
+    let err = String::from_utf8_lossy(&without.stderr);
+    assert!(!without.status.success() && err.contains("401"), "{err}");
     let _ = &a.ip;
     let _ = &a.dir;
 }

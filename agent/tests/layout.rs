@@ -1,8 +1,8 @@
 //! The crate's rooms stay rooms: read from the sources' `crate::`, `super::` and `self::` paths, no two
 //! modules import each other in a circle (a child using its parent's items is part of the parent and does
-//! not count), the rooms (`gossip`, `daemon`, `ops`, `model`, `config`, `files`) form no circle either,
-//! and the sans-IO core in `gossip/` uses nothing outside it: no crate module, no runtime, socket, file,
-//! clock, thread or global randomness.
+//! not count), the rooms (`gossip`, `daemon`, `ops`, `model`, `config`, `files`, `installer`,
+//! `client`) form no circle either, and the sans-IO core in `gossip/` uses nothing outside it: no crate
+//! module, no runtime, socket, file, clock, thread or global randomness.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -232,7 +232,16 @@ fn no_module_imports_another_in_a_circle() {
 #[test]
 fn the_rooms_form_no_circle() {
     let r = rooms(&graph());
-    for room in ["gossip", "daemon", "ops", "model", "config", "files"] {
+    for room in [
+        "gossip",
+        "daemon",
+        "ops",
+        "model",
+        "config",
+        "files",
+        "installer",
+        "client",
+    ] {
         assert!(r.contains_key(room), "no room {room}: {r:?}");
     }
     if let Some(c) = find_cycle(&r) {
@@ -240,6 +249,16 @@ fn the_rooms_form_no_circle() {
     }
     // The operator's tools read the cluster through the API only.
     assert!(!r["ops"].contains("daemon"), "ops uses daemon: {r:?}");
+    // The root installer is a program apart: it trusts nothing of the agent's code but the shared
+    // rooms, and the one HTTP client serves everyone.
+    assert!(
+        !r["installer"].contains("daemon"),
+        "installer uses daemon: {r:?}"
+    );
+    assert!(
+        r["client"].iter().all(|x| x == "model" || x == "gossip"),
+        "client must rest on model only: {r:?}"
+    );
     assert!(
         r["model"].iter().all(|x| x == "gossip"),
         "model must rest on gossip only: {r:?}"

@@ -602,7 +602,7 @@ fn watch_reconnects_when_the_node_restarts() {
     let mut first = agent_process(dir.path(), "127.0.26.1", None);
     let node = "http://127.0.26.1:18500";
     wait(Duration::from_secs(10), "agent up", || {
-        herd::ops::client::Client::new(node, None)
+        herd::client::Client::new(node, None)
             .unwrap()
             .nodes()
             .is_ok()

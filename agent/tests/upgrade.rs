@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::{Cluster, TOKEN};
+use herd::client::Client;
 use herd::model::upgrade::InstallRequest;
-use herd::ops::client::Client;
 use herd::release::{self, Arch, SigningKey};
 
 fn key(seed: u8) -> SigningKey {

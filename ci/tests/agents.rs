@@ -16,7 +16,7 @@ use herd_image::Arch;
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 fn agent(arch: Arch) -> PathBuf {
-    let p = arch.built_agent();
+    let p = herd_image::built_agent(arch);
     assert!(
         p.exists(),
         "{} is missing: run `cargo xtask build` first",
@@ -30,6 +30,7 @@ fn qemu(arch: Arch) -> (&'static str, &'static str) {
     match arch {
         Arch::Arm64 => ("qemu-aarch64-static", "cortex-a53"),
         Arch::Armhf => ("qemu-arm-static", "arm1176"),
+        Arch::Amd64 => panic!("amd64 runs natively"),
     }
 }
 
@@ -51,6 +52,7 @@ fn agents_are_static_and_the_32_bit_one_is_armv6() {
         let machine = match arch {
             Arch::Arm64 => "AArch64",
             Arch::Armhf => "ARM",
+            Arch::Amd64 => "X86-64",
         };
         assert!(
             header
@@ -174,7 +176,7 @@ fn start(arch: Arch, name: &str, gossip: u16, seed: Option<&str>) -> Running {
 }
 
 fn states(node: &Running) -> Vec<(String, Liveness)> {
-    herd::ops::client::Client::new(&node.api, None)
+    herd::client::Client::new(&node.api, None)
         .and_then(|c| c.nodes())
         .map(|v| v.into_iter().map(|n| (n.name, n.state)).collect())
         .unwrap_or_default()

@@ -481,7 +481,7 @@ fn the_static_agent_resolves_a_local_seed_with_mdns() {
         ),
     )
     .unwrap();
-    let binary = herd_image::Arch::Arm64.built_agent();
+    let binary = herd_image::built_agent(herd_image::Arch::Arm64);
     assert!(
         binary.exists(),
         "{}: run `cargo xtask build`",

@@ -166,7 +166,7 @@ impl Fixture {
             "var/lib/dpkg/status",
             format!(
                 "Package: base-files\nStatus: install ok installed\nArchitecture: {}\nVersion: 12.4\n\n",
-                self.arch.debian()
+                self.arch.name()
             )
             .as_bytes(),
         )?;

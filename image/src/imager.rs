@@ -47,11 +47,37 @@ pub const DEVICES: &[Device] = &[
     },
 ];
 
+/// The architecture's name in Imager's os-list schema (`armv8`, `armhf`, `armel`; no image is made for
+/// the laptop's `x86_64`).
+pub fn architecture(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Arm64 => "armv8",
+        Arch::Armhf => "armhf",
+        Arch::Amd64 => "x86_64",
+    }
+}
+
+/// Imager's device tags for the boards the agent of `arch` runs on (a Pi Zero 2 W counts as a Pi 3; a
+/// Pi Zero and Zero W as a Pi 1); none for a family no Pi runs.
+pub fn device_tags(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Arm64 => &["pi5-64bit", "pi4-64bit", "pi3-64bit"],
+        Arch::Armhf => &[
+            "pi5-32bit",
+            "pi4-32bit",
+            "pi3-32bit",
+            "pi2-32bit",
+            "pi1-32bit",
+        ],
+        Arch::Amd64 => &[],
+    }
+}
+
 /// The boards an image of `arch` runs on: those sharing a tag with the image's own `devices`.
 pub fn devices_for(arch: Arch) -> Vec<&'static Device> {
     DEVICES
         .iter()
-        .filter(|d| d.tags.iter().any(|t| arch.imager_devices().contains(t)))
+        .filter(|d| d.tags.iter().any(|t| device_tags(arch).contains(t)))
         .collect()
 }
 
@@ -112,7 +138,7 @@ pub fn manifest(e: &Entry) -> serde_json::Value {
             "description": format!(
                 "Raspberry Pi OS with the herd agent for cluster {} ({})",
                 e.cluster,
-                e.arch.debian()
+                e.arch.name()
             ),
             "icon": e.icon_url,
             "url": e.url,
@@ -121,9 +147,9 @@ pub fn manifest(e: &Entry) -> serde_json::Value {
             "image_download_size": e.download_size,
             "image_download_sha256": e.download_sha256,
             "release_date": e.release_date,
-            "devices": e.arch.imager_devices(),
+            "devices": device_tags(e.arch),
             "init_format": e.customisation.init_format(),
-            "architecture": e.arch.imager_architecture(),
+            "architecture": architecture(e.arch),
         }]
     })
 }

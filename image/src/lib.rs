@@ -81,65 +81,18 @@ pub struct Partition {
     pub size: u64,
 }
 
-/// The CPU architecture of an image's root filesystem, in Debian's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    Arm64,
-    Armhf,
-}
+/// The CPU family of an image's root filesystem (Debian's names): one of [`Arch::PI`].
+pub use herd_release::Arch;
 
-impl Arch {
-    pub fn debian(self) -> &'static str {
-        match self {
-            Arch::Arm64 => "arm64",
-            Arch::Armhf => "armhf",
-        }
-    }
-
-    /// The Rust target the agent for this architecture is built for. Both are static musl builds, so
-    /// the agent depends on no C library of the card (Raspberry Pi OS Bullseye has glibc 2.31, Bookworm
-    /// 2.36, Trixie 2.41). The 32-bit one is ARMv6 with VFPv2, the baseline of Raspberry Pi OS's armhf
-    /// (Raspbian) userland: it runs on a Pi Zero, Zero W and Pi 1 as well as on every later board.
-    pub fn agent_target(self) -> &'static str {
-        match self {
-            Arch::Arm64 => "aarch64-unknown-linux-musl",
-            Arch::Armhf => "arm-unknown-linux-musleabihf",
-        }
-    }
-
-    /// Where `cargo xtask build` leaves the release agent for this architecture in this workspace (the
-    /// image tests, benchmarks and harnesses take it from there).
-    pub fn built_agent(self) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("the image crate lives in the workspace")
-            .join("target")
-            .join(self.agent_target())
-            .join("release/herd")
-    }
-
-    /// Raspberry Pi Imager's device tags for the boards the agent of this architecture runs on (a Pi
-    /// Zero 2 W counts as a Pi 3; a Pi Zero and Zero W as a Pi 1).
-    /// The architecture's name in Imager's os-list schema (`armv8`, `armhf`, `armel`).
-    pub fn imager_architecture(self) -> &'static str {
-        match self {
-            Arch::Arm64 => "armv8",
-            Arch::Armhf => "armhf",
-        }
-    }
-
-    pub fn imager_devices(self) -> &'static [&'static str] {
-        match self {
-            Arch::Arm64 => &["pi5-64bit", "pi4-64bit", "pi3-64bit"],
-            Arch::Armhf => &[
-                "pi5-32bit",
-                "pi4-32bit",
-                "pi3-32bit",
-                "pi2-32bit",
-                "pi1-32bit",
-            ],
-        }
-    }
+/// Where `cargo xtask build` leaves the release agent for `arch` in this workspace (the image tests,
+/// benchmarks and harnesses take it from there).
+pub fn built_agent(arch: Arch) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the image crate lives in the workspace")
+        .join("target")
+        .join(arch.agent_target())
+        .join("release/herd")
 }
 
 /// An image file with its boot and root partitions found.

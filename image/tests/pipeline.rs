@@ -17,7 +17,7 @@ fn workspace() -> PathBuf {
 }
 
 fn agent_binary(arch: Arch) -> herd_image::Result<PathBuf> {
-    let p = arch.built_agent();
+    let p = herd_image::built_agent(arch);
     assert!(p.exists(), "{}: run `cargo xtask build` first", p.display());
     Ok(p)
 }

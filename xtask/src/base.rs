@@ -173,6 +173,7 @@ impl Recipe {
         match self.arch {
             Arch::Arm64 => "linux-image-arm64",
             Arch::Armhf => "linux-image-armmp",
+            Arch::Amd64 => "linux-image-amd64",
         }
     }
 
@@ -205,7 +206,7 @@ impl Recipe {
             "debian base v1\nsuite {}\nmirror {MIRROR}\narch {}\nkernel {}\npackages {}\n\
              boot {BOOT_START}+{BOOT_SECTORS} fat32 1 sector per cluster\nessential {ESSENTIAL}\ncustomize {}\n",
             self.suite.name(),
-            self.arch.debian(),
+            self.arch.name(),
             self.kernel(),
             self.packages().join(","),
             self.customize()
@@ -245,7 +246,7 @@ impl Recipe {
         Ok(cache_dir().join("base").join(format!(
             "debian-{}-{}-{}.img",
             self.suite.name(),
-            self.arch.debian(),
+            self.arch.name(),
             &hash[..12]
         )))
     }
@@ -340,7 +341,7 @@ pub fn ensure(arch: Arch, suite: Suite) -> anyhow::Result<PathBuf> {
             "building the Debian base installs packages into a root file system (mmdebstrap), which \
              needs root; run:\n    sudo env PATH=\"$PATH\" cargo xtask base debian --suite {} --arch {}",
             suite.name(),
-            arch.debian()
+            arch.name()
         );
     }
     ensure_packages("Debian base image", BASE_NEEDS)?;
@@ -421,6 +422,8 @@ fn ensure_binfmt(arch: Arch) -> anyhow::Result<()> {
     let name = match arch {
         Arch::Arm64 => "qemu-aarch64",
         Arch::Armhf => "qemu-arm",
+        // This machine's own family: nothing to emulate.
+        Arch::Amd64 => return Ok(()),
     };
     let misc = Path::new("/proc/sys/fs/binfmt_misc");
     if !misc.join("status").exists() {
@@ -442,7 +445,7 @@ fn ensure_binfmt(arch: Arch) -> anyhow::Result<()> {
 }
 
 fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
-    let arch = recipe.arch.debian();
+    let arch = recipe.arch.name();
     let suite = recipe.suite.name();
     let rootfs = work.join("rootfs");
     let debs = work.join("test-debs");
@@ -574,7 +577,7 @@ fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
         let img = herd_image::Image::open(&partial).context("the packed image does not open")?;
         let found = img.arch().context("the packed image's architecture")?;
         if found != recipe.arch {
-            bail!("the packed image is {}, not {arch}", found.debian());
+            bail!("the packed image is {}, not {arch}", found.name());
         }
         if recipe.suite == Suite::Trixie {
             // The test packages first: a cached base always has them beside it.

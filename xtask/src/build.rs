@@ -26,7 +26,7 @@ pub const ARCHES: &[Arch] = &[Arch::Arm64, Arch::Armhf];
 
 /// Where the release binary for `arch` lands.
 pub fn binary(arch: Arch) -> PathBuf {
-    arch.built_agent()
+    herd_image::built_agent(arch)
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -65,7 +65,7 @@ pub fn build_version(arch: Arch, version: Option<&str>) -> anyhow::Result<PathBu
     println!(
         "==> {} ({}): {} ({:.2} MB)",
         arch.agent_target(),
-        arch.debian(),
+        arch.name(),
         bin.display(),
         size as f64 / 1e6
     );

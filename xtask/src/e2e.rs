@@ -102,11 +102,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         match arch {
             Arch::Arm64 => builds.extend([(arch, Suite::Trixie), (arch, Suite::Bookworm)]),
             Arch::Armhf => builds.push((arch, Suite::Bookworm)),
+            Arch::Amd64 => bail!("the boot-and-join test boots Pi images only"),
         }
     }
     for (arch, suite) in builds {
         let base = crate::base::ensure(arch, suite)?;
-        let name = format!("e2e-{}-{}", arch.debian(), suite.name());
+        let name = format!("e2e-{}-{}", arch.name(), suite.name());
         // Wi-Fi on the release whose base has NetworkManager and the access point's packages.
         let mut wifi: Vec<String> = Vec::new();
         if suite == Suite::Trixie && arch == Arch::Arm64 {
@@ -144,7 +145,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
         )?;
         harness
-            .arg(format!("--{}", arch.debian()))
+            .arg(format!("--{}", arch.name()))
             .arg(out.join(format!("{name}.img")));
     }
     // herd upgrade's artifacts: a second build of the 64-bit agent (same code, another version) and a

@@ -482,7 +482,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let summary = herd_image::pipeline::run(&opts, |arch| {
         println!(
             "==> image: the base is {} ({}); building herd for it",
-            arch.debian(),
+            arch.name(),
             arch.agent_target()
         );
         build::build_one(arch).map_err(|e| herd_image::Error::Invalid(format!("{e:#}")))
@@ -571,7 +571,7 @@ pub fn fixture(args: &[String]) -> anyhow::Result<()> {
     println!(
         "==> {}: a {} Pi-layout test image",
         path.display(),
-        f.arch.debian()
+        f.arch.name()
     );
     Ok(())
 }

@@ -1,12 +1,6 @@
 //! `cargo xtask`: all of herd's build logic, in Rust (the cargo-xtask convention). A thin `main` that
 //! dispatches to one module per task.
 
-// The artifact format of `herd upgrade`, the agent's own source compiled in here too: the tasks pack what
-// the agent checks, without building the whole agent library into every `cargo xtask`.
-// The tasks only pack: what the agent uses to check is unused here.
-#[allow(dead_code)]
-#[path = "../../agent/src/release.rs"]
-mod artifact;
 mod bare;
 mod base;
 mod bench;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use herd_image::Arch;
 
-use crate::artifact::{self as release, SigningKey};
 use crate::util::root;
+use herd_release::{self as release, SigningKey};
 
 const USAGE: &str = "\
 usage: cargo xtask release --cluster NAME [--version V] [--arch arm64,armhf] [--binary ARCH=PATH]…
@@ -133,22 +133,17 @@ pub fn signing_key(secrets: &Path) -> anyhow::Result<SigningKey> {
 /// Builds (or takes) the binaries and writes the signed artifact; returns its path.
 pub fn make(opts: &Options) -> anyhow::Result<PathBuf> {
     let key = signing_key(&opts.secrets)?;
-    let mut binaries: Vec<(release::Arch, Vec<u8>)> = Vec::new();
-    let family = |a: Arch| match a {
-        Arch::Arm64 => release::Arch::Arm64,
-        Arch::Armhf => release::Arch::Armhf,
-    };
+    let mut binaries: Vec<(Arch, Vec<u8>)> = Vec::new();
     for (a, path) in &opts.binaries {
         let bytes = std::fs::read(path)
             .with_context(|| format!("--binary: cannot read {}", path.display()))?;
-        binaries.push((family(*a), bytes));
+        binaries.push((*a, bytes));
     }
     for a in &opts.arches {
         let bin = crate::build::build_version(*a, Some(&opts.version))?;
-        binaries.push((family(*a), std::fs::read(&bin)?));
+        binaries.push((*a, std::fs::read(&bin)?));
     }
-    let refs: Vec<(release::Arch, &[u8])> =
-        binaries.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+    let refs: Vec<(Arch, &[u8])> = binaries.iter().map(|(a, b)| (*a, b.as_slice())).collect();
     let artifact = release::pack(&key, &opts.cluster, &opts.version, &refs)
         .map_err(|e| anyhow::anyhow!("cannot pack the artifact: {e}"))?;
     if let Some(dir) = opts.out.parent() {
@@ -225,7 +220,7 @@ mod tests {
         let bytes = std::fs::read(out).unwrap();
         let a = release::open(&bytes, &key.public(), "pis").unwrap();
         assert_eq!(a.manifest.version, "9.9.9");
-        assert_eq!(a.binary(release::Arch::Arm64).unwrap(), b"an agent");
+        assert_eq!(a.binary(Arch::Arm64).unwrap(), b"an agent");
         std::fs::write(&secrets, "cluster = \"pis\"\n").unwrap();
         let e = signing_key(&secrets).err().unwrap().to_string();
         assert!(e.contains("no signing_key"), "{e}");

@@ -24,7 +24,7 @@ use super::discovery::{self, Announcement, Change, Mdns};
 use super::handle::Handle;
 use super::identity::{store_generation, Identity};
 use super::metadata::MetaData;
-use super::monitor::{Facts, Sample, Sampler, FACTS_KEY, SAMPLE_KEY};
+use super::sampler::{Facts, Sample, Sampler, FACTS_KEY, SAMPLE_KEY};
 use crate::config::Config;
 use crate::gossip::{Event, EventKind, Gossiper, Member, NodeId, Stats, Transmit, SERVICES_KEY};
 use crate::model::published::check_node_name;
@@ -124,7 +124,7 @@ impl Agent {
         } else {
             (None, None)
         };
-        helpers.extend(super::handlers::spawn(
+        helpers.extend(super::hooks::spawn(
             config.handlers.clone(),
             handle.clone(),
             config.cluster.clone(),

@@ -214,6 +214,44 @@ pub fn set_hostname(root: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `herd set-hostname [--once DONE]`, run as root by herd-hostname.service: names this machine from the
+/// configuration's `hostname_template` and its node id. With `once`, only if `DONE` does not exist, which
+/// it then creates (unless a first-boot script runs on this boot and may rename the card after us: see
+/// [`first_boot_script_pending`]). Returns what it did, for the journal.
+pub fn name_this_card(config: &Path, once: Option<&Path>) -> anyhow::Result<String> {
+    use crate::config::{Config, HostnameTemplate};
+    if let Some(done) = once.filter(|d| d.exists()) {
+        return Ok(format!(
+            "host name already set once ({} exists): left alone",
+            done.display()
+        ));
+    }
+    let config = Config::load(config)?;
+    if config.hostname_template.is_empty() {
+        return Ok("hostname_template is empty: host name left alone".into());
+    }
+    let root = Path::new("/");
+    let (id, origin) = current_id(root, &config.state_dir)?;
+    let name = HostnameTemplate::parse(&config.hostname_template)?.render(id)?;
+    set_hostname(root, &name)?;
+    let mut said = match origin {
+        Some(origin) => format!("host name set to {name} (node id {id}, from {origin})"),
+        None => format!("host name set to {name} (node id {id})"),
+    };
+    if let Some(done) = once {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if first_boot_script_pending(&cmdline) {
+            said.push_str(&format!(
+                "\na first-boot script runs on this boot (systemd.run= on the kernel command line, as \
+                 Imager's firstrun.sh) and may rename the card: {name} is set again on the next boot"
+            ));
+        } else {
+            write_atomic(done, &format!("{name}\n"))?;
+        }
+    }
+    Ok(said)
+}
+
 /// Whether this boot runs a first-boot script that may rename the card after herd has named it: Imager's
 /// `firstrun.sh` on Bookworm-style images is started with `systemd.run=/boot/firstrun.sh` on the kernel
 /// command line (rpi-imager `src/downloadthread.cpp` line 2590, commit 72ad1179) and, among other

@@ -3,28 +3,21 @@
 //! in `STATE_DIR/upgrade/` to serve to the other nodes, and, asked to install it, checks that it has a
 //! binary for this CPU and a version this card takes, then hands it to the card's root installer by
 //! writing `request.json` (which `herd-upgrade.path` watches). The agent itself runs sandboxed and never
-//! touches the installed binary: the installer ([`crate::daemon::install`]) checks it all again.
+//! touches the installed binary: the installer ([`crate::installer`]) checks it all again.
 //!
 //! Everything here blocks (files, fsync, HTTP fetches): the API runs it on blocking threads, one
 //! upload or install at a time.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{Config, Secret};
+use crate::installer::{given_key, read_small, GIVEN_KEY, INSTALLER_DIR, PENDING, REQUEST, STATUS};
 use crate::model::upgrade::{Handoff, InstallRequest, Outcome, StoredView, MAX_ARTIFACT};
 use crate::release::{self, Arch, PublicKey, Refusal};
 
-/// The root installer's directory (root's, world-readable): `pending.json` while a new agent proves
-/// itself, `status.json` with the last outcome.
-pub const INSTALLER_DIR: &str = "/var/lib/herd-upgrade";
-pub const REQUEST: &str = "request.json";
-pub const PENDING: &str = "pending.json";
-pub const STATUS: &str = "status.json";
 /// The artifact kept: `<sha256>.herd`, described by `artifact.json`.
 const KEPT: &str = "artifact.json";
-/// The signing key a node without one in its configuration was given, once, with the API token.
-pub const GIVEN_KEY: &str = "public_key";
 /// How long fetching an artifact from one source may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -329,24 +322,11 @@ impl Upgrades {
     }
 }
 
-/// The signing key given to a node with the API token (in `dir`, the agent's `STATE_DIR/upgrade`).
-pub fn given_key(dir: &Path) -> Option<PublicKey> {
-    PublicKey::from_base64(&read_small(&dir.join(GIVEN_KEY), 256)?).ok()
-}
-
-/// Reads a small file, or nothing (missing, too large, not text).
-pub fn read_small(path: &Path, limit: u64) -> Option<String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).ok()?;
-    let mut text = String::new();
-    f.take(limit + 1).read_to_string(&mut text).ok()?;
-    (text.len() as u64 <= limit).then_some(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::release::SigningKey;
+    use std::path::Path;
 
     fn setup(dir: &Path) -> (Upgrades, SigningKey) {
         let key = SigningKey::from_base64(&base64_seed(7)).unwrap();

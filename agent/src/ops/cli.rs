@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use super::client::Client;
+use crate::client::Client;
 use crate::model::views::NodeView;
 
 /// Where to reach the cluster and how to authenticate.

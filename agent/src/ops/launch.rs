@@ -246,6 +246,44 @@ fn recap(output: &str) -> BTreeMap<String, bool> {
 }
 
 /// Runs one launch; returns the hosts where the service now runs. Prints what it does.
+/// `herd launch`'s command line.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How many more nodes.
+    #[arg(required_unless_present = "reconcile")]
+    pub count: Option<usize>,
+    #[arg(required_unless_present = "reconcile")]
+    pub service: Option<String>,
+    /// The playbooks directory.
+    #[arg(long, env = "HERD_PLAYBOOKS", default_value = "playbooks")]
+    pub playbooks: PathBuf,
+    /// Print the chosen nodes, why, and the rendered files; run and record nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Launch whatever is missing from the wanted counts (after nodes died).
+    #[arg(long, conflicts_with_all = ["count", "service"])]
+    pub reconcile: bool,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// Runs `herd launch`: one launch, or `--reconcile`.
+pub fn run(c: &Args) -> anyhow::Result<()> {
+    if c.reconcile {
+        return reconcile(&c.target, &c.playbooks, c.dry_run);
+    }
+    let (Some(count), Some(service)) = (c.count, &c.service) else {
+        bail!("launch: give COUNT and SERVICE, or --reconcile");
+    };
+    let launch_one = Launch {
+        count,
+        service: service.clone(),
+        playbooks: c.playbooks.clone(),
+        dry_run: c.dry_run,
+    };
+    launch(&c.target, &launch_one).map(|_| ())
+}
+
 pub fn launch(t: &Target, l: &Launch) -> anyhow::Result<Vec<String>> {
     crate::model::published::check_service_name(&l.service).map_err(anyhow::Error::msg)?;
     if l.count == 0 {

@@ -2,7 +2,6 @@
 //! inventory, service launch, and upgrades of the agents. It reads the cluster through the API only, never through the gossip.
 
 pub mod cli;
-pub mod client;
 pub mod inventory;
 pub mod launch;
 pub mod upgrade;

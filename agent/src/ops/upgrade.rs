@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::cli::Target;
-use super::client::Client;
+use crate::client::Client;
 use crate::gossip::Liveness;
 use crate::model::upgrade::{InstallRequest, Outcome, Stage, MAX_ARTIFACT};
 use crate::model::views::NodeView;
@@ -520,12 +520,7 @@ fn describe(o: &Outcome) -> String {
 
 /// The CPU family of `facts.arch` (Rust's name for it).
 fn arch_of(rust_arch: &str) -> Option<Arch> {
-    match rust_arch {
-        "aarch64" => Some(Arch::Arm64),
-        "arm" => Some(Arch::Armhf),
-        "x86_64" => Some(Arch::Amd64),
-        _ => None,
-    }
+    Arch::from_rust_arch(rust_arch)
 }
 
 fn read_artifact(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {

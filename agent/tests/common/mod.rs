@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use herd::client::Client;
 use herd::config::Config;
 use herd::daemon::Agent;
-use herd::ops::client::Client;
 
 pub const TOKEN: &str = "test-token-0123456789";
 

@@ -134,7 +134,7 @@ fn measure(binary: &Path, nodes: usize, window: Duration) -> anyhow::Result<Figu
         peers.push(a);
     }
     let measured = start_measured(binary, &seed, 18080 + nodes as u16)?;
-    let client = herd::ops::client::Client::new(&measured.api, None)?;
+    let client = herd::client::Client::new(&measured.api, None)?;
     let start = Instant::now();
     loop {
         let alive = client
@@ -228,7 +228,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     println!("| binary (static) | serves | stripped size | vs target 5 MB |");
     println!("|---|---|---|---|");
     for arch in [herd_image::Arch::Arm64, herd_image::Arch::Armhf] {
-        let p = arch.built_agent();
+        let p = herd_image::built_agent(arch);
         let size = std::fs::metadata(&p)
             .with_context(|| format!("{}: run `cargo xtask build`", p.display()))?
             .len();
@@ -237,6 +237,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             herd_image::Arch::Armhf => {
                 "32-bit Raspberry Pi OS: every Pi (ARMv6: Zero, Zero W, 1 too)"
             }
+            herd_image::Arch::Amd64 => "the operator's laptop",
         };
         println!(
             "| {} | {serves} | {:.2} MB | {:.2}× |",

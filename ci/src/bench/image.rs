@@ -112,7 +112,7 @@ fn timed(cmd: &str) -> anyhow::Result<Duration> {
 }
 
 pub fn run(quick: bool) -> anyhow::Result<()> {
-    let binary = herd_image::Arch::Arm64.built_agent();
+    let binary = herd_image::built_agent(herd_image::Arch::Arm64);
     if !binary.exists() {
         bail!("{} is missing: run `cargo xtask build`", binary.display());
     }

@@ -803,6 +803,8 @@ fn agents_up(vms: &mut [Vm], what: &str) -> anyhow::Result<()> {
 
 type Restart<'a> = &'a (dyn Fn(usize) -> anyhow::Result<Vm> + Sync);
 
+/// One round's scenario, phase by phase: the agents come up, each card is itself, the users log in (and
+/// what Imager wrote did not win), the cards find each other, one crashes, one leaves; then the timings.
 fn join_kill_poweroff(
     vms: &mut [Vm],
     opts: &Options,
@@ -811,15 +813,21 @@ fn join_kill_poweroff(
     restart: Restart,
     upgrade: Option<&UpgradeOptions>,
 ) -> anyhow::Result<()> {
-    let (user, identity, password) = (
-        opts.user.as_deref(),
-        opts.ssh_identity.as_deref(),
-        opts.password.as_deref(),
-    );
-    // 1. Every agent comes up, started by systemd. A VM whose agent is not up by the deadline is powered
-    //    off and on again, once: under TCG on two busy cores a guest has been seen to stall for minutes
-    //    (soft lockups verifying module signatures, then silence). A card must survive a power cycle
-    //    during its first boot anyway; an agent that never starts still fails the run.
+    agents_come_up(vms, restart)?;
+    each_card_is_itself(vms)?;
+    let wifi_seen = users_log_in(vms, opts, imager, wifi)?;
+    all_find_each_other(vms)?;
+    let detected = one_crashes(vms, restart, upgrade)?;
+    let left = one_leaves(vms)?;
+    print_timings(vms, upgrade.is_some(), detected, left, wifi_seen);
+    Ok(())
+}
+
+/// Every agent comes up, started by systemd. A VM whose agent is not up by the deadline is powered off
+/// and on again, once: under TCG on two busy cores a guest has been seen to stall for minutes (soft
+/// lockups verifying module signatures, then silence). A card must survive a power cycle during its
+/// first boot anyway; an agent that never starts still fails the run.
+fn agents_come_up(vms: &mut [Vm], restart: Restart) -> anyhow::Result<()> {
     if let Err(e) = agents_up(vms, "every VM's agent answers on :8080") {
         for (i, vm) in vms.iter_mut().enumerate() {
             if vm.up.is_some() {
@@ -837,6 +845,12 @@ fn join_kill_poweroff(
             "every VM's agent answers on :8080 (after a power cycle)",
         )?;
     }
+    Ok(())
+}
+
+/// Each card has a node id, a host name derived from it (`hostname_template = "herd-{id:6}"`) and SSH host
+/// keys of its own, all made at first boot.
+fn each_card_is_itself(vms: &[Vm]) -> anyhow::Result<()> {
     let mut ids: Vec<&str> = vms.iter().map(|v| v.id.as_str()).collect();
     let mut names: Vec<&str> = vms.iter().map(|v| v.hostname.as_str()).collect();
     ids.sort_unstable();
@@ -862,7 +876,6 @@ fn join_kill_poweroff(
         }
     }
 
-    // No two cards share SSH host keys: each made its own at first boot.
     let mut keys = Vec::new();
     for vm in vms.iter() {
         keys.push(ssh_host_key(vm)?);
@@ -874,6 +887,22 @@ fn join_kill_poweroff(
         bail!("two VMs share an SSH host key: {keys:?}");
     }
     println!("    three distinct SSH host keys (ssh-keyscan)");
+    Ok(())
+}
+
+/// Each VM made the image's user from userconf.txt, who logs in with the key and finds the card as herd
+/// baked it, even where Imager's files tried otherwise; and, on the Wi-Fi image, the radio joins.
+fn users_log_in(
+    vms: &[Vm],
+    opts: &Options,
+    imager: Imager,
+    wifi: Option<&WifiOptions>,
+) -> anyhow::Result<Option<wifi::Seen>> {
+    let (user, identity, password) = (
+        opts.user.as_deref(),
+        opts.ssh_identity.as_deref(),
+        opts.password.as_deref(),
+    );
     let mut wifi_seen = None;
     if let Some(user) = user {
         for vm in vms.iter() {
@@ -899,8 +928,11 @@ fn join_kill_poweroff(
             }
         }
     }
+    Ok(wifi_seen)
+}
 
-    // 2. Every VM lists all three as alive, found by mDNS alone.
+/// Every VM lists all three as alive, found by mDNS alone.
+fn all_find_each_other(vms: &mut [Vm]) -> anyhow::Result<()> {
     let mut want: Vec<String> = vms.iter().map(|v| v.ip.to_string()).collect();
     want.sort();
     let joined_at = Instant::now();
@@ -923,9 +955,16 @@ fn join_kill_poweroff(
         },
     )?;
     println!("    every VM lists {want:?} alive");
+    Ok(())
+}
 
-    // 3. vm2 crashes: the others must call it dead, not left. With herd upgrade, it loses power
-    //    (QMP quit) in the middle of its upgrade; else QEMU is killed.
+/// The third VM crashes: the others must call it dead, not left. With `herd upgrade`, it loses power
+/// (QMP quit) in the middle of its upgrade; else QEMU is killed. When each survivor saw it dead.
+fn one_crashes(
+    vms: &mut [Vm],
+    restart: Restart,
+    upgrade: Option<&UpgradeOptions>,
+) -> anyhow::Result<[Option<Duration>; 2]> {
     let detected = match upgrade {
         Some(u) => upgrade::run(u, vms, restart)?.detected,
         None => {
@@ -958,8 +997,11 @@ fn join_kill_poweroff(
             detected
         }
     };
+    Ok(detected)
+}
 
-    // 4. vm1 is powered off cleanly: vm0 must call it left.
+/// The second VM is powered off cleanly (its power button): the first must call it left. When it did.
+fn one_leaves(vms: &mut [Vm]) -> anyhow::Result<Duration> {
     let pressed = Instant::now();
     power_button(&vms[1].qmp)?;
     let left_id = vms[1].id.clone();
@@ -981,12 +1023,18 @@ fn join_kill_poweroff(
         secs(Some(left)),
         secs(Some(off))
     );
+    Ok(left)
+}
 
-    let crash = if upgrade.is_some() {
-        "power cut"
-    } else {
-        "kill"
-    };
+/// The round's timings, as tables.
+fn print_timings(
+    vms: &[Vm],
+    power_cut: bool,
+    detected: [Option<Duration>; 2],
+    left: Duration,
+    wifi_seen: Option<wifi::Seen>,
+) {
+    let crash = if power_cut { "power cut" } else { "kill" };
     println!("\n    | VM | start → agent up | start → all joined | {crash} → dead seen here | power-off → left seen here |");
     println!("    |---|---|---|---|---|");
     for (i, vm) in vms.iter().enumerate() {
@@ -1025,7 +1073,6 @@ fn join_kill_poweroff(
         );
     }
     println!();
-    Ok(())
 }
 
 fn state_of(ip: Ipv4Addr, id: &str) -> Option<String> {

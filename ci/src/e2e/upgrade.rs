@@ -118,7 +118,7 @@ pub(super) fn run(
     let at = altered.len() - 4096;
     altered[at] ^= 0x01;
     for vm in vms.iter() {
-        let node = herd::ops::client::Client::new(&vm.ip.to_string(), Some(token.clone()))?;
+        let node = herd::client::Client::new(&vm.ip.to_string(), Some(token.clone()))?;
         for (what, bytes, want) in [
             (
                 "signed with another key",

@@ -121,6 +121,7 @@ pub(super) fn start_vm(
     let qmp = out.join(format!("{name}.qmp"));
     let _ = std::fs::remove_file(&qmp);
     let (program, machine, cpu, serial) = match arch {
+        Arch::Amd64 => bail!("{name}: the harness boots Pi images (arm64, armhf) only"),
         Arch::Arm64 => ("qemu-system-aarch64", "virt", "cortex-a72", "ttyAMA0"),
         Arch::Armhf => (
             "qemu-system-arm",

@@ -5,28 +5,33 @@
 //! endpoint but `/healthz` does. Every error is JSON `{"error": "…"}` with its status. What clients can
 //! hold (connections, time, event streams) is bounded in `server`.
 
+mod auth;
+mod dashboard;
 pub mod metrics;
 pub mod server;
+mod services;
+mod upgrade;
+
+use self::auth::{authorized, readable};
+use self::dashboard::dashboard;
+use self::services::{change_services, working_service};
+use self::upgrade::{download, give_key, install, upgrade_view, upload};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use base64::Engine;
-use serde::Serialize;
 use tokio_stream::StreamExt;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use super::handle::Handle;
-use super::metadata::{ChangeError, MetaData, SERVICES_KEY};
-use super::upgrade::{Refused, Upgrades};
+use super::metadata::MetaData;
+use super::upgrade::Upgrades;
 use crate::config::Secret;
 use crate::gossip::Liveness;
-use crate::model::views::{
-    self, ErrorView, MonitoringView, NodeView, ServiceNodeView, ServicesView,
-};
+use crate::model::views::{self, ErrorView, MonitoringView};
 
 /// Largest request body accepted (the write endpoints take none; an install request and an artifact
 /// have their own limits).
@@ -260,64 +265,6 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .recover(recover)
 }
 
-/// Passes the state on when the request carries the right token (or no token is configured).
-fn authorized(
-    st: impl Filter<Extract = (ApiState,), Error = Infallible> + Clone + Send + Sync,
-) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and(st)
-        .and_then(|header: Option<String>, s: ApiState| async move {
-            check_token(header.as_deref(), s.token.as_ref())?;
-            Ok::<_, Rejection>(s)
-        })
-}
-
-/// Passes the state on for a read: always, or with the token under `api.protect_reads`.
-fn readable(
-    st: impl Filter<Extract = (ApiState,), Error = Infallible> + Clone + Send + Sync,
-) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and(st)
-        .and_then(|header: Option<String>, s: ApiState| async move {
-            if s.protect_reads {
-                check_token(header.as_deref(), s.token.as_ref())?;
-            }
-            Ok::<_, Rejection>(s)
-        })
-}
-
-/// Checks an `Authorization` header against the token: `Bearer <token>`, or `Basic` with the token as
-/// the password (any user name), which is what a browser sends after asking. Schemes are
-/// case-insensitive (RFC 7235 §2.1).
-fn check_token(header: Option<&str>, token: Option<&Secret>) -> Result<(), Rejection> {
-    let Some(token) = token else {
-        return Ok(());
-    };
-    let given = header.and_then(|h| {
-        let (scheme, credentials) = h.trim_start().split_once(' ')?;
-        let credentials = credentials.trim();
-        if scheme.eq_ignore_ascii_case("bearer") {
-            Some(credentials.as_bytes().to_vec())
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            let pair = base64::engine::general_purpose::STANDARD
-                .decode(credentials)
-                .ok()?;
-            let colon = pair.iter().position(|b| *b == b':')?;
-            Some(pair[colon + 1..].to_vec())
-        } else {
-            None
-        }
-    });
-    match given {
-        None => Err(reject(
-            StatusCode::UNAUTHORIZED,
-            "this endpoint needs the API token: `Authorization: Bearer <token>` (api.token)",
-        )),
-        Some(given) if constant_time_eq(&given, token.0.as_bytes()) => Ok(()),
-        Some(_) => Err(reject(StatusCode::UNAUTHORIZED, "wrong API token")),
-    }
-}
-
 /// Membership events as server-sent events. A subscriber that falls more than the channel's capacity
 /// behind gets a `gap` event saying how many it missed (then carries on), never a silent loss: `herd
 /// watch` answers a gap by reading the members again.
@@ -356,359 +303,6 @@ fn small_body() -> impl Filter<Extract = (), Error = Rejection> + Clone {
             }
         })
         .untuple_one()
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn working_service(service: String, s: ApiState) -> Result<impl Reply, Rejection> {
-    crate::model::published::check_service_name(&service)
-        .map_err(|e| reject(StatusCode::BAD_REQUEST, e))?;
-    let v: Vec<ServiceNodeView> = views::nodes(&s.handle.members())
-        .into_iter()
-        .filter(|n| n.state == Liveness::Alive && n.services.contains(&service))
-        .map(|n| ServiceNodeView {
-            id: n.id,
-            name: n.name,
-            address: n.address,
-            http_port: n.http_port,
-        })
-        .collect();
-    Ok(warp::reply::json(&v))
-}
-
-async fn change_services(s: ApiState, name: String, add: bool) -> Result<impl Reply, Rejection> {
-    let metadata = Arc::clone(&s.metadata);
-    // The write fsyncs: keep it off the async threads. The lock serialises writers.
-    let result = tokio::task::spawn_blocking(move || {
-        let mut m = metadata.lock().expect("meta-data lock poisoned");
-        let changed = if add { m.add(&name) } else { m.remove(&name) }?;
-        Ok::<_, ChangeError>((changed, m.services().clone(), m.gossip_value()))
-    })
-    .await
-    .map_err(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "meta-data writer failed"))?;
-    let (changed, services, value) = result.map_err(|e| {
-        let status = match e {
-            ChangeError::BadName(_) => StatusCode::BAD_REQUEST,
-            ChangeError::TooMany => StatusCode::PAYLOAD_TOO_LARGE,
-            ChangeError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        reject(status, e.to_string())
-    })?;
-    if changed {
-        s.handle
-            .set(SERVICES_KEY, &value)
-            .map_err(|e| reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    }
-    let me = s.handle.members().into_iter().find(|m| m.is_self);
-    Ok(warp::reply::json(&ServicesView {
-        id: s.handle.id().to_string(),
-        name: me
-            .and_then(|m| m.kvs.get("name").cloned())
-            .unwrap_or_default(),
-        services: services.into_iter().collect(),
-        changed,
-    }))
-}
-
-/// One row of the dashboard, formatted for people.
-#[derive(Serialize)]
-struct Row {
-    id: String,
-    short_id: String,
-    name: String,
-    self_class: &'static str,
-    link: Option<String>,
-    ip: String,
-    port: String,
-    state: Liveness,
-    phi_text: String,
-    phi_pct: u32,
-    phi_class: &'static str,
-    cpu: String,
-    mem: String,
-    load: String,
-    temp: String,
-    services: Vec<String>,
-    version: String,
-    last_heard: String,
-}
-
-impl Row {
-    fn new(n: &NodeView) -> Row {
-        let m = n.monitoring.as_ref();
-        let dash = || "–".to_string();
-        Row {
-            id: n.id.clone(),
-            short_id: n.id.chars().take(8).collect(),
-            name: if n.name.is_empty() {
-                n.id.clone()
-            } else {
-                n.name.clone()
-            },
-            self_class: if n.is_self { "self" } else { "" },
-            link: match (n.address, n.http_port) {
-                (Some(ip), Some(port)) => Some(format!("http://{}/", SocketAddr::new(ip, port))),
-                _ => None,
-            },
-            ip: n.address.map_or_else(dash, |a| a.to_string()),
-            port: n.gossip_port.map_or_else(dash, |p| p.to_string()),
-            state: n.state,
-            phi_text: format!(
-                "{} / {}",
-                if n.phi > 1e6 {
-                    "∞".to_string()
-                } else {
-                    format!("{:.2}", n.phi)
-                },
-                n.threshold
-            ),
-            phi_pct: ((n.phi / n.threshold).clamp(0.0, 1.0) * 100.0).round() as u32,
-            phi_class: if n.phi >= n.threshold {
-                "bad"
-            } else if n.phi >= n.threshold / 2.0 {
-                "warn"
-            } else {
-                ""
-            },
-            cpu: m.map_or_else(dash, |m| format!("{:.1} %", m.cpu)),
-            mem: m.map_or_else(dash, |m| {
-                format!("{} / {}", bytes(m.mem_used), bytes(m.mem_total))
-            }),
-            load: m.map_or_else(dash, |m| {
-                format!("{:.2} {:.2} {:.2}", m.load[0], m.load[1], m.load[2])
-            }),
-            temp: m
-                .and_then(|m| m.temp)
-                .map_or_else(dash, |t| format!("{t:.1} °C")),
-            services: n.services.clone(),
-            version: n.version.clone().unwrap_or_else(dash),
-            last_heard: if n.is_self {
-                "self".into()
-            } else {
-                ago(n.last_heard_ms)
-            },
-        }
-    }
-}
-
-fn bytes(n: u64) -> String {
-    let units = ["B", "KB", "MB", "GB", "TB"];
-    let mut x = n as f64;
-    let mut i = 0;
-    while x >= 1024.0 && i < units.len() - 1 {
-        x /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{x:.1} {}", units[i])
-    }
-}
-
-fn ago(ms: u64) -> String {
-    match ms {
-        0..=999 => format!("{ms} ms"),
-        1000..=119_999 => format!("{:.1} s", ms as f64 / 1000.0),
-        120_000..=7_199_999 => format!("{} min", ms / 60_000),
-        _ => format!("{} h", ms / 3_600_000),
-    }
-}
-
-async fn dashboard(s: ApiState) -> Result<impl Reply, Rejection> {
-    let nodes = views::nodes(&s.handle.members());
-    let alive = nodes.iter().filter(|n| n.state == Liveness::Alive).count();
-    let mut ctx = tera::Context::new();
-    ctx.insert("cluster", &s.cluster);
-    ctx.insert(
-        "self_name",
-        &nodes
-            .iter()
-            .find(|n| n.is_self)
-            .map(|n| n.name.clone())
-            .unwrap_or_default(),
-    );
-    ctx.insert("summary", &format!("{alive} of {} alive", nodes.len()));
-    ctx.insert("version", crate::VERSION);
-    ctx.insert("rows", &nodes.iter().map(Row::new).collect::<Vec<_>>());
-    let html = s.templates.render("dashboard.html", &ctx).map_err(|e| {
-        tracing::error!(error = %e, "dashboard template");
-        reject(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the dashboard failed to render",
-        )
-    })?;
-    Ok(warp::reply::html(html))
-}
-
-fn upgrades(s: &ApiState) -> Result<Arc<Upgrades>, Rejection> {
-    s.upgrades
-        .clone()
-        .ok_or_else(|| reject(StatusCode::NOT_FOUND, "this agent takes no upgrades"))
-}
-
-fn refusal(r: Refused) -> Rejection {
-    reject(
-        StatusCode::from_u16(r.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
-        r.message,
-    )
-}
-
-/// Runs `f` on a blocking thread (files, fsync, HTTP fetches).
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Refused> + Send + 'static,
-) -> Result<T, Rejection> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "the upgrade task failed"))?
-        .map_err(refusal)
-}
-
-fn upgrade_slot(s: &ApiState) -> Result<tokio::sync::OwnedSemaphorePermit, Rejection> {
-    Arc::clone(&s.upgrade_slot)
-        .try_acquire_owned()
-        .map_err(|_| {
-            reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "another artifact upload or install is in progress on this node",
-            )
-        })
-}
-
-async fn upgrade_view(s: ApiState) -> Result<impl Reply, Rejection> {
-    let u = upgrades(&s)?;
-    let me = views::nodes(&s.handle.members())
-        .into_iter()
-        .find(|n| n.is_self);
-    let view = blocking(move || {
-        Ok(crate::model::upgrade::UpgradeView {
-            id: me.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
-            name: me.map(|m| m.name).unwrap_or_default(),
-            version: crate::VERSION.to_string(),
-            arch: crate::release::Arch::this_machine().map(|a| a.name().to_string()),
-            has_key: u.key().is_some(),
-            artifact: u.kept(),
-            busy: u.busy(),
-            last: u.last(),
-        })
-    })
-    .await?;
-    Ok(warp::reply::json(&view))
-}
-
-/// `PUT /api/v1/upgrade/artifact`: the body is read with a size and a time limit, one upload at a time,
-/// and kept only once it checked out whole.
-async fn upload(
-    s: ApiState,
-    length: Option<u64>,
-    body: impl tokio_stream::Stream<Item = Result<impl warp::Buf, warp::Error>> + Send,
-) -> Result<impl Reply, Rejection> {
-    use crate::model::upgrade::MAX_ARTIFACT;
-    let u = upgrades(&s)?;
-    let too_large = |n: u64| {
-        reject(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("an artifact of {n} bytes or more; this node takes at most {MAX_ARTIFACT}"),
-        )
-    };
-    match length {
-        Some(n) if n > MAX_ARTIFACT => return Err(too_large(n)),
-        Some(_) => {}
-        None => {
-            return Err(reject(
-                StatusCode::LENGTH_REQUIRED,
-                "send the artifact with a Content-Length",
-            ))
-        }
-    }
-    let _slot = upgrade_slot(&s)?;
-    let read = async {
-        let mut bytes = Vec::with_capacity(length.unwrap_or(0) as usize);
-        tokio::pin!(body);
-        while let Some(chunk) = body.next().await {
-            let mut chunk = chunk.map_err(|e| {
-                reject(
-                    StatusCode::BAD_REQUEST,
-                    format!("reading the artifact: {e}"),
-                )
-            })?;
-            while warp::Buf::has_remaining(&chunk) {
-                let part = warp::Buf::chunk(&chunk);
-                if (bytes.len() + part.len()) as u64 > MAX_ARTIFACT {
-                    return Err(too_large((bytes.len() + part.len()) as u64));
-                }
-                bytes.extend_from_slice(part);
-                let n = part.len();
-                warp::Buf::advance(&mut chunk, n);
-            }
-        }
-        Ok(bytes)
-    };
-    let bytes = tokio::time::timeout(UPLOAD_TIMEOUT, read)
-        .await
-        .map_err(|_| {
-            reject(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the upload took more than {} s", UPLOAD_TIMEOUT.as_secs()),
-            )
-        })??;
-    let view = blocking(move || u.accept(&bytes)).await?;
-    Ok(warp::reply::json(&view))
-}
-
-/// `GET /api/v1/upgrade/artifact/:sha256`: the artifact this node keeps, for the other nodes.
-async fn download(sha: String, s: ApiState) -> Result<impl Reply, Rejection> {
-    let u = upgrades(&s)?;
-    let _permit = Arc::clone(&s.serving).try_acquire_owned().map_err(|_| {
-        reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this node is serving the artifact to others; try another",
-        )
-    })?;
-    let bytes = blocking(move || {
-        u.read(&sha).ok_or_else(|| Refused {
-            status: 404,
-            message: format!("this node does not have artifact {sha}"),
-        })
-    })
-    .await?;
-    Ok(warp::reply::with_header(
-        bytes,
-        "content-type",
-        "application/octet-stream",
-    ))
-}
-
-/// `PUT /api/v1/upgrade/key`: the cluster's signing key, for a node configured without one.
-async fn give_key(s: ApiState, body: hyper::body::Bytes) -> Result<impl Reply, Rejection> {
-    let u = upgrades(&s)?;
-    let text = String::from_utf8_lossy(&body).trim().to_string();
-    let _slot = upgrade_slot(&s)?;
-    let new = blocking(move || u.trust(&text)).await?;
-    Ok(warp::reply::json(&serde_json::json!({ "changed": new })))
-}
-
-/// `POST /api/v1/upgrade/install`: fetch (if needed), check, and hand over to the card's installer.
-async fn install(s: ApiState, body: hyper::body::Bytes) -> Result<impl Reply, Rejection> {
-    let u = upgrades(&s)?;
-    let req: crate::model::upgrade::InstallRequest = serde_json::from_slice(&body)
-        .map_err(|e| reject(StatusCode::BAD_REQUEST, format!("install request: {e}")))?;
-    let _slot = upgrade_slot(&s)?;
-    let peers: Vec<String> = s
-        .handle
-        .members()
-        .iter()
-        .filter(|m| !m.is_self && m.liveness == Liveness::Alive)
-        .map(|m| m.id.to_string())
-        .collect();
-    let version = blocking(move || u.install(&req, peers)).await?;
-    Ok(warp::reply::with_status(
-        warp::reply::json(&serde_json::json!({ "installing": version })),
-        StatusCode::ACCEPTED,
-    ))
 }
 
 /// Turns every rejection into a JSON error with the right status.
@@ -770,38 +364,5 @@ mod tests {
             "{texts:?}"
         );
         assert!(texts[1].contains("event:dead") && texts[2].contains("0000000000000005"));
-    }
-
-    #[test]
-    fn tokens_are_taken_as_bearer_or_as_a_basic_password_in_any_case() {
-        let token = Secret("s3cret".into());
-        let basic = |pair: &str| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(pair)
-            )
-        };
-        for ok in [
-            "Bearer s3cret".to_string(),
-            "bearer s3cret".to_string(),
-            basic("admin:s3cret"),
-            basic(":s3cret"),
-            format!("BASIC {}", &basic("x:s3cret")[6..]),
-        ] {
-            assert!(check_token(Some(&ok), Some(&token)).is_ok(), "{ok}");
-        }
-        for bad in [
-            None,
-            Some("Bearer wrong".to_string()),
-            Some(basic("s3cret:wrong")),
-            Some(basic("no-colon")),
-            Some("Digest s3cret".to_string()),
-        ] {
-            assert!(
-                check_token(bad.as_deref(), Some(&token)).is_err(),
-                "{bad:?}"
-            );
-        }
-        assert!(check_token(None, None).is_ok(), "no token configured");
     }
 }

@@ -36,10 +36,20 @@ pub struct Raw {
 impl Client {
     /// `node` is a URL (`http://pi.local:8080`) or `host[:port]` (port 8080 by default).
     pub fn new(node: &str, token: Option<String>) -> anyhow::Result<Client> {
+        Client::with_timeout(node, token, Duration::from_secs(10))
+    }
+
+    /// As [`Client::new`], each request given at most `timeout`.
+    pub fn with_timeout(
+        node: &str,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<Client> {
         let base = normalize(node)?;
         let http = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
+            .timeout_global(Some(timeout))
+            .max_redirects(0)
             .build()
             .into();
         Ok(Client { base, token, http })
@@ -49,9 +59,15 @@ impl Client {
         &self.base
     }
 
-    /// Sends `method path` with the token when `auth`, and returns whatever came back.
+    /// Sends `method path` with the token when `auth`, and returns whatever came back. A `GET` refused
+    /// for want of the token (a node with `api.protect_reads`) is sent again with it, if there is one:
+    /// the token goes over the network only where it is asked for.
     pub fn raw(&self, method: &str, path: &str, auth: bool) -> anyhow::Result<Raw> {
-        self.send(method, path, auth, None, &self.http)
+        let r = self.send(method, path, auth, None, &self.http)?;
+        if r.status == 401 && method == "GET" && !auth && self.token.is_some() {
+            return self.send(method, path, true, None, &self.http);
+        }
+        Ok(r)
     }
 
     /// Sends `method path` with `body` (content type, bytes) through `http`.
@@ -132,13 +148,20 @@ impl Client {
         let http: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
+            .max_redirects(0)
             .build()
             .into();
-        let resp = http
-            .get(&url)
-            .header("accept", "text/event-stream")
-            .call()
-            .with_context(|| format!("cannot reach {url}"))?;
+        let with_token = |auth: bool| {
+            let mut req = http.get(&url).header("accept", "text/event-stream");
+            if let (true, Some(t)) = (auth, &self.token) {
+                req = req.header("authorization", &format!("Bearer {t}"));
+            }
+            req.call()
+        };
+        let mut resp = with_token(false).with_context(|| format!("cannot reach {url}"))?;
+        if resp.status() == 401 && self.token.is_some() {
+            resp = with_token(true).with_context(|| format!("cannot reach {url}"))?;
+        }
         if resp.status() != 200 {
             bail!("{url}: HTTP {}", resp.status().as_u16());
         }
@@ -208,6 +231,7 @@ impl Client {
 fn patient(total: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .max_redirects(0)
         .timeout_connect(Some(Duration::from_secs(10)))
         .timeout_global(Some(total))
         .build()

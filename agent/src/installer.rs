@@ -26,12 +26,34 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::upgrade::{read_small, INSTALLER_DIR, PENDING, REQUEST, STATUS};
 use crate::config::Config;
 use crate::gossip::Liveness;
 use crate::model::upgrade::{Handoff, Outcome, Stage, MAX_ARTIFACT};
 use crate::model::views::NodeView;
-use crate::release::{self, Arch};
+use crate::release::{self, Arch, PublicKey};
+
+/// The root installer's directory (root's, world-readable): `pending.json` while a new agent proves
+/// itself, `status.json` with the last outcome.
+pub const INSTALLER_DIR: &str = "/var/lib/herd-upgrade";
+pub const REQUEST: &str = "request.json";
+pub const PENDING: &str = "pending.json";
+pub const STATUS: &str = "status.json";
+/// The signing key a node without one in its configuration was given, once, with the API token.
+pub const GIVEN_KEY: &str = "public_key";
+
+/// The signing key given to a node with the API token (in `dir`, the agent's `STATE_DIR/upgrade`).
+pub fn given_key(dir: &Path) -> Option<PublicKey> {
+    PublicKey::from_base64(&read_small(&dir.join(GIVEN_KEY), 256)?).ok()
+}
+
+/// Reads a small file, or nothing (missing, too large, not text).
+pub fn read_small(path: &Path, limit: u64) -> Option<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).ok()?;
+    let mut text = String::new();
+    f.take(limit + 1).read_to_string(&mut text).ok()?;
+    (text.len() as u64 <= limit).then_some(text)
+}
 
 /// The files the installer works on, and how it restarts the agent.
 #[derive(Debug, Clone)]
@@ -119,7 +141,7 @@ pub fn apply(config: &Config, paths: &Paths, prove: &mut Prover) -> anyhow::Resu
     let Some(key) = config
         .upgrade
         .key()?
-        .or_else(|| super::upgrade::given_key(&paths.agent_dir))
+        .or_else(|| given_key(&paths.agent_dir))
     else {
         return refuse("this card has no signing key (upgrade.public_key)".into());
     };
@@ -416,7 +438,7 @@ fn restart(paths: &Paths) {
 /// The real proof: the local agent answers as the new version, and every peer of the list that is
 /// still alive (as the new agent sees it) answers that it sees this node alive with the new version.
 pub fn prove_by_api(config: &Config) -> impl FnMut(&Pending) -> Result<(), String> {
-    let token = config.api.token.clone();
+    let token = config.api.token.as_ref().map(|t| t.0.clone());
     let local = {
         let bind = config.api.bind;
         let ip = if bind.ip().is_unspecified() {
@@ -426,29 +448,11 @@ pub fn prove_by_api(config: &Config) -> impl FnMut(&Pending) -> Result<(), Strin
         };
         format!("http://{}", std::net::SocketAddr::new(ip, bind.port()))
     };
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(3)))
-        .max_redirects(0)
-        .build()
-        .into();
     move |pending: &Pending| {
         let nodes = |base: &str| -> Result<Vec<NodeView>, String> {
-            let mut req = http.get(&format!("{base}/api/v1/nodes"));
-            if let Some(t) = &token {
-                req = req.header("authorization", &format!("Bearer {}", t.0));
-            }
-            let mut resp = req.call().map_err(|e| format!("{base}: {e}"))?;
-            if resp.status() != 200 {
-                return Err(format!("{base}: HTTP {}", resp.status().as_u16()));
-            }
-            let text = resp
-                .body_mut()
-                .with_config()
-                .limit(16 << 20)
-                .read_to_string()
-                .map_err(|e| format!("{base}: {e}"))?;
-            serde_json::from_str(&text).map_err(|e| format!("{base}: {e}"))
+            crate::client::Client::with_timeout(base, token.clone(), Duration::from_secs(3))
+                .and_then(|c| c.nodes())
+                .map_err(|e| format!("{e:#}"))
         };
         let mine = nodes(&local).map_err(|e| format!("the new agent does not answer ({e})"))?;
         let me = mine

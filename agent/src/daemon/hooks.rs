@@ -1,6 +1,7 @@
-//! Event handlers, like Serf's: on a member's join, leave, failure or update the agent runs the configured
-//! commands (`sh -c`), one at a time in event order, each with a timeout, with the member in `HERD_*`
-//! environment variables, and logs what they print and how they ended.
+//! Event hooks (`[[handlers]]` in herd.toml), like Serf's event handlers: on a member's join, leave,
+//! failure or update the agent runs the configured commands (`sh -c`), one at a time in event order,
+//! each with a timeout, with the member in `HERD_*` environment variables, and logs what they print and
+//! how they ended.
 //!
 //! "update" means the member's services, name or addresses changed: monitoring samples, which change every
 //! few seconds, do not count. A failed node that comes back, or restarts, is a join again.

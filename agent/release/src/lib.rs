@@ -8,6 +8,10 @@
 //! A card takes its binary only after every check passed, in this order: format and lengths, signature,
 //! cluster, version (newer than the one it runs unless downgrades are allowed), size and hash. Nothing of
 //! an artifact is trusted before its signature is: the manifest is parsed only once it verified.
+//!
+//! A crate of its own, small and without I/O beyond reading the system's randomness, because three
+//! others need the same facts: the agent checks artifacts, `cargo xtask release` packs them, and the
+//! image pipeline builds the agent of a CPU family ([`Arch`]) for its base.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -41,7 +45,12 @@ pub enum Arch {
 impl Arch {
     /// The family of the machine this binary runs on.
     pub fn this_machine() -> Option<Arch> {
-        match std::env::consts::ARCH {
+        Arch::from_rust_arch(std::env::consts::ARCH)
+    }
+
+    /// The family of Rust's name for a CPU (`std::env::consts::ARCH`, what agents report in `facts.arch`).
+    pub fn from_rust_arch(rust_arch: &str) -> Option<Arch> {
+        match rust_arch {
             "aarch64" => Some(Arch::Arm64),
             "arm" => Some(Arch::Armhf),
             "x86_64" => Some(Arch::Amd64),
@@ -49,6 +58,7 @@ impl Arch {
         }
     }
 
+    /// Debian's name (the images' `--arch`, the artifact's key).
     pub fn name(self) -> &'static str {
         match self {
             Arch::Arm64 => "arm64",
@@ -56,6 +66,21 @@ impl Arch {
             Arch::Amd64 => "amd64",
         }
     }
+
+    /// The Rust target the agent for this family is built for. All are static musl builds, so the agent
+    /// depends on no C library of the card (Raspberry Pi OS Bullseye has glibc 2.31, Bookworm 2.36,
+    /// Trixie 2.41). The 32-bit one is ARMv6 with VFPv2, the baseline of Raspberry Pi OS's armhf
+    /// (Raspbian) userland: it runs on a Pi Zero, Zero W and Pi 1 as well as on every later board.
+    pub fn agent_target(self) -> &'static str {
+        match self {
+            Arch::Arm64 => "aarch64-unknown-linux-musl",
+            Arch::Armhf => "arm-unknown-linux-musleabihf",
+            Arch::Amd64 => "x86_64-unknown-linux-musl",
+        }
+    }
+
+    /// The families a Raspberry Pi runs (what an image's base can be).
+    pub const PI: [Arch; 2] = [Arch::Arm64, Arch::Armhf];
 }
 
 impl fmt::Display for Arch {

@@ -1,0 +1,143 @@
+//! The dashboard at `/`: the server renders every node's row (`dashboard.html`, tera), and the page's
+//! script redraws the rows from `/api/v1/nodes` every 2 s.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::{Rejection, Reply};
+
+use super::{reject, ApiState};
+use crate::gossip::Liveness;
+use crate::model::views::{self, NodeView};
+
+/// One row of the dashboard, formatted for people.
+#[derive(Serialize)]
+pub(super) struct Row {
+    id: String,
+    short_id: String,
+    name: String,
+    self_class: &'static str,
+    link: Option<String>,
+    ip: String,
+    port: String,
+    state: Liveness,
+    phi_text: String,
+    phi_pct: u32,
+    phi_class: &'static str,
+    cpu: String,
+    mem: String,
+    load: String,
+    temp: String,
+    services: Vec<String>,
+    version: String,
+    last_heard: String,
+}
+
+impl Row {
+    fn new(n: &NodeView) -> Row {
+        let m = n.monitoring.as_ref();
+        let dash = || "–".to_string();
+        Row {
+            id: n.id.clone(),
+            short_id: n.id.chars().take(8).collect(),
+            name: if n.name.is_empty() {
+                n.id.clone()
+            } else {
+                n.name.clone()
+            },
+            self_class: if n.is_self { "self" } else { "" },
+            link: match (n.address, n.http_port) {
+                (Some(ip), Some(port)) => Some(format!("http://{}/", SocketAddr::new(ip, port))),
+                _ => None,
+            },
+            ip: n.address.map_or_else(dash, |a| a.to_string()),
+            port: n.gossip_port.map_or_else(dash, |p| p.to_string()),
+            state: n.state,
+            phi_text: format!(
+                "{} / {}",
+                if n.phi > 1e6 {
+                    "∞".to_string()
+                } else {
+                    format!("{:.2}", n.phi)
+                },
+                n.threshold
+            ),
+            phi_pct: ((n.phi / n.threshold).clamp(0.0, 1.0) * 100.0).round() as u32,
+            phi_class: if n.phi >= n.threshold {
+                "bad"
+            } else if n.phi >= n.threshold / 2.0 {
+                "warn"
+            } else {
+                ""
+            },
+            cpu: m.map_or_else(dash, |m| format!("{:.1} %", m.cpu)),
+            mem: m.map_or_else(dash, |m| {
+                format!("{} / {}", bytes(m.mem_used), bytes(m.mem_total))
+            }),
+            load: m.map_or_else(dash, |m| {
+                format!("{:.2} {:.2} {:.2}", m.load[0], m.load[1], m.load[2])
+            }),
+            temp: m
+                .and_then(|m| m.temp)
+                .map_or_else(dash, |t| format!("{t:.1} °C")),
+            services: n.services.clone(),
+            version: n.version.clone().unwrap_or_else(dash),
+            last_heard: if n.is_self {
+                "self".into()
+            } else {
+                ago(n.last_heard_ms)
+            },
+        }
+    }
+}
+
+pub(super) fn bytes(n: u64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut x = n as f64;
+    let mut i = 0;
+    while x >= 1024.0 && i < units.len() - 1 {
+        x /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", units[i])
+    }
+}
+
+pub(super) fn ago(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1000..=119_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        120_000..=7_199_999 => format!("{} min", ms / 60_000),
+        _ => format!("{} h", ms / 3_600_000),
+    }
+}
+
+pub(super) async fn dashboard(s: ApiState) -> Result<impl Reply, Rejection> {
+    let nodes = views::nodes(&s.handle.members());
+    let alive = nodes.iter().filter(|n| n.state == Liveness::Alive).count();
+    let mut ctx = tera::Context::new();
+    ctx.insert("cluster", &s.cluster);
+    ctx.insert(
+        "self_name",
+        &nodes
+            .iter()
+            .find(|n| n.is_self)
+            .map(|n| n.name.clone())
+            .unwrap_or_default(),
+    );
+    ctx.insert("summary", &format!("{alive} of {} alive", nodes.len()));
+    ctx.insert("version", crate::VERSION);
+    ctx.insert("rows", &nodes.iter().map(Row::new).collect::<Vec<_>>());
+    let html = s.templates.render("dashboard.html", &ctx).map_err(|e| {
+        tracing::error!(error = %e, "dashboard template");
+        reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the dashboard failed to render",
+        )
+    })?;
+    Ok(warp::reply::html(html))
+}

@@ -1,0 +1,401 @@
+//! The scuttlebutt exchange: a `Syn`'s digest answered with the deltas its sender lacks and entries for
+//! what this node lacks (`Ack`), closed by `Ack2`; deltas applied (checked field by field); forgeries of
+//! this node refuted; digests built to fit one datagram at any cluster size.
+
+use super::*;
+
+impl Gossiper {
+    /// Whether a peer's view of this node, `e`, holds something this node never sent: a newer generation
+    /// of itself, a heartbeat above its own (a leave it did not announce), or state it never set.
+    pub(super) fn is_forgery_of_me(&self, e: &DigestEntry) -> bool {
+        if e.node != self.id {
+            return false;
+        }
+        let me = self.me();
+        e.generation > me.generation
+            || (e.generation == me.generation
+                && (e.heartbeat > me.heartbeat || e.max_version > me.max_version))
+    }
+
+    /// SWIM's refutation: peers believe something of this node that it never said (a forged leave, a
+    /// forged heartbeat, or a generation from a former life that the state directory forgot). This node
+    /// starts a new generation above anything seen, which replaces the false belief everywhere, as a
+    /// restart would. Its key/values stay; peers fetch them whole for the new generation.
+    pub(super) fn refute(&mut self, now: Duration, seen_generation: u64) {
+        let generation = self.generation().max(seen_generation) + 1;
+        let id = self.id;
+        let me = self
+            .nodes
+            .get_mut(&id)
+            .expect("the local node is always known");
+        me.generation = generation;
+        me.heartbeat = 0;
+        self.notes.changed(id, me, now);
+        self.stats.refutations += 1;
+    }
+
+    pub(super) fn on_syn(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        sender: NodeId,
+        digest: Digest,
+        reply_limit: usize,
+        rng: &mut impl RngCore,
+    ) {
+        let mut listed: Vec<NodeId> = digest.entries.iter().map(|e| e.node).collect();
+        listed.sort_unstable();
+
+        if let Some(e) = digest.entries.iter().find(|e| self.is_forgery_of_me(e)) {
+            self.refute(now, e.generation);
+        }
+        let mut requests = Vec::new();
+        let mut news = Vec::new();
+        let mut wanted: Vec<(NodeId, Option<&DigestEntry>)> = Vec::new();
+        for e in &digest.entries {
+            let is_me = e.node == self.id;
+            match self.nodes.get_mut(&e.node) {
+                Some(s) if s.generation > e.generation => wanted.push((e.node, Some(e))),
+                Some(s) if s.generation == e.generation => {
+                    if !is_me {
+                        take_heartbeat(&mut self.notes, &self.config.phi, s, e, now);
+                    }
+                    if s.max_version > e.max_version {
+                        wanted.push((e.node, Some(e)));
+                    } else if s.max_version < e.max_version {
+                        requests.push(s.entry(e.node));
+                    } else if s.heartbeat > e.heartbeat && e.node == sender {
+                        // What we believe of the sender itself beyond what it says (a leave it never
+                        // announced): it goes first, so the sender can refute it at once.
+                        requests.insert(0, s.entry(e.node));
+                    } else if s.heartbeat > e.heartbeat {
+                        news.push(s.entry(e.node));
+                    }
+                }
+                Some(_) if is_me => {}
+                Some(s) => requests.push(s.entry(e.node)),
+                None if !is_buried(&self.tombstones, e, false) => {
+                    requests.push(DigestEntry {
+                        node: e.node,
+                        generation: 0,
+                        heartbeat: 0,
+                        max_version: 0,
+                    });
+                }
+                None => {}
+            }
+        }
+        // Nodes in the digest's range that the sender did not list are nodes it has never heard of.
+        for id in ring_from(&self.nodes, digest.start).map(|(id, _)| id) {
+            if !digest.covers(id) {
+                break;
+            }
+            if listed.binary_search(&id).is_err() {
+                wanted.push((id, None));
+            }
+        }
+
+        let mut budget = self
+            .reply_budget(reply_limit)
+            .saturating_sub(wire::ACK_BASE_LEN);
+        let mut entries = Vec::new();
+        for e in requests {
+            if e.encoded_len() > budget {
+                break;
+            }
+            budget -= e.encoded_len();
+            entries.push(e);
+        }
+        let mut deltas = Vec::new();
+        // The room is shared: a node that lacks many members (it just started) learns of each, with the
+        // first part of its state (the rest follows on the next exchanges), rather than of a few in full.
+        let count = wanted.len();
+        for (i, (id, entry)) in wanted.into_iter().enumerate() {
+            let share = (budget / (count - i)).max(MIN_DELTA_SHARE).min(budget);
+            if let Some(d) = self.delta_for(id, entry, share) {
+                budget -= d.encoded_len();
+                deltas.push(d);
+            }
+        }
+        for e in news {
+            if e.encoded_len() > budget {
+                break;
+            }
+            budget -= e.encoded_len();
+            entries.push(e);
+        }
+        let known = self.nodes.len() as u64;
+        self.send(
+            from,
+            sender,
+            Message::Ack {
+                known,
+                entries,
+                deltas,
+            },
+            rng,
+        );
+    }
+
+    /// What a peer whose view of `id` is `entry` (`None`: never heard of it) lacks, within `budget`.
+    pub(super) fn delta_for(
+        &self,
+        id: NodeId,
+        entry: Option<&DigestEntry>,
+        budget: usize,
+    ) -> Option<NodeDelta> {
+        let s = self.nodes.get(&id)?;
+        let from = match entry {
+            None => 0,
+            Some(e) if e.generation < s.generation => 0,
+            Some(e) if e.generation == s.generation && e.max_version < s.max_version => {
+                e.max_version
+            }
+            Some(_) => return None,
+        };
+        s.delta(id, from, budget)
+    }
+
+    /// Takes the heartbeats carried by digest entries.
+    pub(super) fn observe(&mut self, now: Duration, entries: &[DigestEntry]) {
+        for e in entries {
+            if e.node == self.id {
+                if self.is_forgery_of_me(e) {
+                    self.refute(now, e.generation);
+                }
+                continue;
+            }
+            if let Some(s) = self.nodes.get_mut(&e.node) {
+                take_heartbeat(&mut self.notes, &self.config.phi, s, e, now);
+            }
+        }
+    }
+
+    pub(super) fn apply_delta(&mut self, now: Duration, sender: NodeId, d: NodeDelta) {
+        if d.node == self.id {
+            let claimed = DigestEntry {
+                node: d.node,
+                generation: d.generation,
+                heartbeat: d.heartbeat,
+                max_version: d.kvs.last().map_or(0, |kv| kv.version),
+            };
+            if self.is_forgery_of_me(&claimed) {
+                self.refute(now, d.generation);
+            }
+            return;
+        }
+        // A node's state is taken whole or not at all: one bad field and the delta is refused.
+        let check = self.config.check_value;
+        if d.kvs.iter().any(|kv| {
+            (kv.key != ADDR_KEY && kv.key != PHI_KEY && validate_key(&kv.key).is_err())
+                || kv.value.as_deref().is_some_and(|v| {
+                    check(&kv.key, v).is_err()
+                        || (kv.key == PHI_KEY && monitor::parse_reports(v).is_err())
+                })
+        }) {
+            self.stats.rejected_invalid += 1;
+            return;
+        }
+        let probe = DigestEntry {
+            node: d.node,
+            generation: d.generation,
+            heartbeat: d.heartbeat,
+            max_version: 0,
+        };
+        if is_buried(&self.tombstones, &probe, d.node == sender) {
+            return;
+        }
+        let bootstrap = self.expected_update_interval();
+        let phi = &self.config.phi;
+        let s = match self.nodes.get_mut(&d.node) {
+            None => {
+                if d.from_version != 0 {
+                    return;
+                }
+                self.tombstones.remove(&d.node);
+                let s = self.nodes.entry(d.node).or_insert_with(|| {
+                    NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now)
+                });
+                let kind = if s.liveness == Liveness::Left {
+                    EventKind::Left
+                } else {
+                    EventKind::Joined
+                };
+                apply_kvs(s, &d.kvs);
+                s.rethreshold(&self.config);
+                verdict_due(
+                    &mut self.notes,
+                    &mut self.watch_due,
+                    &self.ring,
+                    &self.config,
+                    d.node,
+                    s.suspect_at,
+                );
+                self.notes.changed(d.node, s, now);
+                self.notes.push(kind, d.node, s, now);
+                self.note_reporter(d.node);
+                return;
+            }
+            Some(s) if d.generation > s.generation => {
+                if d.from_version != 0 {
+                    return;
+                }
+                *s = NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now);
+                apply_kvs(s, &d.kvs);
+                s.rethreshold(&self.config);
+                verdict_due(
+                    &mut self.notes,
+                    &mut self.watch_due,
+                    &self.ring,
+                    &self.config,
+                    d.node,
+                    s.suspect_at,
+                );
+                let kind = if s.liveness == Liveness::Left {
+                    EventKind::Left
+                } else {
+                    EventKind::Restarted
+                };
+                self.notes.changed(d.node, s, now);
+                self.notes.push(kind, d.node, s, now);
+                self.note_reporter(d.node);
+                return;
+            }
+            Some(s) if d.generation < s.generation => return,
+            Some(s) => s,
+        };
+        let mut reports_changed = false;
+        if d.from_version <= s.max_version && apply_kvs(s, &d.kvs) {
+            s.rethreshold(&self.config);
+            verdict_due(
+                &mut self.notes,
+                &mut self.watch_due,
+                &self.ring,
+                &self.config,
+                d.node,
+                s.suspect_at,
+            );
+            self.notes.changed(d.node, s, now);
+            self.notes.push(EventKind::Updated, d.node, s, now);
+            reports_changed = d.kvs.iter().any(|kv| kv.key == PHI_KEY);
+        }
+        if d.heartbeat > s.heartbeat {
+            beat(&mut self.notes, phi, d.node, s, d.heartbeat, now);
+        }
+        if reports_changed {
+            self.note_reporter(d.node);
+        }
+    }
+
+    /// A digest of at most one datagram: this node, the freshest rumours, then a random arc of the ring.
+    pub(super) fn build_digest(
+        &self,
+        rng: &mut impl RngCore,
+        hot: &[NodeId],
+        to: NodeId,
+        census: bool,
+    ) -> Digest {
+        let mut budget = SYN_DIGEST_BYTES
+            - wire::packet_header_len(self.generation(), self.seq)
+            - wire::DIGEST_BASE_LEN;
+        let mut entries: Vec<DigestEntry> = Vec::new();
+        let fits = |e: &DigestEntry, budget: &mut usize| -> bool {
+            if e.encoded_len() > *budget {
+                return false;
+            }
+            *budget -= e.encoded_len();
+            true
+        };
+        let me = self.me().entry(self.id);
+        if fits(&me, &mut budget) {
+            entries.push(me);
+        }
+        // What we believe of the receiver, so it can refute a falsehood (a forged leave) at once.
+        if let Some(s) = self.nodes.get(&to).filter(|_| to != self.id) {
+            let e = s.entry(to);
+            if fits(&e, &mut budget) {
+                entries.push(e);
+            }
+            // A probe of a node we think dead or gone carries no census: whoever holds its address now
+            // learns nothing of the cluster from it, and the node, if alive, gets all it needs by its answer.
+            if matches!(s.liveness, Liveness::Dead | Liveness::Left) {
+                let start = NodeId(rng.next_u64());
+                return Digest {
+                    start,
+                    end: NodeId(start.0.wrapping_add(1)),
+                    known: self.nodes.len() as u64,
+                    entries,
+                };
+            }
+        }
+        // Rumours take at most a third of the digest so the census still moves on.
+        let mut rumour_budget = budget / 3;
+        for id in hot.iter().filter(|id| **id != self.id) {
+            let e = self.nodes[id].entry(*id);
+            if !fits(&e, &mut rumour_budget) {
+                break;
+            }
+            budget -= e.encoded_len();
+            entries.push(e);
+        }
+        let pre_listed = entries.len();
+        let start = NodeId(rng.next_u64());
+        if !census {
+            // Rumours only: the digest claims no range.
+            return Digest {
+                start,
+                end: NodeId(start.0.wrapping_add(1)),
+                known: self.nodes.len() as u64,
+                entries,
+            };
+        }
+        let mut end = start;
+        for (id, s) in ring_from(&self.nodes, start) {
+            if entries[..pre_listed].iter().any(|e| e.node == id) {
+                continue;
+            }
+            let e = s.entry(id);
+            if !fits(&e, &mut budget) {
+                end = id;
+                break;
+            }
+            entries.push(e);
+        }
+        if end == start && self.nodes.len() > entries.len() {
+            // The arc could not even start: claim nothing.
+            end = NodeId(start.0.wrapping_add(1));
+        }
+        Digest {
+            start,
+            end,
+            known: self.nodes.len() as u64,
+            entries,
+        }
+    }
+
+    /// The heartbeat interval to assume for a node just heard of: the configured bootstrap interval, or
+    /// longer in a cluster too large for one digest. A node's heartbeat reaches a given peer about every
+    /// other round when digests cover the whole cluster, and proportionally less often when they cover only
+    /// a part of it; assuming the small-cluster rhythm there would convict nodes that are merely quiet. The
+    /// size is what peers report too, so a newcomer that knows few members yet is not misled.
+    pub(super) fn expected_update_interval(&self) -> Duration {
+        if self.config.monitor().is_some() {
+            // Only monitors judge, from heartbeats sent straight to them every round.
+            return self.config.interval;
+        }
+        let per_digest = (MAX_PAYLOAD / 18) as u32;
+        let n = (self.nodes.len() as u64).max(self.peer_known).min(1 << 20) as u32;
+        let rounds = (2 * n).div_ceil(per_digest).max(1);
+        self.config
+            .phi
+            .bootstrap_interval
+            .max(self.config.interval * rounds)
+    }
+
+    /// How long a change stays a rumour: long enough for an epidemic to reach everyone.
+    pub(super) fn hot_window(&self) -> Duration {
+        let n = self.nodes.len() as u32 + 1;
+        let rounds = 2 * (u32::BITS - n.leading_zeros()) + 4;
+        self.config.interval * rounds
+    }
+}

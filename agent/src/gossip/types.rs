@@ -1,0 +1,222 @@
+//! The gossip layer's shared types: its configuration, what it hands out (events, datagrams to send), its
+//! counters, and a member as the layer's users see it.
+
+use super::*;
+
+/// How members are judged alive or dead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Detection {
+    /// Heartbeats ride on every digest and every node keeps φ for every other (the protocol before
+    /// monitors; more bytes, and slow verdicts in large clusters).
+    Gossip,
+    /// Heartbeats go straight to each node's monitors, which probe before they convict; verdicts spread
+    /// as rumours.
+    Monitors(MonitorConfig),
+}
+
+/// Settings of detection by monitors.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MonitorConfig {
+    /// How many monitors every node has (the K live nodes after it on the id ring).
+    pub monitors: usize,
+    /// How long a probe waits for an answer before the monitor convicts.
+    pub probe_timeout: Duration,
+    /// How many other nodes a monitor asks to probe for it.
+    pub indirect_probes: usize,
+    /// Every this many rounds a node sends a full census digest (other rounds carry only rumours).
+    pub census_every: u32,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            monitors: 5,
+            probe_timeout: Duration::from_millis(500),
+            indirect_probes: 3,
+            census_every: 5,
+        }
+    }
+}
+
+/// Settings of the membership layer.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// How members are judged (part of the cluster's identity on the wire: nodes that differ do not
+    /// talk).
+    pub detection: Detection,
+    /// The cluster's name: packets of other clusters are dropped.
+    pub cluster: String,
+    /// How often a node gossips (and beats its heart).
+    pub interval: Duration,
+    /// The failure detector.
+    pub phi: PhiConfig,
+    /// How long dead and left nodes are remembered before they are forgotten.
+    pub reap_after: Duration,
+    /// Addresses to contact when no peer is known, and now and then to heal partitions.
+    pub seeds: Vec<SocketAddr>,
+    /// φ thresholds of services (`[service.NAME] phi_threshold`): a node running any of them is judged
+    /// with the lowest of their thresholds instead of `phi.threshold`, so a service that must fail over
+    /// fast gets its nodes convicted sooner (and a tolerant one later).
+    pub service_thresholds: std::collections::BTreeMap<String, f64>,
+    /// Checks a key/value received from a peer; a delta holding one that fails is refused whole. The
+    /// default refuses control characters; the agent sets the checks of the keys it publishes
+    /// (`model::published::check_value`).
+    pub check_value: fn(&str, &str) -> Result<(), String>,
+}
+
+/// The check of received values when the caller sets none: no control characters (they would reach
+/// terminals, logs and handlers' environments), whatever the key.
+pub fn no_control_chars(_key: &str, value: &str) -> Result<(), String> {
+    match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!("control character {c:?}")),
+        None => Ok(()),
+    }
+}
+
+impl GossipConfig {
+    /// The defaults of the agent for a cluster called `cluster`.
+    pub fn new(cluster: &str) -> Self {
+        GossipConfig {
+            detection: Detection::Monitors(MonitorConfig::default()),
+            cluster: cluster.to_string(),
+            interval: Duration::from_millis(200),
+            phi: PhiConfig::monitors(),
+            reap_after: Duration::from_secs(24 * 3600),
+            seeds: Vec::new(),
+            service_thresholds: Default::default(),
+            check_value: no_control_chars,
+        }
+    }
+
+    /// The defaults of the gossip-only detection (the protocol before monitors).
+    pub fn gossip_only(cluster: &str) -> Self {
+        GossipConfig {
+            detection: Detection::Gossip,
+            phi: PhiConfig::gossip(),
+            ..GossipConfig::new(cluster)
+        }
+    }
+
+    /// The cluster's id on the wire: its name, and how it detects failures (a node of the other kind
+    /// would misread every heartbeat, so the two never talk).
+    pub fn wire_cluster_id(&self) -> u64 {
+        match self.detection {
+            Detection::Gossip => wire::cluster_id(&self.cluster),
+            Detection::Monitors(_) => wire::cluster_id(&format!("{}\nmonitors", self.cluster)),
+        }
+    }
+
+    pub(super) fn monitor(&self) -> Option<&MonitorConfig> {
+        match &self.detection {
+            Detection::Monitors(m) => Some(m),
+            Detection::Gossip => None,
+        }
+    }
+}
+
+/// The key whose value, a JSON array of names, lists the services a node runs: per-service φ thresholds
+/// ([`GossipConfig::service_thresholds`]) are read from it.
+pub const SERVICES_KEY: &str = "services";
+
+/// What the local node thinks of a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    Alive,
+    /// φ passed half the threshold: a warning, not a verdict.
+    Suspect,
+    /// φ passed the threshold.
+    Dead,
+    /// The node said goodbye.
+    Left,
+}
+
+/// Something that happened to a member, as seen by the local node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A node was heard of for the first time.
+    Joined,
+    /// A node's key/values changed.
+    Updated,
+    Suspect,
+    /// A suspect or dead node was heard from again.
+    Recovered,
+    Dead,
+    Left,
+    /// A node came back with a new generation and replaced its old self.
+    Restarted,
+    /// A dead or left node was forgotten.
+    Reaped,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub node: NodeId,
+    pub generation: u64,
+    /// The caller's clock when it happened.
+    #[serde(skip)]
+    pub at: Duration,
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub datagram: Vec<u8>,
+}
+
+/// Traffic counters, for metrics and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub largest_datagram_out: usize,
+    /// Datagrams that failed authentication or came unencrypted to an encrypted cluster.
+    pub rejected_auth: u64,
+    /// Datagrams of another cluster or protocol version.
+    pub rejected_foreign: u64,
+    /// Datagrams that authenticated but did not decode.
+    pub rejected_malformed: u64,
+    /// Authentic datagrams seen before (or of a sender's former generation): replays, dropped.
+    pub rejected_replay: u64,
+    /// Node states (deltas) refused whole because a key or value failed its check.
+    pub rejected_invalid: u64,
+    /// Replies cut to the size of the datagram they answer, because it came from an address that is not
+    /// its sender's (a spoofed source must not get more bytes than it sent).
+    pub limited_replies: u64,
+    /// Times this node raised its generation to refute what peers believed of it (a leave, a heartbeat
+    /// or state it never sent, or a newer generation of itself).
+    pub refutations: u64,
+}
+
+/// A member as seen by the local node: what the dashboard and the API show.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub generation: u64,
+    pub heartbeat: u64,
+    pub addr: Option<SocketAddr>,
+    pub liveness: Liveness,
+    pub phi: f64,
+    pub threshold: f64,
+    /// Time since a heartbeat of this member last arrived (zero for the local node).
+    pub last_heard: Duration,
+    /// The silence after which this member is declared dead, from its current heartbeat rhythm (what
+    /// chitchat calls the failure detection timeout; zero for the local node).
+    pub detection_timeout: Duration,
+    pub is_self: bool,
+    pub kvs: BTreeMap<String, String>,
+}
+
+/// Why a local key/value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("key {0:?} must be 1 to {MAX_KEY_LEN} characters of a-z, 0-9, '.', '-', '_', not starting with '_'")]
+    BadKey(String),
+    #[error("value of key {key:?} is {len} bytes, more than {MAX_VALUE_LEN}")]
+    ValueTooLong { key: String, len: usize },
+}
