@@ -207,63 +207,47 @@ impl Gossiper {
         }
         let bootstrap = self.expected_update_interval();
         let phi = &self.config.phi;
-        let s = match self.nodes.get_mut(&d.node) {
-            None => {
-                if d.from_version != 0 {
-                    return;
-                }
-                self.tombstones.remove(&d.node);
-                let s = self.nodes.entry(d.node).or_insert_with(|| {
-                    NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now)
-                });
-                let kind = if s.liveness == Liveness::Left {
-                    EventKind::Left
-                } else {
-                    EventKind::Joined
-                };
-                apply_kvs(s, &d.kvs);
-                s.rethreshold(&self.config);
-                verdict_due(
-                    &mut self.notes,
-                    &mut self.watch_due,
-                    &self.ring,
-                    &self.config,
-                    d.node,
-                    s.suspect_at,
-                );
-                self.notes.changed(d.node, s, now);
-                self.notes.push(kind, d.node, s, now);
-                self.note_reporter(d.node);
-                return;
-            }
-            Some(s) if d.generation > s.generation => {
-                if d.from_version != 0 {
-                    return;
-                }
-                *s = NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now);
-                apply_kvs(s, &d.kvs);
-                s.rethreshold(&self.config);
-                verdict_due(
-                    &mut self.notes,
-                    &mut self.watch_due,
-                    &self.ring,
-                    &self.config,
-                    d.node,
-                    s.suspect_at,
-                );
-                let kind = if s.liveness == Liveness::Left {
-                    EventKind::Left
-                } else {
-                    EventKind::Restarted
-                };
-                self.notes.changed(d.node, s, now);
-                self.notes.push(kind, d.node, s, now);
-                self.note_reporter(d.node);
-                return;
-            }
-            Some(s) if d.generation < s.generation => return,
-            Some(s) => s,
+        // A node never heard of, or a new generation of one: taken from its first version only.
+        let fresh = match self.nodes.get(&d.node).map(|s| s.generation) {
+            Some(g) if d.generation < g => return,
+            Some(g) if d.generation == g => None,
+            Some(_) => Some(EventKind::Restarted),
+            None => Some(EventKind::Joined),
         };
+        if fresh.is_some() && d.from_version != 0 {
+            return;
+        }
+        if fresh == Some(EventKind::Joined) {
+            self.tombstones.remove(&d.node);
+        }
+        let s = self
+            .nodes
+            .entry(d.node)
+            .or_insert_with(|| NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now));
+        if let Some(kind) = fresh {
+            if kind == EventKind::Restarted {
+                *s = NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now);
+            }
+            apply_kvs(s, &d.kvs);
+            s.rethreshold(&self.config);
+            verdict_due(
+                &mut self.notes,
+                &mut self.watch_due,
+                &self.ring,
+                &self.config,
+                d.node,
+                s.suspect_at,
+            );
+            let kind = if s.liveness == Liveness::Left {
+                EventKind::Left
+            } else {
+                kind
+            };
+            self.notes.changed(d.node, s, now);
+            self.notes.push(kind, d.node, s, now);
+            self.note_reporter(d.node);
+            return;
+        }
         let mut reports_changed = false;
         if d.from_version <= s.max_version && apply_kvs(s, &d.kvs) {
             s.rethreshold(&self.config);
