@@ -4,7 +4,7 @@
 
 use anyhow::bail;
 
-use crate::deps::{ensure_packages, is_root, need};
+use crate::deps::{ensure_packages, is_root};
 use crate::util::{root, run as run_step, test_profile_run};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -17,18 +17,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
              sudo env PATH=\"$PATH\" cargo xtask bare"
         );
     }
-    ensure_packages(
-        "bare-root test",
-        &[
-            need("mmdebstrap", "mmdebstrap"),
-            need(
-                "/usr/share/keyrings/debian-archive-keyring.gpg",
-                "debian-archive-keyring",
-            ),
-            need("git", "git"),
-            need("chroot", "coreutils"),
-        ],
-    )?;
+    ensure_packages("bare-root test", crate::packages::BARE_NEEDS)?;
     let mut harness = test_profile_run("herd-ci", "herd-bare");
     harness
         .arg("--workspace")

@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use herd_image::Arch;
 use sha2::{Digest, Sha256};
 
-use crate::deps::{ensure_packages, is_root, need, Need};
+use crate::deps::{ensure_packages, is_root};
 use crate::util::{cache_dir, root, run as run_step};
 
 const USAGE: &str = "\
@@ -139,29 +139,6 @@ chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramf
 printf '#!/bin/sh\n# cargo xtask base: the initramfs is made once, at the end\nexit 0\n' > "$1/usr/sbin/update-initramfs"
 chmod 755 "$1/usr/sbin/update-initramfs"
 "#;
-
-/// What building a base runs. mmdebstrap's recommends are listed where we use them: `arch-test` (it
-/// refuses a foreign architecture without it), `gpg` (keyrings), and `dpkg-dev`, whose
-/// `dpkg-architecture` the eatmydata hook calls.
-pub const BASE_NEEDS: &[Need] = &[
-    need("mmdebstrap", "mmdebstrap"),
-    need("arch-test", "arch-test"),
-    need("gpg", "gpg"),
-    need("dpkg-architecture", "dpkg-dev"),
-    need("qemu-aarch64-static", "qemu-user-static"),
-    need("qemu-arm-static", "qemu-user-static"),
-    need("update-binfmts", "binfmt-support"),
-    need("mke2fs", "e2fsprogs"),
-    need("mkfs.vfat", "dosfstools"),
-    need("mcopy", "mtools"),
-    need("sfdisk", "fdisk"),
-    need("systemctl", "systemd"),
-    need("mount", "mount"),
-    need(
-        "/usr/share/keyrings/debian-archive-keyring.gpg",
-        "debian-archive-keyring",
-    ),
-];
 
 struct Recipe {
     arch: Arch,
@@ -344,7 +321,7 @@ pub fn ensure(arch: Arch, suite: Suite) -> anyhow::Result<PathBuf> {
             arch.name()
         );
     }
-    ensure_packages("Debian base image", BASE_NEEDS)?;
+    ensure_packages("Debian base image", crate::packages::BASE_NEEDS)?;
     ensure_binfmt(arch)?;
     let dir = path.parent().expect("in the cache");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

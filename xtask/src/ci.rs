@@ -4,53 +4,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::deps::{ensure_packages, is_root, need, Need};
+use crate::deps::is_root;
 use crate::util::{cargo, run as run_step, succeeds};
-
-/// What the multi-host tests (`ci/tests/lan.rs`) run inside network namespaces.
-const LAN_TEST_NEEDS: &[Need] = &[
-    need("ip", "iproute2"),
-    need("unshare", "util-linux"),
-    need("nsenter", "util-linux"),
-    need("avahi-daemon", "avahi-daemon"),
-    need("avahi-browse", "avahi-utils"),
-    need("dbus-daemon", "dbus-daemon"),
-    need("dbus-send", "dbus-bin"),
-];
-
-/// What the image tests (`image/tests/`) check their results with.
-const IMAGE_TEST_NEEDS: &[Need] = &[
-    need("debugfs", "e2fsprogs"),
-    need("e2fsck", "e2fsprogs"),
-    need("mke2fs", "e2fsprogs"),
-    need("fsck.fat", "dosfstools"),
-    need("sfdisk", "fdisk"),
-    need("systemd-analyze", "systemd"),
-    need("qemu-aarch64-static", "qemu-user-static"),
-    need("qemu-arm-static", "qemu-user-static"),
-    need("xz", "xz-utils"),
-    need("curl", "curl"),
-    need("openssl", "openssl"),
-    need("python3", "python3"),
-    // The real netplan renders the cloud-init network-config herd writes.
-    need("netplan", "netplan.io"),
-];
-
-/// What the tests of the shipped agents (`ci/tests/agents.rs`) run them with.
-const AGENT_TEST_NEEDS: &[Need] = &[
-    need("readelf", "binutils"),
-    need("qemu-aarch64-static", "qemu-user-static"),
-    need("qemu-arm-static", "qemu-user-static"),
-];
-
-/// What the operations tests (`agent/tests/ops.rs`) run: the real Ansible.
-const ANSIBLE_TEST_NEEDS: &[Need] = &[
-    need("ansible-playbook", "ansible"),
-    need("ansible-inventory", "ansible"),
-];
-
-/// What the dashboard test (`agent/tests/dashboard.rs`) drives: a real browser.
-pub const BROWSER_TEST_NEEDS: &[Need] = &[need("chromium", "chromium")];
 
 pub fn run() -> anyhow::Result<()> {
     ensure_components()?;
@@ -60,7 +15,7 @@ pub fn run() -> anyhow::Result<()> {
              sudo env PATH=\"$PATH\" cargo xtask ci"
         );
     }
-    ensure_test_packages()?;
+    crate::packages::ensure_tests()?;
     // The image tests bake and run the cross-built agents.
     crate::build::build_all()?;
     let mut fmt = cargo();
@@ -92,17 +47,6 @@ pub fn run() -> anyhow::Result<()> {
     // The closing line counts every test of every test binary, for whoever reads the log last.
     println!("{passed} passed, {failed} failed");
     Ok(())
-}
-
-/// Every Debian package the test suite uses (`cargo xtask deps ci` runs just this).
-pub fn ensure_test_packages() -> anyhow::Result<()> {
-    ensure_packages("multi-host tests", LAN_TEST_NEEDS)?;
-    ensure_packages("dashboard test", BROWSER_TEST_NEEDS)?;
-    ensure_packages("image tests", IMAGE_TEST_NEEDS)?;
-    ensure_packages("agent tests", AGENT_TEST_NEEDS)?;
-    ensure_packages("operations tests", ANSIBLE_TEST_NEEDS)?;
-    ensure_packages("boot-and-join test", crate::e2e::E2E_NEEDS)?;
-    ensure_packages("Debian base image", crate::base::BASE_NEEDS)
 }
 
 /// Runs `cargo test`, echoing its output, and adds up the `test result:` lines of all test binaries.

@@ -129,15 +129,3 @@ pub fn ensure_packages(purpose: &str, needs: &[Need]) -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// `cargo xtask deps`: every Debian package that `cargo xtask ci` and `cargo xtask image` use, installed
-/// as they install them (the bare-root test runs this to prove the lists).
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    if let Some(a) = args.first() {
-        bail!("unknown argument {a:?}: `cargo xtask deps` takes none");
-    }
-    crate::image::ensure_image_packages()?;
-    crate::ci::ensure_test_packages()?;
-    println!("==> deps: every package is installed");
-    Ok(())
-}

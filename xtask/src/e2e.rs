@@ -7,24 +7,8 @@
 use anyhow::bail;
 use herd_image::Arch;
 
-use crate::deps::{ensure_packages, is_root, need, Need};
+use crate::deps::{ensure_packages, is_root};
 use crate::util::{root, run as run_step, test_profile_run};
-
-/// What the harness runs: the VMs, their bridge and DHCP.
-pub const E2E_NEEDS: &[Need] = &[
-    need("qemu-system-aarch64", "qemu-system-arm"),
-    need("qemu-system-arm", "qemu-system-arm"),
-    need("dnsmasq", "dnsmasq-base"),
-    need("ip", "iproute2"),
-    need("ssh-keyscan", "openssh-client"),
-    need("ssh-keygen", "openssh-client"),
-    need("ssh", "openssh-client"),
-    // Takes the Wi-Fi test's access point programs out of their packages.
-    need("dpkg-deb", "dpkg"),
-    // The ROM of the VMs' virtio NIC: a recommends of qemu-system-arm, without which QEMU refuses to
-    // start a VM with that NIC.
-    need("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu"),
-];
 
 /// The user the test images are built with (from userconf.txt, as a Raspberry Pi Imager user would be);
 /// not the Trixie base's first user (`pi`), so that userconf renames it as on Raspberry Pi OS.
@@ -53,7 +37,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
              root; run:\n    sudo env PATH=\"$PATH\" cargo xtask e2e"
         );
     }
-    ensure_packages("boot-and-join test", E2E_NEEDS)?;
+    ensure_packages("boot-and-join test", crate::packages::E2E_NEEDS)?;
     let out = root().join("target/e2e");
     std::fs::create_dir_all(&out)?;
     let mut arches = vec![Arch::Arm64];

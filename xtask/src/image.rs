@@ -10,7 +10,6 @@ use herd_image::pipeline::{Base, PipelineOptions, DEFAULT_BASE};
 use herd_image::BakeOptions;
 
 use crate::build;
-use crate::deps::{ensure_packages, need};
 use crate::util::root;
 
 const USAGE: &str = "\
@@ -393,7 +392,7 @@ fn crypt_sha512(password_file: &Path) -> anyhow::Result<String> {
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let a = parse(args)?;
-    ensure_image_packages()?;
+    crate::packages::ensure_image()?;
     let secrets = secrets(&a.cluster)?;
     let userconf = match (&a.user, &a.password_file) {
         (Some(u), Some(p)) => Some(format!("{u}:{}", crypt_sha512(p)?)),
@@ -537,21 +536,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         ),
     }
     Ok(())
-}
-
-/// What the image pipeline runs: debugfs for the root, xz, curl for a base by URL, openssl for the
-/// password hash, and CA certificates for curl's HTTPS.
-pub fn ensure_image_packages() -> anyhow::Result<()> {
-    ensure_packages(
-        "building images",
-        &[
-            need("debugfs", "e2fsprogs"),
-            need("xz", "xz-utils"),
-            need("curl", "curl"),
-            need("/etc/ssl/certs/ca-certificates.crt", "ca-certificates"),
-            need("openssl", "openssl"),
-        ],
-    )
 }
 
 /// `cargo xtask fixture PATH [--armhf] [--old-layout]`: a small Pi-layout image made from scratch.

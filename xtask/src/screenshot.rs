@@ -11,7 +11,10 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     if let Some(a) = args.first() {
         bail!("unknown option {a:?}; usage: cargo xtask screenshot");
     }
-    ensure_packages("the dashboard's screenshot", crate::ci::BROWSER_TEST_NEEDS)?;
+    ensure_packages(
+        "the dashboard's screenshot",
+        crate::packages::BROWSER_TEST_NEEDS,
+    )?;
     let mut test = cargo();
     test.args(["test", "--locked", "-p", "herd", "--test", "dashboard"])
         .env("HERD_SCREENSHOT_DIR", root().join("docs"));

@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-use crate::deps::{ensure_packages, need, need_python};
+use crate::deps::ensure_packages;
 use crate::util::{cache_dir, run as run_step};
 
 const REQUIREMENTS: &str = include_str!("../zig/requirements.txt");
@@ -46,10 +46,7 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
     // Debian's python3 has no venv (nor pip) without python3-venv.
     ensure_packages(
         "the ARMv6 agent's linker (zig from PyPI)",
-        &[
-            need("python3", "python3"),
-            need_python("ensurepip", "python3-venv"),
-        ],
+        crate::packages::ZIG_NEEDS,
     )?;
     if dir.exists() {
         // Left by an interrupted install. A virtual environment cannot be moved once made (its
