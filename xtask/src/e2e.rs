@@ -92,42 +92,21 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     for (arch, suite) in builds {
         let base = crate::base::ensure(arch, suite)?;
         let name = format!("e2e-{}-{}", arch.name(), suite.name());
+        let mut image = crate::image::Options::new("e2e");
+        image.base = base.to_string_lossy().into_owned();
+        image.out = out.clone();
+        image.name = Some(name.clone());
+        image.user = Some(USER.into());
+        image.password_file = Some(password.clone());
+        image.ssh_key = Some(out.join("id_e2e.pub"));
         // Wi-Fi on the release whose base has NetworkManager and the access point's packages.
-        let mut wifi: Vec<String> = Vec::new();
         if suite == Suite::Trixie && arch == Arch::Arm64 {
             wifi_debs = Some(crate::base::test_debs(&base));
-            wifi = [
-                "--wifi-ssid",
-                WIFI_SSID,
-                "--wifi-country",
-                "GB",
-                "--wifi-password-file",
-            ]
-            .map(String::from)
-            .into();
-            wifi.push(wifi_password.to_string_lossy().into_owned());
+            image.wifi_ssid = Some(WIFI_SSID.into());
+            image.wifi_country = Some("GB".into());
+            image.wifi_password_file = Some(wifi_password.clone());
         }
-        crate::image::run(
-            &[
-                "--cluster".into(),
-                "e2e".into(),
-                "--base".into(),
-                base.to_string_lossy().into_owned(),
-                "--out".into(),
-                out.to_string_lossy().into_owned(),
-                "--name".into(),
-                name.clone(),
-                "--user".into(),
-                USER.into(),
-                "--password-file".into(),
-                password.to_string_lossy().into_owned(),
-                "--ssh-key".into(),
-                out.join("id_e2e.pub").to_string_lossy().into_owned(),
-            ]
-            .into_iter()
-            .chain(wifi)
-            .collect::<Vec<_>>(),
-        )?;
+        crate::image::make(&image)?;
         harness
             .arg(format!("--{}", arch.name()))
             .arg(out.join(format!("{name}.img")));

@@ -46,46 +46,56 @@ usage: cargo xtask image --cluster NAME [options]
   --out DIR              output directory (default: target/herd)
 ";
 
-struct Args {
-    cluster: String,
-    base: String,
-    user: Option<String>,
-    password_file: Option<PathBuf>,
-    ssh_key: Option<PathBuf>,
-    seeds: Vec<String>,
-    hostname: String,
-    xz: bool,
-    checksum: bool,
-    url_base: Option<String>,
-    imager_customisation: bool,
-    wifi_ssid: Option<String>,
-    wifi_password_file: Option<PathBuf>,
-    wifi_country: Option<String>,
-    wifi_hidden: bool,
-    name: Option<String>,
-    out: PathBuf,
+/// What to build: the flags of `cargo xtask image`, which other tasks (`cargo xtask e2e`) fill in
+/// directly. [`Options::check`] holds the rules between them.
+pub struct Options {
+    pub cluster: String,
+    pub base: String,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ssh_key: Option<PathBuf>,
+    pub seeds: Vec<String>,
+    pub hostname: String,
+    pub xz: bool,
+    pub checksum: bool,
+    pub url_base: Option<String>,
+    pub imager_customisation: bool,
+    pub wifi_ssid: Option<String>,
+    pub wifi_password_file: Option<PathBuf>,
+    pub wifi_country: Option<String>,
+    pub wifi_hidden: bool,
+    pub name: Option<String>,
+    pub out: PathBuf,
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Args> {
-    let mut a = Args {
-        cluster: String::new(),
-        base: DEFAULT_BASE.into(),
-        user: None,
-        password_file: None,
-        ssh_key: None,
-        seeds: Vec::new(),
-        hostname: DEFAULT_HOSTNAME.into(),
-        xz: false,
-        checksum: false,
-        url_base: None,
-        imager_customisation: false,
-        wifi_ssid: None,
-        wifi_password_file: None,
-        wifi_country: None,
-        wifi_hidden: false,
-        name: None,
-        out: root().join("target/herd"),
-    };
+impl Options {
+    /// The defaults, for `cluster`.
+    pub fn new(cluster: &str) -> Options {
+        Options {
+            cluster: cluster.into(),
+            base: DEFAULT_BASE.into(),
+            user: None,
+            password_file: None,
+            ssh_key: None,
+            seeds: Vec::new(),
+            hostname: DEFAULT_HOSTNAME.into(),
+            xz: false,
+            checksum: false,
+            url_base: None,
+            imager_customisation: false,
+            wifi_ssid: None,
+            wifi_password_file: None,
+            wifi_country: None,
+            wifi_hidden: false,
+            name: None,
+            out: root().join("target/herd"),
+        }
+    }
+}
+
+/// The command line's options; `None` for `--help` (after printing the usage).
+fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
+    let mut a = Options::new("");
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -119,7 +129,7 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
             "--out" => a.out = value()?.into(),
             "-h" | "--help" => {
                 print!("{USAGE}");
-                std::process::exit(0);
+                return Ok(None);
             }
             other => bail!("unknown option {other:?}\n\n{USAGE}"),
         }
@@ -127,79 +137,92 @@ fn parse(args: &[String]) -> anyhow::Result<Args> {
     if a.cluster.is_empty() {
         bail!("--cluster NAME is required\n\n{USAGE}");
     }
-    if a.url_base.is_some() && !a.xz && !a.checksum {
-        bail!("--url-base sets the Imager manifest's URLs: add --xz (or --checksum) to write one");
-    }
-    if a.cluster.len() > 63
-        || !a
-            .cluster
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        bail!(
-            "--cluster {:?}: 1 to 63 characters of A-Z, a-z, 0-9, '-' and '_'",
-            a.cluster
-        );
-    }
-    for (i, s) in a.seeds.iter().enumerate() {
-        match s.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
-            _ => bail!("--seeds: item {} ({s:?}) is not host:port", i + 1),
+    a.check()?;
+    Ok(Some(a))
+}
+
+impl Options {
+    /// The rules between the options, with the flag each error is about.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let a = self;
+        if a.cluster.is_empty() {
+            bail!("--cluster NAME is required");
         }
-    }
-    if !a.hostname.is_empty() {
-        check_hostname_template(&a.hostname)
-            .with_context(|| format!("--hostname {:?}", a.hostname))?;
-    }
-    match (&a.user, &a.password_file) {
-        (Some(u), Some(_)) => {
-            herd_image::imager::check_user_name(u).map_err(|e| anyhow::anyhow!("--user: {e}"))?
+        if a.url_base.is_some() && !a.xz && !a.checksum {
+            bail!(
+                "--url-base sets the Imager manifest's URLs: add --xz (or --checksum) to write one"
+            );
         }
-        (Some(_), None) => {
-            bail!("--user needs --password-file (herd never bakes a default password)")
+        if a.cluster.len() > 63
+            || !a
+                .cluster
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            bail!(
+                "--cluster {:?}: 1 to 63 characters of A-Z, a-z, 0-9, '-' and '_'",
+                a.cluster
+            );
         }
-        (None, Some(_)) => bail!("--password-file needs --user"),
-        (None, None) => {}
-    }
-    if a.ssh_key.is_some() && a.user.is_none() {
-        bail!("--ssh-key needs --user: the keys are installed for that user");
-    }
-    match (&a.wifi_ssid, &a.wifi_password_file, &a.wifi_country) {
-        (Some(_), Some(_), Some(_)) | (None, None, None) => {}
-        (Some(_), None, _) => {
-            bail!("--wifi-ssid needs --wifi-password-file (open networks are not supported)")
+        for (i, s) in a.seeds.iter().enumerate() {
+            match s.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+                _ => bail!("--seeds: item {} ({s:?}) is not host:port", i + 1),
+            }
         }
-        (Some(_), _, None) => bail!(
+        if !a.hostname.is_empty() {
+            check_hostname_template(&a.hostname)
+                .with_context(|| format!("--hostname {:?}", a.hostname))?;
+        }
+        match (&a.user, &a.password_file) {
+            (Some(u), Some(_)) => herd_image::imager::check_user_name(u)
+                .map_err(|e| anyhow::anyhow!("--user: {e}"))?,
+            (Some(_), None) => {
+                bail!("--user needs --password-file (herd never bakes a default password)")
+            }
+            (None, Some(_)) => bail!("--password-file needs --user"),
+            (None, None) => {}
+        }
+        if a.ssh_key.is_some() && a.user.is_none() {
+            bail!("--ssh-key needs --user: the keys are installed for that user");
+        }
+        match (&a.wifi_ssid, &a.wifi_password_file, &a.wifi_country) {
+            (Some(_), Some(_), Some(_)) | (None, None, None) => {}
+            (Some(_), None, _) => {
+                bail!("--wifi-ssid needs --wifi-password-file (open networks are not supported)")
+            }
+            (Some(_), _, None) => bail!(
             "--wifi-ssid needs --wifi-country CC (the country the Pis are in, e.g. GB): without a \
              regulatory domain the radio stays off"
         ),
-        (None, ..) => bail!("--wifi-password-file and --wifi-country go with --wifi-ssid"),
-    }
-    if a.wifi_hidden && a.wifi_ssid.is_none() {
-        bail!("--wifi-hidden goes with --wifi-ssid");
-    }
-    if a.imager_customisation && !a.xz && !a.checksum {
-        bail!(
-            "--imager-customisation is a setting of the Imager manifest, which only --xz or \
-             --checksum writes: add one of them"
-        );
-    }
-    if a.imager_customisation {
-        if let Some(flag) = [
-            (a.user.is_some(), "--user"),
-            (a.ssh_key.is_some(), "--ssh-key"),
-            (a.wifi_ssid.is_some(), "--wifi-ssid"),
-        ]
-        .iter()
-        .find_map(|(set, flag)| set.then_some(flag))
-        {
+            (None, ..) => bail!("--wifi-password-file and --wifi-country go with --wifi-ssid"),
+        }
+        if a.wifi_hidden && a.wifi_ssid.is_none() {
+            bail!("--wifi-hidden goes with --wifi-ssid");
+        }
+        if a.imager_customisation && !a.xz && !a.checksum {
             bail!(
+                "--imager-customisation is a setting of the Imager manifest, which only --xz or \
+             --checksum writes: add one of them"
+            );
+        }
+        if a.imager_customisation {
+            if let Some(flag) = [
+                (a.user.is_some(), "--user"),
+                (a.ssh_key.is_some(), "--ssh-key"),
+                (a.wifi_ssid.is_some(), "--wifi-ssid"),
+            ]
+            .iter()
+            .find_map(|(set, flag)| set.then_some(flag))
+            {
+                bail!(
                 "--imager-customisation leaves the user, SSH keys and Wi-Fi to Imager: drop {flag}, \
                  or drop --imager-customisation to bake them (two sources would fight at first boot)"
             );
+            }
         }
+        Ok(())
     }
-    Ok(a)
 }
 
 /// Six hex digits: two cards of a 50-card cluster share a name once in 13,000 clusters.
@@ -391,7 +414,15 @@ fn crypt_sha512(password_file: &Path) -> anyhow::Result<String> {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let a = parse(args)?;
+    match parse(args)? {
+        Some(a) => make(&a),
+        None => Ok(()),
+    }
+}
+
+/// Builds the image `a` describes.
+pub fn make(a: &Options) -> anyhow::Result<()> {
+    a.check()?;
     crate::packages::ensure_image()?;
     let secrets = secrets(&a.cluster)?;
     let userconf = match (&a.user, &a.password_file) {
