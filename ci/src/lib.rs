@@ -9,15 +9,9 @@ pub mod bench;
 pub mod e2e;
 pub mod netns;
 
-/// herd's cache, `$XDG_CACHE_HOME/herd/NAME` (else `~/.cache/herd/NAME`): outside the repository, so slow
-/// fixtures survive fresh clones.
+/// herd's cache's `name` directory (see [`herd_image::cache_dir`]): slow fixtures survive fresh clones.
 pub fn cache_dir(name: &str) -> std::path::PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| std::path::PathBuf::from("/var/cache"))
-        .join("herd")
-        .join(name)
+    herd_image::cache_dir().join(name)
 }
 
 /// A child process that is killed and reaped when this goes out of scope, test failed or not.

@@ -84,6 +84,16 @@ pub struct Partition {
 /// The CPU family of an image's root filesystem (Debian's names): one of [`Arch::PI`].
 pub use herd_release::Arch;
 
+/// herd's cache: `$XDG_CACHE_HOME/herd`, else `~/.cache/herd` (outside the repository, so fresh clones
+/// share it): the downloaded base images, the Debian bases, the pinned zig, slow test fixtures.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("herd")
+}
+
 /// Where `cargo xtask build` leaves the release agent for `arch` in this workspace (the image tests,
 /// benchmarks and harnesses take it from there).
 pub fn built_agent(arch: Arch) -> PathBuf {

@@ -82,12 +82,4 @@ fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
-/// herd's cache: `$XDG_CACHE_HOME/herd`, else `~/.cache/herd` (outside the repository, so fresh clones
-/// share it).
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"))
-        .join("herd")
-}
+pub use herd_image::cache_dir;
