@@ -160,18 +160,27 @@ fn invocations(code: &str, program: &str) -> Vec<Vec<String>> {
     out
 }
 
-/// The tasks `cargo xtask` dispatches: the string patterns of `fn run`'s match in xtask/src/main.rs.
+/// The tasks `cargo xtask` dispatches: the variants of `enum Task` in xtask/src/flags.rs, in kebab
+/// case as clap names them (`E2e` → `e2e`).
 fn xtask_tasks() -> BTreeSet<String> {
-    let main = std::fs::read_to_string(repo().join("xtask/src/main.rs")).unwrap();
-    let run = &main[main.find("fn run()").expect("xtask's fn run")..];
+    let flags = std::fs::read_to_string(repo().join("xtask/src/flags.rs")).unwrap();
+    let body = &flags[flags.find("pub enum Task {").expect("xtask's enum Task")..];
     let mut tasks = BTreeSet::new();
-    for line in run.lines().take_while(|l| !l.starts_with('}')) {
-        let Some(arm) = line.trim().strip_prefix("Some(") else {
-            continue;
-        };
-        let pattern = arm.split("=>").next().unwrap_or("");
-        for lit in pattern.split('"').skip(1).step_by(2) {
-            tasks.insert(lit.to_string());
+    for line in body.lines().skip(1).take_while(|l| !l.starts_with('}')) {
+        let variant: String = line
+            .trim()
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect();
+        if variant.starts_with(|c: char| c.is_ascii_uppercase()) {
+            let mut kebab = String::new();
+            for (i, c) in variant.chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    kebab.push('-');
+                }
+                kebab.push(c.to_ascii_lowercase());
+            }
+            tasks.insert(kebab);
         }
     }
     tasks
@@ -189,6 +198,8 @@ fn herd_commands(args: &[&str]) -> BTreeSet<String> {
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
+        // A command's own line; the wrapped rest of its description is indented further.
+        .filter(|l| !l[2..].starts_with(' '))
         .filter_map(|l| l.split_whitespace().next().map(String::from))
         .collect()
 }

@@ -7,10 +7,7 @@ use anyhow::bail;
 use crate::deps::{ensure_packages, is_root};
 use crate::util::{root, run as run_step, test_profile_run};
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    if let Some(a) = args.first() {
-        bail!("unknown argument {a:?}: `cargo xtask bare` takes none");
-    }
+pub fn run() -> anyhow::Result<()> {
     if !is_root() {
         bail!(
             "the bare-root test makes a Debian root and chroots into it, which needs root; run:\n    \

@@ -17,25 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::deps::{ensure_packages, is_root};
 use crate::util::{cache_dir, root, run as run_step};
 
-const USAGE: &str = "\
-usage: cargo xtask base debian [--suite bookworm|trixie] [--arch arm64|armhf] [--rebuild]
-
-  Builds (once; then it is cached in ~/.cache/herd/base) a Raspberry Pi-layout Debian image to use as
-  `cargo xtask image --base debian` (debian-armhf, debian-trixie, debian-trixie-armhf). Needs root
-  (mmdebstrap) and the Debian mirror.
-  --suite S     bookworm (default: systemd-networkd, a first user `pi` renamed by userconf) or trixie
-                (made as Raspberry Pi OS is today: NetworkManager, cloud-init with its NoCloud seed on
-                the boot partition, a first user without a login shell renamed by userconf, Wi-Fi off)
-  --arch A      arm64 (default: Pi 3, 4, 5 and QEMU virt) or armhf (Pi 2 and later, 32-bit)
-  --rebuild     build it again even if cached
-";
-
-/// The Debian release a base is made of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Suite {
-    Bookworm,
-    Trixie,
-}
+pub use crate::flags::Suite;
 
 impl Suite {
     pub fn name(self) -> &'static str {
@@ -245,46 +227,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let mut arch = Arch::Arm64;
-    let mut suite = Suite::Bookworm;
-    let mut rebuild = false;
-    let mut it = args.iter();
-    match it.next().map(String::as_str) {
-        Some("debian") => {}
-        Some("-h" | "--help") => {
-            print!("{USAGE}");
-            return Ok(());
-        }
-        Some(other) => bail!("unknown base {other:?}: only `debian` is made here\n\n{USAGE}"),
-        None => bail!("which base?\n\n{USAGE}"),
-    }
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--arch" => {
-                arch = match it.next().map(String::as_str) {
-                    Some("arm64") => Arch::Arm64,
-                    Some("armhf") => Arch::Armhf,
-                    other => bail!("--arch {other:?}: arm64 or armhf\n\n{USAGE}"),
-                }
-            }
-            "--suite" => {
-                suite = match it.next().map(String::as_str) {
-                    Some("bookworm") => Suite::Bookworm,
-                    Some("trixie") => Suite::Trixie,
-                    other => bail!("--suite {other:?}: bookworm or trixie\n\n{USAGE}"),
-                }
-            }
-            "--rebuild" => rebuild = true,
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return Ok(());
-            }
-            other => bail!("unknown option {other:?}\n\n{USAGE}"),
-        }
-    }
+pub fn run(flags: &crate::flags::Base) -> anyhow::Result<()> {
+    let crate::flags::BaseKind::Debian = flags.kind;
+    let (arch, suite) = (flags.arch, flags.suite);
     let recipe = Recipe { arch, suite };
-    if rebuild {
+    if flags.rebuild {
         let path = recipe.cached()?;
         if path.exists() {
             std::fs::remove_file(&path)

@@ -9,38 +9,55 @@ use anyhow::{bail, Context};
 
 use crate::util::{perf_run, root, test_profile_run};
 
-/// Benchmarks, in the order a full run takes them.
-const KNOWN: &[&str] = &["gossip", "peers", "footprint", "http", "image"];
+use crate::flags::{BenchName, Detection};
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    for a in args {
-        if !a.starts_with("--") && !KNOWN.contains(&a.as_str()) {
-            bail!("unknown benchmark {a:?}; known: {}", KNOWN.join(", "));
-        }
-        if a.starts_with("--")
-            && a != "--quick"
-            && !a.starts_with("--nodes=")
-            && !a.starts_with("--detection=")
-        {
-            bail!(
-                "unknown option {a:?}; known: --quick, and for gossip --nodes=N,N… (the cluster sizes) \
-                 and --detection=monitors|gossip (one only)"
-            );
+/// Benchmarks, in the order a full run takes them.
+const KNOWN: &[BenchName] = &[
+    BenchName::Gossip,
+    BenchName::Peers,
+    BenchName::Footprint,
+    BenchName::Http,
+    BenchName::Image,
+];
+
+impl BenchName {
+    fn name(self) -> &'static str {
+        match self {
+            BenchName::Gossip => "gossip",
+            BenchName::Peers => "peers",
+            BenchName::Footprint => "footprint",
+            BenchName::Http => "http",
+            BenchName::Image => "image",
         }
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let named: Vec<&str> = args
-        .iter()
-        .filter(|a| !a.starts_with("--"))
-        .map(String::as_str)
-        .collect();
+}
+
+pub fn run(flags: &crate::flags::Bench) -> anyhow::Result<()> {
+    let quick = flags.quick;
+    let named = flags.names.clone();
+    // The gossip benchmark's own flags, passed on as herd-bench reads them.
+    let mut gossip_flags = Vec::new();
+    if !flags.nodes.is_empty() {
+        let sizes: Vec<String> = flags.nodes.iter().map(u32::to_string).collect();
+        gossip_flags.push(format!("--nodes={}", sizes.join(",")));
+    }
+    if let Some(d) = flags.detection {
+        let d = match d {
+            Detection::Monitors => "monitors",
+            Detection::Gossip => "gossip",
+        };
+        gossip_flags.push(format!("--detection={d}"));
+    }
     let everything = named.is_empty();
-    let names: Vec<&str> = if everything { KNOWN.to_vec() } else { named };
-    if names.iter().any(|n| *n == "image" || *n == "footprint") {
+    let names: Vec<BenchName> = if everything { KNOWN.to_vec() } else { named };
+    if names
+        .iter()
+        .any(|n| [BenchName::Image, BenchName::Footprint].contains(n))
+    {
         // The image benchmark bakes the real aarch64 agent; the footprint one reports both binaries' sizes.
         crate::build::build_all()?;
     }
-    if names.contains(&"footprint") {
+    if names.contains(&BenchName::Footprint) {
         if quick {
             // Quick runs only prove the benchmark still runs: the agent of the test build (what `cargo
             // test --workspace` built already) stands in for the shipped one, a minute's release build
@@ -62,28 +79,23 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
     let mut report = Vec::new();
-    for name in &names {
+    for name in names.iter().map(|n| n.name()) {
         // Quick runs only prove a benchmark still runs: they reuse the test build.
         let run = if quick { test_profile_run } else { perf_run };
-        let mut cmd = if *name == "peers" {
+        let mut cmd = if name == "peers" {
             run("herd-peers", "herd-peers")
         } else {
             let mut c = run("herd-ci", "herd-bench");
             c.arg(name);
-            c.args(
-                args.iter()
-                    .filter(|a| a.starts_with("--nodes=") || a.starts_with("--detection=")),
-            );
+            c.args(&gossip_flags);
             c
         };
         if quick {
             cmd.arg("--quick");
         }
-        report.push((*name, run_captured(name, cmd)?));
+        report.push((name, run_captured(name, cmd)?));
     }
-    let partial = args
-        .iter()
-        .any(|a| a.starts_with("--nodes=") || a.starts_with("--detection="));
+    let partial = !gossip_flags.is_empty();
     if everything && !quick && !partial {
         write_report(&report)?;
     }

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use herd_image::Arch;
 
 use crate::util::{cargo, root, run as run_step, succeeds};
@@ -27,14 +27,6 @@ pub const ARCHES: &[Arch] = &[Arch::Arm64, Arch::Armhf];
 /// Where the release binary for `arch` lands.
 pub fn binary(arch: Arch) -> PathBuf {
     herd_image::built_agent(arch)
-}
-
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    if let Some(a) = args.first() {
-        bail!("unknown argument {a:?}: `cargo xtask build` takes none");
-    }
-    build_all()?;
-    Ok(())
 }
 
 /// Builds every architecture; returns the binaries.

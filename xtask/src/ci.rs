@@ -38,11 +38,16 @@ pub fn run() -> anyhow::Result<()> {
     let (passed, failed) = run_tests(test)?;
 
     // Benchmarks run in their quick mode so that they cannot rot.
-    crate::bench::run(&["--quick".to_string()])?;
+    crate::bench::run(&crate::flags::Bench {
+        names: Vec::new(),
+        quick: true,
+        nodes: Vec::new(),
+        detection: None,
+    })?;
     // Boot-and-join: the real image in QEMU (the Debian bases are cached outside the repository).
-    crate::e2e::run(&[])?;
+    crate::e2e::run(&crate::flags::E2e { no_armhf: false })?;
     // The README's set-up from a bare Debian root: proves the package lists above and the main command's.
-    crate::bare::run(&[])?;
+    crate::bare::run()?;
     println!("==> ci: all green");
     // The closing line counts every test of every test binary, for whoever reads the log last.
     println!("{passed} passed, {failed} failed");

@@ -16,21 +16,7 @@ const USER: &str = "alice";
 /// The Wi-Fi network of the Wi-Fi test (an access point inside one VM).
 const WIFI_SSID: &str = "herd e2e";
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let mut armhf = true;
-    for a in args {
-        match a.as_str() {
-            "--no-armhf" => armhf = false,
-            "-h" | "--help" => {
-                println!(
-                    "usage: cargo xtask e2e [--no-armhf]\n\n  Boots three arm64 VMs from one herd image \
-                     (and one armhf VM) in QEMU inside network namespaces; needs root."
-                );
-                return Ok(());
-            }
-            other => bail!("unknown option {other:?}; usage: cargo xtask e2e [--no-armhf]"),
-        }
-    }
+pub fn run(flags: &crate::flags::E2e) -> anyhow::Result<()> {
     if !is_root() {
         bail!(
             "the boot-and-join test builds a LAN of network namespaces and the Debian base, which needs \
@@ -41,7 +27,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let out = root().join("target/e2e");
     std::fs::create_dir_all(&out)?;
     let mut arches = vec![Arch::Arm64];
-    if armhf {
+    if !flags.no_armhf {
         arches.push(Arch::Armhf);
     }
     let mut harness = test_profile_run("herd-ci", "herd-e2e");
@@ -80,7 +66,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut wifi_debs = None;
     // 64-bit: what Raspberry Pi OS is today (Trixie: NetworkManager, cloud-init), then Bookworm; 32-bit:
     // Bookworm, which most 32-bit Raspberry Pi OS Lite cards still run.
-    use crate::base::Suite;
+    use crate::flags::Suite;
     let mut builds = Vec::new();
     for arch in arches {
         match arch {
@@ -92,13 +78,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     for (arch, suite) in builds {
         let base = crate::base::ensure(arch, suite)?;
         let name = format!("e2e-{}-{}", arch.name(), suite.name());
-        let mut image = crate::image::Options::new("e2e");
-        image.base = base.to_string_lossy().into_owned();
-        image.out = out.clone();
-        image.name = Some(name.clone());
-        image.user = Some(USER.into());
-        image.password_file = Some(password.clone());
-        image.ssh_key = Some(out.join("id_e2e.pub"));
+        let mut image = crate::flags::Image {
+            cluster: "e2e".into(),
+            base: Some(base.to_string_lossy().into_owned()),
+            out: Some(out.clone()),
+            name: Some(name.clone()),
+            user: Some(USER.into()),
+            password_file: Some(password.clone()),
+            ssh_key: Some(out.join("id_e2e.pub")),
+            ..Default::default()
+        };
         // Wi-Fi on the release whose base has NetworkManager and the access point's packages.
         if suite == Suite::Trixie && arch == Arch::Arm64 {
             wifi_debs = Some(crate::base::test_debs(&base));

@@ -10,141 +10,12 @@ use herd_image::pipeline::{Base, PipelineOptions, DEFAULT_BASE};
 use herd_image::BakeOptions;
 
 use crate::build;
+use crate::flags::Image;
 use crate::util::root;
 
-const USAGE: &str = "\
-usage: cargo xtask image --cluster NAME [options]
-
-  --cluster NAME         cluster name (secrets are kept in secrets/NAME.toml and reused by every build)
-  --base PATH|URL        a Raspberry Pi OS .img or .img.xz, local or http(s)://, file://
-                         (default: the latest Raspberry Pi OS Lite 64-bit, downloaded once and cached);
-                         `debian`, `debian-armhf`, `debian-trixie` or `debian-trixie-armhf`: the
-                         Debian bases of `cargo xtask base debian` (built first if not cached)
-  --user NAME            the first user (with --password-file; without them, Lite asks at first boot)
-  --password-file FILE   the user's password (first line), stored as a SHA-512 crypt hash
-  --ssh-key FILE         authorized SSH public keys for the user; password login over SSH is then off
-  --seeds H:P,H:P        static gossip seeds, where multicast (mDNS) is blocked
-  --hostname TEMPLATE    host name each card gives itself at first boot, from its node id: {id} is the
-                         id's 16 hex digits, {id:N} its first N (default: herd-{id:6}, e.g.
-                         herd-3f2a9c.local; '' keeps the base image's name on every card)
-  --xz                   also write, for publishing, a compressed .img.xz (multi-threaded), the
-                         checksums and a Raspberry Pi Imager manifest (one pass)
-  --checksum             also write the .img.sha256 and an Imager manifest for the raw image
-  --wifi-ssid SSID       a Wi-Fi network every card joins (Ethernet keeps working beside it)
-  --wifi-password-file FILE
-                         its WPA2 passphrase (first line); only the derived key is stored, mode 0600
-  --wifi-country CC      the country the Pis are in (ISO 3166, e.g. GB): required with Wi-Fi, as
-                         the radio stays off without one
-  --wifi-hidden          the network does not broadcast its SSID
-  --imager-customisation leave the user, SSH keys and Wi-Fi to Raspberry Pi Imager's customisation
-                         (the manifest offers it; with --xz or --checksum, not with --user,
-                         --ssh-key or --wifi-*); without it the manifest turns Imager's
-                         customisation off, as herd bakes them
-  --url-base URL         where the outputs will be published (https://host/dir): the manifest's
-                         URLs point there (default: file:// URLs of the outputs, for a local Imager)
-  --name NAME            output name (default: herd-CLUSTER)
-  --out DIR              output directory (default: target/herd)
-";
-
-/// What to build: the flags of `cargo xtask image`, which other tasks (`cargo xtask e2e`) fill in
-/// directly. [`Options::check`] holds the rules between them.
-pub struct Options {
-    pub cluster: String,
-    pub base: String,
-    pub user: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub ssh_key: Option<PathBuf>,
-    pub seeds: Vec<String>,
-    pub hostname: String,
-    pub xz: bool,
-    pub checksum: bool,
-    pub url_base: Option<String>,
-    pub imager_customisation: bool,
-    pub wifi_ssid: Option<String>,
-    pub wifi_password_file: Option<PathBuf>,
-    pub wifi_country: Option<String>,
-    pub wifi_hidden: bool,
-    pub name: Option<String>,
-    pub out: PathBuf,
-}
-
-impl Options {
-    /// The defaults, for `cluster`.
-    pub fn new(cluster: &str) -> Options {
-        Options {
-            cluster: cluster.into(),
-            base: DEFAULT_BASE.into(),
-            user: None,
-            password_file: None,
-            ssh_key: None,
-            seeds: Vec::new(),
-            hostname: DEFAULT_HOSTNAME.into(),
-            xz: false,
-            checksum: false,
-            url_base: None,
-            imager_customisation: false,
-            wifi_ssid: None,
-            wifi_password_file: None,
-            wifi_country: None,
-            wifi_hidden: false,
-            name: None,
-            out: root().join("target/herd"),
-        }
-    }
-}
-
-/// The command line's options; `None` for `--help` (after printing the usage).
-fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
-    let mut a = Options::new("");
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))
-        };
-        match flag.as_str() {
-            "--cluster" => a.cluster = value()?,
-            "--base" => a.base = value()?,
-            "--user" => a.user = Some(value()?),
-            "--password-file" => a.password_file = Some(value()?.into()),
-            "--ssh-key" => a.ssh_key = Some(value()?.into()),
-            "--seeds" => {
-                a.seeds = value()?
-                    .split(',')
-                    .map(str::trim)
-                    .map(String::from)
-                    .collect()
-            }
-            "--hostname" => a.hostname = value()?,
-            "--xz" => a.xz = true,
-            "--checksum" => a.checksum = true,
-            "--url-base" => a.url_base = Some(value()?),
-            "--imager-customisation" => a.imager_customisation = true,
-            "--wifi-ssid" => a.wifi_ssid = Some(value()?),
-            "--wifi-password-file" => a.wifi_password_file = Some(value()?.into()),
-            "--wifi-country" => a.wifi_country = Some(value()?),
-            "--wifi-hidden" => a.wifi_hidden = true,
-            "--name" => a.name = Some(value()?),
-            "--out" => a.out = value()?.into(),
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return Ok(None);
-            }
-            other => bail!("unknown option {other:?}\n\n{USAGE}"),
-        }
-    }
-    if a.cluster.is_empty() {
-        bail!("--cluster NAME is required\n\n{USAGE}");
-    }
-    a.check()?;
-    Ok(Some(a))
-}
-
-impl Options {
-    /// The rules between the options, with the flag each error is about.
-    pub fn check(&self) -> anyhow::Result<()> {
-        let a = self;
+/// The rules between the flags, with the flag each error is about.
+pub fn check(a: &Image) -> anyhow::Result<()> {
+    {
         if a.cluster.is_empty() {
             bail!("--cluster NAME is required");
         }
@@ -170,9 +41,8 @@ impl Options {
                 _ => bail!("--seeds: item {} ({s:?}) is not host:port", i + 1),
             }
         }
-        if !a.hostname.is_empty() {
-            check_hostname_template(&a.hostname)
-                .with_context(|| format!("--hostname {:?}", a.hostname))?;
+        if let Some(h) = a.hostname.as_deref().filter(|h| !h.is_empty()) {
+            check_hostname_template(h).with_context(|| format!("--hostname {h:?}"))?;
         }
         match (&a.user, &a.password_file) {
             (Some(u), Some(_)) => herd_image::imager::check_user_name(u)
@@ -413,16 +283,11 @@ fn crypt_sha512(password_file: &Path) -> anyhow::Result<String> {
     Ok(hash)
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    match parse(args)? {
-        Some(a) => make(&a),
-        None => Ok(()),
-    }
-}
-
-/// Builds the image `a` describes.
-pub fn make(a: &Options) -> anyhow::Result<()> {
-    a.check()?;
+/// Builds the image `a` describes (what it leaves `None` takes its default: the latest Raspberry Pi OS
+/// Lite 64-bit, `herd-{id:6}`, `herd-CLUSTER` in `target/herd`).
+pub fn make(a: &Image) -> anyhow::Result<()> {
+    check(a)?;
+    let base = a.base.as_deref().unwrap_or(DEFAULT_BASE);
     crate::packages::ensure_image()?;
     let secrets = secrets(&a.cluster)?;
     let userconf = match (&a.user, &a.password_file) {
@@ -469,7 +334,7 @@ pub fn make(a: &Options) -> anyhow::Result<()> {
     let base = {
         use crate::base::{ensure, Suite};
         use herd_image::Arch;
-        let made = match a.base.as_str() {
+        let made = match base {
             "debian" => Some((Arch::Arm64, Suite::Bookworm)),
             "debian-armhf" => Some((Arch::Armhf, Suite::Bookworm)),
             "debian-trixie" => Some((Arch::Arm64, Suite::Trixie)),
@@ -478,13 +343,13 @@ pub fn make(a: &Options) -> anyhow::Result<()> {
         };
         match made {
             Some((arch, suite)) => ensure(arch, suite)?.to_string_lossy().into_owned(),
-            None => a.base.clone(),
+            None => base.to_string(),
         }
     };
     let opts = PipelineOptions {
         base: Base::parse(&base),
         cache_dir,
-        out_dir: a.out.clone(),
+        out_dir: a.out.clone().unwrap_or_else(|| root().join("target/herd")),
         name: a
             .name
             .clone()
@@ -497,7 +362,7 @@ pub fn make(a: &Options) -> anyhow::Result<()> {
                 api_token: secrets.api_token.clone(),
                 signing_public_key: secrets.signing_public_key.clone(),
                 seeds: seeds_toml(&a.seeds),
-                hostname_template: a.hostname.clone(),
+                hostname_template: a.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME).into(),
             },
             userconf,
             ssh_keys,
@@ -570,19 +435,14 @@ pub fn make(a: &Options) -> anyhow::Result<()> {
 }
 
 /// `cargo xtask fixture PATH [--armhf] [--old-layout]`: a small Pi-layout image made from scratch.
-pub fn fixture(args: &[String]) -> anyhow::Result<()> {
+pub fn fixture(flags: &crate::flags::Fixture) -> anyhow::Result<()> {
     let mut f = herd_image::fixture::Fixture::default();
-    let mut path = None;
-    for a in args {
-        match a.as_str() {
-            "--armhf" => f.arch = herd_image::Arch::Armhf,
-            "--old-layout" => f.aligned_2025 = false,
-            s if !s.starts_with("--") && path.is_none() => path = Some(PathBuf::from(s)),
-            other => bail!("unknown argument {other:?}; usage: cargo xtask fixture PATH [--armhf] [--old-layout]"),
-        }
+    if flags.armhf {
+        f.arch = herd_image::Arch::Armhf;
     }
-    let path = path.context("usage: cargo xtask fixture PATH [--armhf] [--old-layout]")?;
-    f.build(&path)?;
+    f.aligned_2025 = !flags.old_layout;
+    let path = &flags.path;
+    f.build(path)?;
     println!(
         "==> {}: a {} Pi-layout test image",
         path.display(),
@@ -593,7 +453,37 @@ pub fn fixture(args: &[String]) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_hostname_template, parse, secrets_in, PathBuf, DEFAULT_HOSTNAME};
+    use super::{check_hostname_template, secrets_in, PathBuf, DEFAULT_HOSTNAME};
+    use crate::flags::{Image, Task, Xtask};
+    use clap::Parser;
+
+    /// `cargo xtask image ARGS` as the command line reads it (clap), then checked.
+    fn parse(args: &[String]) -> anyhow::Result<Image> {
+        let argv = ["xtask", "image"].map(String::from).into_iter();
+        let Task::Image(a) = Xtask::try_parse_from(argv.chain(args.iter().cloned()))?.task else {
+            unreachable!("the image task")
+        };
+        super::check(&a)?;
+        Ok(a)
+    }
+
+    #[test]
+    fn the_cluster_is_required_and_unknown_flags_are_named() {
+        let e = format!("{:#}", parse(&[]).unwrap_err());
+        assert!(e.contains("--cluster <NAME>"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse(&["--cluster".into(), "x".into(), "--xzz".into()]).unwrap_err()
+        );
+        assert!(e.contains("--xzz"), "{e}");
+        let seeds = ["--cluster", "x", "--seeds", "a:1,b:2"].map(String::from);
+        assert_eq!(parse(&seeds).unwrap().seeds, ["a:1", "b:2"]);
+        let e = format!(
+            "{:#}",
+            parse(&["--cluster", "x", "--seeds", "a:1,b"].map(String::from)).unwrap_err()
+        );
+        assert!(e.contains("item 2 (\"b\")"), "{e}");
+    }
 
     #[test]
     fn wifi_flags_go_together_and_the_country_is_required() {

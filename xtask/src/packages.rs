@@ -3,8 +3,6 @@
 //! installs them all as the tasks do (the bare-root test runs it to prove the lists). How a list is
 //! checked and installed is `deps`.
 
-use anyhow::bail;
-
 use crate::deps::{ensure_packages, need, need_python, Need};
 
 /// What the image pipeline runs: debugfs for the root, xz, curl for a base by URL, openssl for the
@@ -145,10 +143,7 @@ pub fn ensure_tests() -> anyhow::Result<()> {
 
 /// `cargo xtask deps`: every Debian package that `cargo xtask ci` and `cargo xtask image` use, installed
 /// as they install them.
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    if let Some(a) = args.first() {
-        bail!("unknown argument {a:?}: `cargo xtask deps` takes none");
-    }
+pub fn run() -> anyhow::Result<()> {
     ensure_image()?;
     ensure_packages("the ARMv6 agent's linker (zig from PyPI)", ZIG_NEEDS)?;
     ensure_tests()?;

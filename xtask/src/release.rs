@@ -4,21 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use herd_image::Arch;
 
 use crate::util::root;
 use herd_release::{self as release, SigningKey};
-
-const USAGE: &str = "\
-usage: cargo xtask release --cluster NAME [--version V] [--arch arm64,armhf] [--binary ARCH=PATH]…
-                           [--secrets FILE] [--out FILE]
-
-  Builds herd for each CPU family (default: arm64 and armhf) and writes an artifact signed with the
-  cluster's signing key (secrets/NAME.toml), for `herd upgrade --to FILE`.
-  --version V        the agents' version (default: the crate's); cards take only newer versions
-  --binary ARCH=PATH pack this file as ARCH's agent instead of building it
-  --out FILE         default: target/release/herd-NAME-VERSION.herd";
 
 /// What to pack.
 pub struct Options {
@@ -30,79 +20,37 @@ pub struct Options {
     pub out: PathBuf,
 }
 
-fn arch(name: &str) -> anyhow::Result<Arch> {
-    match name {
-        "arm64" => Ok(Arch::Arm64),
-        "armhf" => Ok(Arch::Armhf),
-        other => bail!("unknown CPU family {other:?}: arm64 or armhf"),
-    }
-}
-
-pub fn parse(args: &[String]) -> anyhow::Result<Option<Options>> {
-    let mut cluster = None;
-    let mut version = None;
-    let mut arches = vec![Arch::Arm64, Arch::Armhf];
-    let mut binaries = Vec::new();
-    let mut secrets = None;
-    let mut out = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .with_context(|| format!("{a} needs a value\n\n{USAGE}"))
-        };
-        match a.as_str() {
-            "--cluster" => cluster = Some(value()?),
-            "--version" => version = Some(value()?),
-            "--arch" => {
-                arches = value()?
-                    .split(',')
-                    .map(arch)
-                    .collect::<anyhow::Result<_>>()?
-            }
-            "--binary" => {
-                let v = value()?;
-                let (a, p) = v
-                    .split_once('=')
-                    .with_context(|| format!("--binary {v:?}: write ARCH=PATH"))?;
-                binaries.push((arch(a)?, PathBuf::from(p)));
-            }
-            "--secrets" => secrets = Some(PathBuf::from(value()?)),
-            "--out" => out = Some(PathBuf::from(value()?)),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            other => bail!("unknown option {other:?}\n\n{USAGE}"),
-        }
-    }
-    let cluster = cluster.with_context(|| format!("--cluster is required\n\n{USAGE}"))?;
-    let version = version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
+/// The flags resolved: defaults filled in, the version checked, given binaries taking the place of
+/// their family's build.
+pub fn options(flags: &crate::flags::Release) -> anyhow::Result<Options> {
+    let cluster = flags.cluster.clone();
+    let mut arches = flags.arch.clone();
+    let binaries = flags.binary.clone();
+    let version = (flags.version.clone()).unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string());
     release::check_version_text(&version).map_err(|e| anyhow::anyhow!("--version: {e}"))?;
     // Given binaries replace the build of their family.
     arches.retain(|a| !binaries.iter().any(|(b, _)| b == a));
-    let secrets = secrets.unwrap_or_else(|| root().join("secrets").join(format!("{cluster}.toml")));
-    let out = out.unwrap_or_else(|| {
+    let secrets = flags
+        .secrets
+        .clone()
+        .unwrap_or_else(|| root().join("secrets").join(format!("{cluster}.toml")));
+    let out = flags.out.clone().unwrap_or_else(|| {
         root()
             .join("target/release")
             .join(format!("herd-{cluster}-{version}.herd"))
     });
-    Ok(Some(Options {
+    Ok(Options {
         cluster,
         version,
         arches,
         binaries,
         secrets,
         out,
-    }))
+    })
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let Some(opts) = parse(args)? else {
-        return Ok(());
-    };
-    make(&opts)?;
+pub fn run(flags: &crate::flags::Release) -> anyhow::Result<()> {
+    make(&options(flags)?)?;
     Ok(())
 }
 
@@ -171,25 +119,31 @@ pub fn make(opts: &Options) -> anyhow::Result<PathBuf> {
 mod tests {
     use super::*;
 
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
+    /// `cargo xtask release ARGS` as the command line reads it (clap), then resolved.
+    fn parse(a: &[&str]) -> anyhow::Result<Options> {
+        use crate::flags::{Task, Xtask};
+        use clap::Parser;
+        let argv = ["xtask", "release"].iter().chain(a);
+        let Task::Release(f) = Xtask::try_parse_from(argv)?.task else {
+            unreachable!("the release task")
+        };
+        options(&f)
     }
 
     #[test]
     fn options_are_checked() {
-        let o = parse(&args(&[
+        let o = parse(&[
             "--cluster",
             "pis",
             "--version",
             "1.2.3",
             "--binary",
             "armhf=/x",
-        ]))
-        .unwrap()
+        ])
         .unwrap();
         assert_eq!(o.arches, vec![Arch::Arm64], "the given binary is not built");
         assert!(o.out.ends_with("target/release/herd-pis-1.2.3.herd"));
-        let err = |a: &[&str]| parse(&args(a)).err().unwrap().to_string();
+        let err = |a: &[&str]| format!("{:#}", parse(a).err().unwrap());
         assert!(err(&["--version", "1"]).contains("--cluster"));
         assert!(err(&["--cluster", "pis", "--version", "1 2"]).contains("--version"));
         assert!(err(&["--cluster", "pis", "--arch", "mips"]).contains("mips"));

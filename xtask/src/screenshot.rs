@@ -2,15 +2,10 @@
 //! test (`agent/tests/dashboard.rs`: a real 3-agent cluster on loopback, headless Chromium), which copies
 //! its desktop screenshot to `docs/dashboard.png` when told where.
 
-use anyhow::bail;
-
 use crate::deps::ensure_packages;
-use crate::util::{cargo, root, run};
+use crate::util::{cargo, root, run as run_step};
 
-pub fn run_task(args: &[String]) -> anyhow::Result<()> {
-    if let Some(a) = args.first() {
-        bail!("unknown option {a:?}; usage: cargo xtask screenshot");
-    }
+pub fn run() -> anyhow::Result<()> {
     ensure_packages(
         "the dashboard's screenshot",
         crate::packages::BROWSER_TEST_NEEDS,
@@ -18,7 +13,7 @@ pub fn run_task(args: &[String]) -> anyhow::Result<()> {
     let mut test = cargo();
     test.args(["test", "--locked", "-p", "herd", "--test", "dashboard"])
         .env("HERD_SCREENSHOT_DIR", root().join("docs"));
-    run("the dashboard in headless Chromium", test)?;
+    run_step("the dashboard in headless Chromium", test)?;
     println!(
         "==> screenshot: {}",
         root().join("docs/dashboard.png").display()
