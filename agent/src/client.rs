@@ -1,5 +1,7 @@
-//! A small blocking client for a node's HTTP API, used by the operator's CLI (and by tests and benches).
-//! Errors name the node and carry the API's own message.
+//! A small blocking client for a node's HTTP API: the one HTTP client of the crate, used by the
+//! operator's CLI, by the root installer (`installer.rs`, which proves an upgrade through the node's
+//! own API), and by tests and benches. Errors name the node and carry the API's own message; the token
+//! is sent only where it is needed or asked for, and redirects are never followed.
 
 use std::time::Duration;
 
@@ -46,12 +48,7 @@ impl Client {
         timeout: Duration,
     ) -> anyhow::Result<Client> {
         let base = normalize(node)?;
-        let http = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .max_redirects(0)
-            .build()
-            .into();
+        let http = agent(Some(timeout));
         Ok(Client { base, token, http })
     }
 
@@ -59,18 +56,12 @@ impl Client {
         &self.base
     }
 
-    /// Sends `method path` with the token when `auth`, and returns whatever came back. A `GET` refused
-    /// for want of the token (a node with `api.protect_reads`) is sent again with it, if there is one:
-    /// the token goes over the network only where it is asked for.
+    /// Sends `method path` with the token when `auth`, and returns whatever came back.
     pub fn raw(&self, method: &str, path: &str, auth: bool) -> anyhow::Result<Raw> {
-        let r = self.send(method, path, auth, None, &self.http)?;
-        if r.status == 401 && method == "GET" && !auth && self.token.is_some() {
-            return self.send(method, path, true, None, &self.http);
-        }
-        Ok(r)
+        self.send(method, path, auth, None, &self.http)
     }
 
-    /// Sends `method path` with `body` (content type, bytes) through `http`.
+    /// Sends `method path` with `body` (content type, bytes) through `http`, and reads the answer.
     fn send(
         &self,
         method: &str,
@@ -79,10 +70,62 @@ impl Client {
         body: Option<(&str, &[u8])>,
         http: &ureq::Agent,
     ) -> anyhow::Result<Raw> {
+        let mut resp = self.call(method, path, auth, body, None, http)?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .with_context(|| format!("reading the answer of {}{path}", self.base))?;
+        Ok(Raw {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    /// Sends `method path` through `http` and returns the response, its body unread. The token goes
+    /// along when `auth`; a `GET` refused for want of it (a node with `api.protect_reads`) is sent once
+    /// more with it, if there is one: the token goes over the network only where it is asked for.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        auth: bool,
+        body: Option<(&str, &[u8])>,
+        accept: Option<&str>,
+        http: &ureq::Agent,
+    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        let resp = self.call_once(method, path, auth, body, accept, http)?;
+        if resp.status() == 401 && method == "GET" && !auth && self.token.is_some() {
+            return self.call_once(method, path, true, body, accept, http);
+        }
+        Ok(resp)
+    }
+
+    fn call_once(
+        &self,
+        method: &str,
+        path: &str,
+        auth: bool,
+        body: Option<(&str, &[u8])>,
+        accept: Option<&str>,
+        http: &ureq::Agent,
+    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
         let url = format!("{}{path}", self.base);
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         if let (true, Some(t)) = (auth, &self.token) {
             req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(accept) = accept {
+            req = req.header("accept", accept);
         }
         let sent = match body {
             Some((content_type, bytes)) => {
@@ -99,25 +142,7 @@ impl Client {
                 http.run(req)
             }
         };
-        let mut resp = sent.with_context(|| format!("cannot reach {url}"))?;
-        let status = resp.status().as_u16();
-        let content_type = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .with_context(|| format!("reading the answer of {url}"))?;
-        Ok(Raw {
-            status,
-            content_type,
-            body,
-        })
+        sent.with_context(|| format!("cannot reach {url}"))
     }
 
     fn json<T: serde::de::DeserializeOwned>(
@@ -145,23 +170,14 @@ impl Client {
     /// `GET path` as a stream of lines that may never end (server-sent events): no overall timeout.
     pub fn stream(&self, path: &str) -> anyhow::Result<impl std::io::BufRead> {
         let url = format!("{}{path}", self.base);
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .max_redirects(0)
-            .build()
-            .into();
-        let with_token = |auth: bool| {
-            let mut req = http.get(&url).header("accept", "text/event-stream");
-            if let (true, Some(t)) = (auth, &self.token) {
-                req = req.header("authorization", &format!("Bearer {t}"));
-            }
-            req.call()
-        };
-        let mut resp = with_token(false).with_context(|| format!("cannot reach {url}"))?;
-        if resp.status() == 401 && self.token.is_some() {
-            resp = with_token(true).with_context(|| format!("cannot reach {url}"))?;
-        }
+        let resp = self.call(
+            "GET",
+            path,
+            false,
+            None,
+            Some("text/event-stream"),
+            &agent(None),
+        )?;
         if resp.status() != 200 {
             bail!("{url}: HTTP {}", resp.status().as_u16());
         }
@@ -180,7 +196,7 @@ impl Client {
 
     /// `PUT /api/v1/upgrade/artifact`: the node checks the artifact whole and keeps it. Up to 5 minutes.
     pub fn upload(&self, artifact: &[u8]) -> anyhow::Result<StoredView> {
-        let http = patient(Duration::from_secs(300));
+        let http = agent(Some(Duration::from_secs(300)));
         let path = "/api/v1/upgrade/artifact";
         let body = Some(("application/octet-stream", artifact));
         match self.send("PUT", path, true, body, &http) {
@@ -213,7 +229,7 @@ impl Client {
     /// `POST /api/v1/upgrade/install`: the node fetches the artifact if it must, checks it and hands it
     /// to its installer. Up to 5 minutes (the fetch).
     pub fn install(&self, req: &InstallRequest) -> anyhow::Result<serde_json::Value> {
-        let http = patient(Duration::from_secs(330));
+        let http = agent(Some(Duration::from_secs(330)));
         let path = "/api/v1/upgrade/install";
         let body = serde_json::to_vec(req)?;
         let r = self.send("POST", path, true, Some(("application/json", &body)), &http)?;
@@ -228,12 +244,14 @@ impl Client {
 }
 
 /// An HTTP agent for requests that may take `total` (an upload, a node fetching an artifact).
-fn patient(total: Duration) -> ureq::Agent {
+/// An HTTP agent that never follows a redirect (the token must not go where a node points), gives a
+/// connection 10 s, and a whole request `total` (`None`: a stream, which may never end).
+fn agent(total: Option<Duration>) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .timeout_connect(Some(Duration::from_secs(10)))
-        .timeout_global(Some(total))
+        .timeout_global(total)
         .build()
         .into()
 }
