@@ -243,7 +243,6 @@ impl Client {
     }
 }
 
-/// An HTTP agent for requests that may take `total` (an upload, a node fetching an artifact).
 /// An HTTP agent that never follows a redirect (the token must not go where a node points), gives a
 /// connection 10 s, and a whole request `total` (`None`: a stream, which may never end).
 fn agent(total: Option<Duration>) -> ureq::Agent {

@@ -224,11 +224,19 @@ impl Gossiper {
             .nodes
             .entry(d.node)
             .or_insert_with(|| NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now));
-        if let Some(kind) = fresh {
-            if kind == EventKind::Restarted {
-                *s = NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now);
+        // What changed: everything, for a fresh node; for a known one, what this delta adds.
+        let changed = match fresh {
+            Some(kind) => {
+                if kind == EventKind::Restarted {
+                    *s = NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now);
+                }
+                apply_kvs(s, &d.kvs);
+                Some(kind)
             }
-            apply_kvs(s, &d.kvs);
+            None => (d.from_version <= s.max_version && apply_kvs(s, &d.kvs))
+                .then_some(EventKind::Updated),
+        };
+        if let Some(kind) = changed {
             s.rethreshold(&self.config);
             verdict_due(
                 &mut self.notes,
@@ -238,35 +246,23 @@ impl Gossiper {
                 d.node,
                 s.suspect_at,
             );
-            let kind = if s.liveness == Liveness::Left {
+            // A node first heard of after its goodbye is reported as gone, not as joined.
+            let kind = if fresh.is_some() && s.liveness == Liveness::Left {
                 EventKind::Left
             } else {
                 kind
             };
             self.notes.changed(d.node, s, now);
             self.notes.push(kind, d.node, s, now);
+        }
+        if fresh.is_some() {
             self.note_reporter(d.node);
             return;
-        }
-        let mut reports_changed = false;
-        if d.from_version <= s.max_version && apply_kvs(s, &d.kvs) {
-            s.rethreshold(&self.config);
-            verdict_due(
-                &mut self.notes,
-                &mut self.watch_due,
-                &self.ring,
-                &self.config,
-                d.node,
-                s.suspect_at,
-            );
-            self.notes.changed(d.node, s, now);
-            self.notes.push(EventKind::Updated, d.node, s, now);
-            reports_changed = d.kvs.iter().any(|kv| kv.key == PHI_KEY);
         }
         if d.heartbeat > s.heartbeat {
             beat(&mut self.notes, phi, d.node, s, d.heartbeat, now);
         }
-        if reports_changed {
+        if changed.is_some() && d.kvs.iter().any(|kv| kv.key == PHI_KEY) {
             self.note_reporter(d.node);
         }
     }
