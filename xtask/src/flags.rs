@@ -50,7 +50,7 @@ pub enum Task {
     /// bare root (as root)
     Ci,
     /// The README's picture of the dashboard (docs/dashboard.png), taken again by the browser test
-    /// from a real 3-agent cluster
+    /// from a real 4-agent cluster (services on two, one gone)
     Screenshot,
     /// Run benchmarks and print their figures (all of them, without names and --quick, also writes
     /// docs/BENCHMARKS.md)

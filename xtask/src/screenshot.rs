@@ -1,5 +1,5 @@
 //! `cargo xtask screenshot`: the README's picture of the dashboard, taken again. It runs the browser
-//! test (`agent/tests/dashboard.rs`: a real 3-agent cluster on loopback, headless Chromium), which copies
+//! test (`agent/tests/dashboard.rs`: a real 4-agent cluster on loopback, headless Chromium), which copies
 //! its desktop screenshot to `docs/dashboard.png` when told where.
 
 use crate::deps::ensure_packages;
