@@ -103,46 +103,38 @@ impl Client {
         accept: Option<&str>,
         http: &ureq::Agent,
     ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
-        let resp = self.call_once(method, path, auth, body, accept, http)?;
-        if resp.status() == 401 && method == "GET" && !auth && self.token.is_some() {
-            return self.call_once(method, path, true, body, accept, http);
-        }
-        Ok(resp)
-    }
-
-    fn call_once(
-        &self,
-        method: &str,
-        path: &str,
-        auth: bool,
-        body: Option<(&str, &[u8])>,
-        accept: Option<&str>,
-        http: &ureq::Agent,
-    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
         let url = format!("{}{path}", self.base);
-        let mut req = ureq::http::Request::builder().method(method).uri(&url);
-        if let (true, Some(t)) = (auth, &self.token) {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        if let Some(accept) = accept {
-            req = req.header("accept", accept);
-        }
-        let sent = match body {
-            Some((content_type, bytes)) => {
-                let req = req
-                    .header("content-type", content_type)
-                    .body(bytes.to_vec())
-                    .with_context(|| format!("bad request {method} {url}"))?;
-                http.run(req)
+        let mut auth = auth;
+        loop {
+            let mut req = ureq::http::Request::builder().method(method).uri(&url);
+            if let (true, Some(t)) = (auth, &self.token) {
+                req = req.header("authorization", format!("Bearer {t}"));
             }
-            None => {
-                let req = req
-                    .body(())
-                    .with_context(|| format!("bad request {method} {url}"))?;
-                http.run(req)
+            if let Some(accept) = accept {
+                req = req.header("accept", accept);
             }
-        };
-        sent.with_context(|| format!("cannot reach {url}"))
+            let sent = match body {
+                Some((content_type, bytes)) => {
+                    let req = req
+                        .header("content-type", content_type)
+                        .body(bytes.to_vec())
+                        .with_context(|| format!("bad request {method} {url}"))?;
+                    http.run(req)
+                }
+                None => {
+                    let req = req
+                        .body(())
+                        .with_context(|| format!("bad request {method} {url}"))?;
+                    http.run(req)
+                }
+            };
+            let resp = sent.with_context(|| format!("cannot reach {url}"))?;
+            if resp.status() == 401 && method == "GET" && !auth && self.token.is_some() {
+                auth = true;
+                continue;
+            }
+            return Ok(resp);
+        }
     }
 
     fn json<T: serde::de::DeserializeOwned>(
