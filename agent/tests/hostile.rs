@@ -468,6 +468,12 @@ fn ack2_with_member(to: NodeId, id: u64, name: &str, seq: u64) -> Vec<u8> {
 
 /// The same, its state also holding φ reports (`_phi`) of other nodes.
 fn ack2_with_reports(to: NodeId, id: u64, name: &str, phi: Option<&str>, seq: u64) -> Vec<u8> {
+    let extra: Vec<_> = phi.map(|v| ("_phi", v)).into_iter().collect();
+    ack2_with(to, id, name, &extra, seq)
+}
+
+/// The same, its state also holding `extra` keys and values.
+fn ack2_with(to: NodeId, id: u64, name: &str, extra: &[(&str, &str)], seq: u64) -> Vec<u8> {
     let kv = |key: &str, version, value: &str| KeyValue {
         key: key.into(),
         version,
@@ -478,7 +484,7 @@ fn ack2_with_reports(to: NodeId, id: u64, name: &str, phi: Option<&str>, seq: u6
         kv("name", 2, name),
         kv("services", 3, r#"["web"]"#),
     ];
-    kvs.extend(phi.map(|v| kv("_phi", 4, v)));
+    kvs.extend((4..).zip(extra).map(|(v, (k, value))| kv(k, v, value)));
     forge(&Packet {
         sender: NodeId(0x6161_6161_6161_6161),
         to,
@@ -531,6 +537,21 @@ fn peers_state_with_control_characters_ansible_syntax_or_bad_phi_reports_is_refu
         let packet = ack2_with_reports(a_id, 300 + i as u64, "bad-phi", Some(phi), 20 + i as u64);
         socket.send_to(&packet, a.gossip).unwrap();
     }
+    // Facts whose strings decode to control characters (the raw JSON has none: `\u001b`, `\n`).
+    let bad_facts = [
+        r#"{"model":"\u001b[2Jowned","arch":"aarch64","os":null,"boot":1,"agent":"0.1.0"}"#,
+        r#"{"model":null,"arch":"aarch64","os":"a\nb","boot":1,"agent":"0.1.0"}"#,
+    ];
+    for (i, facts) in bad_facts.iter().enumerate() {
+        let packet = ack2_with(
+            a_id,
+            400 + i as u64,
+            "bad-facts",
+            &[("sys", facts)],
+            40 + i as u64,
+        );
+        socket.send_to(&packet, a.gossip).unwrap();
+    }
     // The control: the same state with a good name (and good reports) is taken, so the test can tell.
     socket
         .send_to(
@@ -545,7 +566,7 @@ fn peers_state_with_control_characters_ansible_syntax_or_bad_phi_reports_is_refu
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert_eq!(
         metric(&a, "herd_gossip_rejected_packets_total{reason=\"invalid\"}"),
-        (bad.len() + bad_reports.len()) as f64
+        (bad.len() + bad_reports.len() + bad_facts.len()) as f64
     );
     // The operator's terminal and Prometheus see nothing of them.
     let members = Command::new(env!("CARGO_BIN_EXE_herd"))
@@ -593,6 +614,16 @@ fn check_config_refuses_names_that_would_break_an_inventory_and_warns_of_readabl
     assert!(
         out.contains("every user") && out.contains("chmod 600"),
         "{out}"
+    );
+    // Reads protected by no token at all: refused, not left open in silence (issue 31, 10).
+    let open = check(
+        &format!("[gossip]\nkey = \"{KEY}\"\n[api]\nprotect_reads = true\n"),
+        0o600,
+    );
+    let err = String::from_utf8_lossy(&open.stderr);
+    assert!(
+        !open.status.success() && err.contains("protect_reads") && err.contains("api.token"),
+        "{err}"
     );
     // A syntax error quotes neither the line nor the token on it.
     let bad = check(&format!("[api]\ntoken = \"{TOKEN}\" junk\n"), 0o600);

@@ -457,6 +457,12 @@ impl Config {
                 );
             }
         }
+        if self.api.protect_reads && self.api.token.is_none() {
+            bail!(
+                "api.protect_reads: true needs api.token (without a token nothing is protected: every \
+                 read and write stays open)"
+            );
+        }
         if let Some(token) = &self.api.token {
             let t = &token.0;
             if t.len() < 16 || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic()) {

@@ -172,9 +172,24 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
                 && s.temp.is_none_or(f32::is_finite);
             fits(finite, "finite figures")
         }
-        FACTS_KEY => serde_json::from_str::<Facts>(value)
-            .map(drop)
-            .map_err(|e| format!("{key}: {e}")),
+        FACTS_KEY => {
+            let f: Facts = serde_json::from_str(value).map_err(|e| format!("{key}: {e}"))?;
+            // The strings as decoded: JSON escapes (`\u001b`, `\n`) pass the raw text's check.
+            let strings = [
+                f.model.as_deref(),
+                Some(&f.arch),
+                f.os.as_deref(),
+                Some(&f.agent),
+            ];
+            let checked = strings.into_iter().flatten().try_for_each(|text| {
+                crate::gossip::no_control_chars(key, text).map_err(|e| format!("{key}: {e}"))?;
+                fits(
+                    text.chars().count() <= 200,
+                    "at most 200 characters a field",
+                )
+            });
+            checked
+        }
         _ => Ok(()),
     }
 }
@@ -232,9 +247,22 @@ mod tests {
             (SERVICES_KEY, "not json"),
             (SAMPLE_KEY, "{}"),
             (FACTS_KEY, "[]"),
+            (
+                FACTS_KEY,
+                r#"{"model":"\u001b[2J","arch":"aarch64","os":null,"boot":1,"agent":"0.1.0"}"#,
+            ),
+            (
+                FACTS_KEY,
+                r#"{"model":null,"arch":"aarch64","os":"a\nb","boot":1,"agent":"0.1.0"}"#,
+            ),
             ("future-key", "line\nbreak"),
         ] {
             assert!(check_value(k, v).is_err(), "{k} = {v:?} passed");
         }
+        let long = format!(
+            r#"{{"model":null,"arch":"{}","os":null,"boot":1,"agent":"0.1.0"}}"#,
+            "a".repeat(201)
+        );
+        assert!(check_value(FACTS_KEY, &long).unwrap_err().contains("200"));
     }
 }
