@@ -162,6 +162,14 @@ fn hostile_artifacts_and_requests_are_refused_and_nothing_is_kept() {
         .unwrap_err()
     );
     assert!(e.contains("timeout_s"), "{e}");
+    // An install request over its 16 KiB: 413, as every other body too large (it was 400).
+    let big = format!(
+        "POST /api/v1/upgrade/install HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        17 * 1024
+    );
+    let status = raw(&addr, &big);
+    assert!(status.contains("413"), "{status}");
     let old = artifact(&key(7), "0.0.1");
     node.upload(&old).unwrap();
     let e = format!(

@@ -311,6 +311,16 @@ async fn recover(err: Rejection) -> Result<impl Reply, Infallible> {
         (e.status, e.message.clone())
     } else if err.is_not_found() {
         (StatusCode::NOT_FOUND, "no such endpoint".to_string())
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body larger than this endpoint takes".to_string(),
+        )
+    } else if err.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "this endpoint needs a Content-Length".to_string(),
+        )
     } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
         (
             StatusCode::METHOD_NOT_ALLOWED,
