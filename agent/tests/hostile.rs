@@ -674,6 +674,107 @@ fn state_files_an_over_limit_list_runs_an_unreadable_one_stops_a_corrupt_generat
     );
 }
 
+/// `herd agent --config CONFIG` run to its end, bounded: killed (and the test failed) if it is still
+/// running after 20 s; its stderr.
+fn agent_refuses(config: &Path) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["agent", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent hangs on its state directory");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!child.wait().unwrap().success(), "{err}");
+    err
+}
+
+/// Attacker C, a local user who can write to the state directory (a misconfiguration): the agent
+/// neither writes through a planted link nor reads one, never hangs on a FIFO, and a huge meta-data file
+/// is moved aside once, not logged whole or copied on every start (issue 31, 7).
+#[test]
+fn state_files_are_not_followed_through_links_hung_on_or_logged_whole() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // Stands for a file of root's the attacker wants overwritten.
+    let precious = dir.path().join("precious");
+    std::fs::write(&precious, "precious\n").unwrap();
+    for name in [
+        "generation.tmp",
+        "meta-data.tmp",
+        "node-id.tmp",
+        "generation",
+    ] {
+        symlink(&precious, state.join(name)).unwrap();
+    }
+    let a = start("127.0.74.1", None, "", dir.path());
+    let (status, _) = request(a.api, "PUT", "/meta-data/add-service/web", Some(&bearer()));
+    assert_eq!(status, 200);
+    let log = a.log.lock().unwrap().clone();
+    drop(a);
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "precious\n");
+    assert!(
+        log.contains("generation file is corrupt") && log.contains("symbolic link"),
+        "{log}"
+    );
+    assert!(!state.join("generation").is_symlink(), "replaced");
+    let config = dir.path().join("herd.toml");
+
+    // The node id through a link, or a FIFO for meta-data: refused at once, with the file named.
+    let id = state.join("node-id");
+    std::fs::rename(&id, dir.path().join("node-id.saved")).unwrap();
+    symlink(dir.path().join("node-id.saved"), &id).unwrap();
+    let err = agent_refuses(&config);
+    assert!(
+        err.contains("node-id") && err.contains("symbolic link"),
+        "{err}"
+    );
+    std::fs::remove_file(&id).unwrap();
+    std::fs::rename(dir.path().join("node-id.saved"), &id).unwrap();
+    let meta = state.join("meta-data.json");
+    std::fs::remove_file(&meta).unwrap();
+    nix::unistd::mkfifo(&meta, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let err = agent_refuses(&config);
+    assert!(
+        err.contains("meta-data.json") && err.contains("a FIFO"),
+        "{err}"
+    );
+    std::fs::remove_file(&meta).unwrap();
+
+    // 4.5 MB of meta-data: moved aside once, logged in a line of its own size, not copied again.
+    let names: Vec<String> = (0..100_000).map(|i| format!("service-{i:036}")).collect();
+    std::fs::write(&meta, serde_json::json!({ "services": names }).to_string()).unwrap();
+    assert!(std::fs::metadata(&meta).unwrap().len() > 4_000_000);
+    for _ in 0..2 {
+        let a = start("127.0.74.1", None, "", dir.path());
+        let log = a.log.lock().unwrap().clone();
+        let longest = log.lines().map(str::len).max().unwrap_or(0);
+        assert!(longest < 2048, "a log line of {longest} bytes");
+    }
+    let aside: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("meta-data.json."))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+}
+
 #[test]
 fn protect_reads_asks_for_the_token_everywhere_but_healthz() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use crate::config::hostname::check_hostname;
-use crate::files::write_atomic;
+use crate::files::{read_state, write_atomic, StateFileError};
 use crate::gossip::NodeId;
 
 /// Where a node id came from.
@@ -54,19 +54,18 @@ pub fn derive_id(root: &Path, state_dir: &Path) -> (NodeId, Origin) {
 /// it will derive at its first start.
 pub fn current_id(root: &Path, state_dir: &Path) -> anyhow::Result<(NodeId, Option<Origin>)> {
     let path = under(root, &state_dir.join("node-id"));
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let id = text
+    match read_state(&path, 64)? {
+        Some(bytes) => {
+            let id = String::from_utf8_lossy(&bytes)
                 .trim()
                 .parse::<NodeId>()
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             Ok((id, None))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        None => {
             let (id, origin) = derive_id(root, state_dir);
             Ok((id, Some(origin)))
         }
-        Err(e) => Err(e).context(format!("cannot read {}", path.display())),
     }
 }
 
@@ -146,36 +145,40 @@ impl Identity {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("state_dir: cannot create {}", state_dir.display()))?;
         let id_path = state_dir.join("node-id");
-        let id = match std::fs::read_to_string(&id_path) {
-            Ok(text) => text
+        // A node id is 16 hex digits; a link, a FIFO or a large file there is refused with its name.
+        let id = match read_state(&id_path, 64)? {
+            Some(bytes) => String::from_utf8_lossy(&bytes)
                 .trim()
                 .parse::<NodeId>()
                 .map_err(|e| anyhow::anyhow!("{}: {e}", id_path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            None => {
                 let (id, origin) = derive_id(Path::new("/"), state_dir);
                 tracing::info!(%id, "first start: node id derived from {origin}");
                 write_atomic(&id_path, &format!("{id}\n"))?;
                 id
             }
-            Err(e) => return Err(e).context(format!("cannot read {}", id_path.display())),
         };
         let gen_path = state_dir.join("generation");
-        let previous = match std::fs::read_to_string(&gen_path) {
-            Ok(text) => match text.trim().parse::<u64>() {
+        // Carry on with the clock when the file is corrupt, or a link or not a file at all (it is
+        // replaced below): should that be behind what peers last saw of this node, they gossip the
+        // newer generation back and the node refutes it by going above it.
+        let corrupt = |why: String| {
+            tracing::warn!(
+                file = %gen_path.display(),
+                why,
+                "the generation file is corrupt; starting from the clock (peers will correct it)"
+            );
+            0
+        };
+        let previous = match read_state(&gen_path, 64) {
+            Ok(Some(bytes)) => match String::from_utf8_lossy(&bytes).trim().parse::<u64>() {
                 Ok(g) if g < MAX_GENERATION => g,
-                _ => {
-                    // Carry on with the clock: should that be behind what peers last saw of this node,
-                    // they gossip the newer generation back and the node refutes it by going above it.
-                    tracing::warn!(
-                        file = %gen_path.display(),
-                        "the generation file is corrupt; starting from the clock (peers will correct it)"
-                    );
-                    0
-                }
+                _ => corrupt("not a generation".into()),
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Ok(None) => 0,
             // Unreadable is not corrupt: starting with a guess could put the node behind its own past.
-            Err(e) => return Err(e).context(format!("cannot read {}", gen_path.display())),
+            Err(e @ StateFileError::Io(..)) => return Err(e.into()),
+            Err(e) => corrupt(e.to_string()),
         };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::files::write_atomic;
+use crate::files::{read_state, write_atomic, StateFileError};
 pub use crate::model::published::{check_service_name, MAX_SERVICES_BYTES, SERVICES_KEY};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +32,9 @@ pub enum ChangeError {
     Io(anyhow::Error),
 }
 
+/// The largest meta-data file read: far more than gossip carries ([`MAX_SERVICES_BYTES`]).
+const MAX_FILE_BYTES: u64 = 64 * 1024;
+
 /// The persisted set of services.
 #[derive(Debug)]
 pub struct MetaData {
@@ -48,9 +51,11 @@ impl MetaData {
     /// "no services" because of a disk fault, and `herd launch --reconcile` would act on that.
     pub fn load(state_dir: &Path) -> anyhow::Result<MetaData> {
         let path = state_dir.join("meta-data.json");
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => Some(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        // Far more than gossip carries, yet small enough to log and set aside without harm.
+        let read = match read_state(&path, MAX_FILE_BYTES) {
+            Ok(bytes) => bytes.map(|b| parse(&b)),
+            // Too large is corrupt: moved aside once, not copied and logged on every start.
+            Err(e @ StateFileError::TooLarge(..)) => Some(Err(e.into())),
             Err(e) => {
                 return Err(e).with_context(|| {
                     format!(
@@ -61,7 +66,7 @@ impl MetaData {
                 })
             }
         };
-        let services = match bytes.as_deref().map(parse) {
+        let services = match read {
             None => BTreeSet::new(),
             Some(Ok(services)) => services,
             Some(Err(e)) => {
@@ -86,20 +91,31 @@ impl MetaData {
                 kept = next;
             }
         }
-        if !dropped.is_empty() {
-            let copy = set_aside(&path, "over-limit", true);
+        let mut data = MetaData {
+            path,
+            services: BTreeSet::new(),
+        };
+        if dropped.is_empty() {
+            data.services = kept;
+        } else {
+            let copy = set_aside(&data.path, "over-limit", true);
+            // The set that is published is saved, so the next start neither copies nor logs it again.
+            let published = kept.clone();
+            if let Err(e) = data.save(kept) {
+                tracing::error!(error = %e, "cannot save the meta-data");
+                data.services = published;
+            }
+            let shown: Vec<&str> = dropped.iter().take(5).map(String::as_str).collect();
             tracing::error!(
-                file = %path.display(),
+                file = %data.path.display(),
                 copied_to = %copy,
-                dropped = %dropped.join(","),
+                dropped = dropped.len(),
+                first_dropped = %shown.join(","),
                 "the meta-data lists more services than gossip carries ({MAX_SERVICES_BYTES} bytes); \
                  publishing those that fit"
             );
         }
-        Ok(MetaData {
-            path,
-            services: kept,
-        })
+        Ok(data)
     }
 
     pub fn services(&self) -> &BTreeSet<String> {
