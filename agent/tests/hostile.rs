@@ -775,6 +775,76 @@ fn state_files_are_not_followed_through_links_hung_on_or_logged_whole() {
     assert_eq!(aside.len(), 1, "{aside:?}");
 }
 
+/// Attacker B makes gossip (or an operator's list) point a node at an address it listens on: the node
+/// fetching an artifact from it never sends the API token, not even when asked for it with a 401
+/// (issue 31, 2). Artifacts are served without the token, so peers need none.
+#[test]
+fn a_node_fetching_an_artifact_never_sends_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start("127.0.76.1", None, "protect_reads = true\n", dir.path());
+    let trap = std::net::TcpListener::bind("127.0.76.9:0").unwrap();
+    let trap_addr = trap.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // At most a few requests, each answered 401 as a protected node would.
+        for _ in 0..4 {
+            let Ok((mut s, _)) = trap.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer\r\ncontent-length: 0\r\n\r\n",
+            );
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+        }
+    });
+    let body = serde_json::json!({
+        "sha256": "ab".repeat(32),
+        "sources": [format!("http://{trap_addr}")],
+        "timeout_s": 60,
+    })
+    .to_string();
+    let mut s = std::net::TcpStream::connect(a.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /api/v1/upgrade/install HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    let heads: Vec<String> = rx.try_iter().collect();
+    assert!(
+        !heads.is_empty(),
+        "the node never asked the source: {answer}"
+    );
+    for head in &heads {
+        assert!(head.starts_with("GET /api/v1/upgrade/artifact/"), "{head}");
+        assert!(
+            !head.to_lowercase().contains("authorization") && !head.contains(TOKEN),
+            "the token went to the source: {head}"
+        );
+    }
+    // And a protected node serves its artifacts without the token (404: it keeps none).
+    let (status, text) = get(
+        &a,
+        &format!("/api/v1/upgrade/artifact/{}", "ab".repeat(32)),
+        None,
+    );
+    assert_eq!(status, 404, "{text}");
+}
+
 #[test]
 fn protect_reads_asks_for_the_token_everywhere_but_healthz() {
     let dir = tempfile::tempdir().unwrap();

@@ -51,7 +51,7 @@ pub struct Upgrades {
     installer_dir: PathBuf,
     key: Option<PublicKey>,
     cluster: String,
-    /// The cluster's API token: other nodes may serve artifacts only with it (`api.protect_reads`).
+    /// The cluster's API token, which a signing key given to this node must come with (never sent).
     token: Option<Secret>,
 }
 
@@ -277,11 +277,10 @@ impl Upgrades {
         let mut failures = Vec::new();
         for source in order {
             let url = format!("{source}/api/v1/upgrade/artifact/{sha}");
-            let mut req = http.get(&url);
-            if let Some(t) = &self.token {
-                req = req.header("authorization", &format!("Bearer {}", t.0));
-            }
-            let result = req
+            // Never with the API token: a source is an address gossip or the operator named, and
+            // what comes back is checked by its SHA-256 and, before any install, its signature.
+            let result = http
+                .get(&url)
                 .call()
                 .map_err(|e| e.to_string())
                 .and_then(|mut resp| {
