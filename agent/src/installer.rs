@@ -436,7 +436,9 @@ fn restart(paths: &Paths) {
 }
 
 /// The real proof: the local agent answers as the new version, and every peer of the list that is
-/// still alive (as the new agent sees it) answers that it sees this node alive with the new version.
+/// still alive (as the new agent sees it) has told it, in a Syn sealed with the cluster key, that it holds
+/// the new agent's generation (`knows_serving_node_as`). Only the local agent is asked: the token goes to
+/// no address that gossip names, where a key holder could be listening.
 pub fn prove_by_api(config: &Config) -> impl FnMut(&Pending) -> Result<(), String> {
     let token = config.api.token.as_ref().map(|t| t.0.clone());
     let local = {
@@ -449,59 +451,97 @@ pub fn prove_by_api(config: &Config) -> impl FnMut(&Pending) -> Result<(), Strin
         format!("http://{}", std::net::SocketAddr::new(ip, bind.port()))
     };
     move |pending: &Pending| {
-        let nodes = |base: &str| -> Result<Vec<NodeView>, String> {
-            crate::client::Client::with_timeout(base, token.clone(), Duration::from_secs(3))
+        let mine =
+            crate::client::Client::with_timeout(&local, token.clone(), Duration::from_secs(3))
                 .and_then(|c| c.nodes())
-                .map_err(|e| format!("{e:#}"))
+                .map_err(|e| format!("the new agent does not answer ({e:#})"))?;
+        check_proof(&mine, pending)
+    }
+}
+
+/// Whether the new agent's member list `mine` proves `pending`: it is the new version, and each peer of
+/// the list still alive knows it by its new generation.
+fn check_proof(mine: &[NodeView], pending: &Pending) -> Result<(), String> {
+    let me = mine
+        .iter()
+        .find(|n| n.is_self)
+        .ok_or("the new agent does not list itself")?;
+    if me.version.as_deref() != Some(pending.to.as_str()) {
+        return Err(format!("the agent answering is version {:?}", me.version));
+    }
+    let mut waiting = Vec::new();
+    for peer in &pending.peers {
+        let Some(p) = mine.iter().find(|n| &n.id == peer) else {
+            waiting.push(format!("{peer} (not yet known to the new agent)"));
+            continue;
         };
-        let mine = nodes(&local).map_err(|e| format!("the new agent does not answer ({e})"))?;
-        let me = mine
-            .iter()
-            .find(|n| n.is_self)
-            .ok_or("the new agent does not list itself")?;
-        if me.version.as_deref() != Some(pending.to.as_str()) {
-            return Err(format!("the agent answering is version {:?}", me.version));
+        match (p.state, p.knows_serving_node_as) {
+            (Liveness::Dead | Liveness::Left, _) => {}
+            (_, Some(g)) if g == me.generation => {}
+            (_, Some(g)) => waiting.push(format!(
+                "{} (holds this node's generation {g}, not {})",
+                p.name, me.generation
+            )),
+            (_, None) => waiting.push(format!("{} (has not gossiped with it yet)", p.name)),
         }
-        let mut waiting = Vec::new();
-        for peer in &pending.peers {
-            let Some(p) = mine.iter().find(|n| &n.id == peer) else {
-                waiting.push(format!("{peer} (not yet known to the new agent)"));
-                continue;
-            };
-            match p.state {
-                Liveness::Dead | Liveness::Left => continue,
-                _ => {}
-            }
-            let (Some(ip), Some(port)) = (p.address, p.http_port) else {
-                waiting.push(format!("{} (no API address)", p.name));
-                continue;
-            };
-            let base = format!("http://{}", std::net::SocketAddr::new(ip, port));
-            match nodes(&base) {
-                Ok(list) => match list.iter().find(|n| n.id == me.id) {
-                    Some(n)
-                        if n.state == Liveness::Alive
-                            && n.version.as_deref() == Some(&pending.to) => {}
-                    Some(n) => waiting.push(format!(
-                        "{} (sees this node {:?}, version {:?})",
-                        p.name, n.state, n.version
-                    )),
-                    None => waiting.push(format!("{} (does not list this node)", p.name)),
-                },
-                Err(e) => waiting.push(format!("{} ({e})", p.name)),
-            }
-        }
-        if waiting.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("waiting on {}", waiting.join(", ")))
-        }
+    }
+    if waiting.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("waiting on {}", waiting.join(", ")))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The proof reads only the new agent's list: each live peer must hold its new generation.
+    #[test]
+    fn the_proof_needs_every_live_peer_to_hold_the_new_generation() {
+        let view = |id: &str, state: &str, is_self: bool, knows: Option<u64>| -> NodeView {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "name": format!("n-{id}"), "state": state, "is_self": is_self,
+                "generation": 7, "phi": 0.0, "threshold": 8.0, "last_heard_ms": 0,
+                "services": [], "version": "2.0.0", "knows_serving_node_as": knows
+            }))
+            .unwrap()
+        };
+        let pending = Pending {
+            sha256: "ab".repeat(32),
+            rollout: String::new(),
+            from: "1.0.0".into(),
+            to: "2.0.0".into(),
+            timeout_s: 60,
+            peers: vec!["b".into(), "c".into(), "d".into()],
+        };
+        let me = view("a", "alive", true, None);
+        let mut list = vec![
+            me.clone(),
+            view("b", "alive", false, Some(7)),
+            view("c", "alive", false, Some(6)),
+            view("d", "dead", false, None),
+        ];
+        let e = check_proof(&list, &pending).unwrap_err();
+        assert!(
+            e.contains("n-c (holds this node's generation 6, not 7)"),
+            "{e}"
+        );
+        assert!(!e.contains("n-b") && !e.contains("n-d"), "{e}");
+        list[2] = view("c", "suspect", false, None);
+        let e = check_proof(&list, &pending).unwrap_err();
+        assert!(e.contains("n-c (has not gossiped"), "{e}");
+        list[2] = view("c", "alive", false, Some(7));
+        assert_eq!(check_proof(&list, &pending), Ok(()));
+        list.remove(1);
+        let e = check_proof(&list, &pending).unwrap_err();
+        assert!(e.contains("b (not yet known"), "{e}");
+        let mut old = me;
+        old.version = Some("1.0.0".into());
+        assert!(check_proof(&[old], &pending)
+            .unwrap_err()
+            .contains("version"));
+    }
     use crate::release::SigningKey;
 
     /// A card in a directory: `bin` is a script that says its version.

@@ -845,6 +845,61 @@ fn a_node_fetching_an_artifact_never_sends_the_token() {
     assert_eq!(status, 404, "{text}");
 }
 
+/// What `herd upgrade`'s proof reads instead of asking peers at their gossiped addresses (where a key
+/// holder could be listening for the token, issue 31, 2): each node lists, for every peer, the generation
+/// of itself that the peer's last sealed Syn said it holds; a restart's new generation reaches it.
+#[test]
+fn each_node_knows_which_generation_of_it_its_peers_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents = three(dir.path(), 77, "");
+    let holds = |a: &Agent| {
+        let list = nodes(a);
+        let me = list.iter().find(|n| n["is_self"] == true).unwrap().clone();
+        let peers: Vec<_> = list
+            .iter()
+            .filter(|n| n["is_self"] != true)
+            .cloned()
+            .collect();
+        (me["generation"].clone(), peers)
+    };
+    wait(
+        Duration::from_secs(10),
+        "every peer holds every node",
+        || {
+            agents.iter().all(|a| {
+                let (generation, peers) = holds(a);
+                peers.len() == 2
+                    && peers
+                        .iter()
+                        .all(|p| p["knows_serving_node_as"] == generation)
+            })
+        },
+    );
+    // A restart (a new agent, as an upgrade makes) is known by its new generation within seconds.
+    let (before, _) = holds(&agents[1]);
+    let b = agents.remove(1);
+    drop(b);
+    let b = start(
+        "127.0.77.2",
+        Some(agents[0].gossip),
+        "",
+        &dir.path().join("b"),
+    );
+    let (after, _) = holds(&b);
+    assert_ne!(before, after, "a new generation");
+    wait(
+        Duration::from_secs(10),
+        "the peers hold the new generation",
+        || {
+            let (generation, peers) = holds(&b);
+            peers.len() == 2
+                && peers
+                    .iter()
+                    .all(|p| p["knows_serving_node_as"] == generation)
+        },
+    );
+}
+
 #[test]
 fn protect_reads_asks_for_the_token_everywhere_but_healthz() {
     let dir = tempfile::tempdir().unwrap();

@@ -49,6 +49,11 @@ impl Gossiper {
         if let Some(e) = digest.entries.iter().find(|e| self.is_forgery_of_me(e)) {
             self.refute(now, e.generation);
         }
+        if let Some(e) = digest.entries.iter().find(|e| e.node == self.id) {
+            if let Some(s) = self.nodes.get_mut(&sender).filter(|_| sender != self.id) {
+                s.knows_me_as = Some(e.generation);
+            }
+        }
         let mut requests = Vec::new();
         let mut news = Vec::new();
         let mut wanted: Vec<(NodeId, Option<&DigestEntry>)> = Vec::new();

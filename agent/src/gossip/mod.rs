@@ -334,6 +334,7 @@ impl Gossiper {
                         .map_or(Duration::ZERO, |m| m.probe_timeout)
             },
             is_self,
+            knows_me_as: s.knows_me_as.filter(|_| !is_self),
             kvs: s
                 .kvs
                 .iter()

@@ -41,6 +41,10 @@ pub(super) struct NodeState {
     /// While this node (which the local one monitors) is being probed: when the probe is tried again,
     /// and when it fails.
     pub(super) probe: Option<Probe>,
+    /// The generation of the local node that this node's last Syn said it holds (every Syn carries
+    /// the sender's view of its receiver): evidence, sealed with the cluster key, that it took a new
+    /// generation of the local node, which `herd upgrade`'s proof reads instead of asking the peer.
+    pub(super) knows_me_as: Option<u64>,
 }
 
 /// A probe under way.
@@ -76,6 +80,7 @@ impl NodeState {
             dead_at: now,
             threshold: phi.threshold,
             probe: None,
+            knows_me_as: None,
         };
         s.schedule_verdicts(phi);
         s

@@ -209,6 +209,9 @@ pub struct Member {
     /// chitchat calls the failure detection timeout; zero for the local node).
     pub detection_timeout: Duration,
     pub is_self: bool,
+    /// The generation of the local node this member last said it holds (in its Syn); `None` for the
+    /// local node and for a member that has not sent one since it was (re)learnt.
+    pub knows_me_as: Option<u64>,
     pub kvs: BTreeMap<String, String>,
 }
 

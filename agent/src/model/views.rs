@@ -28,6 +28,11 @@ pub struct NodeView {
     pub monitoring: Option<Sample>,
     pub facts: Option<Facts>,
     pub uptime_s: Option<u64>,
+    /// The generation of the serving node that this node last said, in a sealed Syn, it holds: how
+    /// `herd upgrade` proves a new agent is known to its peers without asking them (absent for the
+    /// serving node, and from agents before 0.1.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knows_serving_node_as: Option<u64>,
 }
 
 impl NodeView {
@@ -53,6 +58,7 @@ impl NodeView {
             monitoring: kv(SAMPLE_KEY).and_then(|v| serde_json::from_str(v).ok()),
             uptime_s: facts.as_ref().map(|f| published::uptime(f.boot).as_secs()),
             facts,
+            knows_serving_node_as: m.knows_me_as,
         }
     }
 }
