@@ -845,6 +845,74 @@ fn a_node_fetching_an_artifact_never_sends_the_token() {
     assert_eq!(status, 404, "{text}");
 }
 
+/// Attacker B invents a member whose API is an address it listens on: `herd upgrade --status` asks it
+/// without the token, and a 401 there does not draw the token out (issue 31, 2).
+#[test]
+fn upgrade_status_never_sends_the_token_where_gossip_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start("127.0.70.1", None, "", dir.path());
+    let (a_id, _, _) = member(&a, "127.0.70.1").unwrap();
+    let a_id: NodeId = a_id.parse().unwrap();
+    let trap = std::net::TcpListener::bind("127.0.70.9:0").unwrap();
+    let port = trap.local_addr().unwrap().port().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..4 {
+            let Ok((mut s, _)) = trap.accept() else {
+                return;
+            };
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"herd\"\r\n\
+                  content-length: 0\r\n\r\n",
+            );
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+        }
+    });
+    let socket = UdpSocket::bind("127.0.71.1:0").unwrap();
+    let forged = ack2_with(
+        a_id,
+        0xbad,
+        "trap",
+        &[("http", &port), ("version", "0.1.0")],
+        1,
+    );
+    socket.send_to(&forged, a.gossip).unwrap();
+    wait(
+        Duration::from_secs(5),
+        "the invented member is listed",
+        || {
+            nodes(&a)
+                .iter()
+                .any(|n| n["name"] == "trap" && n["state"] == "alive")
+        },
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["upgrade", "--status"])
+        .env("HERD_NODE", format!("http://{}", a.api))
+        .env("HERD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("trap") && text.contains("need the token"),
+        "{text}"
+    );
+    let heads: Vec<String> = rx.try_iter().collect();
+    assert!(!heads.is_empty(), "the trap was never asked: {text}");
+    for head in &heads {
+        assert!(!head.to_lowercase().contains("authorization"), "{head}");
+    }
+}
+
 /// What `herd upgrade`'s proof reads instead of asking peers at their gossiped addresses (where a key
 /// holder could be listening for the token, issue 31, 2): each node lists, for every peer, the generation
 /// of itself that the peer's last sealed Syn said it holds; a restart's new generation reaches it.

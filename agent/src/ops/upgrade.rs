@@ -447,10 +447,17 @@ fn status(t: &Target) -> anyhow::Result<()> {
         let (upgrade, last) = if n.state != Liveness::Alive || api.is_empty() {
             ("-".to_string(), "-".to_string())
         } else {
-            match Client::new(&api, token.clone()).and_then(|c| c.upgrade_view()) {
+            // The token goes to the node the operator named, never to an address gossip names (a key
+            // holder can make gossip name its own); a node reading under protect_reads says so.
+            let token = if n.is_self { token.clone() } else { None };
+            match Client::new(&api, token).and_then(|c| c.upgrade_view()) {
                 Ok(v) => (
                     if v.busy { "in progress" } else { "idle" }.to_string(),
                     v.last.as_ref().map_or("-".into(), describe),
+                ),
+                Err(e) if format!("{e:#}").contains("HTTP 401") => (
+                    "?".into(),
+                    format!("its reads need the token: herd upgrade --status --node {api}"),
                 ),
                 Err(e) => ("?".into(), format!("{e:#}")),
             }
