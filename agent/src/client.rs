@@ -205,19 +205,6 @@ impl Client {
         }
     }
 
-    /// `PUT /api/v1/upgrade/key`: gives a node without a signing key the cluster's.
-    pub fn give_key(&self, key: &str) -> anyhow::Result<serde_json::Value> {
-        let path = "/api/v1/upgrade/key";
-        let r = self.send(
-            "PUT",
-            path,
-            true,
-            Some(("text/plain", key.as_bytes())),
-            &self.http,
-        )?;
-        self.parse(path, r)
-    }
-
     /// `POST /api/v1/upgrade/install`: the node fetches the artifact if it must, checks it and hands it
     /// to its installer. Up to 5 minutes (the fetch).
     pub fn install(&self, req: &InstallRequest) -> anyhow::Result<serde_json::Value> {

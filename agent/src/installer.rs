@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::gossip::Liveness;
 use crate::model::upgrade::{Handoff, Outcome, Stage, MAX_ARTIFACT};
 use crate::model::views::NodeView;
-use crate::release::{self, Arch, PublicKey};
+use crate::release::{self, Arch};
 
 /// The root installer's directory (root's, world-readable): `pending.json` while a new agent proves
 /// itself, `status.json` with the last outcome.
@@ -38,14 +38,6 @@ pub const INSTALLER_DIR: &str = "/var/lib/herd-upgrade";
 pub const REQUEST: &str = "request.json";
 pub const PENDING: &str = "pending.json";
 pub const STATUS: &str = "status.json";
-/// The signing key a node without one in its configuration was given, once, with the API token.
-pub const GIVEN_KEY: &str = "public_key";
-
-/// The signing key given to a node with the API token (in `dir`, the agent's `STATE_DIR/upgrade`).
-pub fn given_key(dir: &Path) -> Option<PublicKey> {
-    PublicKey::from_base64(&read_small(&dir.join(GIVEN_KEY), 256)?).ok()
-}
-
 /// Reads a small file, or nothing (missing, too large, not text).
 pub fn read_small(path: &Path, limit: u64) -> Option<String> {
     use std::io::Read;
@@ -137,13 +129,14 @@ pub fn apply(config: &Config, paths: &Paths, prove: &mut Prover) -> anyhow::Resu
     if paths.dir.join(PENDING).exists() {
         return refuse("another upgrade is still proving itself on this card".into());
     }
-    // The configuration's key, else the one the operator gave this node with the API token.
-    let Some(key) = config
-        .upgrade
-        .key()?
-        .or_else(|| given_key(&paths.agent_dir))
-    else {
-        return refuse("this card has no signing key (upgrade.public_key)".into());
+    // Only the configuration's key, which root wrote: nothing in the agent's own (writable) state
+    // may decide what root runs.
+    let Some(key) = config.upgrade.key()? else {
+        return refuse(
+            "this card has no signing key (upgrade.public_key in /etc/herd/herd.toml, the \
+             signing_public_key line of secrets/CLUSTER.toml)"
+                .into(),
+        );
     };
     let bytes = match read_artifact(&paths.agent_dir.join(format!("{}.herd", handoff.sha256))) {
         Ok(b) => b,
@@ -670,6 +663,19 @@ mod tests {
         let o = apply(&config, &c.paths, &mut |_: &Pending| Ok(())).unwrap();
         assert_eq!(o.stage, Stage::Refused);
         assert!(o.reason.unwrap().contains("signing key"));
+        // No key configured: a key in the agent's (writable) state directory is not one (issue 31, 3:
+        // an unprivileged agent planted one, with a self-signed artifact, and root ran it).
+        c.hand_over("99.0", &script("99.0"));
+        std::fs::write(
+            c.paths.agent_dir.join("public_key"),
+            c.key.public().to_base64(),
+        )
+        .unwrap();
+        config.upgrade.public_key = String::new();
+        let o = apply(&config, &c.paths, &mut |_: &Pending| Ok(())).unwrap();
+        assert_eq!(o.stage, Stage::Refused);
+        assert!(o.reason.unwrap().contains("no signing key"));
+        assert_eq!(c.version(), crate::VERSION);
         // The file is not the artifact asked for.
         let sha = c.hand_over("99.0", &script("99.0"));
         std::fs::write(c.paths.agent_dir.join(format!("{sha}.herd")), b"HERDREL1xx").unwrap();

@@ -180,39 +180,39 @@ fn hostile_artifacts_and_requests_are_refused_and_nothing_is_kept() {
     assert!(!node.upgrade_view().unwrap().busy, "nothing handed over");
 }
 
+/// A node configured without a signing key takes no artifact, and no key over the network either
+/// (root's installer trusts only the configuration's, issue 31, 3): `herd upgrade` names it and says
+/// what to add before anything is changed.
 #[test]
-fn a_node_configured_without_a_signing_key_takes_the_clusters_once_with_the_token() {
+fn a_node_configured_without_a_signing_key_is_named_and_nothing_is_changed() {
     let c = Cluster::start_with(63, 1, "");
     let node = c.client(0);
     let a = artifact(&key(7), "99.0.0");
     assert!(!node.upgrade_view().unwrap().has_key);
     let e = format!("{:#}", node.upload(&a).unwrap_err());
     assert!(e.contains("no signing key"), "{e}");
-    // Not without the token; then once, and no other after.
-    let anonymous = Client::new(&c.url(0), None).unwrap();
-    let e = format!(
-        "{:#}",
-        anonymous
-            .give_key(&key(7).public().to_base64())
-            .unwrap_err()
+    let put = format!(
+        "PUT /api/v1/upgrade/key HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\
+         content-length: 44\r\n\r\n{}",
+        key(7).public().to_base64()
     );
-    assert!(e.contains("401"), "{e}");
-    assert_eq!(
-        node.give_key(&key(7).public().to_base64()).unwrap()["changed"],
-        true
+    assert!(raw(&c.url(0), &put).contains("404"), "no key is taken");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.herd");
+    std::fs::write(&path, &a).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["upgrade", "--node", &c.url(0), "--to"])
+        .arg(&path)
+        .env("HERD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("nothing was changed") && err.contains("public_key"),
+        "{err}"
     );
-    assert!(node.upgrade_view().unwrap().has_key);
-    let e = format!(
-        "{:#}",
-        node.give_key(&key(8).public().to_base64()).unwrap_err()
-    );
-    assert!(e.contains("409"), "{e}");
-    assert_eq!(node.upload(&a).unwrap().version, "99.0.0");
-    let e = format!(
-        "{:#}",
-        node.upload(&artifact(&key(8), "99.0.1")).unwrap_err()
-    );
-    assert!(e.contains("signing key"), "{e}");
+    assert_eq!(node.upgrade_view().unwrap().artifact, None, "nothing kept");
 }
 
 /// `herd upgrade` (the real binary): a first Ctrl-C lets the batch under way finish (the node is

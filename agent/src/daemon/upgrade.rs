@@ -11,8 +11,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{Config, Secret};
-use crate::installer::{given_key, read_small, GIVEN_KEY, INSTALLER_DIR, PENDING, REQUEST, STATUS};
+use crate::config::Config;
+use crate::installer::{read_small, INSTALLER_DIR, PENDING, REQUEST, STATUS};
 use crate::model::upgrade::{Handoff, InstallRequest, Outcome, StoredView, MAX_ARTIFACT};
 use crate::release::{self, Arch, PublicKey, Refusal};
 
@@ -51,8 +51,6 @@ pub struct Upgrades {
     installer_dir: PathBuf,
     key: Option<PublicKey>,
     cluster: String,
-    /// The cluster's API token, which a signing key given to this node must come with (never sent).
-    token: Option<Secret>,
 }
 
 impl std::fmt::Debug for Upgrades {
@@ -71,7 +69,6 @@ impl Upgrades {
             PathBuf::from(INSTALLER_DIR),
             config.upgrade.key()?,
             &config.cluster,
-            config.api.token.clone(),
         ))
     }
 
@@ -80,14 +77,12 @@ impl Upgrades {
         installer_dir: PathBuf,
         key: Option<PublicKey>,
         cluster: &str,
-        token: Option<Secret>,
     ) -> Upgrades {
         Upgrades {
             dir,
             installer_dir,
             key,
             cluster: cluster.to_string(),
-            token,
         }
     }
 
@@ -95,41 +90,9 @@ impl Upgrades {
         self.dir.join(format!("{sha}.herd"))
     }
 
-    /// The signing key: the configuration's, else the one given with the API token.
+    /// The signing key: the configuration's, the only one the installer trusts.
     pub fn key(&self) -> Option<PublicKey> {
-        self.key.or_else(|| given_key(&self.dir))
-    }
-
-    /// `PUT /api/v1/upgrade/key`: a node whose configuration has no signing key (an image made without
-    /// one) takes the cluster's from the operator, once, authenticated with the API token. Returns
-    /// whether it was new.
-    pub fn trust(&self, text: &str) -> Result<bool, Refused> {
-        let offered = PublicKey::from_base64(text).map_err(|e| refused(400, e))?;
-        if let Some(current) = self.key() {
-            return if current == offered {
-                Ok(false)
-            } else {
-                Err(refused(
-                    409,
-                    "this node already has another signing key; it takes no other",
-                ))
-            };
-        }
-        if self.token.is_none() {
-            return Err(refused(
-                403,
-                "this node has no API token (api.token), so nothing authenticates a signing key sent \
-                 to it: set upgrade.public_key in its configuration",
-            ));
-        }
-        std::fs::create_dir_all(&self.dir)
-            .and_then(|_| {
-                crate::files::write_atomic(&self.dir.join(GIVEN_KEY), &offered.to_base64())
-                    .map_err(std::io::Error::other)
-            })
-            .map_err(|e| refused(507, format!("cannot keep the signing key: {e}")))?;
-        tracing::info!(key = %offered.to_base64(), "signing key given with the API token");
-        Ok(true)
+        self.key
     }
 
     /// Checks an artifact whole and keeps it (the one kept before is dropped).
@@ -334,7 +297,6 @@ mod tests {
             dir.join("installer"),
             Some(key.public()),
             "pis",
-            None,
         );
         (u, key)
     }
@@ -416,38 +378,16 @@ mod tests {
     }
 
     #[test]
-    fn a_node_without_a_key_takes_one_once_and_only_with_a_token() {
+    fn a_node_without_a_configured_key_takes_no_artifact() {
         let dir = tempfile::tempdir().unwrap();
         let (_, key) = setup(dir.path());
-        let u = Upgrades::at(
-            dir.path().join("u"),
-            dir.path().join("i"),
-            None,
-            "pis",
-            None,
-        );
+        let u = Upgrades::at(dir.path().join("u"), dir.path().join("i"), None, "pis");
+        // A key planted in its state directory (as the removed PUT /api/v1/upgrade/key kept one) is
+        // not one: only the configuration's counts.
+        std::fs::create_dir_all(dir.path().join("u")).unwrap();
+        std::fs::write(dir.path().join("u/public_key"), key.public().to_base64()).unwrap();
         let e = u.accept(&artifact(&key, "99.0")).unwrap_err();
         assert_eq!(e.status, 409);
         assert!(e.message.contains("no signing key"), "{e:?}");
-        // Without an API token nothing authenticates the key.
-        assert_eq!(u.trust(&key.public().to_base64()).unwrap_err().status, 403);
-        let token = Some(crate::config::Secret("t".repeat(20)));
-        let u = Upgrades::at(
-            dir.path().join("u"),
-            dir.path().join("i"),
-            None,
-            "pis",
-            token,
-        );
-        assert_eq!(u.trust("not a key").unwrap_err().status, 400);
-        assert_eq!(u.trust(&key.public().to_base64()), Ok(true));
-        assert_eq!(u.trust(&key.public().to_base64()), Ok(false));
-        let other = SigningKey::from_base64(&base64_seed(9)).unwrap();
-        assert_eq!(
-            u.trust(&other.public().to_base64()).unwrap_err().status,
-            409
-        );
-        assert!(u.accept(&artifact(&key, "99.0")).is_ok());
-        assert!(u.accept(&artifact(&other, "99.0")).is_err());
     }
 }

@@ -230,23 +230,21 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
         return Ok(report);
     }
 
-    // A node configured without a signing key is given the cluster's, authenticated with the token.
+    // Every node must check what it installs with a key root configured: a node without one (an image
+    // made before herd upgrade) is named, and nothing is changed.
+    let mut keyless = Vec::new();
     for n in todo.iter().chain(std::iter::once(&first)) {
-        let client = Client::new(&n.api, token.clone())?;
-        if client.upgrade_view()?.has_key {
-            continue;
+        if !Client::new(&n.api, token.clone())?.upgrade_view()?.has_key {
+            keyless.push(n.label());
         }
-        let Some((_, key)) = &cluster_key else {
-            bail!(
-                "{} has no signing key: give --secrets (the cluster's secrets file) so that herd upgrade \
-                 gives it the cluster's",
-                n.label()
-            );
-        };
-        client.give_key(&key.to_base64())?;
-        println!(
-            "  {}: had no signing key; given the cluster's (authenticated with the API token)",
-            n.label()
+    }
+    if !keyless.is_empty() {
+        bail!(
+            "nothing was changed: {} {} no signing key; add to /etc/herd/herd.toml on each, under \
+             [upgrade], public_key = the signing_public_key of secrets/CLUSTER.toml (cards trust no key \
+             sent over the network), then restart herd",
+            keyless.join(", "),
+            if keyless.len() == 1 { "has" } else { "have" }
         );
     }
 

@@ -15,7 +15,7 @@ mod upgrade;
 use self::auth::{authorized, readable};
 use self::dashboard::dashboard;
 use self::services::{change_services, working_service};
-use self::upgrade::{download, give_key, install, upgrade_view, upload};
+use self::upgrade::{download, install, upgrade_view, upload};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -223,12 +223,6 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::get())
         .and(all.clone())
         .and_then(download);
-    let give_key = warp::path!("api" / "v1" / "upgrade" / "key")
-        .and(warp::put())
-        .and(authorized(all.clone()))
-        .and(warp::body::content_length_limit(MAX_BODY))
-        .and(warp::body::bytes())
-        .and_then(give_key);
     let install = warp::path!("api" / "v1" / "upgrade" / "install")
         .and(warp::post())
         .and(authorized(all.clone()))
@@ -261,7 +255,6 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(upload)
         .or(download)
         .or(install)
-        .or(give_key)
         .or(healthz)
         .or(metrics)
         .recover(recover)

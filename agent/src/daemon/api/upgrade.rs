@@ -1,6 +1,5 @@
 //! `herd upgrade`'s endpoints: this node's upgrade state, an artifact uploaded (checked whole, then kept
-//! and served to the other nodes), the cluster's signing key for a node without one, and the install
-//! request handed to the card's installer.
+//! and served to the other nodes), and the install request handed to the card's installer.
 
 use std::sync::Arc;
 
@@ -149,18 +148,6 @@ pub(super) async fn download(sha: String, s: ApiState) -> Result<impl Reply, Rej
         "content-type",
         "application/octet-stream",
     ))
-}
-
-/// `PUT /api/v1/upgrade/key`: the cluster's signing key, for a node configured without one.
-pub(super) async fn give_key(
-    s: ApiState,
-    body: hyper::body::Bytes,
-) -> Result<impl Reply, Rejection> {
-    let u = upgrades(&s)?;
-    let text = String::from_utf8_lossy(&body).trim().to_string();
-    let _slot = upgrade_slot(&s)?;
-    let new = blocking(move || u.trust(&text)).await?;
-    Ok(warp::reply::json(&serde_json::json!({ "changed": new })))
 }
 
 /// `POST /api/v1/upgrade/install`: fetch (if needed), check, and hand over to the card's installer.
