@@ -775,20 +775,15 @@ fn state_files_are_not_followed_through_links_hung_on_or_logged_whole() {
     assert_eq!(aside.len(), 1, "{aside:?}");
 }
 
-/// Attacker B makes gossip (or an operator's list) point a node at an address it listens on: the node
-/// fetching an artifact from it never sends the API token, not even when asked for it with a 401
-/// (issue 31, 2). Artifacts are served without the token, so peers need none.
-#[test]
-fn a_node_fetching_an_artifact_never_sends_the_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = start("127.0.76.1", None, "protect_reads = true\n", dir.path());
-    let trap = std::net::TcpListener::bind("127.0.76.9:0").unwrap();
-    let trap_addr = trap.local_addr().unwrap();
+/// A listener on `ip` where a key holder would wait for the token: it answers each of at most four
+/// requests 401, as a protected node would, and passes on their heads.
+fn trap(ip: &str) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let listener = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        // At most a few requests, each answered 401 as a protected node would.
         for _ in 0..4 {
-            let Ok((mut s, _)) = trap.accept() else {
+            let Ok((mut s, _)) = listener.accept() else {
                 return;
             };
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -801,11 +796,23 @@ fn a_node_fetching_an_artifact_never_sends_the_token() {
                 }
             }
             let _ = s.write_all(
-                b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer\r\ncontent-length: 0\r\n\r\n",
+                b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"herd\"\r\n\
+                  content-length: 0\r\n\r\n",
             );
             let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
         }
     });
+    (addr, rx)
+}
+
+/// Attacker B makes gossip (or an operator's list) point a node at an address it listens on: the node
+/// fetching an artifact from it never sends the API token, not even when asked for it with a 401
+/// (issue 31, 2). Artifacts are served without the token, so peers need none.
+#[test]
+fn a_node_fetching_an_artifact_never_sends_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start("127.0.76.1", None, "protect_reads = true\n", dir.path());
+    let (trap_addr, rx) = trap("127.0.76.9");
     let body = serde_json::json!({
         "sha256": "ab".repeat(32),
         "sources": [format!("http://{trap_addr}")],
@@ -853,30 +860,8 @@ fn upgrade_status_never_sends_the_token_where_gossip_points() {
     let a = start("127.0.70.1", None, "", dir.path());
     let (a_id, _, _) = member(&a, "127.0.70.1").unwrap();
     let a_id: NodeId = a_id.parse().unwrap();
-    let trap = std::net::TcpListener::bind("127.0.70.9:0").unwrap();
-    let port = trap.local_addr().unwrap().port().to_string();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for _ in 0..4 {
-            let Ok((mut s, _)) = trap.accept() else {
-                return;
-            };
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = s.write_all(
-                b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"herd\"\r\n\
-                  content-length: 0\r\n\r\n",
-            );
-            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
-        }
-    });
+    let (trap_addr, rx) = trap("127.0.70.9");
+    let port = trap_addr.port().to_string();
     let socket = UdpSocket::bind("127.0.71.1:0").unwrap();
     let forged = ack2_with(
         a_id,
