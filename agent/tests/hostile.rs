@@ -1007,3 +1007,240 @@ fn protect_reads_asks_for_the_token_everywhere_but_healthz() {
     let _ = &a.ip;
     let _ = &a.dir;
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// CPU time process `pid`'s threads have run so far (the scheduler's count, in nanoseconds).
+fn cpu_time(pid: u32) -> Duration {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path().join("schedstat");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            total += text.split(' ').next().unwrap().parse::<u64>().unwrap();
+        }
+    }
+    Duration::from_nanos(total)
+}
+
+/// An Ack2 from a key holder introducing as many invented members (ids `first`, `first + 1`, …, no
+/// state) as one datagram holds; returns it and how many it holds.
+fn ack2_inventing(to: NodeId, first: u64, seq: u64) -> (Vec<u8>, u64) {
+    let packet = |n: u64| Packet {
+        sender: NodeId(0x6262_6262_6262_6262),
+        to,
+        generation: 1,
+        seq,
+        message: Message::Ack2 {
+            deltas: (first..first + n)
+                .map(|id| NodeDelta {
+                    node: NodeId(id),
+                    generation: 1,
+                    heartbeat: 1,
+                    from_version: 0,
+                    kvs: Vec::new(),
+                })
+                .collect(),
+        },
+    };
+    let mut n = 1;
+    while packet(n + 1).encode().len() <= herd::gossip::wire::MAX_PAYLOAD {
+        n += 1;
+    }
+    (forge(&packet(n)), n)
+}
+
+/// Issue 31, 5: 500 datagrams inventing 50,000 members, then Syns claiming the whole ring at 200 a
+/// second. On 01a2931 the table took them all (RSS 10 → 45 MiB, 9.7 MB of log), and each Syn walked it
+/// (4.8 ms of CPU), until the node's own heartbeats came late and its peers convicted it.
+#[test]
+fn invented_members_are_bounded_and_cost_no_more_work_per_datagram() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = three(dir.path(), 72, "");
+    let a = &agents[0];
+    let pid = a.child.id();
+    let (a_id, a_gen, _) = member(&agents[1], "127.0.72.1").unwrap();
+    let a_id: NodeId = a_id.parse().unwrap();
+    let before = rss_kib(pid);
+    let socket = UdpSocket::bind("127.0.73.1:0").unwrap();
+    let mut invented = 0;
+    for i in 0..500u64 {
+        let (datagram, n) = ack2_inventing(a_id, 0x7000_0000_0000_0000 + invented, i + 1);
+        invented += n;
+        socket.send_to(&datagram, a.gossip).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(invented >= 40_000, "{invented} members in 500 datagrams");
+    // Every datagram taken in: the count has stopped moving.
+    let mut known = nodes(a).len();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = nodes(a).len();
+        if now == known {
+            break;
+        }
+        known = now;
+    }
+    assert!(
+        known <= herd::gossip::DEFAULT_MAX_MEMBERS,
+        "{known} members"
+    );
+    assert!(metric(a, "herd_gossip_refused_members_total") > 0.0);
+    let grown = rss_kib(pid).saturating_sub(before);
+    println!("{invented} invented: {known} members held, RSS +{grown} KiB");
+    assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
+    let log = a.log.lock().unwrap().len();
+    assert!(log < 256 * 1024, "{log} bytes of log");
+    assert!(a.log.lock().unwrap().contains("member table full"));
+
+    // Syns from invented senders, each claiming the whole ring, 200 a second for 5 s.
+    let cpu = cpu_time(pid);
+    let started = Instant::now();
+    for i in 0..1000u64 {
+        let x = NodeId(0x7100_0000_0000_0000 + i);
+        let syn = forge(&Packet {
+            sender: x,
+            to: a_id,
+            generation: 1,
+            seq: 1,
+            message: Message::Syn {
+                digest: Digest {
+                    start: NodeId(0),
+                    end: NodeId(0),
+                    known: 1,
+                    entries: vec![DigestEntry {
+                        node: x,
+                        generation: 1,
+                        heartbeat: 1,
+                        max_version: 1,
+                    }],
+                },
+            },
+        });
+        socket.send_to(&syn, a.gossip).unwrap();
+        let due = started + Duration::from_millis(5 * (i + 1));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    let elapsed = started.elapsed();
+    let used = cpu_time(pid) - cpu;
+    println!("1,000 full-ring Syns in {elapsed:?}: {used:?} of CPU");
+    assert!(
+        used < elapsed / 4,
+        "{used:?} of CPU in {elapsed:?} of full-ring Syns"
+    );
+    // A was never convicted: alive in its first generation at both peers.
+    for peer in &agents[1..] {
+        assert_eq!(
+            member(peer, "127.0.72.1").unwrap(),
+            (a_id.to_string(), a_gen, "alive".to_string())
+        );
+    }
+}
+
+/// An Ack2 from a key holder introducing invented members `ids`, each at `addr`; as many as fit, and
+/// how many that was.
+fn ack2_members_at(to: NodeId, ids: &[u64], addr: SocketAddr, seq: u64) -> (Vec<u8>, usize) {
+    let packet = |n: usize| Packet {
+        sender: NodeId(0x6363_6363_6363_6363),
+        to,
+        generation: 1,
+        seq,
+        message: Message::Ack2 {
+            deltas: ids[..n]
+                .iter()
+                .map(|id| NodeDelta {
+                    node: NodeId(*id),
+                    generation: 1,
+                    heartbeat: 1,
+                    from_version: 0,
+                    kvs: vec![KeyValue {
+                        key: "_addr".into(),
+                        version: 1,
+                        value: Some(addr.to_string()),
+                    }],
+                })
+                .collect(),
+        },
+    };
+    let mut n = 1;
+    while n < ids.len() && packet(n + 1).encode().len() <= herd::gossip::wire::MAX_PAYLOAD {
+        n += 1;
+    }
+    (forge(&packet(n)), n)
+}
+
+/// Issue 31, 6: members invented with a third party's address. On 01a2931, 35 KB sent once drew
+/// 842 KB to that address in 30 s (24×), and still about 25 KB/s two minutes later: every node sent
+/// Syns, probes and heartbeats there, and probed the dead inventions until they were reaped (24 h).
+#[test]
+fn invented_members_at_a_third_partys_address_draw_little_and_soon_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = three(dir.path(), 76, "");
+    let a = &agents[0];
+    let (a_id, _, _) = member(&agents[1], "127.0.76.1").unwrap();
+    let a_id: NodeId = a_id.parse().unwrap();
+    // The third party: it never speaks herd, it only counts what reaches it.
+    let victim = UdpSocket::bind("127.0.77.9:0").unwrap();
+    let victim_addr = victim.local_addr().unwrap();
+    victim
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let received = Arc::new(Mutex::new(Vec::<(Instant, usize)>::new()));
+    let log = Arc::clone(&received);
+    let started = Instant::now();
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok((n, _)) = victim.recv_from(&mut buf) {
+                log.lock().unwrap().push((Instant::now(), n));
+            }
+        }
+    });
+    // About 35 KB, once: members spread over the whole id ring, all at the victim's address.
+    let ids: Vec<u64> = (1..=700u64).map(|i| i * (u64::MAX / 701)).collect();
+    let socket = UdpSocket::bind("127.0.78.1:0").unwrap();
+    let (mut sent, mut at, mut seq) = (0, 0, 1);
+    while at < ids.len() {
+        let (datagram, n) = ack2_members_at(a_id, &ids[at..], victim_addr, seq);
+        socket.send_to(&datagram, a.gossip).unwrap();
+        sent += datagram.len();
+        at += n;
+        seq += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    counter.join().unwrap();
+    let received = received.lock().unwrap();
+    let total: usize = received.iter().map(|(_, n)| n).sum();
+    let late: usize = received
+        .iter()
+        .filter(|(t, _)| *t >= started + Duration::from_secs(20))
+        .map(|(_, n)| n)
+        .sum();
+    println!(
+        "sent {sent} bytes once: {total} bytes reached the victim in 30 s ({:.2}×), {late} in the last \
+         10 s",
+        total as f64 / sent as f64
+    );
+    assert!(total < sent * 3 / 2, "{total} bytes drawn by {sent}");
+    let held_back: f64 = agents
+        .iter()
+        .map(|x| metric(x, "herd_gossip_unheard_dropped_total"))
+        .sum();
+    assert!(held_back > 0.0);
+    // What is left is each node's trickle to an address it never heard from: 256 bytes a second, from
+    // three nodes, 7.5 KiB in 10 s (on 01a2931: about 250 KiB).
+    assert!(late < 12 * 1024, "{late} bytes in the last 10 s");
+    // The real members are unharmed.
+    for x in &agents {
+        for ip in ["127.0.76.1", "127.0.76.2", "127.0.76.3"] {
+            assert_eq!(member(x, ip).unwrap().2, "alive");
+        }
+    }
+}

@@ -189,6 +189,7 @@ impl Agent {
                 resolved_tx,
                 resolved_rx,
                 generation: identity.generation,
+                log: MembershipLog::default(),
             }
             .run(stopped),
         );
@@ -343,6 +344,8 @@ struct Loop {
     resolved_rx: mpsc::Receiver<Vec<SocketAddr>>,
     /// The generation last stored in the state directory.
     generation: u64,
+    /// What the membership log lines may take (a key holder inventing members must not flood the log).
+    log: MembershipLog,
 }
 
 impl Loop {
@@ -365,7 +368,7 @@ impl Loop {
                         let mut g = self.gossiper.lock().expect("lock");
                         g.handle_datagram(self.started.elapsed(), from, &buf[..n], &mut rng);
                         let generation = g.generation();
-                        let out = drain(&mut g, &self.events);
+                        let out = drain(&mut g, &self.events, &mut self.log);
                         drop(g);
                         if generation != self.generation {
                             self.refuted(generation);
@@ -381,7 +384,7 @@ impl Loop {
                 _ = tokio::time::sleep_until((self.started + wake).into()) => {
                     let mut g = self.gossiper.lock().expect("lock");
                     g.handle_tick(self.started.elapsed(), &mut rng);
-                    drain(&mut g, &self.events)
+                    drain(&mut g, &self.events, &mut self.log)
                 }
                 change = discovered => {
                     match change {
@@ -418,7 +421,7 @@ impl Loop {
                     let out = {
                         let mut g = self.gossiper.lock().expect("lock");
                         g.leave(self.started.elapsed(), &mut rng);
-                        drain(&mut g, &self.events)
+                        drain(&mut g, &self.events, &mut self.log)
                     };
                     send_all(&self.socket, out).await;
                     tracing::info!("left the cluster");
@@ -487,16 +490,80 @@ impl Loop {
     }
 }
 
-fn drain(g: &mut Gossiper, events: &broadcast::Sender<Event>) -> Vec<Transmit> {
+/// Membership lines logged per window, at most; the rest are counted and the count logged once.
+const MEMBERSHIP_LINES: u32 = 50;
+const MEMBERSHIP_WINDOW: Duration = Duration::from_secs(10);
+
+/// The membership log's budget, and the refused members last reported.
+#[derive(Debug, Default)]
+struct MembershipLog {
+    window: Option<Instant>,
+    lines: u32,
+    held_back: u64,
+    refused: u64,
+    refused_warned: Option<Instant>,
+}
+
+impl MembershipLog {
+    /// Whether one more line may be logged now; a new window first reports what the last held back.
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.window.is_none_or(|w| now >= w + MEMBERSHIP_WINDOW) {
+            if self.held_back > 0 {
+                tracing::warn!(
+                    held_back = self.held_back,
+                    "membership changes not logged one by one (more than {MEMBERSHIP_LINES} in {}s)",
+                    MEMBERSHIP_WINDOW.as_secs()
+                );
+            }
+            *self = MembershipLog {
+                window: Some(now),
+                refused: self.refused,
+                refused_warned: self.refused_warned,
+                ..Default::default()
+            };
+        }
+        self.lines += 1;
+        if self.lines > MEMBERSHIP_LINES {
+            self.held_back += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Warns, at most once a minute, that news of members was refused because the table is full.
+    fn refused(&mut self, total: u64, now: Instant) {
+        if total == self.refused
+            || self
+                .refused_warned
+                .is_some_and(|w| now < w + Duration::from_secs(60))
+        {
+            return;
+        }
+        tracing::warn!(
+            refused = total - self.refused,
+            "member table full: news of more members refused (a peer may be inventing members)"
+        );
+        self.refused = total;
+        self.refused_warned = Some(now);
+    }
+}
+
+fn drain(
+    g: &mut Gossiper,
+    events: &broadcast::Sender<Event>,
+    log: &mut MembershipLog,
+) -> Vec<Transmit> {
+    let now = Instant::now();
     while let Some(e) = g.poll_event() {
         if e.kind == EventKind::Updated {
             tracing::debug!(node = %e.node, generation = e.generation, "member updated");
-        } else {
+        } else if log.allow(now) {
             tracing::info!(node = %e.node, generation = e.generation, kind = ?e.kind, "membership");
         }
         // No subscriber is fine.
         let _ = events.send(e);
     }
+    log.refused(g.stats().refused_members, now);
     std::iter::from_fn(|| g.poll_transmit()).collect()
 }
 

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// How long a dead node never heard first-hand is remembered.
+const UNHEARD_REAP: Duration = Duration::from_secs(300);
+
 impl Gossiper {
     /// Probes `target` directly and through `indirect` other live nodes.
     pub(super) fn probe(&mut self, target: NodeId, indirect: usize, rng: &mut impl RngCore) {
@@ -99,11 +102,20 @@ impl Gossiper {
                     watch_due = watch_due.min(due);
                 }
             }
+            // A dead node never heard first-hand (only of: it may be a key holder's invention, with a
+            // third party's address) is not probed, and forgotten sooner.
+            let reap_after = if s.heard {
+                reap_after
+            } else {
+                reap_after.min(UNHEARD_REAP)
+            };
             match s.liveness {
                 Liveness::Alive | Liveness::Suspect => self.live.push(id),
                 Liveness::Dead | Liveness::Left if now >= s.since + reap_after => reaped.push(id),
                 Liveness::Dead => {
-                    self.dead.push(id);
+                    if s.heard {
+                        self.dead.push(id);
+                    }
                     next = next.min(s.since + reap_after);
                 }
                 // A node that left is probed like a dead one for a minute: should the leave be forged,

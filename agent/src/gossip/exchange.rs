@@ -54,6 +54,7 @@ impl Gossiper {
                 s.knows_me_as = Some(e.generation);
             }
         }
+        let full = self.is_full();
         let mut requests = Vec::new();
         let mut news = Vec::new();
         let mut wanted: Vec<(NodeId, Option<&DigestEntry>)> = Vec::new();
@@ -79,7 +80,7 @@ impl Gossiper {
                 }
                 Some(_) if is_me => {}
                 Some(s) => requests.push(s.entry(e.node)),
-                None if !is_buried(&self.tombstones, e, false) => {
+                None if !is_buried(&self.tombstones, e, false) && !full => {
                     requests.push(DigestEntry {
                         node: e.node,
                         generation: 0,
@@ -90,9 +91,12 @@ impl Gossiper {
                 None => {}
             }
         }
-        // Nodes in the digest's range that the sender did not list are nodes it has never heard of.
+        // Nodes in the digest's range that the sender did not list are nodes it has never heard of. The
+        // walk stops once the reply is full: a digest claiming the whole ring costs what its own entries
+        // and one reply cost, not a walk of the whole table.
+        let room = self.reply_budget_peek(reply_limit) / MIN_DELTA_SHARE + 1;
         for id in ring_from(&self.nodes, digest.start).map(|(id, _)| id) {
-            if !digest.covers(id) {
+            if !digest.covers(id) || wanted.len() >= room {
                 break;
             }
             if listed.binary_search(&id).is_err() {
@@ -140,6 +144,11 @@ impl Gossiper {
             },
             rng,
         );
+    }
+
+    /// Whether the member table holds [`GossipConfig::max_members`] already.
+    pub(super) fn is_full(&self) -> bool {
+        self.nodes.len() >= self.config.max_members
     }
 
     /// What a peer whose view of `id` is `entry` (`None`: never heard of it) lacks, within `budget`.
@@ -223,6 +232,10 @@ impl Gossiper {
             return;
         }
         if fresh == Some(EventKind::Joined) {
+            if self.is_full() {
+                self.stats.refused_members += 1;
+                return;
+            }
             self.tombstones.remove(&d.node);
         }
         let s = self

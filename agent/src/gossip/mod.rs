@@ -32,6 +32,7 @@
 //! A graceful leave sets the status to [`LEFT_HEARTBEAT`], a conviction to [`DEAD_HEARTBEAT`]: being the
 //! largest possible heartbeats, they win everywhere they meet an older one of the same generation.
 
+mod budget;
 mod detect;
 mod exchange;
 mod monitor;
@@ -125,6 +126,10 @@ pub struct Gossiper {
     reporters: BTreeSet<NodeId>,
     /// No watched node's φ can reach 1 before this time (its silence is within its acceptable pause).
     reports_due: Duration,
+    /// What may still go to addresses not heard from (see `budget`).
+    budget: budget::SendBudget,
+    /// The time of the call being handled (for `send`).
+    clock: Duration,
 }
 
 impl std::fmt::Debug for Gossiper {
@@ -166,6 +171,7 @@ impl Gossiper {
         );
         let mut nodes = BTreeMap::new();
         nodes.insert(id, me);
+        let config_max_members = config.max_members;
         Gossiper {
             cluster_id: config.wire_cluster_id(),
             config,
@@ -191,6 +197,8 @@ impl Gossiper {
             watch_due: now,
             reporters: BTreeSet::new(),
             reports_due: Duration::ZERO,
+            budget: budget::SendBudget::new(2 * config_max_members),
+            clock: now,
         }
     }
 

@@ -7,6 +7,7 @@ use super::*;
 impl Gossiper {
     /// One round: beat the heart, reach verdicts, forget the long dead, gossip.
     pub fn handle_tick(&mut self, now: Duration, rng: &mut impl RngCore) {
+        self.clock = now;
         if self.left {
             return;
         }
@@ -175,6 +176,7 @@ impl Gossiper {
 
     /// Announces a graceful leave to every live peer; the node gossips no more afterwards.
     pub fn leave(&mut self, now: Duration, rng: &mut impl RngCore) {
+        self.clock = now;
         if self.left {
             return;
         }
@@ -215,6 +217,7 @@ impl Gossiper {
         datagram: &[u8],
         rng: &mut impl RngCore,
     ) {
+        self.clock = now;
         self.stats.packets_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
         let payload = match wire::open(&self.security, self.cluster_id, datagram) {
@@ -257,10 +260,15 @@ impl Gossiper {
         }
         // Answer a source that is not the sender's known address with no more bytes than it sent: a
         // captured datagram replayed from a spoofed address must not turn this node into an amplifier.
-        let verified = self
-            .nodes
-            .get(&sender)
-            .is_some_and(|s| s.addr == Some(from));
+        let verified = match self.nodes.get_mut(&sender) {
+            Some(s) if s.addr == Some(from) => {
+                s.heard = true;
+                true
+            }
+            _ => false,
+        };
+        // Authentic, fresh and addressed to this node: whoever is at that address takes part.
+        self.budget.heard(from.ip(), now);
         let syn_reply_limit = if verified { MAX_PAYLOAD } else { payload.len() };
         match packet.message {
             Message::Syn { digest } => {
@@ -349,6 +357,12 @@ impl Gossiper {
         limit.min(MAX_PAYLOAD).saturating_sub(header)
     }
 
+    /// What [`Gossiper::reply_budget`] would give, without counting a limited reply.
+    pub(super) fn reply_budget_peek(&self, limit: usize) -> usize {
+        let header = wire::packet_header_len(self.generation(), self.seq);
+        limit.min(MAX_PAYLOAD).saturating_sub(header)
+    }
+
     pub(super) fn send(
         &mut self,
         to: SocketAddr,
@@ -363,8 +377,17 @@ impl Gossiper {
             seq: self.seq,
             message,
         };
-        self.seq += 1;
         let datagram = wire::seal(&self.security, self.cluster_id, &packet.encode(), rng);
+        // Heartbeats to a monitor heard first-hand are not counted: at most K a round, to peers that
+        // proved they are where they say. One chosen from hearsay (a key holder's invention at a third
+        // party's address, say) gets them only as its address's budget allows.
+        let counted = !(matches!(packet.message, Message::Heartbeat)
+            && self.nodes.get(&node).is_some_and(|s| s.heard));
+        if counted && !self.budget.allow(to.ip(), datagram.len(), self.clock) {
+            self.stats.unheard_dropped += 1;
+            return;
+        }
+        self.seq += 1;
         debug_assert!(
             datagram.len() <= wire::MAX_DATAGRAM,
             "{} bytes",

@@ -45,6 +45,9 @@ pub(super) struct NodeState {
     /// the sender's view of its receiver): evidence, sealed with the cluster key, that it took a new
     /// generation of the local node, which `herd upgrade`'s proof reads instead of asking the peer.
     pub(super) knows_me_as: Option<u64>,
+    /// An authentic datagram of this node's own came from its gossiped address: it was heard first-hand,
+    /// not only of. Cleared when the address changes.
+    pub(super) heard: bool,
 }
 
 /// A probe under way.
@@ -81,6 +84,7 @@ impl NodeState {
             threshold: phi.threshold,
             probe: None,
             knows_me_as: None,
+            heard: false,
         };
         s.schedule_verdicts(phi);
         s
@@ -314,7 +318,9 @@ pub(super) fn apply_kvs(s: &mut NodeState, kvs: &[KeyValue]) -> bool {
         }
         s.max_version = kv.version;
         if kv.key == ADDR_KEY {
-            s.addr = kv.value.as_deref().and_then(|v| v.parse().ok());
+            let addr = kv.value.as_deref().and_then(|v| v.parse().ok());
+            s.heard &= addr == s.addr;
+            s.addr = addr;
         }
         s.kvs.insert(
             kv.key.clone(),

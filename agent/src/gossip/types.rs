@@ -52,6 +52,9 @@ pub struct GossipConfig {
     pub phi: PhiConfig,
     /// How long dead and left nodes are remembered before they are forgotten.
     pub reap_after: Duration,
+    /// The most members (this node included) the table holds: news of more is refused, so a key holder
+    /// inventing members cannot grow this node's memory or its work per datagram without bound.
+    pub max_members: usize,
     /// Addresses to contact when no peer is known, and now and then to heal partitions.
     pub seeds: Vec<SocketAddr>,
     /// φ thresholds of services (`[service.NAME] phi_threshold`): a node running any of them is judged
@@ -63,6 +66,10 @@ pub struct GossipConfig {
     /// (`model::published::check_value`).
     pub check_value: fn(&str, &str) -> Result<(), String>,
 }
+
+/// The agent's member table bound: four times the largest cluster measured (docs/BENCHMARKS.md, 1,000
+/// nodes), a few MiB at most.
+pub const DEFAULT_MAX_MEMBERS: usize = 4096;
 
 /// The check of received values when the caller sets none: no control characters (they would reach
 /// terminals, logs and handlers' environments), whatever the key.
@@ -82,6 +89,7 @@ impl GossipConfig {
             interval: Duration::from_millis(200),
             phi: PhiConfig::monitors(),
             reap_after: Duration::from_secs(24 * 3600),
+            max_members: DEFAULT_MAX_MEMBERS,
             seeds: Vec::new(),
             service_thresholds: Default::default(),
             check_value: no_control_chars,
@@ -185,6 +193,10 @@ pub struct Stats {
     pub rejected_replay: u64,
     /// Node states (deltas) refused whole because a key or value failed its check.
     pub rejected_invalid: u64,
+    /// Datagrams not sent to an address not heard from, its budget spent (see `budget`).
+    pub unheard_dropped: u64,
+    /// News of members refused because the table was full ([`GossipConfig::max_members`]).
+    pub refused_members: u64,
     /// Replies cut to the size of the datagram they answer, because it came from an address that is not
     /// its sender's (a spoofed source must not get more bytes than it sent).
     pub limited_replies: u64,

@@ -55,6 +55,24 @@ pub fn render(members: &[Member], stats: &Stats, threshold: f64) -> String {
     let _ = writeln!(o, "{name}{{reason=\"replay\"}} {}", stats.rejected_replay);
     let _ = writeln!(o, "{name}{{reason=\"invalid\"}} {}", stats.rejected_invalid);
 
+    let name = "herd_gossip_unheard_dropped_total";
+    header(
+        o,
+        name,
+        "counter",
+        "Datagrams not sent to an address not heard from, its send budget spent.",
+    );
+    let _ = writeln!(o, "{name} {}", stats.unheard_dropped);
+
+    let name = "herd_gossip_refused_members_total";
+    header(
+        o,
+        name,
+        "counter",
+        "News of members refused because the member table was full.",
+    );
+    let _ = writeln!(o, "{name} {}", stats.refused_members);
+
     let name = "herd_gossip_limited_replies_total";
     header(
         o,

@@ -1,0 +1,154 @@
+//! What a node may send to addresses it has not heard from: a key holder can give invented members any
+//! third party's address, and without a bound every node would then send there for as long as it kept
+//! the members (issue 31: 35 KB sent once drew 842 KB to the victim in 30 s). An address from which an
+//! authentic datagram came in the last [`TRUST`] is sent to freely; any other gets a small byte budget of
+//! its own, and all of them together one more, so what a forger draws to an address is bounded by time
+//! and not by the members it invents. Heartbeats to monitors heard first-hand are not counted (at most K a
+//! round, to peers that proved where they are).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// How long an address stays trusted after an authentic datagram came from it.
+pub(super) const TRUST: Duration = Duration::from_secs(600);
+/// The budget of one address not heard from: a burst (a first Syn, a probe) and a trickle.
+const PER_ADDRESS: Bucket = Bucket::full(2048.0, 256.0);
+/// The budget of all of them together.
+const ALL: Bucket = Bucket::full(64.0 * 1024.0, 16.0 * 1024.0);
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    bytes: f64,
+    capacity: f64,
+    per_second: f64,
+    at: Duration,
+}
+
+impl Bucket {
+    const fn full(capacity: f64, per_second: f64) -> Self {
+        Bucket {
+            bytes: capacity,
+            capacity,
+            per_second,
+            at: Duration::ZERO,
+        }
+    }
+
+    fn refill(&mut self, now: Duration) {
+        let elapsed = now.saturating_sub(self.at).as_secs_f64();
+        self.bytes = (self.bytes + elapsed * self.per_second).min(self.capacity);
+        self.at = now;
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct SendBudget {
+    heard: HashMap<IpAddr, Duration>,
+    unheard: HashMap<IpAddr, Bucket>,
+    all: Bucket,
+    /// The most addresses either map holds (twice the member table's bound).
+    cap: usize,
+}
+
+impl SendBudget {
+    pub(super) fn new(cap: usize) -> Self {
+        SendBudget {
+            heard: HashMap::new(),
+            unheard: HashMap::new(),
+            all: ALL,
+            cap: cap.max(64),
+        }
+    }
+
+    /// An authentic datagram came from `ip` at `now`.
+    pub(super) fn heard(&mut self, ip: IpAddr, now: Duration) {
+        if self.heard.len() >= self.cap && !self.heard.contains_key(&ip) {
+            self.heard.retain(|_, at| now < *at + TRUST);
+            if self.heard.len() >= self.cap {
+                return;
+            }
+        }
+        self.heard.insert(ip, now);
+        self.unheard.remove(&ip);
+    }
+
+    /// Whether `bytes` may go to `ip` at `now` (and, if so, takes them from its budget).
+    pub(super) fn allow(&mut self, ip: IpAddr, bytes: usize, now: Duration) -> bool {
+        if self.heard.get(&ip).is_some_and(|at| now < *at + TRUST) {
+            return true;
+        }
+        if self.unheard.len() >= self.cap && !self.unheard.contains_key(&ip) {
+            // Full budgets are the default: forgetting them gives nothing back that `all` does not
+            // still bound.
+            self.unheard.retain(|_, b| {
+                b.refill(now);
+                b.bytes < b.capacity
+            });
+            if self.unheard.len() >= self.cap {
+                return false;
+            }
+        }
+        let bytes = bytes as f64;
+        let one = self.unheard.entry(ip).or_insert(Bucket {
+            at: now,
+            ..PER_ADDRESS
+        });
+        one.refill(now);
+        self.all.refill(now);
+        if one.bytes < bytes || self.all.bytes < bytes {
+            return false;
+        }
+        one.bytes -= bytes;
+        self.all.bytes -= bytes;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    #[test]
+    fn an_address_not_heard_from_gets_a_burst_then_a_trickle() {
+        let mut b = SendBudget::new(100);
+        let now = Duration::from_secs(1);
+        let sent = (0..100).filter(|_| b.allow(ip(1), 1000, now)).count();
+        assert_eq!(sent, 2);
+        // 256 bytes a second: four seconds for the next 1,000.
+        assert!(!b.allow(ip(1), 1000, now + Duration::from_secs(3)));
+        assert!(b.allow(ip(1), 1000, now + Duration::from_secs(4)));
+        // Another address has its own.
+        assert!(b.allow(ip(2), 1000, now));
+    }
+
+    #[test]
+    fn an_address_heard_from_is_sent_to_freely_until_trust_lapses() {
+        let mut b = SendBudget::new(100);
+        let now = Duration::from_secs(1);
+        b.heard(ip(1), now);
+        assert!((0..1000).all(|_| b.allow(ip(1), 1400, now)));
+        let later = now + TRUST;
+        assert_eq!((0..10).filter(|_| b.allow(ip(1), 1000, later)).count(), 2);
+    }
+
+    #[test]
+    fn all_addresses_together_are_bounded_and_the_tables_too() {
+        let mut b = SendBudget::new(1000);
+        let now = Duration::from_secs(1);
+        let sent: usize = (0..=255u8)
+            .map(|i| (0..2).filter(|_| b.allow(ip(i), 1000, now)).count())
+            .sum();
+        assert_eq!(sent, 65);
+        let mut small = SendBudget::new(64);
+        for i in 0..=255u8 {
+            small.allow(ip(i), 10, now);
+            small.heard(IpAddr::from([198, 51, 100, i]), now);
+        }
+        assert!(small.unheard.len() <= 64 && small.heard.len() <= 64);
+    }
+}
