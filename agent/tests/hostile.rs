@@ -1244,3 +1244,55 @@ fn invented_members_at_a_third_partys_address_draw_little_and_soon_nothing() {
         }
     }
 }
+
+/// `GET path` from `from`; the status, 0 when the connection was closed without an answer.
+fn get_from(from: &str, api: SocketAddr, path: &str) -> u16 {
+    let Some(mut c) = idle_connections(from, api, 1).pop() else {
+        return 0;
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = c.read_to_string(&mut text);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 31, 8: on 01a2931, 17 addresses × 16 idle connections, reopened as dropped, left a `/healthz`
+/// poller 2 answers of 50 in 25 s (an upgrade's proof asks with a 3 s timeout, and would roll back).
+/// Now one subnet holds at most half the connections, and when every connection is held, the card
+/// itself and the cluster's members still get one of those kept for them.
+#[test]
+fn one_subnet_cannot_take_every_connection_and_the_card_and_members_keep_theirs() {
+    raise_own_file_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let agents = three(dir.path(), 80, "");
+    let a = &agents[0];
+    let answered = |from: &str| {
+        (0..10)
+            .filter(|_| get_from(from, a.api, "/healthz") == 200)
+            .count()
+    };
+
+    let mut held: Vec<_> = (1..=17)
+        .flat_map(|i| idle_connections(&format!("127.0.81.{i}"), a.api, 16))
+        .collect();
+    // The agent took 128 of them and closed the rest at once.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(answered("127.0.84.1"), 10, "another subnet is served");
+
+    // Two more subnets take the rest of the general pool.
+    for net in [85, 86] {
+        held.extend((1..=8).flat_map(|i| idle_connections(&format!("127.0.{net}.{i}"), a.api, 16)));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(answered("127.0.84.1"), 0, "the general pool is not full");
+    assert_eq!(answered("127.0.0.1"), 10, "the card itself is refused");
+    assert_eq!(answered("127.0.80.2"), 10, "a member is refused");
+    println!("holding {} connections", held.len());
+}

@@ -21,6 +21,11 @@ impl Handle {
         self.gossiper.lock().expect("gossiper lock poisoned")
     }
 
+    /// Whether `ip` is a member's: an authentic gossip datagram came from it lately.
+    pub fn is_member_address(&self, ip: std::net::IpAddr) -> bool {
+        self.lock().heard_from(ip, self.started.elapsed())
+    }
+
     pub fn id(&self) -> NodeId {
         self.lock().id()
     }

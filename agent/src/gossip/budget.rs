@@ -73,9 +73,14 @@ impl SendBudget {
         self.unheard.remove(&ip);
     }
 
+    /// Whether an authentic datagram came from `ip` within [`TRUST`] of `now`.
+    pub(super) fn is_trusted(&self, ip: IpAddr, now: Duration) -> bool {
+        self.heard.get(&ip).is_some_and(|at| now < *at + TRUST)
+    }
+
     /// Whether `bytes` may go to `ip` at `now` (and, if so, takes them from its budget).
     pub(super) fn allow(&mut self, ip: IpAddr, bytes: usize, now: Duration) -> bool {
-        if self.heard.get(&ip).is_some_and(|at| now < *at + TRUST) {
+        if self.is_trusted(ip, now) {
             return true;
         }
         if self.unheard.len() >= self.cap && !self.unheard.contains_key(&ip) {

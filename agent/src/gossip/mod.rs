@@ -359,6 +359,11 @@ impl Gossiper {
             .collect()
     }
 
+    /// Whether an authentic gossip datagram came from `ip` in the last 10 minutes: a member's address.
+    pub fn heard_from(&self, ip: std::net::IpAddr, now: Duration) -> bool {
+        self.budget.is_trusted(ip, now)
+    }
+
     /// What this node thinks of `id`, cheaply.
     pub fn liveness(&self, id: NodeId) -> Option<Liveness> {
         self.nodes.get(&id).map(|s| s.liveness)

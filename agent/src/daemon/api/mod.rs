@@ -127,11 +127,16 @@ pub async fn serve(
         .with_context(|| format!("api.bind: cannot listen on TCP {addr}"))?;
     let local = listener.local_addr()?;
     let (limits, counters) = (state.limits, Arc::clone(&state.counters));
+    // The reserved connections are for this card itself (the CLI, the upgrade installer's proof) and
+    // for the cluster's members.
+    let handle = state.handle.clone();
+    let trusted = move |ip: std::net::IpAddr| server::is_local(ip) || handle.is_member_address(ip);
     let task = tokio::spawn(server::run(
         listener,
         routes(state),
         limits,
         counters,
+        Arc::new(trusted),
         shutdown,
     ));
     Ok((local, task))

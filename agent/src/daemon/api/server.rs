@@ -1,5 +1,6 @@
-//! The API's TCP front, which bounds what clients can hold: connections in all and per client address
-//! (over the cap a connection is closed at once and counted), a header-read timeout (a client that
+//! The API's TCP front, which bounds what clients can hold: connections in all, per client address and
+//! per subnet (over the cap a connection is closed at once and counted), with a few kept for the card
+//! itself and the cluster's members, whoever holds the rest; a header-read timeout (a client that
 //! connects and sends nothing, or too slowly, or idles between requests, is dropped), a write-stall
 //! timeout (a client that stops reading a response or an event stream is dropped), 16 KiB of request
 //! head. A failing connection is counted and logged at debug level: clients must not be able to flood
@@ -28,6 +29,12 @@ pub struct Limits {
     pub connections: usize,
     /// Open connections from one client address.
     pub per_address: usize,
+    /// Open connections from one subnet (/24 for IPv4, /64 for IPv6): many addresses of one network
+    /// cannot take every connection.
+    pub per_subnet: usize,
+    /// Connections beyond `connections` that only this card (127.0.0.1, ::1) and the cluster's members
+    /// may take, when the others are held.
+    pub reserved: usize,
     /// Time to send a request's head, counted from the connection or the previous response.
     pub header_timeout: Duration,
     /// Time a response (or an event stream) may wait on a client that does not read.
@@ -41,6 +48,8 @@ impl Default for Limits {
         Limits {
             connections: 256,
             per_address: 16,
+            per_subnet: 128,
+            reserved: 32,
             header_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
             event_streams: 64,
@@ -71,13 +80,17 @@ pub async fn run<F>(
     filter: F,
     limits: Limits,
     counters: Arc<Counters>,
+    trusted: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
     shutdown: impl Future<Output = ()>,
 ) where
     F: warp::Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
-    let slots = Arc::new(Semaphore::new(limits.connections));
-    let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Default::default();
+    let pools = Pools {
+        general: Arc::new(Semaphore::new(limits.connections)),
+        reserved: Arc::new(Semaphore::new(limits.reserved)),
+        held: Default::default(),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -94,7 +107,7 @@ pub async fn run<F>(
             _ = &mut shutdown => break,
         };
         counters.accepted.fetch_add(1, Ordering::Relaxed);
-        let Some(slot) = admit(&slots, &per_address, peer.ip(), limits.per_address) else {
+        let Some(slot) = admit(&pools, peer.ip(), &limits, &*trusted) else {
             counters.refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
@@ -140,57 +153,105 @@ pub async fn run<F>(
     drop(listener);
     let _ = stop_tx.send(true);
     // Wait for the connections to finish: every slot back.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(6),
-        slots.acquire_many(limits.connections as u32),
-    )
+    let _ = tokio::time::timeout(Duration::from_secs(6), async {
+        let _ = pools.general.acquire_many(limits.connections as u32).await;
+        let _ = pools.reserved.acquire_many(limits.reserved as u32).await;
+    })
     .await;
 }
 
-/// A connection's place: a slot of the global cap and one of its address's; both are given back on drop.
-struct Slot {
-    _global: tokio::sync::OwnedSemaphorePermit,
-    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
+/// Whether `ip` is this card itself: the CLI and the upgrade installer ask from there.
+pub fn is_local(ip: IpAddr) -> bool {
+    ip == IpAddr::from([127, 0, 0, 1]) || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut map = self.per_address.lock().expect("per-address lock");
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
+/// The subnet `ip` counts against: its /24 (IPv4) or /64 (IPv6).
+fn subnet(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+    }
+}
+
+/// The connections' pools, and how many each address and subnet holds.
+struct Pools {
+    general: Arc<Semaphore>,
+    reserved: Arc<Semaphore>,
+    held: Arc<Mutex<Held>>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    addresses: HashMap<IpAddr, usize>,
+    subnets: HashMap<IpAddr, usize>,
+}
+
+impl Held {
+    fn take(&mut self, ip: IpAddr) {
+        *self.addresses.entry(ip).or_insert(0) += 1;
+        *self.subnets.entry(subnet(ip)).or_insert(0) += 1;
+    }
+
+    fn give_back(&mut self, ip: IpAddr) {
+        for (map, key) in [(&mut self.addresses, ip), (&mut self.subnets, subnet(ip))] {
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
             }
         }
     }
 }
 
-fn admit(
-    slots: &Arc<Semaphore>,
-    per_address: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+/// A connection's place: a slot of one pool, and its count against its address and subnet; all given
+/// back on drop.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    held: Arc<Mutex<Held>>,
     ip: IpAddr,
-    cap: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.held.lock().expect("held lock").give_back(self.ip);
+    }
+}
+
+/// A place for a connection from `ip`: within its address's cap; from the general pool while its
+/// subnet is within its cap, else (or when the pool is empty) from the reserved one if `trusted` says
+/// `ip` may have it.
+fn admit(
+    pools: &Pools,
+    ip: IpAddr,
+    limits: &Limits,
+    trusted: &dyn Fn(IpAddr) -> bool,
 ) -> Option<Slot> {
-    let mut map = per_address.lock().expect("per-address lock");
-    let n = map.entry(ip).or_insert(0);
-    if *n >= cap {
-        if *n == 0 {
-            map.remove(&ip);
-        }
+    let mut held = pools.held.lock().expect("held lock");
+    if held.addresses.get(&ip).copied().unwrap_or(0) >= limits.per_address {
         return None;
     }
-    let global = Arc::clone(slots).try_acquire_owned().ok();
-    let Some(global) = global else {
-        if *n == 0 {
-            map.remove(&ip);
-        }
-        return None;
+    let subnet_full = held.subnets.get(&subnet(ip)).copied().unwrap_or(0) >= limits.per_subnet;
+    let general = if subnet_full {
+        None
+    } else {
+        Arc::clone(&pools.general).try_acquire_owned().ok()
     };
-    *n += 1;
+    let permit = match general {
+        Some(p) => p,
+        None if trusted(ip) => Arc::clone(&pools.reserved).try_acquire_owned().ok()?,
+        None => return None,
+    };
+    held.take(ip);
     Some(Slot {
-        _global: global,
-        per_address: Arc::clone(per_address),
+        _permit: permit,
+        held: Arc::clone(&pools.held),
         ip,
     })
 }
@@ -281,6 +342,8 @@ pub fn fit_to_file_limit(mut limits: Limits) -> Limits {
         soft
     };
     let room = (soft as usize).saturating_sub(FD_RESERVE).max(8);
+    limits.reserved = limits.reserved.min(room / 4);
+    let room = room - limits.reserved;
     if limits.connections > room {
         tracing::warn!(
             open_files = soft,
@@ -298,23 +361,65 @@ pub fn fit_to_file_limit(mut limits: Limits) -> Limits {
 mod tests {
     use super::*;
 
+    fn pools(general: usize, reserved: usize) -> Pools {
+        Pools {
+            general: Arc::new(Semaphore::new(general)),
+            reserved: Arc::new(Semaphore::new(reserved)),
+            held: Default::default(),
+        }
+    }
+
     #[test]
-    fn admission_caps_in_all_and_per_address_and_gives_back() {
-        let slots = Arc::new(Semaphore::new(3));
-        let map: Arc<Mutex<HashMap<IpAddr, usize>>> = Default::default();
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let a1 = admit(&slots, &map, a, 2).unwrap();
-        let a2 = admit(&slots, &map, a, 2).unwrap();
+    fn admission_caps_in_all_per_address_and_per_subnet_and_gives_back() {
+        let p = pools(4, 0);
+        let limits = Limits {
+            per_address: 2,
+            per_subnet: 3,
+            ..Limits::default()
+        };
+        let never = |_: IpAddr| false;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a1 = admit(&p, ip("10.0.0.1"), &limits, &never).unwrap();
+        let a2 = admit(&p, ip("10.0.0.1"), &limits, &never).unwrap();
         assert!(
-            admit(&slots, &map, a, 2).is_none(),
+            admit(&p, ip("10.0.0.1"), &limits, &never).is_none(),
             "third from one address"
         );
-        let b1 = admit(&slots, &map, b, 2).unwrap();
-        assert!(admit(&slots, &map, b, 2).is_none(), "over the cap in all");
+        let b1 = admit(&p, ip("10.0.0.2"), &limits, &never).unwrap();
+        assert!(
+            admit(&p, ip("10.0.0.3"), &limits, &never).is_none(),
+            "fourth from one /24"
+        );
+        let c1 = admit(&p, ip("10.0.1.1"), &limits, &never).unwrap();
+        assert!(
+            admit(&p, ip("10.0.2.1"), &limits, &never).is_none(),
+            "over the cap in all"
+        );
         drop(a1);
-        assert!(admit(&slots, &map, b, 2).is_some());
-        drop((a2, b1));
-        assert!(map.lock().unwrap().is_empty(), "{map:?}");
+        assert!(admit(&p, ip("10.0.0.3"), &limits, &never).is_some());
+        drop((a2, b1, c1));
+        let held = p.held.lock().unwrap();
+        assert!(
+            held.addresses.is_empty() && held.subnets.is_empty(),
+            "{held:?}"
+        );
+    }
+
+    #[test]
+    fn the_reserved_connections_go_only_to_the_card_and_members() {
+        let p = pools(1, 1);
+        let limits = Limits::default();
+        let member: IpAddr = "192.168.1.20".parse().unwrap();
+        let trusted = move |ip: IpAddr| is_local(ip) || ip == member;
+        let _other = admit(&p, "192.168.1.99".parse().unwrap(), &limits, &trusted).unwrap();
+        assert!(admit(&p, "192.168.1.98".parse().unwrap(), &limits, &trusted).is_none());
+        let m = admit(&p, member, &limits, &trusted).unwrap();
+        assert!(
+            admit(&p, "127.0.0.1".parse().unwrap(), &limits, &trusted).is_none(),
+            "one reserved"
+        );
+        drop(m);
+        assert!(admit(&p, "127.0.0.1".parse().unwrap(), &limits, &trusted).is_some());
+        assert!(!is_local("127.0.0.2".parse().unwrap()));
     }
 }
