@@ -395,7 +395,11 @@ fn a_forged_leave_is_refuted_by_its_victim() {
 
 /// A Syn from an invented member `X`, numbered `seq`, with a digest of one entry (itself).
 fn syn_from_x(to: NodeId, seq: u64) -> Vec<u8> {
-    let x = NodeId(0x5151_5151_5151_5151);
+    syn_from(NodeId(0x5151_5151_5151_5151), to, seq)
+}
+
+/// A Syn from invented member `x`, its digest claiming the whole ring and listing only `x`.
+fn syn_from(x: NodeId, to: NodeId, seq: u64) -> Vec<u8> {
     forge(&Packet {
         sender: x,
         to,
@@ -1030,33 +1034,6 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_nanos(total)
 }
 
-/// An Ack2 from a key holder introducing as many invented members (ids `first`, `first + 1`, …, no
-/// state) as one datagram holds; returns it and how many it holds.
-fn ack2_inventing(to: NodeId, first: u64, seq: u64) -> (Vec<u8>, u64) {
-    let packet = |n: u64| Packet {
-        sender: NodeId(0x6262_6262_6262_6262),
-        to,
-        generation: 1,
-        seq,
-        message: Message::Ack2 {
-            deltas: (first..first + n)
-                .map(|id| NodeDelta {
-                    node: NodeId(id),
-                    generation: 1,
-                    heartbeat: 1,
-                    from_version: 0,
-                    kvs: Vec::new(),
-                })
-                .collect(),
-        },
-    };
-    let mut n = 1;
-    while packet(n + 1).encode().len() <= herd::gossip::wire::MAX_PAYLOAD {
-        n += 1;
-    }
-    (forge(&packet(n)), n)
-}
-
 /// Issue 31, 5: 500 datagrams inventing 50,000 members, then Syns claiming the whole ring at 200 a
 /// second. On 01a2931 the table took them all (RSS 10 → 45 MiB, 9.7 MB of log), and each Syn walked it
 /// (4.8 ms of CPU), until the node's own heartbeats came late and its peers convicted it.
@@ -1072,8 +1049,10 @@ fn invented_members_are_bounded_and_cost_no_more_work_per_datagram() {
     let socket = UdpSocket::bind("127.0.73.1:0").unwrap();
     let mut invented = 0;
     for i in 0..500u64 {
-        let (datagram, n) = ack2_inventing(a_id, 0x7000_0000_0000_0000 + invented, i + 1);
-        invented += n;
+        let first = 0x7000_0000_0000_0000 + invented;
+        let ids: Vec<u64> = (first..first + 200).collect();
+        let (datagram, n) = ack2_members_at(a_id, &ids, None, i + 1);
+        invented += n as u64;
         socket.send_to(&datagram, a.gossip).unwrap();
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -1104,26 +1083,7 @@ fn invented_members_are_bounded_and_cost_no_more_work_per_datagram() {
     let cpu = cpu_time(pid);
     let started = Instant::now();
     for i in 0..1000u64 {
-        let x = NodeId(0x7100_0000_0000_0000 + i);
-        let syn = forge(&Packet {
-            sender: x,
-            to: a_id,
-            generation: 1,
-            seq: 1,
-            message: Message::Syn {
-                digest: Digest {
-                    start: NodeId(0),
-                    end: NodeId(0),
-                    known: 1,
-                    entries: vec![DigestEntry {
-                        node: x,
-                        generation: 1,
-                        heartbeat: 1,
-                        max_version: 1,
-                    }],
-                },
-            },
-        });
+        let syn = syn_from(NodeId(0x7100_0000_0000_0000 + i), a_id, 1);
         socket.send_to(&syn, a.gossip).unwrap();
         let due = started + Duration::from_millis(5 * (i + 1));
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -1144,9 +1104,14 @@ fn invented_members_are_bounded_and_cost_no_more_work_per_datagram() {
     }
 }
 
-/// An Ack2 from a key holder introducing invented members `ids`, each at `addr`; as many as fit, and
-/// how many that was.
-fn ack2_members_at(to: NodeId, ids: &[u64], addr: SocketAddr, seq: u64) -> (Vec<u8>, usize) {
+/// An Ack2 from a key holder introducing invented members `ids` (each at `addr`, or with no state at
+/// all); as many as fit, and how many that was.
+fn ack2_members_at(
+    to: NodeId,
+    ids: &[u64],
+    addr: Option<SocketAddr>,
+    seq: u64,
+) -> (Vec<u8>, usize) {
     let packet = |n: usize| Packet {
         sender: NodeId(0x6363_6363_6363_6363),
         to,
@@ -1160,11 +1125,14 @@ fn ack2_members_at(to: NodeId, ids: &[u64], addr: SocketAddr, seq: u64) -> (Vec<
                     generation: 1,
                     heartbeat: 1,
                     from_version: 0,
-                    kvs: vec![KeyValue {
-                        key: "_addr".into(),
-                        version: 1,
-                        value: Some(addr.to_string()),
-                    }],
+                    kvs: addr
+                        .iter()
+                        .map(|a| KeyValue {
+                            key: "_addr".into(),
+                            version: 1,
+                            value: Some(a.to_string()),
+                        })
+                        .collect(),
                 })
                 .collect(),
         },
@@ -1208,7 +1176,7 @@ fn invented_members_at_a_third_partys_address_draw_little_and_soon_nothing() {
     let socket = UdpSocket::bind("127.0.78.1:0").unwrap();
     let (mut sent, mut at, mut seq) = (0, 0, 1);
     while at < ids.len() {
-        let (datagram, n) = ack2_members_at(a_id, &ids[at..], victim_addr, seq);
+        let (datagram, n) = ack2_members_at(a_id, &ids[at..], Some(victim_addr), seq);
         socket.send_to(&datagram, a.gossip).unwrap();
         sent += datagram.len();
         at += n;

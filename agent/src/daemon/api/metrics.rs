@@ -55,41 +55,31 @@ pub fn render(members: &[Member], stats: &Stats, threshold: f64) -> String {
     let _ = writeln!(o, "{name}{{reason=\"replay\"}} {}", stats.rejected_replay);
     let _ = writeln!(o, "{name}{{reason=\"invalid\"}} {}", stats.rejected_invalid);
 
-    let name = "herd_gossip_unheard_dropped_total";
-    header(
-        o,
-        name,
-        "counter",
-        "Datagrams not sent to an address not heard from, its send budget spent.",
-    );
-    let _ = writeln!(o, "{name} {}", stats.unheard_dropped);
-
-    let name = "herd_gossip_refused_members_total";
-    header(
-        o,
-        name,
-        "counter",
-        "News of members refused because the member table was full.",
-    );
-    let _ = writeln!(o, "{name} {}", stats.refused_members);
-
-    let name = "herd_gossip_limited_replies_total";
-    header(
-        o,
-        name,
-        "counter",
-        "Replies cut to the size of the datagram they answer (its source was not its sender's address).",
-    );
-    let _ = writeln!(o, "{name} {}", stats.limited_replies);
-
-    let name = "herd_gossip_refutations_total";
-    header(
-        o,
-        name,
-        "counter",
-        "Times this node raised its generation to refute what peers believed of it (a forged leave).",
-    );
-    let _ = writeln!(o, "{name} {}", stats.refutations);
+    for (name, help, value) in [
+        (
+            "herd_gossip_unheard_dropped_total",
+            "Datagrams not sent to an address not heard from, its send budget spent.",
+            stats.unheard_dropped,
+        ),
+        (
+            "herd_gossip_refused_members_total",
+            "News of members refused because the member table was full.",
+            stats.refused_members,
+        ),
+        (
+            "herd_gossip_limited_replies_total",
+            "Replies cut to the size of the datagram they answer (its source was not its sender's address).",
+            stats.limited_replies,
+        ),
+        (
+            "herd_gossip_refutations_total",
+            "Times this node raised its generation to refute what peers believed of it (a forged leave).",
+            stats.refutations,
+        ),
+    ] {
+        header(o, name, "counter", help);
+        let _ = writeln!(o, "{name} {value}");
+    }
 
     let name = "herd_gossip_largest_datagram_bytes";
     header(o, name, "gauge", "Largest datagram this node has sent.");
