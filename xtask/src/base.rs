@@ -128,6 +128,10 @@ struct Recipe {
 }
 
 impl Recipe {
+    fn same(&self, other: &Recipe) -> bool {
+        self.arch == other.arch && self.suite == other.suite
+    }
+
     fn kernel(&self) -> &'static str {
         match self.arch {
             Arch::Arm64 => "linux-image-arm64",
@@ -227,8 +231,28 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The bases the boot-and-join test boots: what Raspberry Pi OS is today on 64-bit (Trixie), then
+/// Bookworm, and Bookworm on 32-bit, which most 32-bit Raspberry Pi OS Lite cards still run.
+pub const E2E_BASES: &[(Arch, Suite)] = &[
+    (Arch::Arm64, Suite::Trixie),
+    (Arch::Arm64, Suite::Bookworm),
+    (Arch::Armhf, Suite::Bookworm),
+];
+
 pub fn run(flags: &crate::flags::Base) -> anyhow::Result<()> {
     let crate::flags::BaseKind::Debian = flags.kind;
+    if flags.all {
+        if flags.rebuild {
+            bail!(
+                "--all does not take --rebuild: remove the cached bases in {} to build them again",
+                cache_dir().join("base").display()
+            );
+        }
+        for path in ensure_all(E2E_BASES)? {
+            println!("==> base: {}", path.display());
+        }
+        return Ok(());
+    }
     let (arch, suite) = (flags.arch, flags.suite);
     let recipe = Recipe { arch, suite };
     if flags.rebuild {
@@ -254,22 +278,127 @@ pub fn run(flags: &crate::flags::Base) -> anyhow::Result<()> {
 
 /// The cached Debian base for `arch` and `suite`, built first if there is none for the current recipe.
 pub fn ensure(arch: Arch, suite: Suite) -> anyhow::Result<PathBuf> {
-    let recipe = Recipe { arch, suite };
-    let path = recipe.cached()?;
-    if path.exists() {
-        println!("==> base: cached {} (recipe unchanged)", path.display());
-        return Ok(path);
+    Ok(ensure_all(&[(arch, suite)])?.remove(0))
+}
+
+/// The cached bases for each of `wanted`, those missing built at once, side by side: each build is
+/// mostly one emulated `dpkg` at a time, so two of them take about as long as the longest (from
+/// nothing, the three of the e2e test took 38 min one after the other). A build's mmdebstrap output
+/// goes to its log beside the cache, and its last line is shown every minute.
+pub fn ensure_all(wanted: &[(Arch, Suite)]) -> anyhow::Result<Vec<PathBuf>> {
+    let recipes: Vec<Recipe> = wanted
+        .iter()
+        .map(|&(arch, suite)| Recipe { arch, suite })
+        .collect();
+    let paths = recipes
+        .iter()
+        .map(Recipe::cached)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut missing = Vec::new();
+    for (recipe, path) in recipes.iter().zip(&paths) {
+        if path.exists() {
+            println!("==> base: cached {} (recipe unchanged)", path.display());
+        } else if !missing.iter().any(|(r, _): &(&Recipe, _)| r.same(recipe)) {
+            missing.push((recipe, path.clone()));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(paths);
     }
     if !is_root() {
+        let (suite, arch) = (missing[0].0.suite.name(), missing[0].0.arch.name());
         bail!(
             "building the Debian base installs packages into a root file system (mmdebstrap), which \
-             needs root; run:\n    sudo env PATH=\"$PATH\" cargo xtask base debian --suite {} --arch {}",
-            suite.name(),
-            arch.name()
+             needs root; run:\n    sudo env PATH=\"$PATH\" cargo xtask base debian --suite {suite} --arch {arch}"
         );
     }
     ensure_packages("Debian base image", crate::packages::BASE_NEEDS)?;
-    ensure_binfmt(arch)?;
+    for (recipe, _) in &missing {
+        ensure_binfmt(recipe.arch)?;
+    }
+    if let [(recipe, path)] = missing.as_slice() {
+        build_cached(recipe, path, None)?;
+        return Ok(paths);
+    }
+    let started = Instant::now();
+    let logs: Vec<PathBuf> = missing
+        .iter()
+        .map(|(_, path)| path.with_extension("log"))
+        .collect();
+    let names: Vec<String> = missing
+        .iter()
+        .map(|(r, _)| format!("{} {}", r.suite.name(), r.arch.name()))
+        .collect();
+    println!(
+        "==> base: building {} side by side (mmdebstrap's output in {})",
+        names.join(", "),
+        logs.iter()
+            .map(|l| l.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = missing
+            .iter()
+            .zip(&logs)
+            .map(|((recipe, path), log)| scope.spawn(move || build_cached(recipe, path, Some(log))))
+            .collect();
+        while !handles.iter().all(|h| h.is_finished()) {
+            let tick = Instant::now();
+            while tick.elapsed() < std::time::Duration::from_secs(60)
+                && !handles.iter().all(|h| h.is_finished())
+            {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            for ((name, log), h) in names.iter().zip(&logs).zip(&handles) {
+                if !h.is_finished() {
+                    println!(
+                        "==> base: {name}, {} min: {}",
+                        started.elapsed().as_secs() / 60,
+                        last_line(log)
+                    );
+                }
+            }
+        }
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the build panicked")))
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut failed = Vec::new();
+    for ((name, log), result) in names.iter().zip(&logs).zip(results) {
+        if let Err(e) = result {
+            failed.push(format!("{name}: {e:#} (its log: {})", log.display()));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("base build failed:\n    {}", failed.join("\n    "));
+    }
+    println!(
+        "==> base: {} built in {:.0} s",
+        names.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(paths)
+}
+
+/// The last non-empty line of a log, for a progress line.
+fn last_line(log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    line.chars().take(100).collect()
+}
+
+/// Builds `recipe` into `path` in a work directory beside it (what an interrupted build left goes first).
+fn build_cached(recipe: &Recipe, path: &Path, log: Option<&Path>) -> anyhow::Result<()> {
     let dir = path.parent().expect("in the cache");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let work = dir.join(format!(
@@ -289,10 +418,9 @@ pub fn ensure(arch: Arch, suite: Suite) -> anyhow::Result<PathBuf> {
             .with_context(|| format!("cannot remove {}", work.display()))?;
     }
     std::fs::create_dir_all(&work)?;
-    let result = build(&recipe, &work, &path);
+    let result = build(recipe, &work, path, log);
     let _ = std::fs::remove_dir_all(&work);
-    result?;
-    Ok(path)
+    result
 }
 
 /// The mount points at or below `dir`, deepest first (from /proc/self/mountinfo, whose fifth field is the
@@ -368,7 +496,7 @@ fn ensure_binfmt(arch: Arch) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
+fn build(recipe: &Recipe, work: &Path, out: &Path, log: Option<&Path>) -> anyhow::Result<()> {
     let arch = recipe.arch.name();
     let suite = recipe.suite.name();
     let rootfs = work.join("rootfs");
@@ -405,7 +533,12 @@ fn build(recipe: &Recipe, work: &Path, out: &Path) -> anyhow::Result<()> {
     .env("HERD_TEST_DEBS", TEST_DEBS.join(" "))
     .env("HERD_TEST_DEBS_DIR", &debs);
     std::fs::create_dir_all(&debs)?;
-    run_step("mmdebstrap", m)?;
+    if let Some(log) = log {
+        let file = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        m.stdout(file.try_clone()?).stderr(file);
+    }
+    run_step(&format!("mmdebstrap ({suite} {arch})"), m)?;
     let installed = started.elapsed();
 
     // The boot partition's files (kernel, initrd, device trees, config.txt from raspi-firmware) go to

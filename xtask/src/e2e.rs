@@ -64,19 +64,14 @@ pub fn run(flags: &crate::flags::E2e) -> anyhow::Result<()> {
             + "\n",
     )?;
     let mut wifi_debs = None;
-    // 64-bit: what Raspberry Pi OS is today (Trixie: NetworkManager, cloud-init), then Bookworm; 32-bit:
-    // Bookworm, which most 32-bit Raspberry Pi OS Lite cards still run.
-    use crate::flags::Suite;
-    let mut builds = Vec::new();
-    for arch in arches {
-        match arch {
-            Arch::Arm64 => builds.extend([(arch, Suite::Trixie), (arch, Suite::Bookworm)]),
-            Arch::Armhf => builds.push((arch, Suite::Bookworm)),
-            Arch::Amd64 => bail!("the boot-and-join test boots Pi images only"),
-        }
-    }
-    for (arch, suite) in builds {
-        let base = crate::base::ensure(arch, suite)?;
+    let builds: Vec<_> = crate::base::E2E_BASES
+        .iter()
+        .copied()
+        .filter(|(arch, _)| arches.contains(arch))
+        .collect();
+    // Those not cached are built side by side.
+    let bases = crate::base::ensure_all(&builds)?;
+    for ((arch, suite), base) in builds.into_iter().zip(bases) {
         let name = format!("e2e-{}-{}", arch.name(), suite.name());
         let mut image = crate::flags::Image {
             cluster: "e2e".into(),
@@ -89,7 +84,7 @@ pub fn run(flags: &crate::flags::E2e) -> anyhow::Result<()> {
             ..Default::default()
         };
         // Wi-Fi on the release whose base has NetworkManager and the access point's packages.
-        if suite == Suite::Trixie && arch == Arch::Arm64 {
+        if suite == crate::flags::Suite::Trixie && arch == Arch::Arm64 {
             wifi_debs = Some(crate::base::test_debs(&base));
             image.wifi_ssid = Some(WIFI_SSID.into());
             image.wifi_country = Some("GB".into());

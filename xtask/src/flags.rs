@@ -142,6 +142,10 @@ pub struct Base {
     /// Build it again even if cached
     #[arg(long)]
     pub rebuild: bool,
+    /// Every base the boot-and-join test boots (Trixie and Bookworm arm64, Bookworm armhf), those
+    /// missing built side by side (not with --suite or --arch)
+    #[arg(long, conflicts_with_all = ["suite", "arch"])]
+    pub all: bool,
 }
 
 /// The bases `cargo xtask base` makes.
