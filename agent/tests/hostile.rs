@@ -1040,13 +1040,13 @@ fn cpu_time(pid: u32) -> Duration {
 #[test]
 fn invented_members_are_bounded_and_cost_no_more_work_per_datagram() {
     let dir = tempfile::tempdir().unwrap();
-    let agents = three(dir.path(), 72, "");
+    let agents = three(dir.path(), 90, "");
     let a = &agents[0];
     let pid = a.child.id();
-    let (a_id, a_gen, _) = member(&agents[1], "127.0.72.1").unwrap();
+    let (a_id, a_gen, _) = member(&agents[1], "127.0.90.1").unwrap();
     let a_id: NodeId = a_id.parse().unwrap();
     let before = rss_kib(pid);
-    let socket = UdpSocket::bind("127.0.73.1:0").unwrap();
+    let socket = UdpSocket::bind("127.0.91.1:0").unwrap();
     let mut invented = 0;
     for i in 0..500u64 {
         let first = 0x7000_0000_0000_0000 + invented;
@@ -1098,7 +1098,7 @@ fn invented_members_are_bounded_and_cost_no_more_work_per_datagram() {
     // A was never convicted: alive in its first generation at both peers.
     for peer in &agents[1..] {
         assert_eq!(
-            member(peer, "127.0.72.1").unwrap(),
+            member(peer, "127.0.90.1").unwrap(),
             (a_id.to_string(), a_gen, "alive".to_string())
         );
     }
@@ -1150,12 +1150,12 @@ fn ack2_members_at(
 #[test]
 fn invented_members_at_a_third_partys_address_draw_little_and_soon_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let agents = three(dir.path(), 76, "");
+    let agents = three(dir.path(), 92, "");
     let a = &agents[0];
-    let (a_id, _, _) = member(&agents[1], "127.0.76.1").unwrap();
+    let (a_id, _, _) = member(&agents[1], "127.0.92.1").unwrap();
     let a_id: NodeId = a_id.parse().unwrap();
     // The third party: it never speaks herd, it only counts what reaches it.
-    let victim = UdpSocket::bind("127.0.77.9:0").unwrap();
+    let victim = UdpSocket::bind("127.0.93.9:0").unwrap();
     let victim_addr = victim.local_addr().unwrap();
     victim
         .set_read_timeout(Some(Duration::from_millis(200)))
@@ -1173,7 +1173,7 @@ fn invented_members_at_a_third_partys_address_draw_little_and_soon_nothing() {
     });
     // About 35 KB, once: members spread over the whole id ring, all at the victim's address.
     let ids: Vec<u64> = (1..=700u64).map(|i| i * (u64::MAX / 701)).collect();
-    let socket = UdpSocket::bind("127.0.78.1:0").unwrap();
+    let socket = UdpSocket::bind("127.0.94.1:0").unwrap();
     let (mut sent, mut at, mut seq) = (0, 0, 1);
     while at < ids.len() {
         let (datagram, n) = ack2_members_at(a_id, &ids[at..], Some(victim_addr), seq);
@@ -1207,7 +1207,7 @@ fn invented_members_at_a_third_partys_address_draw_little_and_soon_nothing() {
     assert!(late < 12 * 1024, "{late} bytes in the last 10 s");
     // The real members are unharmed.
     for x in &agents {
-        for ip in ["127.0.76.1", "127.0.76.2", "127.0.76.3"] {
+        for ip in ["127.0.92.1", "127.0.92.2", "127.0.92.3"] {
             assert_eq!(member(x, ip).unwrap().2, "alive");
         }
     }
