@@ -476,18 +476,23 @@ fn ack2_with_reports(to: NodeId, id: u64, name: &str, phi: Option<&str>, seq: u6
     ack2_with(to, id, name, &extra, seq)
 }
 
-/// The same, its state also holding `extra` keys and values.
+/// The same, its state also holding `extra` keys and values (an `_addr` there replaces 127.0.70.9's).
 fn ack2_with(to: NodeId, id: u64, name: &str, extra: &[(&str, &str)], seq: u64) -> Vec<u8> {
     let kv = |key: &str, version, value: &str| KeyValue {
         key: key.into(),
         version,
         value: Some(value.into()),
     };
+    let addr = extra
+        .iter()
+        .find(|(k, _)| *k == "_addr")
+        .map_or("127.0.70.9:7946", |e| e.1);
     let mut kvs = vec![
-        kv("_addr", 1, "127.0.70.9:7946"),
+        kv("_addr", 1, addr),
         kv("name", 2, name),
         kv("services", 3, r#"["web"]"#),
     ];
+    let extra = extra.iter().filter(|(k, _)| *k != "_addr");
     kvs.extend((4..).zip(extra).map(|(v, (k, value))| kv(k, v, value)));
     forge(&Packet {
         sender: NodeId(0x6161_6161_6161_6161),
@@ -727,7 +732,7 @@ fn state_files_are_not_followed_through_links_hung_on_or_logged_whole() {
     ] {
         symlink(&precious, state.join(name)).unwrap();
     }
-    let a = start("127.0.74.1", None, "", dir.path());
+    let a = start("127.0.78.1", None, "", dir.path());
     let (status, _) = request(a.api, "PUT", "/meta-data/add-service/web", Some(&bearer()));
     assert_eq!(status, 200);
     let log = a.log.lock().unwrap().clone();
@@ -766,7 +771,7 @@ fn state_files_are_not_followed_through_links_hung_on_or_logged_whole() {
     std::fs::write(&meta, serde_json::json!({ "services": names }).to_string()).unwrap();
     assert!(std::fs::metadata(&meta).unwrap().len() > 4_000_000);
     for _ in 0..2 {
-        let a = start("127.0.74.1", None, "", dir.path());
+        let a = start("127.0.78.1", None, "", dir.path());
         let log = a.log.lock().unwrap().clone();
         let longest = log.lines().map(str::len).max().unwrap_or(0);
         assert!(longest < 2048, "a log line of {longest} bytes");
@@ -861,17 +866,21 @@ fn a_node_fetching_an_artifact_never_sends_the_token() {
 #[test]
 fn upgrade_status_never_sends_the_token_where_gossip_points() {
     let dir = tempfile::tempdir().unwrap();
-    let a = start("127.0.70.1", None, "", dir.path());
-    let (a_id, _, _) = member(&a, "127.0.70.1").unwrap();
+    let a = start("127.0.82.1", None, "", dir.path());
+    let (a_id, _, _) = member(&a, "127.0.82.1").unwrap();
     let a_id: NodeId = a_id.parse().unwrap();
-    let (trap_addr, rx) = trap("127.0.70.9");
+    let (trap_addr, rx) = trap("127.0.82.9");
     let port = trap_addr.port().to_string();
-    let socket = UdpSocket::bind("127.0.71.1:0").unwrap();
+    let socket = UdpSocket::bind("127.0.83.1:0").unwrap();
     let forged = ack2_with(
         a_id,
         0xbad,
         "trap",
-        &[("http", &port), ("version", "0.1.0")],
+        &[
+            ("_addr", "127.0.82.9:7946"),
+            ("http", &port),
+            ("version", "0.1.0"),
+        ],
         1,
     );
     socket.send_to(&forged, a.gossip).unwrap();
@@ -1263,4 +1272,60 @@ fn one_subnet_cannot_take_every_connection_and_the_card_and_members_keep_theirs(
     assert_eq!(answered("127.0.0.1"), 10, "the card itself is refused");
     assert_eq!(answered("127.0.80.2"), 10, "a member is refused");
     println!("holding {} connections", held.len());
+}
+
+/// Every test here binds its agents and sockets on 127.0.N.x with fixed ports, and the tests of this
+/// file run side by side: two tests on one /24 would meet each other's agents (an artifact-fetch test
+/// once met another test's agent in CI). Read from this file's own source, each `127.0.N.` and each
+/// `three(…, N, …)` of a test belongs to that test alone (helpers' addresses are the tests' that call them).
+#[test]
+fn no_two_tests_share_a_loopback_net() {
+    let source = include_str!("hostile.rs");
+    let mut owner: std::collections::BTreeMap<u32, String> = Default::default();
+    let mut clashes = Vec::new();
+    let mut lines = source.lines().peekable();
+    let mut is_test = false;
+    while let Some(line) = lines.next() {
+        if line.starts_with("#[test]") {
+            is_test = true;
+            continue;
+        }
+        let Some(name) = line.strip_prefix("fn ").and_then(|r| r.split('(').next()) else {
+            continue;
+        };
+        let mut nets = std::collections::BTreeSet::new();
+        for body in lines.by_ref().take_while(|l| *l != "}") {
+            for (i, _) in body.match_indices("127.0.") {
+                let digits: String = body[i + 6..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                if let (Ok(net), true) = (
+                    digits.parse::<u32>(),
+                    body[i + 6 + digits.len()..].starts_with('.'),
+                ) {
+                    nets.insert(net);
+                }
+            }
+            if let Some(Ok(net)) = body
+                .split("three(dir.path(), ")
+                .nth(1)
+                .map(|rest| rest.split(',').next().unwrap_or("").parse())
+            {
+                nets.insert(net);
+            }
+        }
+        if std::mem::take(&mut is_test) {
+            for net in nets.into_iter().filter(|n| *n != 0) {
+                if let Some(first) = owner.insert(net, name.to_string()) {
+                    clashes.push(format!("127.0.{net}.0/24: {first} and {name}"));
+                }
+            }
+        }
+    }
+    assert!(
+        owner.len() > 20,
+        "the tests' nets were not found: {owner:?}"
+    );
+    assert!(clashes.is_empty(), "{}", clashes.join("\n"));
 }
