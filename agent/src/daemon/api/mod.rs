@@ -54,8 +54,11 @@ pub struct ApiState {
     pub cluster: String,
     pub limits: server::Limits,
     pub counters: Arc<server::Counters>,
-    /// Event streams left before `/api/v1/events` answers 503.
-    streams: Arc<tokio::sync::Semaphore>,
+    /// Event streams' places: `/api/v1/events` answers 503 when a client finds none.
+    streams: Arc<server::Admission>,
+    /// The addresses that may take reserved places (connections, event streams): this card itself (the
+    /// CLI, the upgrade installer's proof) and the cluster's members.
+    trusted: Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>,
     templates: Arc<tera::Tera>,
     /// `herd upgrade`'s artifacts and installs (none: the routes answer 404).
     pub upgrades: Option<Arc<Upgrades>>,
@@ -78,14 +81,23 @@ impl ApiState {
         tera.add_raw_template("dashboard.html", include_str!("dashboard.html"))
             .expect("the embedded dashboard template parses");
         ApiState {
-            handle,
+            handle: handle.clone(),
             metadata,
             token,
             protect_reads,
             cluster: cluster.to_string(),
             limits,
             counters: Default::default(),
-            streams: Arc::new(tokio::sync::Semaphore::new(limits.event_streams)),
+            streams: Arc::new(server::Admission::new(
+                limits.event_streams,
+                limits.reserved_streams,
+                limits.streams_per_address,
+                limits.streams_per_subnet,
+            )),
+            trusted: {
+                let members = handle.clone();
+                Arc::new(move |ip| server::is_local(ip) || members.is_member_address(ip))
+            },
             templates: Arc::new(tera),
             upgrades: None,
             upgrade_slot: Arc::new(tokio::sync::Semaphore::new(1)),
@@ -127,16 +139,13 @@ pub async fn serve(
         .with_context(|| format!("api.bind: cannot listen on TCP {addr}"))?;
     let local = listener.local_addr()?;
     let (limits, counters) = (state.limits, Arc::clone(&state.counters));
-    // The reserved connections are for this card itself (the CLI, the upgrade installer's proof) and
-    // for the cluster's members.
-    let handle = state.handle.clone();
-    let trusted = move |ip: std::net::IpAddr| server::is_local(ip) || handle.is_member_address(ip);
+    let trusted = Arc::clone(&state.trusted);
     let task = tokio::spawn(server::run(
         listener,
         routes(state),
         limits,
         counters,
-        Arc::new(trusted),
+        trusted,
         shutdown,
     ));
     Ok((local, task))
@@ -196,13 +205,18 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let events = warp::path!("api" / "v1" / "events")
         .and(warp::get())
         .and(st.clone())
-        .and_then(|s: ApiState| async move {
-            let permit = Arc::clone(&s.streams).try_acquire_owned().map_err(|_| {
+        .and(warp::ext::optional::<server::Peer>())
+        .and_then(|s: ApiState, peer: Option<server::Peer>| async move {
+            let ip = peer.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |p| p.0.ip());
+            let permit = s.streams.admit(ip, &*s.trusted).ok_or_else(|| {
                 reject(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
-                        "{} event streams are open, the most this node serves; try again later",
-                        s.limits.event_streams
+                        "no event stream free for {ip}: this node serves {} in all, {} per address \
+                         and {} per subnet; try again later",
+                        s.limits.event_streams,
+                        s.limits.streams_per_address,
+                        s.limits.streams_per_subnet
                     ),
                 )
             })?;

@@ -41,6 +41,12 @@ pub struct Limits {
     pub stall_timeout: Duration,
     /// Event streams (`/api/v1/events`) in all.
     pub event_streams: usize,
+    /// Event streams from one client address, and from one subnet: a client acknowledging what it never
+    /// reads looks like a slow reader until its receive window fills, so what bounds it is its share.
+    pub streams_per_address: usize,
+    pub streams_per_subnet: usize,
+    /// Event streams beyond `event_streams` for this card and the cluster's members.
+    pub reserved_streams: usize,
 }
 
 impl Default for Limits {
@@ -53,6 +59,9 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
             event_streams: 64,
+            streams_per_address: 4,
+            streams_per_subnet: 16,
+            reserved_streams: 8,
         }
     }
 }
@@ -86,11 +95,12 @@ pub async fn run<F>(
     F: warp::Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
-    let pools = Pools {
-        general: Arc::new(Semaphore::new(limits.connections)),
-        reserved: Arc::new(Semaphore::new(limits.reserved)),
-        held: Default::default(),
-    };
+    let pools = Admission::new(
+        limits.connections,
+        limits.reserved,
+        limits.per_address,
+        limits.per_subnet,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -107,7 +117,7 @@ pub async fn run<F>(
             _ = &mut shutdown => break,
         };
         counters.accepted.fetch_add(1, Ordering::Relaxed);
-        let Some(slot) = admit(&pools, peer.ip(), &limits, &*trusted) else {
+        let Some(slot) = pools.admit(peer.ip(), &*trusted) else {
             counters.refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
@@ -117,7 +127,10 @@ pub async fn run<F>(
             counters.open.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
             let io = TokioIo::new(Stalling::new(stream, limits.stall_timeout));
-            let service = hyper_util::service::TowerToHyperService::new(warp::service(filter));
+            let service = WithPeer {
+                inner: hyper_util::service::TowerToHyperService::new(warp::service(filter)),
+                peer: Peer(peer),
+            };
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
@@ -153,11 +166,32 @@ pub async fn run<F>(
     drop(listener);
     let _ = stop_tx.send(true);
     // Wait for the connections to finish: every slot back.
-    let _ = tokio::time::timeout(Duration::from_secs(6), async {
-        let _ = pools.general.acquire_many(limits.connections as u32).await;
-        let _ = pools.reserved.acquire_many(limits.reserved as u32).await;
-    })
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(6), pools.drained()).await;
+}
+
+/// The client address of the connection a request came on, for routes that bound what one client
+/// holds beyond its connection (event streams): `warp::ext::optional::<Peer>()`.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
+/// A connection's service, which puts the connection's [`Peer`] into each request's extensions.
+struct WithPeer<S> {
+    inner: S,
+    peer: Peer,
+}
+
+impl<S, B> hyper::service::Service<hyper::Request<B>> for WithPeer<S>
+where
+    S: hyper::service::Service<hyper::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut request: hyper::Request<B>) -> S::Future {
+        request.extensions_mut().insert(self.peer);
+        self.inner.call(request)
+    }
 }
 
 /// Whether `ip` is this card itself: the CLI and the upgrade installer ask from there.
@@ -179,11 +213,16 @@ fn subnet(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The connections' pools, and how many each address and subnet holds.
-struct Pools {
+/// Places of one kind (connections, event streams): a general pool, of which one address and one
+/// subnet may hold only so many, and a few reserved places for the addresses `trusted` names when the
+/// general pool, or the client's subnet's share of it, is taken.
+pub struct Admission {
     general: Arc<Semaphore>,
     reserved: Arc<Semaphore>,
     held: Arc<Mutex<Held>>,
+    sizes: (u32, u32),
+    per_address: usize,
+    per_subnet: usize,
 }
 
 #[derive(Debug, Default)]
@@ -210,9 +249,9 @@ impl Held {
     }
 }
 
-/// A connection's place: a slot of one pool, and its count against its address and subnet; all given
-/// back on drop.
-struct Slot {
+/// A client's place: a slot of one pool, and its count against its address and subnet; all given back
+/// on drop.
+pub struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
     held: Arc<Mutex<Held>>,
     ip: IpAddr,
@@ -224,36 +263,55 @@ impl Drop for Slot {
     }
 }
 
-/// A place for a connection from `ip`: within its address's cap; from the general pool while its
-/// subnet is within its cap, else (or when the pool is empty) from the reserved one if `trusted` says
-/// `ip` may have it.
-fn admit(
-    pools: &Pools,
-    ip: IpAddr,
-    limits: &Limits,
-    trusted: &dyn Fn(IpAddr) -> bool,
-) -> Option<Slot> {
-    let mut held = pools.held.lock().expect("held lock");
-    if held.addresses.get(&ip).copied().unwrap_or(0) >= limits.per_address {
-        return None;
+impl Admission {
+    pub fn new(
+        general: usize,
+        reserved: usize,
+        per_address: usize,
+        per_subnet: usize,
+    ) -> Admission {
+        Admission {
+            general: Arc::new(Semaphore::new(general)),
+            reserved: Arc::new(Semaphore::new(reserved)),
+            held: Default::default(),
+            sizes: (general as u32, reserved as u32),
+            per_address,
+            per_subnet,
+        }
     }
-    let subnet_full = held.subnets.get(&subnet(ip)).copied().unwrap_or(0) >= limits.per_subnet;
-    let general = if subnet_full {
-        None
-    } else {
-        Arc::clone(&pools.general).try_acquire_owned().ok()
-    };
-    let permit = match general {
-        Some(p) => p,
-        None if trusted(ip) => Arc::clone(&pools.reserved).try_acquire_owned().ok()?,
-        None => return None,
-    };
-    held.take(ip);
-    Some(Slot {
-        _permit: permit,
-        held: Arc::clone(&pools.held),
-        ip,
-    })
+
+    /// A place for a client at `ip`: within its address's cap; from the general pool while its subnet
+    /// is within its cap, else (or when the pool is empty) from the reserved one if `trusted` says `ip`
+    /// may have it.
+    pub fn admit(&self, ip: IpAddr, trusted: &dyn Fn(IpAddr) -> bool) -> Option<Slot> {
+        let mut held = self.held.lock().expect("held lock");
+        if held.addresses.get(&ip).copied().unwrap_or(0) >= self.per_address {
+            return None;
+        }
+        let subnet_full = held.subnets.get(&subnet(ip)).copied().unwrap_or(0) >= self.per_subnet;
+        let general = if subnet_full {
+            None
+        } else {
+            Arc::clone(&self.general).try_acquire_owned().ok()
+        };
+        let permit = match general {
+            Some(p) => p,
+            None if trusted(ip) => Arc::clone(&self.reserved).try_acquire_owned().ok()?,
+            None => return None,
+        };
+        held.take(ip);
+        Some(Slot {
+            _permit: permit,
+            held: Arc::clone(&self.held),
+            ip,
+        })
+    }
+
+    /// Completes once every place is back.
+    async fn drained(&self) {
+        let _ = self.general.acquire_many(self.sizes.0).await;
+        let _ = self.reserved.acquire_many(self.sizes.1).await;
+    }
 }
 
 /// A stream whose writes fail with `TimedOut` once they have waited `limit` on a peer that does not read.
@@ -361,42 +419,29 @@ pub fn fit_to_file_limit(mut limits: Limits) -> Limits {
 mod tests {
     use super::*;
 
-    fn pools(general: usize, reserved: usize) -> Pools {
-        Pools {
-            general: Arc::new(Semaphore::new(general)),
-            reserved: Arc::new(Semaphore::new(reserved)),
-            held: Default::default(),
-        }
-    }
-
     #[test]
     fn admission_caps_in_all_per_address_and_per_subnet_and_gives_back() {
-        let p = pools(4, 0);
-        let limits = Limits {
-            per_address: 2,
-            per_subnet: 3,
-            ..Limits::default()
-        };
+        let p = Admission::new(4, 0, 2, 3);
         let never = |_: IpAddr| false;
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let a1 = admit(&p, ip("10.0.0.1"), &limits, &never).unwrap();
-        let a2 = admit(&p, ip("10.0.0.1"), &limits, &never).unwrap();
+        let a1 = p.admit(ip("10.0.0.1"), &never).unwrap();
+        let a2 = p.admit(ip("10.0.0.1"), &never).unwrap();
         assert!(
-            admit(&p, ip("10.0.0.1"), &limits, &never).is_none(),
+            p.admit(ip("10.0.0.1"), &never).is_none(),
             "third from one address"
         );
-        let b1 = admit(&p, ip("10.0.0.2"), &limits, &never).unwrap();
+        let b1 = p.admit(ip("10.0.0.2"), &never).unwrap();
         assert!(
-            admit(&p, ip("10.0.0.3"), &limits, &never).is_none(),
+            p.admit(ip("10.0.0.3"), &never).is_none(),
             "fourth from one /24"
         );
-        let c1 = admit(&p, ip("10.0.1.1"), &limits, &never).unwrap();
+        let c1 = p.admit(ip("10.0.1.1"), &never).unwrap();
         assert!(
-            admit(&p, ip("10.0.2.1"), &limits, &never).is_none(),
+            p.admit(ip("10.0.2.1"), &never).is_none(),
             "over the cap in all"
         );
         drop(a1);
-        assert!(admit(&p, ip("10.0.0.3"), &limits, &never).is_some());
+        assert!(p.admit(ip("10.0.0.3"), &never).is_some());
         drop((a2, b1, c1));
         let held = p.held.lock().unwrap();
         assert!(
@@ -407,19 +452,18 @@ mod tests {
 
     #[test]
     fn the_reserved_connections_go_only_to_the_card_and_members() {
-        let p = pools(1, 1);
-        let limits = Limits::default();
+        let p = Admission::new(1, 1, 16, 128);
         let member: IpAddr = "192.168.1.20".parse().unwrap();
         let trusted = move |ip: IpAddr| is_local(ip) || ip == member;
-        let _other = admit(&p, "192.168.1.99".parse().unwrap(), &limits, &trusted).unwrap();
-        assert!(admit(&p, "192.168.1.98".parse().unwrap(), &limits, &trusted).is_none());
-        let m = admit(&p, member, &limits, &trusted).unwrap();
+        let _other = p.admit("192.168.1.99".parse().unwrap(), &trusted).unwrap();
+        assert!(p.admit("192.168.1.98".parse().unwrap(), &trusted).is_none());
+        let m = p.admit(member, &trusted).unwrap();
         assert!(
-            admit(&p, "127.0.0.1".parse().unwrap(), &limits, &trusted).is_none(),
+            p.admit("127.0.0.1".parse().unwrap(), &trusted).is_none(),
             "one reserved"
         );
         drop(m);
-        assert!(admit(&p, "127.0.0.1".parse().unwrap(), &limits, &trusted).is_some());
+        assert!(p.admit("127.0.0.1".parse().unwrap(), &trusted).is_some());
         assert!(!is_local("127.0.0.2".parse().unwrap()));
     }
 }
