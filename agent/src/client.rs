@@ -1,12 +1,14 @@
 //! A small blocking client for a node's HTTP API: the one HTTP client of the crate, used by the
 //! operator's CLI, by the root installer (`installer.rs`, which proves an upgrade through the node's
 //! own API), and by tests and benches. Errors name the node and carry the API's own message; the token
-//! is sent only where it is needed or asked for, and redirects are never followed.
+//! itself is never sent: a request that needs it carries a proof made for that request on that node
+//! ([`crate::model::proof`]), and only where it is needed or asked for; redirects are never followed.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::model::proof::{self, NonceView};
 use crate::model::upgrade::{InstallRequest, StoredView, UpgradeView};
 use crate::model::views::{NodeView, ServicesView};
 
@@ -15,6 +17,11 @@ use crate::model::views::{NodeView, ServicesView};
 pub struct Client {
     base: String,
     token: Option<String>,
+    /// The node id gossip lists at this address; `None` for the node the operator named.
+    expect: Option<String>,
+    /// Whether a node found through gossip that has no nonce (an agent older than proofs) is sent the
+    /// token itself, as the operator asked with `--token-to-older-agents`.
+    older_get_token: bool,
     http: ureq::Agent,
 }
 
@@ -23,6 +30,8 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("base", &self.base)
             .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("expect", &self.expect)
+            .field("older_get_token", &self.older_get_token)
             .finish()
     }
 }
@@ -49,7 +58,28 @@ impl Client {
     ) -> anyhow::Result<Client> {
         let base = normalize(node)?;
         let http = agent(Some(timeout));
-        Ok(Client { base, token, http })
+        Ok(Client {
+            base,
+            token,
+            expect: None,
+            older_get_token: false,
+            http,
+        })
+    }
+
+    /// The same client for a node found through gossip, listed with `id`: a proof is made only if the
+    /// node at the address answers as `id`, and a node without proofs (an older agent) is not sent the
+    /// token at all, as the node the operator named would be.
+    pub fn expecting(mut self, id: &str) -> Client {
+        self.expect = Some(id.to_string());
+        self
+    }
+
+    /// Lets an older agent found through gossip (one without a nonce endpoint) be sent the token
+    /// itself; a key holder who invents a member at an address of its own then reads it there.
+    pub fn older_get_token(mut self, yes: bool) -> Client {
+        self.older_get_token = yes;
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -91,9 +121,9 @@ impl Client {
         })
     }
 
-    /// Sends `method path` through `http` and returns the response, its body unread. The token goes
-    /// along when `auth`; a `GET` refused for want of it (a node with `api.protect_reads`) is sent once
-    /// more with it, if there is one: the token goes over the network only where it is asked for.
+    /// Sends `method path` through `http` and returns the response, its body unread. The token's
+    /// proof goes along when `auth`; a `GET` refused for want of it (a node with `api.protect_reads`) is
+    /// sent once more with it, if there is one: a proof is made only where it is asked for.
     fn call(
         &self,
         method: &str,
@@ -108,7 +138,11 @@ impl Client {
         loop {
             let mut req = ureq::http::Request::builder().method(method).uri(&url);
             if let (true, Some(t)) = (auth, &self.token) {
-                req = req.header("authorization", format!("Bearer {t}"));
+                let bytes = body.map_or(&[][..], |b| b.1);
+                req = req.header(
+                    "authorization",
+                    self.authorization(t, method, path, bytes, http)?,
+                );
             }
             if let Some(accept) = accept {
                 req = req.header("accept", accept);
@@ -135,6 +169,64 @@ impl Client {
             }
             return Ok(resp);
         }
+    }
+
+    /// The `Authorization` for `method path` with `body`: a proof of `token` made with a nonce of the
+    /// node. An agent older than proofs (no nonce endpoint) is sent the token itself only if it is the
+    /// node the operator named.
+    fn authorization(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        http: &ureq::Agent,
+    ) -> anyhow::Result<String> {
+        let url = format!("{}{}", self.base, proof::NONCE_PATH);
+        let mut resp = http
+            .get(&url)
+            .call()
+            .with_context(|| format!("cannot reach {url}"))?;
+        let status = resp.status().as_u16();
+        if status == 404 && (self.expect.is_none() || self.older_get_token) {
+            return Ok(format!("Bearer {token}"));
+        }
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(4096)
+            .read_to_string()
+            .with_context(|| format!("reading the answer of {url}"))?;
+        if status != 200 {
+            bail!(
+                "{url}: HTTP {status}: no nonce to prove the token with{}",
+                if status == 404 && self.expect.is_some() {
+                    " (an agent older than this CLI, or not a herd node: the token itself is sent \
+                     only to the node named with --node, or to every node listed with \
+                     --token-to-older-agents)"
+                } else {
+                    ""
+                }
+            );
+        }
+        let n: NonceView =
+            serde_json::from_str(&text).with_context(|| format!("{url}: unexpected answer"))?;
+        if let Some(id) = self.expect.as_deref().filter(|id| *id != n.node) {
+            bail!(
+                "{} answers as node {}, but the cluster lists node {id} there: no proof of the \
+                 token sent",
+                self.base,
+                n.node
+            );
+        }
+        Ok(proof::header(
+            token.as_bytes(),
+            &n.node,
+            &n.nonce,
+            method,
+            path,
+            body,
+        ))
     }
 
     fn json<T: serde::de::DeserializeOwned>(
@@ -279,6 +371,44 @@ mod tests {
         assert!(normalize("").is_err());
         assert!(normalize("https://pi").is_err());
         assert!(normalize("pi/x").is_err());
+    }
+
+    /// An HTTP server on loopback answering 404 to all (an agent older than proofs): the heads it got.
+    fn older_agent() -> (String, std::sync::mpsc::Receiver<String>) {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for s in listener.incoming().take(16) {
+                let Ok(mut s) = s else { return };
+                let mut head = String::new();
+                let mut lines = std::io::BufReader::new(&mut s);
+                while lines.read_line(&mut head).is_ok_and(|n| n > 2) {}
+                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+                let _ = tx.send(head.to_lowercase());
+            }
+        });
+        (addr.to_string(), rx)
+    }
+
+    #[test]
+    fn an_older_agent_gets_the_token_only_if_named_or_allowed() {
+        let token = "supersecrettoken1";
+        let sent = |c: Client, rx: &std::sync::mpsc::Receiver<String>| {
+            let r = c.change_service("web", true);
+            let heads: Vec<String> = rx.try_iter().collect();
+            (r, heads.iter().any(|h| h.contains(token)))
+        };
+        let (addr, rx) = older_agent();
+        let named = Client::new(&addr, Some(token.into())).unwrap();
+        assert!(sent(named.clone(), &rx).1, "the named node is sent it");
+        let (r, leaked) = sent(named.clone().expecting("00000000000000aa"), &rx);
+        assert!(!leaked, "a gossiped node was sent the token");
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(e.contains("--token-to-older-agents"), "{e}");
+        let allowed = named.expecting("00000000000000aa").older_get_token(true);
+        assert!(sent(allowed, &rx).1, "the operator allowed it");
     }
 
     #[test]

@@ -808,14 +808,42 @@ fn state_files_are_not_followed_through_links_hung_on_or_logged_whole() {
     assert_eq!(aside.len(), 1, "{aside:?}");
 }
 
-/// A listener on `ip` where a key holder would wait for the token: it answers each of at most four
-/// requests 401, as a protected node would, and passes on their heads.
-fn trap(ip: &str) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+/// Attacker B invents member 0xbad named `name`, whose API is `api` (an address B listens on), on
+/// `a`, from a socket on `from`; returns once `a` lists it alive.
+fn invent_api_member(a: &Agent, name: &str, api: SocketAddr, from: &str, extra: &[(&str, &str)]) {
+    let (a_id, _, _) = member(a, &a.ip).unwrap();
+    let gossip = format!("{}:7946", api.ip());
+    let port = api.port().to_string();
+    let mut kvs = vec![("_addr", gossip.as_str()), ("http", port.as_str())];
+    kvs.extend_from_slice(extra);
+    let forged = ack2_with(a_id.parse().unwrap(), 0xbad, name, &kvs, 1);
+    UdpSocket::bind(format!("{from}:0"))
+        .unwrap()
+        .send_to(&forged, a.gossip)
+        .unwrap();
+    wait(
+        Duration::from_secs(5),
+        "the invented member is listed",
+        || {
+            nodes(a)
+                .iter()
+                .any(|n| n["name"] == name && n["state"] == "alive")
+        },
+    );
+}
+
+/// A listener on `ip` that answers each of at most `n` requests with `answer(head)` and passes on
+/// their heads.
+fn listen(
+    ip: &str,
+    n: usize,
+    answer: impl Fn(&str) -> String + Send + 'static,
+) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
     let listener = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for _ in 0..4 {
+        for _ in 0..n {
             let Ok((mut s, _)) = listener.accept() else {
                 return;
             };
@@ -828,14 +856,22 @@ fn trap(ip: &str) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                 }
             }
-            let _ = s.write_all(
-                b"HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"herd\"\r\n\
-                  content-length: 0\r\n\r\n",
-            );
-            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let _ = s.write_all(answer(&head).as_bytes());
+            let _ = tx.send(head);
         }
     });
     (addr, rx)
+}
+
+/// A listener on `ip` where a key holder would wait for the token: it answers each of at most four
+/// requests 401, as a protected node would, and passes on their heads.
+fn trap(ip: &str) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    listen(ip, 4, |_| {
+        "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Basic realm=\"herd\"\r\n\
+         content-length: 0\r\n\r\n"
+            .into()
+    })
 }
 
 /// Attacker B makes gossip (or an operator's list) point a node at an address it listens on: the node
@@ -846,23 +882,35 @@ fn a_node_fetching_an_artifact_never_sends_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let a = start("127.0.76.1", None, "protect_reads = true\n", dir.path());
     let (trap_addr, rx) = trap("127.0.76.9");
-    let body = serde_json::json!({
-        "sha256": "ab".repeat(32),
-        "sources": [format!("http://{trap_addr}")],
-        "timeout_s": 60,
-    })
-    .to_string();
-    let mut s = std::net::TcpStream::connect(a.api).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "POST /api/v1/upgrade/install HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
+    let install = |source: &str| {
+        let body = serde_json::json!({
+            "sha256": "ab".repeat(32),
+            "sources": [source],
+            "timeout_s": 60,
+        })
+        .to_string();
+        let mut s = std::net::TcpStream::connect(a.api).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "POST /api/v1/upgrade/install HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n\
+             {body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    // A source that is no member's API is refused before anything is asked of it.
+    let answer = install(&format!("http://{trap_addr}"));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("is not the API address"), "{answer}");
+    assert!(rx.try_iter().next().is_none(), "a non-member was asked");
+    // B makes it one: an invented member whose API is the trap.
+    invent_api_member(&a, "trap", trap_addr, "127.0.79.1", &[]);
+    let answer = install(&format!("http://{trap_addr}"));
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     let heads: Vec<String> = rx.try_iter().collect();
     assert!(
@@ -891,32 +939,8 @@ fn a_node_fetching_an_artifact_never_sends_the_token() {
 fn upgrade_status_never_sends_the_token_where_gossip_points() {
     let dir = tempfile::tempdir().unwrap();
     let a = start("127.0.82.1", None, "", dir.path());
-    let (a_id, _, _) = member(&a, "127.0.82.1").unwrap();
-    let a_id: NodeId = a_id.parse().unwrap();
     let (trap_addr, rx) = trap("127.0.82.9");
-    let port = trap_addr.port().to_string();
-    let socket = UdpSocket::bind("127.0.83.1:0").unwrap();
-    let forged = ack2_with(
-        a_id,
-        0xbad,
-        "trap",
-        &[
-            ("_addr", "127.0.82.9:7946"),
-            ("http", &port),
-            ("version", "0.1.0"),
-        ],
-        1,
-    );
-    socket.send_to(&forged, a.gossip).unwrap();
-    wait(
-        Duration::from_secs(5),
-        "the invented member is listed",
-        || {
-            nodes(&a)
-                .iter()
-                .any(|n| n["name"] == "trap" && n["state"] == "alive")
-        },
-    );
+    invent_api_member(&a, "trap", trap_addr, "127.0.83.1", &[("version", "0.1.0")]);
     let out = Command::new(env!("CARGO_BIN_EXE_herd"))
         .args(["upgrade", "--status"])
         .env("HERD_NODE", format!("http://{}", a.api))
@@ -1352,4 +1376,90 @@ fn no_two_tests_share_a_loopback_net() {
         "the tests' nets were not found: {owner:?}"
     );
     assert!(clashes.is_empty(), "{}", clashes.join("\n"));
+}
+
+/// A listener where gossip points, which relays what it can to the real node at `real`: it answers a
+/// nonce request with the real node's nonce under the invented member's id `claims` (the CLI refuses a
+/// node answering as another), and records every request head it gets.
+fn relay(
+    ip: &str,
+    real: SocketAddr,
+    claims: &str,
+) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let claims = claims.to_string();
+    listen(ip, 8, move |head| {
+        if !head.starts_with("GET /api/v1/auth/nonce ") {
+            return "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n".into();
+        }
+        let (_, text) = request(real, "GET", "/api/v1/auth/nonce", None);
+        let mut n = body_json(&text);
+        n["node"] = claims.clone().into();
+        let body = n.to_string();
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    })
+}
+
+/// The CLI never sends the token (issue 31, 2): a key holder invents a member whose API is a relay of
+/// its own, and the operator changes that member's services. The relay gets a proof made for the
+/// invented node's id, which the real node refuses; a proof a listener copies on the wire is refused
+/// the second time. On 1f4121b the relay got `Authorization: Bearer <token>`.
+#[test]
+fn the_cli_proves_the_token_without_sending_it_and_a_copied_proof_is_worth_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = start("127.0.96.1", None, "", dir.path());
+    let (a_id, _, _) = member(&a, "127.0.96.1").unwrap();
+    let invented = format!("{:016x}", 0xbad);
+    let (relay_addr, rx) = relay("127.0.96.9", a.api, &invented);
+    invent_api_member(&a, "relay", relay_addr, "127.0.97.1", &[]);
+    let herd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_herd"))
+            .args(args)
+            .env("HERD_NODE", format!("http://{}", a.api))
+            .env("HERD_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    let out = herd(&["meta-data", "add-service", "relay", "web"]);
+    assert!(!out.status.success());
+    let heads: Vec<String> = rx.try_iter().collect();
+    let put = heads
+        .iter()
+        .find(|h| h.starts_with("PUT "))
+        .unwrap_or_else(|| panic!("no request reached the relay: {heads:?}"));
+    assert!(heads.iter().all(|h| !h.contains(TOKEN)), "{heads:?}");
+    let proof = put
+        .lines()
+        .find_map(|l| l.strip_prefix("authorization: "))
+        .unwrap_or_else(|| panic!("{put}"));
+    assert!(proof.starts_with("Herd-MAC "), "{proof}");
+    // The relay replays it on the real node: made for another node.
+    let (status, text) = request(a.api, "PUT", "/meta-data/add-service/web", Some(proof));
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("made for another node"), "{text}");
+    // The named node is served with a proof; the same proof, copied off the wire, is not taken twice.
+    let out = herd(&["meta-data", "add-service", &a_id, "web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nonce = body_json(&get(&a, "/api/v1/auth/nonce", None).1);
+    let header = herd::model::proof::header(
+        TOKEN.as_bytes(),
+        nonce["node"].as_str().unwrap(),
+        nonce["nonce"].as_str().unwrap(),
+        "PUT",
+        "/meta-data/add-service/db",
+        b"",
+    );
+    let first = request(a.api, "PUT", "/meta-data/add-service/db", Some(&header));
+    assert_eq!(first.0, 200, "{}", first.1);
+    let again = request(a.api, "PUT", "/meta-data/add-service/db", Some(&header));
+    assert_eq!(again.0, 401, "{}", again.1);
+    assert!(again.1.contains("already used"), "{}", again.1);
+    let other = request(a.api, "PUT", "/meta-data/add-service/evil", Some(&header));
+    assert!(other.1.contains("made for another request"), "{}", other.1);
 }

@@ -18,7 +18,8 @@ use crate::release::{self, Arch, PublicKey, Refusal};
 
 /// The artifact kept: `<sha256>.herd`, described by `artifact.json`.
 const KEPT: &str = "artifact.json";
-/// How long fetching an artifact from one source may take.
+/// How long fetching an artifact may take, from all its sources together: the one upgrade slot is not
+/// held longer, however many slow sources a request names.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A refusal with the HTTP status it answers.
@@ -180,9 +181,25 @@ impl Upgrades {
     }
 
     /// `POST /api/v1/upgrade/install`: gets the artifact (kept, or from a source), checks it is for this
-    /// card, and hands it to the installer. `peers`: the ids of the other alive members.
-    pub fn install(&self, req: &InstallRequest, peers: Vec<String>) -> Result<String, Refused> {
+    /// card, and hands it to the installer. `peers`: the ids of the other alive members; `members_apis`:
+    /// the API addresses (`http://IP:PORT`) of this node and those, the only sources it fetches from, so
+    /// a request cannot make it probe other hosts and ports and report what it found.
+    pub fn install(
+        &self,
+        req: &InstallRequest,
+        peers: Vec<String>,
+        members_apis: &[String],
+    ) -> Result<String, Refused> {
         req.check().map_err(|e| refused(400, e))?;
+        if let Some(other) = req.sources.iter().find(|s| !members_apis.contains(s)) {
+            return Err(refused(
+                400,
+                format!(
+                    "sources: {other} is not the API address of an alive member of this cluster \
+                     (as its gossip lists it: http://IP:PORT)"
+                ),
+            ));
+        }
         if self.busy() {
             return Err(refused(
                 409,
@@ -230,7 +247,7 @@ impl Upgrades {
         let http: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(FETCH_TIMEOUT))
+            .timeout_recv_response(Some(Duration::from_secs(10)))
             .max_redirects(0)
             .build()
             .into();
@@ -238,12 +255,24 @@ impl Upgrades {
         use rand::seq::SliceRandom;
         order.shuffle(&mut rand::thread_rng());
         let mut failures = Vec::new();
+        let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
         for source in order {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                failures.push(format!(
+                    "the others untried: {} s spent",
+                    FETCH_TIMEOUT.as_secs()
+                ));
+                break;
+            }
             let url = format!("{source}/api/v1/upgrade/artifact/{sha}");
             // Never with the API token: a source is an address gossip or the operator named, and
             // what comes back is checked by its SHA-256 and, before any install, its signature.
             let result = http
                 .get(&url)
+                .config()
+                .timeout_global(Some(left))
+                .build()
                 .call()
                 .map_err(|e| e.to_string())
                 .and_then(|mut resp| {
@@ -331,7 +360,7 @@ mod tests {
             timeout_s: 60,
         };
         assert_eq!(
-            u.install(&req, vec!["0123456789abcdef".into()]),
+            u.install(&req, vec!["0123456789abcdef".into()], &[]),
             Ok("99.1".into())
         );
         let handoff: Handoff = serde_json::from_str(
@@ -340,7 +369,7 @@ mod tests {
         .unwrap();
         assert_eq!(handoff.sha256, second.sha256);
         assert_eq!(handoff.peers, vec!["0123456789abcdef".to_string()]);
-        let again = u.install(&req, vec![]).unwrap_err();
+        let again = u.install(&req, vec![], &[]).unwrap_err();
         assert_eq!(again.status, 409, "{again:?}");
     }
 
@@ -365,16 +394,25 @@ mod tests {
             allow_downgrade: false,
             timeout_s: 60,
         };
-        let e = u.install(&req, vec![]).unwrap_err();
+        let e = u.install(&req, vec![], &[]).unwrap_err();
         assert_eq!(e.status, 409);
         assert!(e.message.contains("older"), "{e:?}");
         assert!(!u.busy());
         req.allow_downgrade = true;
-        assert!(u.install(&req, vec![]).is_ok());
+        assert!(u.install(&req, vec![], &[]).is_ok());
         // Unknown artifact, no source.
         req.sha256 = "f".repeat(64);
         std::fs::remove_file(dir.path().join("upgrade/request.json")).unwrap();
-        assert_eq!(u.install(&req, vec![]).unwrap_err().status, 404);
+        assert_eq!(u.install(&req, vec![], &[]).unwrap_err().status, 404);
+        // A source that is no member's API: refused before anything is asked of it.
+        req.sources = vec!["http://10.9.9.9:22".into()];
+        let members = ["http://10.0.0.5:8080".to_string()];
+        let e = u.install(&req, vec![], &members).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.message.contains("10.9.9.9:22 is not the API address"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -63,6 +63,11 @@ impl NodeView {
     }
 }
 
+/// A node's API as the other nodes reach it: `http://IP:PORT` from its gossiped address and port.
+pub fn api_url(ip: std::net::IpAddr, port: u16) -> String {
+    format!("http://{}", std::net::SocketAddr::new(ip, port))
+}
+
 /// All nodes, the serving node first, then by name.
 pub fn nodes(members: &[Member]) -> Vec<NodeView> {
     let mut v: Vec<NodeView> = members.iter().map(NodeView::from_member).collect();

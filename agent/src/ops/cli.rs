@@ -31,11 +31,23 @@ pub struct Target {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Send the token itself to nodes found through gossip whose agent is too old to take a proof of
+    /// it (no /api/v1/auth/nonce). Any holder of the cluster key can then read it by inventing a
+    /// member at an address of its own: use it once, to upgrade such a cluster, on a LAN you trust.
+    #[arg(long, global = true, env = "HERD_TOKEN_TO_OLDER_AGENTS")]
+    pub token_to_older_agents: bool,
 }
 
 impl Target {
     pub fn client(&self) -> anyhow::Result<Client> {
         Client::new(&self.node, self.token()?)
+    }
+
+    /// A client for a member found through gossip at `addr`, listed as node `id`.
+    pub fn member_client(&self, addr: std::net::SocketAddr, id: &str) -> anyhow::Result<Client> {
+        Ok(Client::new(&addr.to_string(), self.token()?)?
+            .expecting(id)
+            .older_get_token(self.token_to_older_agents))
     }
 
     /// The `--secrets` file, parsed (none given: `None`).
@@ -211,10 +223,7 @@ pub fn node_client(t: &Target, entry: &Client, node: &NodeView) -> anyhow::Resul
     let (Some(addr), Some(port)) = (node.address, node.http_port) else {
         bail!("node {:?} publishes no API address", node.name);
     };
-    Client::new(
-        &format!("{}", std::net::SocketAddr::new(addr, port)),
-        t.token()?,
-    )
+    t.member_client(std::net::SocketAddr::new(addr, port), &node.id)
 }
 
 /// `herd inventory --list | --host NAME`: Ansible's dynamic-inventory protocol.

@@ -93,7 +93,50 @@ struct Node {
     api: String,
 }
 
+/// The token, and whether older agents found through gossip may be sent it (`--token-to-older-agents`).
+#[derive(Debug, Clone)]
+struct Access {
+    token: Option<String>,
+    older_get_token: bool,
+}
+
+impl Access {
+    fn of(t: &super::cli::Target) -> anyhow::Result<Access> {
+        Ok(Access {
+            token: t.token()?,
+            older_get_token: t.token_to_older_agents,
+        })
+    }
+
+    /// A client for the member gossip lists at `api` as node `id`.
+    fn member(&self, api: &str, id: &str) -> anyhow::Result<Client> {
+        Ok(Client::new(api, self.token.clone())?
+            .expecting(id)
+            .older_get_token(self.older_get_token))
+    }
+}
+
 impl Node {
+    /// A client for this node's API: one that proves the token only to the node gossip lists here
+    /// (the entry node is the one the operator named).
+    fn client(&self, token: Access) -> anyhow::Result<Client> {
+        if self.view.is_self {
+            Client::new(&self.api, token.token)
+        } else {
+            token.member(&self.api, &self.view.id)
+        }
+    }
+
+    /// Where the other nodes fetch the artifact from it: its API as gossip lists it (the entry node's
+    /// address as the operator named it may be a tunnel or a name only the laptop resolves), which is
+    /// also the only kind of source a node fetches from.
+    fn source(&self) -> Option<String> {
+        Some(crate::model::views::api_url(
+            self.view.address?,
+            self.view.http_port?,
+        ))
+    }
+
     fn label(&self) -> String {
         match self.view.address {
             Some(a) => format!("{} ({a})", self.view.name),
@@ -132,7 +175,7 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
     let version = manifest.version.clone();
     let entry = u.target.client()?;
     let all = entry.nodes()?;
-    let token = u.target.token()?;
+    let token = Access::of(&u.target)?;
 
     // The plan: every alive node not at the version, the entry node first.
     let mut nodes: Vec<Node> = Vec::new();
@@ -152,7 +195,7 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
         }
         let api = match (n.address, n.http_port) {
             (_, _) if n.is_self => entry.base().to_string(),
-            (Some(ip), Some(port)) => format!("http://{}", std::net::SocketAddr::new(ip, port)),
+            (Some(ip), Some(port)) => crate::model::views::api_url(ip, port),
             _ => bail!("{} publishes no API address: it cannot be upgraded", n.name),
         };
         nodes.push(Node {
@@ -234,7 +277,7 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
     // made before herd upgrade) is named, and nothing is changed.
     let mut keyless = Vec::new();
     for n in todo.iter().chain(std::iter::once(&first)) {
-        if !Client::new(&n.api, token.clone())?.upgrade_view()?.has_key {
+        if !n.client(token.clone())?.upgrade_view()?.has_key {
             keyless.push(n.label());
         }
     }
@@ -250,7 +293,7 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
 
     // One upload, to the entry node; the others fetch from nodes that have it.
     let started = Instant::now();
-    let uploader = Client::new(&first.api, token.clone())?;
+    let uploader = first.client(token.clone())?;
     print!("uploading to {} … ", first.label());
     std::io::Write::flush(&mut std::io::stdout())?;
     let kept = uploader.upload(&bytes)?;
@@ -261,8 +304,10 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
         "checked and kept ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
-    let mut sources = vec![first.api.clone()];
-    sources.extend(done.iter().map(|n| n.api.clone()));
+    let mut sources: Vec<String> = std::iter::once(&first)
+        .chain(&done)
+        .filter_map(Node::source)
+        .collect();
 
     let mut queue = todo.clone();
     while !queue.is_empty() {
@@ -278,7 +323,7 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
         let batch: Vec<Node> = queue.drain(..(u.batch as usize).min(queue.len())).collect();
         let rollout = rollout_id();
         for n in &batch {
-            let client = Client::new(&n.api, token.clone())?;
+            let client = n.client(token.clone())?;
             let req = InstallRequest {
                 sha256: sha.clone(),
                 rollout: rollout.clone(),
@@ -307,7 +352,7 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
                         t0.elapsed().as_secs_f64()
                     );
                     report.upgraded.push(n.view.name.clone());
-                    sources.push(n.api.clone());
+                    sources.extend(n.source());
                 }
                 Err(e) => {
                     let rest: Vec<String> = queue.iter().map(|n| n.view.name.clone()).collect();
@@ -349,9 +394,9 @@ fn wait(
     version: &str,
     rollout: &str,
     timeout: Duration,
-    token: Option<String>,
+    token: Access,
 ) -> anyhow::Result<()> {
-    let client = Client::new(&n.api, token.clone())?;
+    let client = n.client(token.clone())?;
     // The node's own verdict comes within the timeout; a rollback and a restart take a little more.
     let deadline = Instant::now() + timeout + Duration::from_secs(90);
     let mut shown = String::new();
@@ -410,7 +455,7 @@ fn wait(
         let (Some(ip), Some(port)) = (other.address, other.http_port) else {
             continue;
         };
-        let c = Client::new(&format!("{ip}:{port}"), token.clone())?;
+        let c = token.member(&format!("{ip}:{port}"), &other.id)?;
         match c.nodes() {
             Ok(list) => match list.iter().find(|x| x.id == id) {
                 Some(x) if x.state == Liveness::Alive && x.version.as_deref() == Some(version) => {}

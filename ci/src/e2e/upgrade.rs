@@ -58,6 +58,7 @@ fn rollout(opts: &Options, to: &Path, entry: &Vm, timeout: Duration) -> Upgrade 
             token: None,
             secrets: Some(opts.secrets.clone()),
             json: false,
+            token_to_older_agents: false,
         },
     }
 }

@@ -12,7 +12,7 @@ pub mod server;
 mod services;
 mod upgrade;
 
-use self::auth::{authorized, readable};
+use self::auth::{authorized, proven_body, readable};
 use self::dashboard::dashboard;
 use self::services::{change_services, working_service};
 use self::upgrade::{download, install, upgrade_view, upload};
@@ -59,6 +59,8 @@ pub struct ApiState {
     /// The addresses that may take reserved places (connections, event streams): this card itself (the
     /// CLI, the upgrade installer's proof) and the cluster's members.
     trusted: Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>,
+    /// The nonces the token's proofs are made with.
+    nonces: Arc<auth::Nonces>,
     templates: Arc<tera::Tera>,
     /// `herd upgrade`'s artifacts and installs (none: the routes answer 404).
     pub upgrades: Option<Arc<Upgrades>>,
@@ -98,6 +100,7 @@ impl ApiState {
                 let members = handle.clone();
                 Arc::new(move |ip| server::is_local(ip) || members.is_member_address(ip))
             },
+            nonces: Default::default(),
             templates: Arc::new(tera),
             upgrades: None,
             upgrade_slot: Arc::new(tokio::sync::Semaphore::new(1)),
@@ -233,6 +236,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let upload = warp::path!("api" / "v1" / "upgrade" / "artifact")
         .and(warp::put())
         .and(authorized(all.clone()))
+        .and(proven_body())
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .and_then(upload);
@@ -245,9 +249,20 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let install = warp::path!("api" / "v1" / "upgrade" / "install")
         .and(warp::post())
         .and(authorized(all.clone()))
+        .and(proven_body())
         .and(warp::body::content_length_limit(MAX_INSTALL_REQUEST))
         .and(warp::body::bytes())
         .and_then(install);
+    // Open even under `api.protect_reads`: a nonce is what a proof of the token is made with.
+    let nonce = warp::path!("api" / "v1" / "auth" / "nonce")
+        .and(warp::get())
+        .and(all.clone())
+        .map(|s: ApiState| {
+            warp::reply::json(&crate::model::proof::NonceView {
+                node: s.handle.id().to_string(),
+                nonce: s.nonces.issue(),
+            })
+        });
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| warp::reply::json(&serde_json::json!({ "status": "ok" })));
@@ -274,6 +289,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(upload)
         .or(download)
         .or(install)
+        .or(nonce)
         .or(healthz)
         .or(metrics)
         .recover(recover)

@@ -71,6 +71,7 @@ pub(super) async fn upgrade_view(s: ApiState) -> Result<impl Reply, Rejection> {
 /// and kept only once it checked out whole.
 pub(super) async fn upload(
     s: ApiState,
+    proven: Option<String>,
     length: Option<u64>,
     body: impl tokio_stream::Stream<Item = Result<impl warp::Buf, warp::Error>> + Send,
 ) -> Result<impl Reply, Rejection> {
@@ -123,6 +124,7 @@ pub(super) async fn upload(
                 format!("the upload took more than {} s", UPLOAD_TIMEOUT.as_secs()),
             )
         })??;
+    super::auth::check_body(&proven, &bytes)?;
     let view = blocking(move || u.accept(&bytes)).await?;
     Ok(warp::reply::json(&view))
 }
@@ -153,20 +155,28 @@ pub(super) async fn download(sha: String, s: ApiState) -> Result<impl Reply, Rej
 /// `POST /api/v1/upgrade/install`: fetch (if needed), check, and hand over to the card's installer.
 pub(super) async fn install(
     s: ApiState,
+    proven: Option<String>,
     body: hyper::body::Bytes,
 ) -> Result<impl Reply, Rejection> {
     let u = upgrades(&s)?;
+    super::auth::check_body(&proven, &body)?;
     let req: crate::model::upgrade::InstallRequest = serde_json::from_slice(&body)
         .map_err(|e| reject(StatusCode::BAD_REQUEST, format!("install request: {e}")))?;
     let _slot = upgrade_slot(&s)?;
-    let peers: Vec<String> = s
-        .handle
-        .members()
-        .iter()
-        .filter(|m| !m.is_self && m.liveness == Liveness::Alive)
-        .map(|m| m.id.to_string())
+    let alive: Vec<_> = views::nodes(&s.handle.members())
+        .into_iter()
+        .filter(|n| n.is_self || n.state == Liveness::Alive)
         .collect();
-    let version = blocking(move || u.install(&req, peers)).await?;
+    let peers: Vec<String> = alive
+        .iter()
+        .filter(|n| !n.is_self)
+        .map(|n| n.id.clone())
+        .collect();
+    let apis: Vec<String> = alive
+        .iter()
+        .filter_map(|n| Some(views::api_url(n.address?, n.http_port?)))
+        .collect();
+    let version = blocking(move || u.install(&req, peers, &apis)).await?;
     Ok(warp::reply::with_status(
         warp::reply::json(&serde_json::json!({ "installing": version })),
         StatusCode::ACCEPTED,
