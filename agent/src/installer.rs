@@ -148,7 +148,7 @@ pub fn apply(config: &Config, paths: &Paths, prove: &mut Prover) -> anyhow::Resu
     let checked = release::open(&bytes, &key, &config.cluster).and_then(|a| {
         let arch = Arch::this_machine().ok_or(release::Refusal::NotAnArtifact)?;
         let binary = a.binary(arch)?;
-        a.check_version(crate::VERSION, handoff.allow_downgrade)?;
+        a.check_version(crate::VERSION, handoff.downgrade_permit.as_deref())?;
         Ok((a.manifest.version.clone(), binary))
     });
     let (to, binary) = match checked {
@@ -587,7 +587,7 @@ mod tests {
             let h = Handoff {
                 sha256: sha.clone(),
                 rollout: "be7e".into(),
-                allow_downgrade: false,
+                downgrade_permit: None,
                 timeout_s: 10,
                 peers: vec![],
             };
@@ -601,6 +601,16 @@ mod tests {
 
         fn version(&self) -> String {
             version_of(&self.paths.bin).unwrap()
+        }
+
+        /// Puts `permit` in the handed-over request, as the agent (or anyone who can write its
+        /// state) would.
+        fn write_permit(&self, permit: &str) {
+            let path = self.paths.agent_dir.join(REQUEST);
+            let mut h: Handoff =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            h.downgrade_permit = Some(permit.into());
+            std::fs::write(&path, serde_json::to_string(&h).unwrap()).unwrap();
         }
     }
 
@@ -682,6 +692,29 @@ mod tests {
         let o = apply(&c.config, &c.paths, &mut |_: &Pending| Ok(())).unwrap();
         assert_eq!(o.stage, Stage::Refused);
         assert!(o.reason.unwrap().contains("not the one asked for"));
+        // An older agent (issue 31, 3): refused without the operator's permit, with one the agent
+        // could make (another key) or one for another running version; taken with the right one.
+        let apply_now = || apply(&c.config, &c.paths, &mut |_: &Pending| Ok(())).unwrap();
+        c.hand_over("0.0.1", &script("0.0.1"));
+        let o = apply_now();
+        assert_eq!(o.stage, Stage::Refused);
+        assert!(o.reason.unwrap().contains("older"));
+        let sha = c.hand_over("0.0.1", &script("0.0.1"));
+        let forged = SigningKey::generate().unwrap();
+        c.write_permit(&forged.permit_downgrade("pis", &sha, crate::VERSION));
+        let o = apply_now();
+        assert_eq!(o.stage, Stage::Refused);
+        assert!(o.reason.unwrap().contains("downgrade permit"));
+        c.hand_over("0.0.1", &script("0.0.1"));
+        c.write_permit(&c.key.permit_downgrade("pis", &sha, "0.0.2"));
+        assert_eq!(apply_now().stage, Stage::Refused);
+        assert_eq!(c.version(), crate::VERSION, "nothing was swapped");
+        c.hand_over("0.0.1", &script("0.0.1"));
+        c.write_permit(&c.key.permit_downgrade("pis", &sha, crate::VERSION));
+        let o = apply_now();
+        assert_eq!(o.stage, Stage::Upgraded, "{o:?}");
+        assert_eq!(c.version(), "0.0.1");
+        std::fs::rename(&c.paths.previous, &c.paths.bin).unwrap();
         // A link planted in place of the artifact is not followed.
         let sha = c.hand_over("99.0", &script("99.0"));
         let art = c.paths.agent_dir.join(format!("{sha}.herd"));

@@ -43,11 +43,21 @@ fn artifact(signer: &SigningKey, version: &str) -> Vec<u8> {
 }
 
 fn install(c: &Client, sha: &str, sources: Vec<String>) -> anyhow::Result<serde_json::Value> {
+    install_permitted(c, sha, sources, None)
+}
+
+fn install_permitted(
+    c: &Client,
+    sha: &str,
+    sources: Vec<String>,
+    downgrade_permit: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
     c.install(&InstallRequest {
         sha256: sha.into(),
         rollout: "0a1b".into(),
         sources,
-        allow_downgrade: false,
+        allow_downgrade: downgrade_permit.is_some(),
+        downgrade_permit,
         timeout_s: 60,
     })
 }
@@ -157,6 +167,7 @@ fn hostile_artifacts_and_requests_are_refused_and_nothing_is_kept() {
             rollout: String::new(),
             sources: vec![],
             allow_downgrade: false,
+            downgrade_permit: None,
             timeout_s: 1,
         })
         .unwrap_err()
@@ -178,6 +189,23 @@ fn hostile_artifacts_and_requests_are_refused_and_nothing_is_kept() {
     );
     assert!(e.contains("409") && e.contains("older"), "{e}");
     assert!(!node.upgrade_view().unwrap().busy, "nothing handed over");
+    // A token holder may ask for a downgrade, but only the signing key's permit for this artifact and
+    // the running version makes one (issue 31, 3): a permit of another key, or for another version,
+    // is refused; the operator's is taken.
+    let old_sha = release::sha256_hex(&old);
+    let running = node.upgrade_view().unwrap().version;
+    for permit in [
+        key(8).permit_downgrade("api-test", &old_sha, &running),
+        key(7).permit_downgrade("api-test", &old_sha, "99.0.0"),
+    ] {
+        let e = install_permitted(&node, &old_sha, vec![], Some(permit)).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("422") && e.contains("downgrade permit"), "{e}");
+        assert!(!node.upgrade_view().unwrap().busy, "nothing handed over");
+    }
+    let permit = key(7).permit_downgrade("api-test", &old_sha, &running);
+    install_permitted(&node, &old_sha, vec![], Some(permit)).unwrap();
+    assert!(node.upgrade_view().unwrap().busy, "handed over");
 }
 
 /// A node configured without a signing key takes no artifact, and no key over the network either
@@ -335,4 +363,48 @@ fn dry_run_and_status_change_nothing() {
         "{err}"
     );
     assert!(c.client(0).upgrade_view().unwrap().artifact.is_none());
+    // --allow-downgrade signs permits with the secrets file's signing key: none there, a clear error.
+    let secrets = dir.path().join("api-test.toml");
+    let public = key(7).public().to_base64();
+    let write = |text: String| {
+        std::fs::write(&secrets, text).unwrap();
+        std::fs::set_permissions(
+            &secrets,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    };
+    let downgrade = || {
+        Command::new(env!("CARGO_BIN_EXE_herd"))
+            .args([
+                "upgrade",
+                "--dry-run",
+                "--allow-downgrade",
+                "--node",
+                &c.url(0),
+            ])
+            .args(["--to", path.to_str().unwrap()])
+            .args(["--secrets", secrets.to_str().unwrap()])
+            .env("HERD_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    write(format!(
+        "cluster = \"api-test\"\nsigning_public_key = \"{public}\"\n"
+    ));
+    let o = downgrade();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no signing_key"),
+        "{err}"
+    );
+    write(format!(
+        "cluster = \"api-test\"\nsigning_key = \"{}\"\nsigning_public_key = \"{public}\"\n",
+        key(7).to_base64()
+    ));
+    let o = downgrade();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(out.matches("→ 0.0.1").count(), 3, "{out}");
+    assert!(!out.contains(&key(7).to_base64()), "{out}");
 }

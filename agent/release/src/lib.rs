@@ -6,8 +6,13 @@
 //! Layout: `HERDREL1`, the manifest's length (u32, little-endian), the manifest (JSON), the 64-byte
 //! signature of everything before it, then the binaries one after the other in the manifest's order.
 //! A card takes its binary only after every check passed, in this order: format and lengths, signature,
-//! cluster, version (newer than the one it runs unless downgrades are allowed), size and hash. Nothing of
-//! an artifact is trusted before its signature is: the manifest is parsed only once it verified.
+//! cluster, version (newer than the one it runs unless the operator signed a downgrade permit), size and
+//! hash. Nothing of an artifact is trusted before its signature is: the manifest is parsed only once it
+//! verified.
+//!
+//! A downgrade permit is the operator's word, signed with the same key, that cards of the cluster
+//! running one version may install one artifact (by its SHA-256) though it is older: nothing a card's
+//! agent or a token holder can write makes one.
 //!
 //! A crate of its own, small and without I/O beyond reading the system's randomness, because three
 //! others need the same facts: the agent checks artifacts, `cargo xtask release` packs them, and the
@@ -122,8 +127,10 @@ pub enum Refusal {
     BadManifest(String),
     #[error("the artifact is for cluster {offered:?}, this is cluster {ours:?}")]
     WrongCluster { offered: String, ours: String },
-    #[error("the artifact's version {offered} is older than the running {running} (allow it with --allow-downgrade)")]
+    #[error("the artifact's version {offered} is older than the running {running} (allow it with --allow-downgrade, which signs a permit with the key in --secrets)")]
     Downgrade { offered: String, running: String },
+    #[error("the downgrade permit is not signed by this cluster's signing key for this artifact and a card running {running}")]
+    BadPermit { running: String },
     #[error("the artifact's version {0} is the one running: nothing to do")]
     SameVersion(String),
     #[error("the artifact has no binary for {0}")]
@@ -170,6 +177,19 @@ impl SigningKey {
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key())
     }
+
+    /// A downgrade permit: cards of `cluster` running `running` may install the artifact `sha256`
+    /// though it is older (base64 of the signature).
+    pub fn permit_downgrade(&self, cluster: &str, sha256: &str, running: &str) -> String {
+        let signature = self.0.sign(&permit_text(cluster, sha256, running));
+        base64::engine::general_purpose::STANDARD.encode(signature.to_bytes())
+    }
+}
+
+/// What a downgrade permit signs: a text no artifact's signed part can be (those start with [`MAGIC`]).
+fn permit_text(cluster: &str, sha256: &str, running: &str) -> Vec<u8> {
+    format!("herd downgrade permit 1\ncluster {cluster}\nartifact {sha256}\nrunning {running}\n")
+        .into_bytes()
 }
 
 /// The public half, baked into every card's configuration.
@@ -264,6 +284,8 @@ pub struct Artifact<'a> {
     /// Where each binary starts in the artifact, in the manifest's order.
     offsets: Vec<usize>,
     bytes: &'a [u8],
+    /// The key it was checked with, which also checks a downgrade permit.
+    key: PublicKey,
 }
 
 /// The manifest's length, once the magic and the length field checked out.
@@ -355,6 +377,7 @@ pub fn open<'a>(bytes: &'a [u8], key: &PublicKey, cluster: &str) -> Result<Artif
         manifest,
         offsets,
         bytes,
+        key: *key,
     })
 }
 
@@ -384,17 +407,31 @@ impl<'a> Artifact<'a> {
         Ok(())
     }
 
-    /// Whether a card running `running` takes this artifact's version.
-    pub fn check_version(&self, running: &str, allow_downgrade: bool) -> Result<(), Refusal> {
+    /// Whether a card running `running` takes this artifact's version: a newer one, or an older one
+    /// with a `permit` ([`SigningKey::permit_downgrade`]) for this artifact and `running`.
+    pub fn check_version(&self, running: &str, permit: Option<&str>) -> Result<(), Refusal> {
         let offered = &self.manifest.version;
-        match compare_versions(offered, running) {
-            Ordering::Greater => Ok(()),
-            Ordering::Equal => Err(Refusal::SameVersion(offered.clone())),
-            Ordering::Less if allow_downgrade => Ok(()),
-            Ordering::Less => Err(Refusal::Downgrade {
+        match (compare_versions(offered, running), permit) {
+            (Ordering::Greater, _) => Ok(()),
+            (Ordering::Equal, _) => Err(Refusal::SameVersion(offered.clone())),
+            (Ordering::Less, None) => Err(Refusal::Downgrade {
                 offered: offered.clone(),
                 running: running.to_string(),
             }),
+            (Ordering::Less, Some(permit)) => {
+                let text = permit_text(&self.manifest.cluster, &sha256_hex(self.bytes), running);
+                let signature = base64::engine::general_purpose::STANDARD
+                    .decode(permit)
+                    .ok()
+                    .and_then(|b| <[u8; SIGNATURE_LEN]>::try_from(b).ok())
+                    .map(|b| ed25519_dalek::Signature::from_bytes(&b));
+                match signature {
+                    Some(sig) if self.key.0.verify_strict(&text, &sig).is_ok() => Ok(()),
+                    _ => Err(Refusal::BadPermit {
+                        running: running.to_string(),
+                    }),
+                }
+            }
         }
     }
 }
@@ -523,7 +560,7 @@ mod tests {
         assert_eq!(art.binary(Arch::Arm64).unwrap(), b"arm64 agent");
         assert_eq!(art.binary(Arch::Armhf).unwrap(), b"armhf agent!");
         assert_eq!(art.binary(Arch::Amd64), Err(Refusal::NoBinary(Arch::Amd64)));
-        art.check_version("0.1.0", false).unwrap();
+        art.check_version("0.1.0", None).unwrap();
     }
 
     #[test]
@@ -668,24 +705,48 @@ mod tests {
     }
 
     #[test]
-    fn older_and_same_versions_are_refused_unless_allowed() {
+    fn older_versions_need_the_operators_permit_for_that_artifact_and_running_version() {
         let k = key(7);
         let a = pack(&k, "pis", "0.9.1", &[(Arch::Arm64, b"x")]).unwrap();
+        let sha = sha256_hex(&a);
         let art = open(&a, &k.public(), "pis").unwrap();
         assert_eq!(
-            art.check_version("0.10.0", false),
+            art.check_version("0.10.0", None),
             Err(Refusal::Downgrade {
                 offered: "0.9.1".into(),
                 running: "0.10.0".into()
             })
         );
-        art.check_version("0.10.0", true).unwrap();
+        let msg = art.check_version("0.10.0", None).unwrap_err().to_string();
+        assert!(msg.contains("--allow-downgrade"), "{msg}");
+        let permit = k.permit_downgrade("pis", &sha, "0.10.0");
+        art.check_version("0.10.0", Some(&permit)).unwrap();
+        let refused = Err(Refusal::BadPermit {
+            running: "0.10.0".into(),
+        });
+        // Another key, another artifact, another running version, another cluster, not a signature.
+        let other = [
+            key(8).permit_downgrade("pis", &sha, "0.10.0"),
+            k.permit_downgrade("pis", &"0".repeat(64), "0.10.0"),
+            k.permit_downgrade("pis", &sha, "0.11.0"),
+            k.permit_downgrade("cows", &sha, "0.10.0"),
+            "true".into(),
+            String::new(),
+        ];
+        for p in &other {
+            assert_eq!(art.check_version("0.10.0", Some(p)), refused, "{p}");
+        }
         assert_eq!(
-            art.check_version("0.9.1", true),
+            art.check_version("0.11.0", Some(&permit)),
+            Err(Refusal::BadPermit {
+                running: "0.11.0".into()
+            })
+        );
+        // A permit does not make the same version installable again.
+        assert_eq!(
+            art.check_version("0.9.1", Some(&permit)),
             Err(Refusal::SameVersion("0.9.1".into()))
         );
-        let msg = art.check_version("0.10.0", false).unwrap_err().to_string();
-        assert!(msg.contains("--allow-downgrade"), "{msg}");
     }
 
     #[test]

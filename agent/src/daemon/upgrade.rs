@@ -217,11 +217,11 @@ impl Upgrades {
         let arch = Arch::this_machine()
             .ok_or_else(|| refused(422, "this node's CPU family is not one herd builds for"))?;
         artifact.binary(arch)?;
-        artifact.check_version(crate::VERSION, req.allow_downgrade)?;
+        artifact.check_version(crate::VERSION, req.downgrade_permit.as_deref())?;
         let handoff = Handoff {
             sha256: req.sha256.clone(),
             rollout: req.rollout.clone(),
-            allow_downgrade: req.allow_downgrade,
+            downgrade_permit: req.downgrade_permit.clone(),
             timeout_s: req.timeout_s,
             peers,
         };
@@ -357,6 +357,7 @@ mod tests {
             rollout: String::new(),
             sources: vec![],
             allow_downgrade: false,
+            downgrade_permit: None,
             timeout_s: 60,
         };
         assert_eq!(
@@ -392,14 +393,31 @@ mod tests {
             rollout: String::new(),
             sources: vec![],
             allow_downgrade: false,
+            downgrade_permit: None,
             timeout_s: 60,
         };
         let e = u.install(&req, vec![], &[]).unwrap_err();
         assert_eq!(e.status, 409);
         assert!(e.message.contains("older"), "{e:?}");
         assert!(!u.busy());
+        // Asking is not enough (issue 31, 3): only the operator's permit, signed for this artifact
+        // and the running version, is.
         req.allow_downgrade = true;
+        let e = u.install(&req, vec![], &[]).unwrap_err();
+        assert_eq!(e.status, 409, "{e:?}");
+        let other = SigningKey::from_base64(&base64_seed(9)).unwrap();
+        req.downgrade_permit = Some(other.permit_downgrade("pis", &req.sha256, crate::VERSION));
+        let e = u.install(&req, vec![], &[]).unwrap_err();
+        assert!(e.message.contains("downgrade permit"), "{e:?}");
+        assert!(!dir.path().join("upgrade/request.json").exists());
+        req.downgrade_permit = Some(key.permit_downgrade("pis", &req.sha256, crate::VERSION));
         assert!(u.install(&req, vec![], &[]).is_ok());
+        let handoff: Handoff = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("upgrade/request.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(handoff.downgrade_permit, req.downgrade_permit);
+        req.downgrade_permit = None;
         // Unknown artifact, no source.
         req.sha256 = "f".repeat(64);
         std::fs::remove_file(dir.path().join("upgrade/request.json")).unwrap();

@@ -28,8 +28,13 @@ pub struct InstallRequest {
     pub rollout: String,
     #[serde(default)]
     pub sources: Vec<String>,
+    /// Sent by CLIs before permits; it allows nothing by itself.
     #[serde(default)]
     pub allow_downgrade: bool,
+    /// The operator's permit to install this older artifact on a node running its version, signed
+    /// with the cluster's signing key (`release::SigningKey::permit_downgrade`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downgrade_permit: Option<String>,
     pub timeout_s: u64,
 }
 
@@ -38,6 +43,7 @@ impl InstallRequest {
         check_sha(&self.sha256)?;
         check_rollout(&self.rollout)?;
         check_timeout(self.timeout_s)?;
+        check_permit(self.downgrade_permit.as_deref())?;
         if self.sources.len() > MAX_SOURCES {
             return Err(format!("sources: more than {MAX_SOURCES}"));
         }
@@ -55,7 +61,10 @@ pub struct Handoff {
     pub sha256: String,
     #[serde(default)]
     pub rollout: String,
-    pub allow_downgrade: bool,
+    /// The operator's downgrade permit, which the installer checks itself with the configured key:
+    /// nothing else the agent writes here lets it install an older agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downgrade_permit: Option<String>,
     pub timeout_s: u64,
     /// Node ids of the other alive members: each must see this node alive with the new version.
     pub peers: Vec<String>,
@@ -66,6 +75,7 @@ impl Handoff {
         check_sha(&self.sha256)?;
         check_rollout(&self.rollout)?;
         check_timeout(self.timeout_s)?;
+        check_permit(self.downgrade_permit.as_deref())?;
         if self.peers.len() > MAX_PEERS {
             return Err(format!("peers: more than {MAX_PEERS}"));
         }
@@ -126,7 +136,7 @@ pub struct UpgradeView {
     pub name: String,
     pub version: String,
     pub arch: Option<String>,
-    /// Whether the node has a signing key (configured, or given with the API token).
+    /// Whether the node has a signing key (`upgrade.public_key` in its configuration).
     #[serde(default)]
     pub has_key: bool,
     pub artifact: Option<StoredView>,
@@ -154,6 +164,21 @@ pub fn check_rollout(r: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A permit is the base64 of a 64-byte signature (88 characters); what it signs is checked with the key.
+fn check_permit(p: Option<&str>) -> Result<(), String> {
+    match p {
+        Some(p)
+            if p.len() != 88
+                || !p
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=')) =>
+        {
+            Err("downgrade_permit: not a signature (88 base64 characters)".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_timeout(t: u64) -> Result<(), String> {
@@ -195,6 +220,7 @@ mod tests {
                 "http://[fe80::1]:8080".into(),
             ],
             allow_downgrade: false,
+            downgrade_permit: None,
             timeout_s: 120,
         }
     }
@@ -221,6 +247,14 @@ mod tests {
         bad(|r| r.sources = vec!["http://user@x:80".into()], "sources");
         bad(|r| r.sources = vec!["http://x:0".into()], "sources");
         bad(|r| r.sources = vec!["http://x:80".into(); 65], "sources");
+        bad(
+            |r| r.downgrade_permit = Some("yes".into()),
+            "downgrade_permit",
+        );
+        bad(
+            |r| r.downgrade_permit = Some(format!("{}\n", "A".repeat(87))),
+            "downgrade_permit",
+        );
         let unknown = r#"{"sha256":"aa","timeout_s":10,"run":"rm -rf /"}"#;
         assert!(serde_json::from_str::<InstallRequest>(unknown).is_err());
     }
@@ -230,11 +264,15 @@ mod tests {
         let mut h = Handoff {
             sha256: "0".repeat(64),
             rollout: String::new(),
-            allow_downgrade: false,
+            downgrade_permit: Some("A".repeat(86) + "=="),
             timeout_s: 60,
             peers: vec!["0123456789abcdef".into()],
         };
         assert_eq!(h.check(), Ok(()));
+        // A request written before permits, which said "allow_downgrade" itself, is refused whole.
+        let old =
+            r#"{"sha256":"00","rollout":"","allow_downgrade":true,"timeout_s":60,"peers":[]}"#;
+        assert!(serde_json::from_str::<Handoff>(old).is_err());
         h.peers.push("../../etc".into());
         assert!(h.check().unwrap_err().contains("peers"));
     }

@@ -43,8 +43,9 @@ pub struct Upgrade {
     /// Print the plan (nodes, order, versions) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Install an older version than a node runs.
-    #[arg(long)]
+    /// Install an older version than a node runs: signs a permit for this artifact and each running
+    /// version with the signing key in --secrets (a card installs an older agent on nothing less).
+    #[arg(long, requires = "secrets")]
     pub allow_downgrade: bool,
     #[command(flatten)]
     pub target: Target,
@@ -173,6 +174,11 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
     }
     let sha = release::sha256_hex(&bytes);
     let version = manifest.version.clone();
+    let signer = if u.allow_downgrade {
+        Some(signing_key(&u.target)?)
+    } else {
+        None
+    };
     let entry = u.target.client()?;
     let all = entry.nodes()?;
     let token = Access::of(&u.target)?;
@@ -328,7 +334,13 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
                 sha256: sha.clone(),
                 rollout: rollout.clone(),
                 sources: sources.clone(),
-                allow_downgrade: u.allow_downgrade,
+                allow_downgrade: false,
+                downgrade_permit: signer.as_ref().and_then(|(cluster, key)| {
+                    let running = n.view.version.as_deref()?;
+                    release::compare_versions(&version, running)
+                        .is_lt()
+                        .then(|| key.permit_downgrade(cluster, &sha, running))
+                }),
                 timeout_s: u.timeout.as_secs(),
             };
             if let Err(e) = client.install(&req) {
@@ -604,6 +616,24 @@ fn build(t: &Target) -> anyhow::Result<Vec<u8>> {
     let bytes = read_artifact(&out);
     let _ = std::fs::remove_file(&out);
     bytes
+}
+
+/// The cluster and its signing key (the private half), from --secrets: what a downgrade permit is
+/// signed with.
+fn signing_key(t: &Target) -> anyhow::Result<(String, release::SigningKey)> {
+    let Some((path, table)) = t.secrets_table()? else {
+        bail!("--allow-downgrade needs --secrets secrets/CLUSTER.toml: its signing key permits it");
+    };
+    let get = |k: &str| table.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let (Some(cluster), Some(seed)) = (get("cluster"), get("signing_key")) else {
+        bail!(
+            "--allow-downgrade: {} has no cluster or no signing_key line",
+            path.display()
+        );
+    };
+    let key = release::SigningKey::from_base64(&seed)
+        .map_err(|e| anyhow::anyhow!("--secrets: {}: signing_key: {e}", path.display()))?;
+    Ok((cluster, key))
 }
 
 /// The cluster and the public half of its signing key, from --secrets.
