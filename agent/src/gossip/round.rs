@@ -350,11 +350,10 @@ impl Gossiper {
     /// Bytes a reply's message may take when its payload may take `limit` (a whole datagram's, or no
     /// more than the payload it answers).
     pub(super) fn reply_budget(&mut self, limit: usize) -> usize {
-        let header = wire::packet_header_len(self.generation(), self.seq);
         if limit < MAX_PAYLOAD {
             self.stats.limited_replies += 1;
         }
-        limit.min(MAX_PAYLOAD).saturating_sub(header)
+        self.reply_budget_peek(limit)
     }
 
     /// What [`Gossiper::reply_budget`] would give, without counting a limited reply.
@@ -377,16 +376,19 @@ impl Gossiper {
             seq: self.seq,
             message,
         };
-        let datagram = wire::seal(&self.security, self.cluster_id, &packet.encode(), rng);
+        let payload = packet.encode();
         // Heartbeats to a monitor heard first-hand are not counted: at most K a round, to peers that
         // proved they are where they say. One chosen from hearsay (a key holder's invention at a third
-        // party's address, say) gets them only as its address's budget allows.
+        // party's address, say) gets them only as its address's budget allows. Checked before sealing:
+        // a datagram the budget drops costs no encryption.
         let counted = !(matches!(packet.message, Message::Heartbeat)
             && self.nodes.get(&node).is_some_and(|s| s.heard));
-        if counted && !self.budget.allow(to.ip(), datagram.len(), self.clock) {
+        let len = wire::sealed_len(&self.security, payload.len());
+        if counted && !self.budget.allow(to.ip(), len, self.clock) {
             self.stats.unheard_dropped += 1;
             return;
         }
+        let datagram = wire::seal(&self.security, self.cluster_id, &payload, rng);
         self.seq += 1;
         debug_assert!(
             datagram.len() <= wire::MAX_DATAGRAM,

@@ -22,7 +22,7 @@ mod seal;
 
 use std::fmt;
 
-pub use self::seal::{cluster_id, open, seal, ClusterKey, Security};
+pub use self::seal::{cluster_id, open, seal, sealed_len, ClusterKey, Security};
 
 /// The largest datagram herd sends or accepts: below the 1500-byte Ethernet MTU minus IP/UDP headers and a
 /// margin for tunnels, so no datagram relies on IP fragmentation.
@@ -426,6 +426,9 @@ mod tests {
             let payload = p.encode();
             let datagram = seal(&security, 42, &payload, &mut rng());
             prop_assert_eq!(datagram.len(), payload.len() + SEAL_OVERHEAD);
+            prop_assert_eq!(datagram.len(), sealed_len(&security, payload.len()));
+            let plain = seal(&Security::Insecure, 42, &payload, &mut rng());
+            prop_assert_eq!(plain.len(), sealed_len(&Security::Insecure, payload.len()));
             prop_assume!(datagram.len() <= MAX_DATAGRAM);
             let opened = open(&security, 42, &datagram).unwrap();
             prop_assert_eq!(Packet::decode(&opened), Ok(p));

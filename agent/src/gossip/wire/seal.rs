@@ -85,6 +85,14 @@ pub fn cluster_id(name: &str) -> u64 {
     h
 }
 
+/// The length of the datagram [`seal`] makes of a payload of `payload_len` bytes.
+pub fn sealed_len(security: &Security, payload_len: usize) -> usize {
+    match security {
+        Security::Insecure => payload_len + SEAL_OVERHEAD - NONCE_LEN - TAG_LEN,
+        Security::Keyring(_) => payload_len + SEAL_OVERHEAD,
+    }
+}
+
 /// Wraps an encoded payload into a datagram.
 pub fn seal(security: &Security, cluster: u64, payload: &[u8], rng: &mut impl RngCore) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + SEAL_OVERHEAD);
@@ -115,6 +123,7 @@ pub fn seal(security: &Security, cluster: u64, payload: &[u8], rng: &mut impl Rn
             out.extend_from_slice(&sealed);
         }
     }
+    debug_assert_eq!(out.len(), sealed_len(security, payload.len()));
     out
 }
 
