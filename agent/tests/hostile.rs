@@ -1177,20 +1177,7 @@ fn ack2_members_at(
         message: Message::Ack2 {
             deltas: ids[..n]
                 .iter()
-                .map(|id| NodeDelta {
-                    node: NodeId(*id),
-                    generation: 1,
-                    heartbeat: 1,
-                    from_version: 0,
-                    kvs: addr
-                        .iter()
-                        .map(|a| KeyValue {
-                            key: "_addr".into(),
-                            version: 1,
-                            value: Some(a.to_string()),
-                        })
-                        .collect(),
-                })
+                .map(|id| common::invented_member(*id, addr.map(|a| a.to_string()).as_deref()))
                 .collect(),
         },
     };

@@ -93,6 +93,10 @@ pub struct Sim {
     datagrams_lost: u64,
     /// Links that carry nothing (both ways), by node index, lower first.
     cut: std::collections::HashSet<(usize, usize)>,
+    /// Bytes sent to addresses no simulated node has (a third party a forger pointed members at).
+    to_outsiders: HashMap<std::net::IpAddr, u64>,
+    /// The sequence number of the last forged datagram.
+    forged_seq: u64,
 }
 
 /// The address of simulated node `i`.
@@ -138,6 +142,8 @@ impl Sim {
             datagrams_sent: 0,
             datagrams_lost: 0,
             cut: Default::default(),
+            to_outsiders: HashMap::new(),
+            forged_seq: 0,
         }
     }
 
@@ -243,13 +249,23 @@ impl Sim {
     /// id, generation, address and next sequence number, sealed with the cluster key): what a holder of
     /// the key can forge.
     pub fn forge(&mut self, as_node: usize, message: super::wire::Message) {
+        let to: Vec<usize> = self.up().filter(|i| *i != as_node).collect();
+        self.forge_to(as_node, &to, message);
+    }
+
+    /// As [`Sim::forge`], delivered to the nodes `to` only (a forger that writes to one node and lets
+    /// gossip carry the rest).
+    pub fn forge_to(&mut self, as_node: usize, to: &[usize], message: super::wire::Message) {
         let (sender, generation) = (self.nodes[as_node].id, self.nodes[as_node].generation);
-        // The next number of the impersonated node's own sequence, as a forger who listened would pick.
+        // The next number of the impersonated node's own sequence, as a forger who listened would pick,
+        // and above its own last forgery (a datagram numbered twice is a replay).
         let seq = self.nodes[as_node]
             .gossiper
             .as_ref()
-            .map_or(0, |g| g.next_seq());
-        for to in self.up().filter(|i| *i != as_node).collect::<Vec<_>>() {
+            .map_or(0, |g| g.next_seq())
+            .max(self.forged_seq + 1);
+        self.forged_seq = seq;
+        for &to in to {
             let packet = super::wire::Packet {
                 sender,
                 to: self.nodes[to].id,
@@ -336,6 +352,11 @@ impl Sim {
     }
 
     /// Takes the events observed so far.
+    /// Bytes sent so far to `ip`, an address no simulated node has.
+    pub fn sent_to_outsider(&self, ip: std::net::IpAddr) -> u64 {
+        self.to_outsiders.get(&ip).copied().unwrap_or(0)
+    }
+
     pub fn take_events(&mut self) -> Vec<Observed> {
         std::mem::take(&mut self.events)
     }
@@ -448,6 +469,7 @@ impl Sim {
             self.bytes_sent += t.datagram.len() as u64;
             self.datagrams_sent += 1;
             let Some(to) = index_of(t.to).filter(|to| *to < self.nodes.len()) else {
+                *self.to_outsiders.entry(t.to.ip()).or_default() += t.datagram.len() as u64;
                 continue;
             };
             if self.nodes[to].group != self.nodes[i].group

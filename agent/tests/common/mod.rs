@@ -129,3 +129,22 @@ pub fn wait(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Durati
     }
     panic!("{what}: not within {limit:?}");
 }
+
+/// The state of a member a key holder invents: generation 1, heartbeat 1, and only its address (when
+/// given), the least that makes a member.
+pub fn invented_member(id: u64, addr: Option<&str>) -> herd::gossip::wire::NodeDelta {
+    herd::gossip::wire::NodeDelta {
+        node: herd::gossip::NodeId(id),
+        generation: 1,
+        heartbeat: 1,
+        from_version: 0,
+        kvs: addr
+            .iter()
+            .map(|a| herd::gossip::wire::KeyValue {
+                key: "_addr".into(),
+                version: 1,
+                value: Some(a.to_string()),
+            })
+            .collect(),
+    }
+}
