@@ -385,8 +385,9 @@ mod tests {
                 let mut head = String::new();
                 let mut lines = std::io::BufReader::new(&mut s);
                 while lines.read_line(&mut head).is_ok_and(|n| n > 2) {}
-                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+                // Passed on before the answer: once the client has it, the head is there to read.
                 let _ = tx.send(head.to_lowercase());
+                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
             }
         });
         (addr.to_string(), rx)

@@ -856,9 +856,11 @@ fn listen(
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                 }
             }
+            // Passed on before the answer: once the client has it, the head is there to read.
             let head = String::from_utf8_lossy(&head).into_owned();
-            let _ = s.write_all(answer(&head).as_bytes());
+            let answer = answer(&head);
             let _ = tx.send(head);
+            let _ = s.write_all(answer.as_bytes());
         }
     });
     (addr, rx)
