@@ -1315,6 +1315,82 @@ fn one_subnet_cannot_take_every_connection_and_the_card_and_members_keep_theirs(
 /// file run side by side: two tests on one /24 would meet each other's agents (an artifact-fetch test
 /// once met another test's agent in CI). Read from this file's own source, each `127.0.N.` and each
 /// `three(…, N, …)` of a test belongs to that test alone (helpers' addresses are the tests' that call them).
+/// Issue 31, 4: a key holder invents five members just after each node on the id ring, at addresses it
+/// listens on (one IP, a port each), and keeps them alive with heartbeats sent from there. They take
+/// the ring's places, so before, only inventions watched each node and a frozen node stayed alive (20 s
+/// and more, against 4 s without them). Now each node's chosen monitors hold at most one address's
+/// share of inventions, its real peers among them, and they convict the frozen node.
+#[test]
+fn members_invented_just_after_each_node_cannot_hide_a_frozen_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = three(dir.path(), 98, "");
+    let real: Vec<NodeId> = ["127.0.98.1", "127.0.98.2", "127.0.98.3"]
+        .iter()
+        .map(|ip| member(&agents[0], ip).unwrap().0.parse().unwrap())
+        .collect();
+    // Five inventions after each node, each at a socket of the forger's.
+    let mut inventions: Vec<(NodeId, UdpSocket)> = Vec::new();
+    for v in &real {
+        for j in 1..=5u64 {
+            let socket = UdpSocket::bind("127.0.98.9:0").unwrap();
+            inventions.push((NodeId(v.0.wrapping_add(j)), socket));
+        }
+    }
+    let mut seq = 1u64 << 32;
+    let forger = UdpSocket::bind("127.0.98.9:0").unwrap();
+    for (k, (id, socket)) in inventions.iter().enumerate() {
+        let addr = socket.local_addr().unwrap().to_string();
+        for (a, to) in agents.iter().zip(&real) {
+            seq += 1;
+            let name = format!("inv-{k}");
+            let ack2 = ack2_with(*to, id.0, &name, &[("_addr", addr.as_str())], seq);
+            forger.send_to(&ack2, a.gossip).unwrap();
+        }
+    }
+    let beat = |seq: &mut u64| {
+        for (id, socket) in &inventions {
+            for (a, to) in agents.iter().zip(&real) {
+                *seq += 1;
+                let packet = Packet {
+                    sender: *id,
+                    to: *to,
+                    generation: 1,
+                    seq: *seq,
+                    message: Message::Heartbeat,
+                };
+                socket.send_to(&forge(&packet), a.gossip).unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Bounded: 15 inventions, 3 heartbeats each every 100 ms, for at most 20 s in all.
+    for _ in 0..50 {
+        beat(&mut seq);
+    }
+    let invented = nodes(&agents[0]).len();
+    assert!(
+        invented >= 15,
+        "the inventions did not land: {invented} members"
+    );
+    // Freeze C (a hung process: its socket stays, it answers nothing).
+    let victim = nix::unistd::Pid::from_raw(agents[2].child.id() as i32);
+    nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let start = Instant::now();
+    let mut seen = None;
+    while start.elapsed() < Duration::from_secs(15) {
+        beat(&mut seq);
+        let dead = |a: &Agent| member(a, "127.0.98.3").is_some_and(|m| m.2 == "dead");
+        if dead(&agents[0]) && dead(&agents[1]) {
+            seen = Some(start.elapsed());
+            break;
+        }
+    }
+    nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let took = seen.expect("the frozen node is still alive for its peers after 15 s");
+    println!("{invented} members, 15 invented just after the nodes: the frozen node dead for both peers in {took:?}");
+    assert!(took <= Duration::from_secs(10), "{took:?}");
+}
+
 #[test]
 fn no_two_tests_share_a_loopback_net() {
     let source = include_str!("hostile.rs");

@@ -14,22 +14,101 @@ impl Gossiper {
             return;
         };
         self.send(addr, target, Message::Ping { target }, rng);
-        let helpers: Vec<NodeId> = self
+        // Helpers heard first-hand, one per address and not at the target's while there are others (a
+        // key holder's inventions at its own address give it one voice), and only the helpers asked
+        // may answer for the target.
+        let Some(m) = self.config.monitor().copied() else {
+            return;
+        };
+        let helpers: Vec<(NodeId, SocketAddr)> = self
             .live
             .iter()
             .filter(|id| **id != target)
-            .copied()
+            .filter_map(|id| {
+                let s = self.nodes.get(id)?;
+                s.heard.then_some((*id, s.addr?))
+            })
             .collect();
         if helpers.is_empty() {
             return;
         }
         let start = rng.gen_range(0..helpers.len());
-        for i in 0..indirect.min(helpers.len()) {
-            let h = helpers[(start + i * (helpers.len() / indirect.max(1)).max(1)) % helpers.len()];
-            if let Some(a) = self.nodes.get(&h).and_then(|s| s.addr) {
-                self.send(a, h, Message::PingReq { target }, rng);
+        let ring = (0..helpers.len()).map(|i| helpers[(start + i) % helpers.len()]);
+        let mut chosen: Vec<(NodeId, SocketAddr)> = Vec::with_capacity(indirect);
+        for (h, a) in ring.clone() {
+            if chosen.len() < indirect
+                && a.ip() != addr.ip()
+                && chosen.iter().all(|(_, c)| c.ip() != a.ip())
+            {
+                chosen.push((h, a));
             }
         }
+        for (h, a) in ring {
+            if chosen.len() < indirect && chosen.iter().all(|(c, _)| *c != h) {
+                chosen.push((h, a));
+            }
+        }
+        for (h, a) in chosen {
+            self.ring.ask(target, h, self.clock + m.probe_timeout);
+            self.send(a, h, Message::PingReq { target }, rng);
+        }
+    }
+
+    /// Chooses this node's monitors from the live peers (see `monitor`).
+    pub(super) fn choose_monitors(&mut self, k: usize) {
+        let my_ip = self.me().addr.map(|a| a.ip());
+        let live = &self.live;
+        let nodes = &self.nodes;
+        let pos = live.partition_point(|id| *id < self.id);
+        let n = live.len();
+        let after = (0..n).filter_map(|i| {
+            let id = live[(pos + i) % n];
+            let s = nodes.get(&id)?;
+            Some(monitor::Candidate {
+                id,
+                ip: s.addr?.ip(),
+                heard: s.heard,
+            })
+        });
+        self.ring.choose_monitors(my_ip, after, k);
+    }
+
+    /// A heartbeat from `id` heard first-hand at `ip`: `id` is watched from now on (unless this node
+    /// already watches its share from that address), and its silence starts again.
+    pub(super) fn on_heartbeat(
+        &mut self,
+        now: Duration,
+        id: NodeId,
+        ip: std::net::IpAddr,
+        generation: u64,
+    ) {
+        let Some(m) = self.config.monitor().copied() else {
+            return;
+        };
+        if !self.ring.watches(id) {
+            let Some(s) = self.nodes.get_mut(&id) else {
+                return;
+            };
+            if s.generation != generation
+                || !matches!(s.liveness, Liveness::Alive | Liveness::Suspect)
+            {
+                return;
+            }
+            if !self.ring.watch(id, ip, m.monitors) {
+                self.stats.unwatched_heartbeats += 1;
+                return;
+            }
+            // Judged from now on, with the expected rhythm as its prior.
+            let phi = &self.config.phi;
+            s.detector = phi::PhiAccrualDetector::with_bootstrap(self.config.interval, phi, now);
+            s.probe = None;
+            s.schedule_verdicts(phi);
+            self.watch_due = self.watch_due.min(s.suspect_at);
+            self.reports_due = now;
+            self.heard_alive(now, id, Some(generation), false);
+            return;
+        }
+        self.heard_alive(now, id, Some(generation), true);
     }
 
     /// Evidence that `id` is alive (a heartbeat of `generation`, or an answer to a probe): its silence
@@ -141,9 +220,16 @@ impl Gossiper {
             self.reporters.remove(&id);
         }
         self.tombstones.retain(|_, t| t.until > now);
+        let nodes = &self.nodes;
+        self.heard_live = self
+            .live
+            .iter()
+            .filter(|id| nodes.get(id).is_some_and(|s| s.heard && s.addr.is_some()))
+            .copied()
+            .collect();
         if let Some(m) = monitor {
-            // A node newly watched is judged from now on, with the expected rhythm as its prior; one no
-            // longer watched is no longer suspected here.
+            // A node newly watched by the ring is judged from now on, with the expected rhythm as its
+            // prior; one no longer watched is no longer suspected here.
             let changes = self.ring.rebuild(self.id, &self.live, m.monitors);
             if !changes.started.is_empty() || !changes.stopped.is_empty() {
                 self.reports_due = now;
@@ -166,6 +252,19 @@ impl Gossiper {
                         s.since = now;
                         self.notes.push(EventKind::Recovered, id, s, now);
                     }
+                }
+            }
+            self.choose_monitors(m.monitors);
+            // A node watched for its heartbeats that is dead or gone is no longer so watched (it is
+            // again when a new generation of it sends heartbeats here).
+            for id in self.ring.watching() {
+                let live = self
+                    .nodes
+                    .get(&id)
+                    .is_some_and(|s| matches!(s.liveness, Liveness::Alive | Liveness::Suspect));
+                if !live && self.ring.watched_for_beats(id) {
+                    self.ring.unwatch(id);
+                    self.reports_due = now;
                 }
             }
         }
@@ -222,7 +321,7 @@ impl Gossiper {
         // While a report stands, look every round; else not before a silence outlasts its pause.
         let mut due = now + self.config.reap_after;
         for id in self.ring.watching() {
-            let Some(s) = self.nodes.get(id) else {
+            let Some(s) = self.nodes.get(&id) else {
                 continue;
             };
             if matches!(s.liveness, Liveness::Alive | Liveness::Suspect) {
@@ -238,7 +337,7 @@ impl Gossiper {
                     // says enough, and bounds a suspicion's updates to one per whole step below it.
                     let top = s.threshold.ceil().clamp(1.0, 255.0);
                     // In range by the clamp: the cast cannot wrap.
-                    reports.push((*id, level.clamp(1.0, top) as u8));
+                    reports.push((id, level.clamp(1.0, top) as u8));
                 }
             }
         }

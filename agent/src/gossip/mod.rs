@@ -16,7 +16,8 @@
 //!
 //! Detection ([`Detection::Monitors`], the default) is apart from the anti-entropy, as in Akka Cluster:
 //! each node sends a small `Heartbeat` every round straight to its K monitors (the K live nodes that
-//! follow it on the id ring, so every node has K of them), and only they keep φ for it. A monitor whose φ
+//! follow it on the id ring, so every node has K of them, and the first K after it heard first-hand, one
+//! per address: see `monitor`), and only they keep φ for it. A monitor whose φ
 //! passes the threshold probes the node, directly and through a few other nodes (SWIM's indirect probe:
 //! only the path may be broken); if no answer comes, it convicts the node in its current generation and
 //! the verdict spreads as a rumour. A node that hears it was convicted (or left) but is alive refutes it
@@ -81,6 +82,9 @@ const SYN_DIGEST_BYTES: usize = 1300;
 /// The most rumours a round considers (more would not fit in a digest's third kept for them).
 const MAX_HOT: usize = 64;
 
+/// Every this many rounds the monitors are chosen again and candidates not yet heard are asked.
+const VERIFY_EVERY_ROUNDS: u64 = 25;
+
 /// Rounds a newcomer may wait before the peer lists (and the monitors' ring) include it.
 const JOINS_WAIT_ROUNDS: u32 = 5;
 
@@ -103,6 +107,9 @@ pub struct Gossiper {
     notes: Notes,
     /// Peers to gossip with, as of `lists_epoch`.
     live: Vec<NodeId>,
+    /// The live peers heard first-hand (see `NodeState::heard`): one of each round's peers is one of
+    /// them, so members a key holder invents, however many, cannot take every place of an epidemic.
+    heard_live: Vec<NodeId>,
     dead: Vec<NodeId>,
     lists_epoch: u64,
     /// `notes.liveness_epoch` as of the last walk, and when that was.
@@ -182,6 +189,7 @@ impl Gossiper {
             transmits: VecDeque::new(),
             notes: Notes::default(),
             live: Vec::new(),
+            heard_live: Vec::new(),
             dead: Vec::new(),
             lists_epoch: 0,
             lists_liveness_epoch: 0,

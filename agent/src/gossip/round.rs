@@ -56,6 +56,21 @@ impl Gossiper {
         let (fanout, census) = match monitor {
             None => (2, true),
             Some(m) => {
+                // The monitors are chosen again when a candidate was just heard, and every few rounds
+                // (when candidates not yet heard are asked again).
+                let verify = self.round.is_multiple_of(VERIFY_EVERY_ROUNDS);
+                if self.ring.stale || verify {
+                    self.ring.stale = false;
+                    self.choose_monitors(m.monitors);
+                    if !verify {
+                        self.ring.to_verify.clear();
+                    }
+                }
+                for id in std::mem::take(&mut self.ring.to_verify) {
+                    if let Some(addr) = self.nodes.get(&id).and_then(|s| s.addr) {
+                        self.send(addr, id, Message::Ping { target: id }, rng);
+                    }
+                }
                 for id in self.ring.monitors.clone() {
                     if let Some(addr) = self.nodes.get(&id).and_then(|s| s.addr) {
                         self.send(addr, id, Message::Heartbeat, rng);
@@ -90,8 +105,17 @@ impl Gossiper {
             let first = rng.gen_range(0..live.len());
             targets.extend(addr_of(&self.nodes, &live[first]));
             if live.len() > 1 && fanout > 1 {
-                let second = (first + 1 + rng.gen_range(0..live.len() - 1)) % live.len();
-                targets.extend(addr_of(&self.nodes, &live[second]));
+                let second = match self.heard_live.as_slice() {
+                    // One heard first-hand, when another than the first is.
+                    heard if heard.iter().any(|id| *id != live[first]) => loop {
+                        let id = heard[rng.gen_range(0..heard.len())];
+                        if id != live[first] {
+                            break id;
+                        }
+                    },
+                    _ => live[(first + 1 + rng.gen_range(0..live.len() - 1)) % live.len()],
+                };
+                targets.extend(addr_of(&self.nodes, &second));
             }
         }
         // Cassandra's rule: the more of the cluster looks dead, the more often we try one of them, so a
@@ -138,15 +162,20 @@ impl Gossiper {
             }
             self.notes.rumours.pop_front();
         }
-        // No digest has room for more than a few dozen (a third of 1300 bytes).
-        self.notes
+        // No digest has room for more than a few dozen (a third of 1300 bytes). News of this node and
+        // of nodes heard first-hand goes first: verdicts on members a key holder invented (never heard:
+        // they come by the hundred as their watchers convict them) must not crowd out a real crash.
+        let (mut first, rest): (Vec<NodeId>, Vec<NodeId>) = self
+            .notes
             .rumours
             .iter()
             .rev()
             .filter(|(at, id)| self.nodes.get(id).is_some_and(|s| s.changed_at == *at))
             .map(|(_, id)| *id)
-            .take(MAX_HOT)
-            .collect()
+            .partition(|id| *id == self.id || self.nodes.get(id).is_some_and(|s| s.heard));
+        first.extend(rest);
+        first.truncate(MAX_HOT);
+        first
     }
 
     /// A verdict reached or heard outside a round goes on at once, to two random live peers: each hop
@@ -160,8 +189,12 @@ impl Gossiper {
             return;
         }
         let mut picked: Vec<NodeId> = Vec::with_capacity(2);
-        for _ in 0..2 {
-            let id = self.live[rng.gen_range(0..self.live.len())];
+        // One random, one heard first-hand (see `heard_live`).
+        for from in [&self.live, &self.heard_live] {
+            if from.is_empty() {
+                continue;
+            }
+            let id = from[rng.gen_range(0..from.len())];
             if !picked.contains(&id) {
                 picked.push(id);
             }
@@ -262,6 +295,10 @@ impl Gossiper {
         // captured datagram replayed from a spoofed address must not turn this node into an amplifier.
         let verified = match self.nodes.get_mut(&sender) {
             Some(s) if s.addr == Some(from) => {
+                if !s.heard {
+                    // A candidate monitor may have just become one.
+                    self.ring.stale = true;
+                }
                 s.heard = true;
                 true
             }
@@ -312,7 +349,13 @@ impl Gossiper {
                     }
                 }
             }
-            Message::Heartbeat => self.heard_alive(now, sender, Some(packet.generation), true),
+            // Only first-hand: a heartbeat from anywhere but the sender's gossiped address is a
+            // forger's (keeping an invention alive from its own address), or a node that moved and whose
+            // new address is not known here yet.
+            Message::Heartbeat if verified => {
+                self.on_heartbeat(now, sender, from.ip(), packet.generation)
+            }
+            Message::Heartbeat => self.stats.unheard_heartbeats += 1,
             Message::Ping { target } => {
                 // Answered where it came from, no bigger than it was.
                 if target == self.id {
@@ -333,14 +376,23 @@ impl Gossiper {
                 }
             }
             Message::PingAck { target } => {
-                if target == sender {
+                if target == sender && verified {
                     for asker in self.ring.answered(target, now) {
                         if let Some(addr) = self.nodes.get(&asker).and_then(|s| s.addr) {
                             self.send(addr, asker, Message::PingAck { target }, rng);
                         }
                     }
+                    // Answered, alive, but sending its heartbeats elsewhere (it chose other monitors):
+                    // no longer watched here.
+                    let probed = self.nodes.get(&target).is_some_and(|s| s.probe.is_some());
                     self.heard_alive(now, target, Some(packet.generation), false);
-                } else if self.nodes.get(&target).is_some_and(|s| s.probe.is_some()) {
+                    if probed && self.ring.unwatch(target) {
+                        self.reports_due = now;
+                    }
+                } else if target != sender
+                    && self.nodes.get(&target).is_some_and(|s| s.probe.is_some())
+                    && self.ring.was_asked(target, sender, now)
+                {
                     self.heard_alive(now, target, None, false);
                 }
             }

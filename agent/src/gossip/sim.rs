@@ -257,11 +257,24 @@ impl Sim {
     /// gossip carry the rest).
     pub fn forge_to(&mut self, as_node: usize, to: &[usize], message: super::wire::Message) {
         let (sender, generation) = (self.nodes[as_node].id, self.nodes[as_node].generation);
+        self.forge_from(as_node, sender, generation, to, message);
+    }
+
+    /// Delivers to the nodes `to` a datagram from node `from`'s address that claims to be `sender`'s
+    /// of `generation`: a key holder speaking for a member it invented (at its own address).
+    pub fn forge_from(
+        &mut self,
+        from: usize,
+        sender: NodeId,
+        generation: u64,
+        to: &[usize],
+        message: super::wire::Message,
+    ) {
         // The next number of the impersonated node's own sequence, as a forger who listened would pick,
         // and above its own last forgery (a datagram numbered twice is a replay).
-        let seq = self.nodes[as_node]
-            .gossiper
-            .as_ref()
+        let seq = self
+            .index(sender)
+            .and_then(|i| self.nodes[i].gossiper.as_ref())
             .map_or(0, |g| g.next_seq())
             .max(self.forged_seq + 1);
         self.forged_seq = seq;
@@ -285,7 +298,7 @@ impl Sim {
                 at,
                 Action::Deliver {
                     to,
-                    from: addr_of(as_node),
+                    from: addr_of(from),
                     datagram,
                 },
             );

@@ -203,6 +203,12 @@ pub struct Stats {
     /// Times this node raised its generation to refute what peers believed of it (a leave, a heartbeat
     /// or state it never sent, or a newer generation of itself).
     pub refutations: u64,
+    /// Heartbeats that came from an address other than their sender's gossiped one (a forger's, or a
+    /// node whose new address is not known here yet): not counted.
+    pub unheard_heartbeats: u64,
+    /// Heartbeats from a node not watched because this node already watches its share from that
+    /// address (see `monitor::Ring::watch`).
+    pub unwatched_heartbeats: u64,
 }
 
 /// A member as seen by the local node: what the dashboard and the API show.

@@ -62,6 +62,16 @@ pub fn render(members: &[Member], stats: &Stats, threshold: f64) -> String {
             stats.unheard_dropped,
         ),
         (
+            "herd_gossip_unheard_heartbeats_total",
+            "Heartbeats not counted: they came from an address other than their sender's.",
+            stats.unheard_heartbeats,
+        ),
+        (
+            "herd_gossip_unwatched_heartbeats_total",
+            "Heartbeats of nodes not watched: this node already watches its share from that address.",
+            stats.unwatched_heartbeats,
+        ),
+        (
             "herd_gossip_refused_members_total",
             "News of members refused because the member table was full.",
             stats.refused_members,
