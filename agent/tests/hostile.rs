@@ -1242,15 +1242,16 @@ fn invented_members_at_a_third_partys_address_draw_little_and_soon_nothing() {
          10 s",
         total as f64 / sent as f64
     );
-    assert!(total < sent * 3 / 2, "{total} bytes drawn by {sent}");
+    assert!(total < sent / 2, "{total} bytes drawn by {sent}");
     let held_back: f64 = agents
         .iter()
         .map(|x| metric(x, "herd_gossip_unheard_dropped_total"))
         .sum();
     assert!(held_back > 0.0);
-    // What is left is each node's trickle to an address it never heard from: 256 bytes a second, from
-    // three nodes, 7.5 KiB in 10 s (on 01a2931: about 250 KiB).
-    assert!(late < 12 * 1024, "{late} bytes in the last 10 s");
+    // What is left is each node's trickle to an address it never heard from: at most its 512-byte
+    // burst and 32 bytes a second, from three nodes, 2.5 KiB in 10 s (on 01a2931: about 250 KiB; with
+    // the budget at 2 KiB and 256 B/s, up to 12 KiB).
+    assert!(late < 3 * 1024, "{late} bytes in the last 10 s");
     // The real members are unharmed.
     for x in &agents {
         for ip in ["127.0.92.1", "127.0.92.2", "127.0.92.3"] {

@@ -286,12 +286,16 @@ impl Gossiper {
     }
 
     /// A digest of at most one datagram: this node, the freshest rumours, then a random arc of the ring.
+    /// To an address not heard from lately (`trusted` false), only this node and what it believes of
+    /// the receiver: a first contact needs no more to be answered, and a member a key holder invented at
+    /// a third party's address draws a small datagram there, not a full one.
     pub(super) fn build_digest(
         &self,
         rng: &mut impl RngCore,
         hot: &[NodeId],
         to: NodeId,
         census: bool,
+        trusted: bool,
     ) -> Digest {
         let mut budget = SYN_DIGEST_BYTES
             - wire::packet_header_len(self.generation(), self.seq)
@@ -309,22 +313,25 @@ impl Gossiper {
             entries.push(me);
         }
         // What we believe of the receiver, so it can refute a falsehood (a forged leave) at once.
+        let mut gone = false;
         if let Some(s) = self.nodes.get(&to).filter(|_| to != self.id) {
             let e = s.entry(to);
             if fits(&e, &mut budget) {
                 entries.push(e);
             }
-            // A probe of a node we think dead or gone carries no census: whoever holds its address now
-            // learns nothing of the cluster from it, and the node, if alive, gets all it needs by its answer.
-            if matches!(s.liveness, Liveness::Dead | Liveness::Left) {
-                let start = NodeId(rng.next_u64());
-                return Digest {
-                    start,
-                    end: NodeId(start.0.wrapping_add(1)),
-                    known: self.nodes.len() as u64,
-                    entries,
-                };
-            }
+            gone = matches!(s.liveness, Liveness::Dead | Liveness::Left);
+        }
+        // A probe of a node we think dead or gone carries no census: whoever holds its address now
+        // learns nothing of the cluster from it, and the node, if alive, gets all it needs by its answer.
+        // Nor does a first contact (an address not heard from lately, a seed's among them).
+        if gone || !trusted {
+            let start = NodeId(rng.next_u64());
+            return Digest {
+                start,
+                end: NodeId(start.0.wrapping_add(1)),
+                known: self.nodes.len() as u64,
+                entries,
+            };
         }
         // Rumours take at most a third of the digest so the census still moves on.
         let mut rumour_budget = budget / 3;

@@ -75,6 +75,9 @@ pub(super) const MAX_WATCHED: usize = 64;
 /// Unheard candidates a rebuild asks to answer, at most (the nearest ones).
 const MAX_VERIFY: usize = 8;
 
+/// How soon an unheard candidate is asked again.
+const VERIFY_AGAIN: Duration = Duration::from_secs(2);
+
 /// A live peer as the monitors' choice sees it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Candidate {
@@ -102,8 +105,10 @@ pub(super) struct Ring {
     asked: VecDeque<(NodeId, NodeId, Duration)>,
     /// Watched nodes past their threshold, to probe this round.
     pub(super) to_probe: Vec<NodeId>,
-    /// Candidate monitors not yet heard, to probe this round (their answer makes them heard).
-    pub(super) to_verify: Vec<NodeId>,
+    /// Candidate monitors not yet heard, to probe (their answer makes them heard).
+    to_verify: Vec<NodeId>,
+    /// When each candidate was last asked (each at most once per [`VERIFY_AGAIN`]).
+    verified_at: VecDeque<(NodeId, Duration)>,
     /// A candidate was just heard first-hand: the monitors are to be chosen again.
     pub(super) stale: bool,
 }
@@ -192,6 +197,22 @@ impl Ring {
                 .filter(|id| !self.chosen.contains(id)),
         );
         self.monitors = all;
+    }
+
+    /// The unheard candidates to ask now: each at most once per [`VERIFY_AGAIN`].
+    pub(super) fn take_verify(&mut self, now: Duration) -> Vec<NodeId> {
+        self.verified_at.retain(|(_, at)| now < *at + VERIFY_AGAIN);
+        let mut out = Vec::new();
+        for id in std::mem::take(&mut self.to_verify) {
+            if self.verified_at.iter().all(|(v, _)| *v != id) {
+                if self.verified_at.len() >= MAX_RELAYS {
+                    self.verified_at.pop_front();
+                }
+                self.verified_at.push_back((id, now));
+                out.push(id);
+            }
+        }
+        out
     }
 
     /// Whether `id` is watched for the heartbeats it sends here, not by the ring.

@@ -58,21 +58,20 @@ impl Gossiper {
             Some(m) => {
                 // The monitors are chosen again when a candidate was just heard, and every few rounds
                 // (when candidates not yet heard are asked again).
-                let verify = self.round.is_multiple_of(VERIFY_EVERY_ROUNDS);
-                if self.ring.stale || verify {
+                if self.ring.stale || self.round.is_multiple_of(VERIFY_EVERY_ROUNDS) {
                     self.ring.stale = false;
                     self.choose_monitors(m.monitors);
-                    if !verify {
-                        self.ring.to_verify.clear();
-                    }
                 }
-                for id in std::mem::take(&mut self.ring.to_verify) {
+                for id in self.ring.take_verify(now) {
                     if let Some(addr) = self.nodes.get(&id).and_then(|s| s.addr) {
                         self.send(addr, id, Message::Ping { target: id }, rng);
                     }
                 }
+                // Heartbeats go only to monitors heard first-hand: one not heard yet is asked (above),
+                // and an invention at an address nobody answers from gets nothing.
                 for id in self.ring.monitors.clone() {
-                    if let Some(addr) = self.nodes.get(&id).and_then(|s| s.addr) {
+                    if let Some(addr) = self.nodes.get(&id).filter(|s| s.heard).and_then(|s| s.addr)
+                    {
                         self.send(addr, id, Message::Heartbeat, rng);
                     }
                 }
@@ -147,7 +146,8 @@ impl Gossiper {
         targets.sort_unstable();
         targets.dedup_by_key(|(addr, _)| *addr);
         for (to, node) in targets {
-            let digest = self.build_digest(rng, &hot, node, census);
+            let trusted = self.budget.is_trusted(to.ip(), now);
+            let digest = self.build_digest(rng, &hot, node, census, trusted);
             self.send(to, node, Message::Syn { digest }, rng);
         }
     }
@@ -201,7 +201,8 @@ impl Gossiper {
         }
         for id in picked {
             if let Some(addr) = self.nodes.get(&id).and_then(|s| s.addr) {
-                let digest = self.build_digest(rng, &hot, id, false);
+                let trusted = self.budget.is_trusted(addr.ip(), now);
+                let digest = self.build_digest(rng, &hot, id, false, trusted);
                 self.send(addr, id, Message::Syn { digest }, rng);
             }
         }
