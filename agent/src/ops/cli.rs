@@ -38,6 +38,33 @@ pub struct Target {
     pub token_to_older_agents: bool,
 }
 
+/// The token, and whether older agents found through gossip may be sent it (`--token-to-older-agents`).
+/// Its `Debug` never shows the token.
+#[derive(Clone)]
+pub struct Access {
+    pub token: Option<String>,
+    older_get_token: bool,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("older_get_token", &self.older_get_token)
+            .finish()
+    }
+}
+
+impl Access {
+    /// A client for the member gossip lists at `api` as node `id`: it proves the token only to that
+    /// node, and sends it to an older agent only when allowed.
+    pub fn member(&self, api: &str, id: &str) -> anyhow::Result<Client> {
+        Ok(Client::new(api, self.token.clone())?
+            .expecting(id)
+            .older_get_token(self.older_get_token))
+    }
+}
+
 impl Target {
     pub fn client(&self) -> anyhow::Result<Client> {
         Client::new(&self.node, self.token()?)
@@ -45,9 +72,15 @@ impl Target {
 
     /// A client for a member found through gossip at `addr`, listed as node `id`.
     pub fn member_client(&self, addr: std::net::SocketAddr, id: &str) -> anyhow::Result<Client> {
-        Ok(Client::new(&addr.to_string(), self.token()?)?
-            .expecting(id)
-            .older_get_token(self.token_to_older_agents))
+        self.access()?.member(&addr.to_string(), id)
+    }
+
+    /// What a client of a member needs: the token, and whether older agents may be sent it.
+    pub fn access(&self) -> anyhow::Result<Access> {
+        Ok(Access {
+            token: self.token()?,
+            older_get_token: self.token_to_older_agents,
+        })
     }
 
     /// The `--secrets` file, parsed (none given: `None`).
@@ -447,4 +480,20 @@ fn follow(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn access_debug_never_shows_the_token() {
+        let a = super::Access {
+            token: Some("s3cret-token".into()),
+            older_get_token: false,
+        };
+        let shown = format!("{a:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("redacted"),
+            "{shown}"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use super::cli::Target;
+use super::cli::{Access, Target};
 use crate::client::Client;
 use crate::gossip::Liveness;
 use crate::model::upgrade::{InstallRequest, Outcome, Stage, MAX_ARTIFACT};
@@ -94,29 +94,6 @@ struct Node {
     api: String,
 }
 
-/// The token, and whether older agents found through gossip may be sent it (`--token-to-older-agents`).
-#[derive(Debug, Clone)]
-struct Access {
-    token: Option<String>,
-    older_get_token: bool,
-}
-
-impl Access {
-    fn of(t: &super::cli::Target) -> anyhow::Result<Access> {
-        Ok(Access {
-            token: t.token()?,
-            older_get_token: t.token_to_older_agents,
-        })
-    }
-
-    /// A client for the member gossip lists at `api` as node `id`.
-    fn member(&self, api: &str, id: &str) -> anyhow::Result<Client> {
-        Ok(Client::new(api, self.token.clone())?
-            .expecting(id)
-            .older_get_token(self.older_get_token))
-    }
-}
-
 impl Node {
     /// A client for this node's API: one that proves the token only to the node gossip lists here
     /// (the entry node is the one the operator named).
@@ -181,7 +158,7 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
     };
     let entry = u.target.client()?;
     let all = entry.nodes()?;
-    let token = Access::of(&u.target)?;
+    let token = u.target.access()?;
 
     // The plan: every alive node not at the version, the entry node first.
     let mut nodes: Vec<Node> = Vec::new();
