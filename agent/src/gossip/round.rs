@@ -162,20 +162,34 @@ impl Gossiper {
             }
             self.notes.rumours.pop_front();
         }
-        // No digest has room for more than a few dozen (a third of 1300 bytes). News of this node and
-        // of nodes heard first-hand goes first: verdicts on members a key holder invented (never heard:
-        // they come by the hundred as their watchers convict them) must not crowd out a real crash.
-        let (mut first, rest): (Vec<NodeId>, Vec<NodeId>) = self
+        // No digest has room for more than a few dozen (a third of 1300 bytes), so rumours are ranked:
+        // news of this node and verdicts on nodes heard first-hand first, verdicts on nodes never heard
+        // last (members a key holder invented come by the hundred as their watchers convict them, and
+        // must not crowd out a real crash), everything else (a newcomer, a changed service) by recency
+        // between them: most nodes have not heard a newcomer yet, and its news must not wait.
+        let rank = |id: &NodeId| -> u8 {
+            let Some(s) = self.nodes.get(id) else {
+                return 1;
+            };
+            match (*id == self.id, matches!(s.liveness, Liveness::Dead | Liveness::Left)) {
+                (true, _) => 0,
+                (false, true) if s.heard => 0,
+                (false, true) => 2,
+                (false, false) => 1,
+            }
+        };
+        let mut hot: Vec<NodeId> = self
             .notes
             .rumours
             .iter()
             .rev()
             .filter(|(at, id)| self.nodes.get(id).is_some_and(|s| s.changed_at == *at))
             .map(|(_, id)| *id)
-            .partition(|id| *id == self.id || self.nodes.get(id).is_some_and(|s| s.heard));
-        first.extend(rest);
-        first.truncate(MAX_HOT);
-        first
+            .collect();
+        // A stable sort: recency within each rank.
+        hot.sort_by_key(rank);
+        hot.truncate(MAX_HOT);
+        hot
     }
 
     /// A verdict reached or heard outside a round goes on at once, to two random live peers: each hop
