@@ -63,6 +63,12 @@ else
     done
     touch /run/herd-e2e/udhcpd.leases
     /usr/local/lib/herd-e2e/busybox udhcpd /etc/herd-e2e/udhcpd.conf </dev/null >/dev/null 2>&1
+    # In the story the access point is another machine, up before the card boots, so NetworkManager's
+    # first scans find it. Here it comes up after NetworkManager, whose scans of a disconnected radio
+    # back off to minutes apart (a CI run waited over 180 s): ask for one scan now, as its first would
+    # have been. It changes nothing of what the card was given (a blocked radio or a missing profile
+    # still never joins) and is allowed to fail (a scan already under way).
+    nmcli device wifi rescan ifname wlan0 >/dev/null 2>&1 || true
 fi
 echo "herd-e2e-ap: access point up on wlan1 ($1 passphrase)"
 "#;
@@ -256,7 +262,22 @@ pub(super) fn check(vm: &Vm, user: &str, identity: &Path, opts: &Options) -> any
             address
         },
     )
-    .with_context(|| format!("wlan0 was last: {last}"))?;
+    .with_context(|| {
+        // What the card and the access point said, to tell a card that never tried from a key
+        // refused, an access point that never started or a DHCP server that never answered.
+        let said = ssh(
+            vm,
+            user,
+            identity,
+            "sudo -S -p '' sh -c 'cat /run/herd-e2e/hostapd.log; systemctl status --no-pager \
+             herd-e2e-ap; nmcli -f GENERAL,WIFI-PROPERTIES device show wlan0; rfkill; \
+             journalctl -b --no-pager -u NetworkManager -u wpa_supplicant -u herd-e2e-ap \
+             | tail -n 60'",
+            Some(&format!("{}\n", opts.password)),
+        )
+        .unwrap_or_else(|| "(ssh failed)".into());
+        format!("wlan0 was last: {last}; the card and the access point said:\n{said}")
+    })?;
     let up = vm.started.elapsed();
     println!(
         "    {}: Wi-Fi: wlan0 joined {:?} and has {address} from the access point's DHCP after {} \
