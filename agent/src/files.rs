@@ -1,4 +1,4 @@
-//! Files the agent and the CLI keep (node id, generation, meta-data, host name, wanted counts): written so
+//! Files the agent and the CLI keep (node key, generation, meta-data, host name, wanted counts): written so
 //! that a power cut leaves the old or the new content, never a mix, and read only as what they should
 //! be: a regular file of bounded size, never through a symbolic link (a state directory another user
 //! can write to must not make the agent read a FIFO, a device or another file, or write through a link).
@@ -14,6 +14,16 @@ use anyhow::Context;
 /// under its name is removed, never written through) and the rename replaces `path` itself, so a
 /// symbolic link there is replaced, not followed.
 pub fn write_atomic(path: &Path, content: &str) -> anyhow::Result<()> {
+    write_atomic_mode(path, content, 0o666)
+}
+
+/// [`write_atomic`] for a secret: the file is made readable and writable by its owner only, whatever
+/// the umask.
+pub fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
+    write_atomic_mode(path, content, 0o600)
+}
+
+fn write_atomic_mode(path: &Path, content: &str, mode: u32) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path.parent().context("path has no directory")?;
     let tmp = path.with_extension("tmp");
@@ -25,6 +35,7 @@ pub fn write_atomic(path: &Path, content: &str) -> anyhow::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(mode)
             .open(&tmp)?;
         f.write_all(content.as_bytes())?;
         f.sync_all()?;

@@ -276,15 +276,18 @@ fn dead_and_left_nodes_are_reaped_and_never_return() {
     }
 }
 
+/// Values as large as a key/value may be, four to a node: deltas must be cut to fit (the digests of a
+/// 1000-node cluster are checked in `a_crash_among_1000_nodes_is_seen_dead_by_all_within_8s`, which
+/// forms one).
 #[test]
-fn datagrams_stay_under_1400_bytes_at_1000_nodes() {
+fn datagrams_stay_under_1400_bytes_with_the_largest_values() {
     let mut config = SimConfig::new(18);
     config.loss = 0.05;
     config.encrypt = true;
     let mut sim = Sim::new(config);
-    sim.add_nodes(1000);
+    sim.add_nodes(N);
     // Fill every node's state with large values so deltas must be cut to fit.
-    for i in 0..1000 {
+    for i in 0..N {
         let g = sim.gossiper_mut(i).unwrap();
         for k in 0..4 {
             g.set(&format!("blob.{k}"), &"x".repeat(1000)).unwrap();
@@ -292,7 +295,7 @@ fn datagrams_stay_under_1400_bytes_at_1000_nodes() {
     }
     sim.run_for(secs(30));
     let largest = sim.largest_datagram();
-    println!("largest datagram at 1000 nodes: {largest} bytes");
+    println!("largest datagram at {N} nodes with large values: {largest} bytes");
     assert!(largest <= 1400, "{largest}");
     assert!(largest > 1300, "{largest}: the test did not fill datagrams");
 }
@@ -394,51 +397,111 @@ fn all_see_alive_above(sim: &Sim, i: usize, old: u64) -> bool {
     })
 }
 
+/// Issue 31, 1 at 100 nodes with 5 % loss: a key holder (node 3) sends every node the victim's
+/// goodbye, a goodbye's heartbeat of it, its state at the generation ceiling at another address, and
+/// tells the victim its peers hold it at the ceiling. No node believes any of it (it lacks the victim's
+/// signature, and a datagram speaks only for its own sender), so the victim needs no refutation: 30 s
+/// on, every node sees it alive, in its generation, at its address, and the cluster is whole. Before
+/// per-node keys the goodbye was believed until refuted, and the ceiling silenced the victim for good.
 #[test]
-fn a_forged_leave_or_heartbeat_is_refuted_by_its_victim_within_2s() {
-    use herd::gossip::wire::{Digest, DigestEntry, Message};
+fn a_key_holder_can_neither_silence_nor_impersonate_a_node_at_100_nodes() {
+    use herd::gossip::wire::{Digest, DigestEntry, KeyValue, Message, NodeDelta, MAX_GENERATION};
     let seed = 17;
-    let mut sim = cluster(seed, 30);
-    let victim = 5;
+    let mut sim = cluster(seed, N);
+    let (b, victim) = (3, 5);
     let id = sim.id(victim);
-
-    // A holder of the key says the victim left.
-    let old = sim.gossiper(victim).unwrap().generation();
-    sim.forge(victim, Message::Leave);
-    sim.run_for(Duration::from_millis(10));
-    let fooled = sim
-        .up()
-        .filter(|o| sim.gossiper(*o).unwrap().liveness(id) == Some(Liveness::Left))
-        .count();
-    assert_eq!(fooled, 29, "seed {seed}: the forgery reached everyone");
-    let start = sim.now();
-    assert!(
-        sim.run_until(start + secs(2), |s| all_see_alive_above(s, victim, old)),
-        "seed {seed}: the forged leave was not refuted within 2 s"
-    );
-    assert!(sim.gossiper(victim).unwrap().stats().refutations >= 1);
-
-    // A heartbeat of the largest value (a leave) in a digest entry: the same.
-    let old = sim.gossiper(victim).unwrap().generation();
-    let entry = DigestEntry {
-        node: id,
-        generation: old,
-        heartbeat: u64::MAX,
-        max_version: 0,
+    let generation = sim.gossiper(victim).unwrap().generation();
+    let keys = sim
+        .gossiper(b)
+        .unwrap()
+        .member(id, sim.now())
+        .unwrap()
+        .public_key;
+    let cluster_id = sim.wire_cluster_id(b);
+    let forger = sim.key(b).clone();
+    let signed = |key: &str, version, value: &str, generation| KeyValue {
+        key: key.into(),
+        version,
+        value: Some(value.into()),
+        signature: forger.sign_kv(cluster_id, generation, key, version, Some(value)),
     };
-    let digest = Digest {
-        start: id,
-        end: id,
-        known: 30,
-        entries: vec![entry],
+    let forged = |generation: u64, left: bool| {
+        let mut kvs = vec![signed("_addr", 1, "10.0.0.4:7496", generation)];
+        if left {
+            kvs.push(signed("_left", 2, "1", generation));
+        }
+        NodeDelta {
+            node: id,
+            generation,
+            heartbeat: 1,
+            from_version: 0,
+            keys: Some(keys),
+            kvs,
+        }
     };
-    sim.forge(3, Message::Syn { digest });
-    let start = sim.now();
-    assert!(
-        sim.run_until(start + secs(2), |s| all_see_alive_above(s, victim, old)),
-        "seed {seed}: the forged heartbeat was not refuted within 2 s"
+    let entry = |generation, heartbeat| Message::Syn {
+        digest: Digest {
+            start: id,
+            end: id,
+            known: N as u64,
+            entries: vec![DigestEntry {
+                node: id,
+                generation,
+                heartbeat,
+                max_version: 9,
+            }],
+        },
+    };
+    sim.take_events();
+    // To every node, in datagrams of its own (it cannot make one of the victim's): the victim's goodbye
+    // and a goodbye's heartbeat of it, and its state at the ceiling at the forger's address.
+    sim.forge(
+        b,
+        Message::Leave {
+            delta: forged(generation, true),
+        },
     );
+    sim.forge(b, entry(generation, u64::MAX));
+    sim.forge(
+        b,
+        Message::Ack2 {
+            deltas: vec![forged(MAX_GENERATION, false), forged(generation, true)],
+        },
+    );
+    // And to the victim: its peers hold it at the ceiling.
+    sim.forge_to(b, &[victim], entry(MAX_GENERATION, 1));
     sim.run_for(secs(30));
+    let now = sim.now();
+    for o in sim.up().filter(|o| *o != victim) {
+        let m = sim.gossiper(o).unwrap().member(id, now).unwrap();
+        assert_eq!(m.liveness, Liveness::Alive, "seed {seed}: node {o}");
+        assert_eq!(m.generation, generation, "seed {seed}: node {o}");
+        assert_eq!(
+            m.addr,
+            Some(herd::gossip::sim::addr_of(victim)),
+            "seed {seed}: node {o}"
+        );
+    }
+    let v = sim.gossiper(victim).unwrap();
+    assert_eq!(
+        v.generation(),
+        generation,
+        "seed {seed}: the victim refuted"
+    );
+    assert!(v.stats().claims_of_self >= 1, "seed {seed}");
+    let refused: u64 = sim
+        .up()
+        .map(|i| sim.gossiper(i).unwrap().stats().rejected_signature)
+        .sum();
+    assert!(refused >= (N - 2) as u64, "seed {seed}: {refused} refused");
+    let events = sim.take_events();
+    assert!(
+        !events
+            .iter()
+            .any(|o| o.event.node == id && o.event.kind != EventKind::Updated),
+        "seed {seed}: {:?}",
+        events.iter().find(|o| o.event.node == id)
+    );
     assert!(sim.converged(), "seed {seed}");
 }
 
@@ -658,6 +721,10 @@ fn a_crash_among_1000_nodes_is_seen_dead_by_all_within_8s() {
     let started = std::time::Instant::now();
     let mut sim = cluster(seed, 1000);
     let formed = (sim.now(), started.elapsed());
+    // Forming it filled datagrams with digests and deltas of a thousand members: none went over.
+    let largest = sim.largest_datagram();
+    assert!(largest <= 1400, "{largest}");
+    assert!(largest > 1300, "{largest}: forming did not fill datagrams");
     let mut worst = Vec::new();
     for trial in 0..3 {
         let victim = trial * 333 + 7;
@@ -761,17 +828,25 @@ fn every_node_shows_the_monitors_phi_of_a_failing_node() {
     }
 }
 
-/// Forged Ack2s from `sim`'s node `b` (a key holder, a member) to node `to`, inventing the members
-/// `ids`, each at `addr` when given: as many to a datagram as fit. Returns the bytes sent.
-fn invent(sim: &mut Sim, b: usize, to: usize, ids: &[u64], addr: Option<&str>) -> usize {
+/// Forged Ack2s from `sim`'s node `b` (a key holder, a member) to node `to`, inventing the members of
+/// keys `keys` (their state signed with them), each at `addr` when given: as many to a datagram as fit.
+/// Returns the bytes sent.
+fn invent(
+    sim: &mut Sim,
+    b: usize,
+    to: usize,
+    keys: &[herd::gossip::NodeKey],
+    addr: Option<&str>,
+) -> usize {
     use herd::gossip::wire::{Message, MAX_PAYLOAD};
-    let delta = |id: u64| common::invented_member(id, addr);
+    let cluster = sim.wire_cluster_id(b);
+    let delta = |key| common::invented_member(key, cluster, addr);
     let (mut at, mut sent) = (0, 0);
-    while at < ids.len() {
-        let mut deltas = vec![delta(ids[at])];
+    while at < keys.len() {
+        let mut deltas = vec![delta(&keys[at])];
         at += 1;
-        while at < ids.len() {
-            deltas.push(delta(ids[at]));
+        while at < keys.len() {
+            deltas.push(delta(&keys[at]));
             let size = herd::gossip::wire::Packet {
                 sender: sim.id(b),
                 to: sim.id(to),
@@ -797,6 +872,14 @@ fn invent(sim: &mut Sim, b: usize, to: usize, ids: &[u64], addr: Option<&str>) -
     sent
 }
 
+/// `n` keys of members a key holder invents, from seed `seed`.
+fn invented_keys(seed: u64, n: usize) -> Vec<herd::gossip::NodeKey> {
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    (0..n)
+        .map(|_| herd::gossip::NodeKey::generate(&mut rng))
+        .collect()
+}
+
 fn message_len(sim: &Sim, b: usize, to: usize, message: &herd::gossip::wire::Message) -> usize {
     herd::gossip::wire::Packet {
         sender: sim.id(b),
@@ -819,9 +902,7 @@ fn invented_members_stay_bounded_and_no_live_node_is_convicted_at_100_nodes() {
     let seed = 31;
     let mut sim = cluster(seed, N);
     let (b, to) = (0, 1);
-    let ids: Vec<u64> = (1..=50_000u64)
-        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
-        .collect();
+    let ids = invented_keys(seed, 50_000);
     let sent = invent(&mut sim, b, to, &ids, None);
     sim.run_for(secs(30));
     let cap = herd::gossip::DEFAULT_MAX_MEMBERS;
@@ -840,8 +921,19 @@ fn invented_members_stay_bounded_and_no_live_node_is_convicted_at_100_nodes() {
          {refused} refused in all",
         ids.len()
     );
+    let unchecked: u64 = sim
+        .up()
+        .map(|i| sim.gossiper(i).unwrap().stats().unchecked_dropped)
+        .sum();
+    println!(
+        "  {unchecked} node states left unchecked over their source's share of signature checks"
+    );
     assert!(most <= cap, "seed {seed}: a node holds {most} members");
-    assert!(refused > 0, "seed {seed}: the bound was never reached");
+    // Bounded by the table, or before it by the signature checks each source may cost.
+    assert!(
+        refused + unchecked > 0,
+        "seed {seed}: neither bound was reached"
+    );
     no_false_dead(&mut sim, seed);
     let victim = 50;
     let since = sim.now();
@@ -874,32 +966,42 @@ fn invented_members_stay_bounded_and_no_live_node_is_convicted_at_100_nodes() {
 /// went unseen: only inventions watched the victim.
 #[test]
 fn members_invented_just_after_every_node_do_not_blind_detection_at_100_nodes() {
-    use herd::gossip::{wire::Message, NodeId};
+    use herd::gossip::{wire::Message, NodeKey};
     let seed = 34;
     let mut sim = cluster(seed, N);
     let b = 0;
     let addr = herd::gossip::sim::addr_of(b).to_string();
     let mut ring: Vec<usize> = sim.up().collect();
     ring.sort_by_key(|i| sim.id(*i));
-    // (the node before, the node after, the inventions between them)
-    let runs: Vec<(usize, usize, Vec<u64>)> = (0..ring.len())
+    // (the node before, the node after, the inventions between them: keys are tried until one names an
+    // id there, about a hundred tries each)
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+    let runs: Vec<(usize, usize, Vec<NodeKey>)> = (0..ring.len())
         .filter(|k| ring[*k] != b)
         .map(|k| {
             let (v, w) = (ring[k], ring[(k + 1) % ring.len()]);
-            (v, w, (1..=5).map(|j| sim.id(v).0 + j).collect())
+            let (lo, hi) = (sim.id(v).0, sim.id(w).0);
+            let between = |id: herd::gossip::NodeId| {
+                id.0.wrapping_sub(lo).wrapping_sub(1) < hi.wrapping_sub(lo).wrapping_sub(1)
+            };
+            let keys = (0..5)
+                .map(|_| common::invented_key(&mut rng, between))
+                .collect();
+            (v, w, keys)
         })
         .collect();
-    let all: Vec<u64> = runs.iter().flat_map(|r| r.2.clone()).collect();
+    let all: Vec<NodeKey> = runs.iter().flat_map(|r| r.2.clone()).collect();
     for to in ring.clone() {
         if to != b {
             invent(&mut sim, b, to, &all, Some(&addr));
         }
     }
+    // Heartbeats from the inventions: their keys are the forger's.
     let beat = |sim: &mut Sim| {
-        for (v, w, ids) in &runs {
+        for (v, w, keys) in &runs {
             let to: Vec<usize> = [*v, *w].into_iter().filter(|i| sim.is_up(*i)).collect();
-            for id in ids {
-                sim.forge_from(b, NodeId(*id), 1, &to, Message::Heartbeat);
+            for key in keys {
+                sim.forge_as(b, key, 1, &to, Message::Heartbeat);
             }
         }
         sim.run_for(Duration::from_millis(200));
@@ -956,7 +1058,7 @@ fn members_invented_at_a_third_partys_address_draw_a_bounded_trickle_at_100_node
     let seed = 32;
     let mut sim = cluster(seed, N);
     let third: std::net::IpAddr = "192.0.2.7".parse().unwrap();
-    let ids: Vec<u64> = (1..=700u64).map(|i| i * (u64::MAX / 701)).collect();
+    let ids = invented_keys(seed, 700);
     let sent = invent(&mut sim, 0, 1, &ids, Some("192.0.2.7:7946"));
     let start = sim.now();
     sim.run_for(secs(30));

@@ -408,3 +408,68 @@ fn dry_run_and_status_change_nothing() {
     assert_eq!(out.matches("→ 0.0.1").count(), 3, "{out}");
     assert!(!out.contains(&key(7).to_base64()), "{out}");
 }
+
+/// An agent from before per-node keys (gossip protocol 2, no `public_key` in its member list) cannot
+/// talk to an agent of this version, so swapping them one node at a time would leave each new agent
+/// alone until its proof failed: `herd upgrade` names such a node and changes nothing.
+#[test]
+fn agents_from_before_per_node_keys_are_named_and_nothing_is_changed() {
+    let c = cluster(66);
+    let mut nodes: Vec<serde_json::Value> = c
+        .client(0)
+        .nodes()
+        .unwrap()
+        .iter()
+        .map(|n| serde_json::to_value(n).unwrap())
+        .collect();
+    let older = nodes.iter_mut().find(|n| n["is_self"] != true).unwrap();
+    older.as_object_mut().unwrap().remove("public_key");
+    let older_name = older["name"].as_str().unwrap().to_string();
+    // The entry node's API as an older cluster would answer it.
+    let body = serde_json::to_string(&nodes).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.66.9:0").unwrap();
+    let fake = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in listener.incoming().take(4) {
+            let Ok(mut s) = s else { return };
+            let mut head = [0u8; 4096];
+            let _ = s.read(&mut head);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.herd");
+    std::fs::write(&path, artifact(&key(7), "99.0.0")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["upgrade", "--dry-run", "--node", &fake, "--to"])
+        .arg(&path)
+        .env("HERD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("nothing was changed")
+            && err.contains(&older_name)
+            && err.contains("before per-node keys")
+            && err.contains("re-flash"),
+        "{err}"
+    );
+    // Against the real agents the same plan goes through.
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["upgrade", "--dry-run", "--node", &c.url(0), "--to"])
+        .arg(&path)
+        .env("HERD_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}

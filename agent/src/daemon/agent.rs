@@ -66,7 +66,7 @@ impl Agent {
         let mut gossiper = Gossiper::new(
             gossip_config,
             config.security(),
-            identity.id,
+            identity.key.clone(),
             identity.generation,
             advertise,
             Duration::ZERO,
@@ -435,14 +435,14 @@ impl Loop {
         }
     }
 
-    /// The gossiper raised its generation to refute what peers believed of this node (a leave it never
-    /// announced, or a generation above its own): say so, and store it so a restart goes above it.
+    /// The gossiper raised its generation to refute what peers believed of this node (that it is dead,
+    /// or its own state of a former life): say so, and store it so a restart goes above it.
     fn refuted(&mut self, generation: u64) {
         tracing::warn!(
             from = self.generation,
             to = generation,
-            "peers held a state of this node that it never sent (a forged leave, or a former generation): \
-             refuted by raising the generation"
+            "peers held this node dead, or its state of a former generation: refuted by raising the \
+             generation"
         );
         self.generation = generation;
         if let Err(e) = store_generation(&self.config.state_dir, generation) {
@@ -500,8 +500,30 @@ struct MembershipLog {
     window: Option<Instant>,
     lines: u32,
     held_back: u64,
-    refused: u64,
-    refused_warned: Option<Instant>,
+    refused: Warned,
+    old_protocol: Warned,
+    cannot_refute: Warned,
+}
+
+/// A counter warned of at most once a minute: what it grew by since the last warning.
+#[derive(Debug, Default, Clone, Copy)]
+struct Warned {
+    total: u64,
+    at: Option<Instant>,
+}
+
+impl Warned {
+    fn grown(&mut self, total: u64, now: Instant) -> Option<u64> {
+        if total == self.total || self.at.is_some_and(|w| now < w + Duration::from_secs(60)) {
+            return None;
+        }
+        let grown = total - self.total;
+        *self = Warned {
+            total,
+            at: Some(now),
+        };
+        Some(grown)
+    }
 }
 
 impl MembershipLog {
@@ -518,7 +540,8 @@ impl MembershipLog {
             *self = MembershipLog {
                 window: Some(now),
                 refused: self.refused,
-                refused_warned: self.refused_warned,
+                old_protocol: self.old_protocol,
+                cannot_refute: self.cannot_refute,
                 ..Default::default()
             };
         }
@@ -530,21 +553,35 @@ impl MembershipLog {
         true
     }
 
-    /// Warns, at most once a minute, that news of members was refused because the table is full.
-    fn refused(&mut self, total: u64, now: Instant) {
-        if total == self.refused
-            || self
-                .refused_warned
-                .is_some_and(|w| now < w + Duration::from_secs(60))
-        {
-            return;
+    /// Warns, at most once a minute each: news of members refused because the table is full; peers
+    /// speaking an older gossip protocol, which this agent cannot talk to; a refutation this node
+    /// could not make.
+    fn counters(&mut self, stats: &crate::gossip::Stats, now: Instant) {
+        if let Some(refused) = self.refused.grown(stats.refused_members, now) {
+            tracing::warn!(
+                refused,
+                "member table full: news of more members refused (a peer may be inventing members)"
+            );
         }
-        tracing::warn!(
-            refused = total - self.refused,
-            "member table full: news of more members refused (a peer may be inventing members)"
-        );
-        self.refused = total;
-        self.refused_warned = Some(now);
+        if let Some(datagrams) = self.old_protocol.grown(stats.old_protocol, now) {
+            let from = stats
+                .last_old_protocol_from
+                .map_or_else(|| "?".to_string(), |a| a.to_string());
+            tracing::warn!(
+                datagrams,
+                %from,
+                "a peer speaks an older gossip protocol (an agent from before per-node keys, herd \
+                 0.1.0), which this one cannot talk to: upgrade it (docs/UPGRADES.md)"
+            );
+        }
+        if let Some(times) = self.cannot_refute.grown(stats.cannot_refute, now) {
+            tracing::error!(
+                times,
+                "peers hold this node's own state at a generation it cannot go above (only its key \
+                 could have signed it: is the key in the state directory stolen?); move node.key \
+                 aside and restart to rejoin as a new node"
+            );
+        }
     }
 }
 
@@ -563,7 +600,7 @@ fn drain(
         // No subscriber is fine.
         let _ = events.send(e);
     }
-    log.refused(g.stats().refused_members, now);
+    log.counters(g.stats(), now);
     std::iter::from_fn(|| g.poll_transmit()).collect()
 }
 

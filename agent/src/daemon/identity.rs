@@ -1,83 +1,60 @@
 //! A card's identity. Every card of a cluster is flashed from one image, so nothing in the image may
-//! name the node: the node id is derived at first start from what makes this machine unique (systemd's
-//! machine-id, made at first boot; else the board's serial number; else chance), and the host name, when
-//! the image asks for one (`hostname_template`), is derived from that id by `herd set-hostname`, which a
-//! first-boot unit runs before the network and avahi-daemon come up.
+//! name the node: at its first start a node makes its own keys (a random secret, `node.key` in its state
+//! directory, readable by the agent only), and its node id is a hash of their public halves, so no other
+//! node, not even one holding the cluster key, can speak for it (see `gossip::wire::keys`). The host
+//! name, when the image asks for one (`hostname_template`), is derived from that id by `herd
+//! set-hostname`, which a first-boot unit runs before the network and avahi-daemon come up, and which
+//! therefore makes the key when the agent has not run yet.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
+use base64::Engine;
 
 use crate::config::hostname::check_hostname;
-use crate::files::{read_state, write_atomic, StateFileError};
-use crate::gossip::NodeId;
+use crate::files::{read_state, write_atomic, write_private, StateFileError};
+use crate::gossip::{NodeId, NodeKey};
 
-/// Where a node id came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// `/etc/machine-id`.
-    MachineId,
-    /// The board's serial number (device tree, or `Serial` in `/proc/cpuinfo` on a Raspberry Pi).
-    BoardSerial,
-    /// Neither was there.
-    Random,
+/// The node's keys in `state_dir`, made (and stored, mode 0600) when there are none yet; true when they
+/// were made now. A file that is not a key (a link, a FIFO, garbage) stops the start with its name: a
+/// new key would be a new node.
+pub fn node_key(state_dir: &Path) -> anyhow::Result<(NodeKey, bool)> {
+    let path = state_dir.join("node.key");
+    if let Some(bytes) = read_state(&path, 256)? {
+        let text = String::from_utf8_lossy(&bytes);
+        let seed: [u8; 32] = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .with_context(|| {
+                format!(
+                    "{}: not a node key (32 bytes in base64); move it aside to start this card as a \
+                     new node",
+                    path.display()
+                )
+            })?;
+        return Ok((NodeKey::from_seed(seed), false));
+    }
+    // The agent's own directory (systemd makes it, 0700), or made here for it by `herd set-hostname`
+    // before the agent first runs: root's then, and systemd hands it to the agent's user at its start.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .with_context(|| format!("state_dir: cannot create {}", state_dir.display()))?;
+    let key = NodeKey::generate(&mut rand::rngs::OsRng);
+    let text = base64::engine::general_purpose::STANDARD.encode(key.seed());
+    write_private(&path, &format!("{text}\n"))?;
+    Ok((key, true))
 }
 
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Origin::MachineId => "the machine-id",
-            Origin::BoardSerial => "the board serial number",
-            Origin::Random => "chance (no machine-id, no board serial)",
-        })
-    }
-}
-
-/// Derives the node id of the agent keeping its state in `state_dir` on the machine whose file system is
-/// at `root` ("/" but in tests). Derived ids are a hash of the source and the state directory, never the
-/// source itself (the machine-id is confidential, machine-id(5)); the state directory keeps apart agents
-/// that share a machine (tests, benchmarks, several clusters on one host).
-pub fn derive_id(root: &Path, state_dir: &Path) -> (NodeId, Origin) {
-    let dir = state_dir.to_string_lossy();
-    if let Some(id) = machine_id(root) {
-        return (hash_id("machine-id", &id, &dir), Origin::MachineId);
-    }
-    if let Some(serial) = board_serial(root) {
-        return (hash_id("serial", &serial, &dir), Origin::BoardSerial);
-    }
-    (NodeId(rand::random()), Origin::Random)
-}
-
-/// The node id the agent uses: the one persisted in `state_dir/node-id` if there is one, else the one
-/// it will derive at its first start.
-pub fn current_id(root: &Path, state_dir: &Path) -> anyhow::Result<(NodeId, Option<Origin>)> {
-    let path = under(root, &state_dir.join("node-id"));
-    match read_state(&path, 64)? {
-        Some(bytes) => {
-            let id = String::from_utf8_lossy(&bytes)
-                .trim()
-                .parse::<NodeId>()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Ok((id, None))
-        }
-        None => {
-            let (id, origin) = derive_id(root, state_dir);
-            Ok((id, Some(origin)))
-        }
-    }
-}
-
-fn hash_id(kind: &str, value: &str, state_dir: &str) -> NodeId {
-    let mut h = Sha256::new();
-    h.update(b"herd node id v1\0");
-    for part in [kind, value, state_dir] {
-        h.update(part.as_bytes());
-        h.update(b"\0");
-    }
-    let digest = h.finalize();
-    NodeId(u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")))
+/// The node id of the agent keeping its state in `state_dir` on the machine whose file system is at
+/// `root` ("/" but in tests), its key made now if the agent never ran; true when it was.
+pub fn current_id(root: &Path, state_dir: &Path) -> anyhow::Result<(NodeId, bool)> {
+    let (key, made) = node_key(&under(root, state_dir))?;
+    Ok((key.id(), made))
 }
 
 /// `root` + an absolute path.
@@ -85,83 +62,49 @@ fn under(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
-/// The machine-id when systemd has made one: 32 lower-case hex digits, not all zero. An image ships it
-/// empty (Bookworm) or `uninitialized` (Trixie), which does not count.
-fn machine_id(root: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(under(root, Path::new("/etc/machine-id"))).ok()?;
-    let id = text.trim();
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0'))
-        .then(|| id.to_ascii_lowercase())
-}
-
-/// The board's serial number: the device tree's `serial-number`, or the `Serial` line of
-/// `/proc/cpuinfo` (Raspberry Pi kernels). All-zero serials (QEMU, some boards) do not count.
-fn board_serial(root: &Path) -> Option<String> {
-    let dt = std::fs::read(under(
-        root,
-        Path::new("/sys/firmware/devicetree/base/serial-number"),
-    ))
-    .ok()
-    .map(|b| {
-        String::from_utf8_lossy(&b)
-            .trim_end_matches('\0')
-            .trim()
-            .to_string()
-    });
-    let cpuinfo = || {
-        let text = std::fs::read_to_string(under(root, Path::new("/proc/cpuinfo"))).ok()?;
-        text.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k.trim() == "Serial").then(|| v.trim().to_string())
-        })
-    };
-    dt.filter(|s| useful_serial(s))
-        .or_else(|| cpuinfo().filter(|s| useful_serial(s)))
-}
-
-fn useful_serial(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().any(|b| b.is_ascii_alphanumeric() && b != b'0')
-}
-
 use crate::gossip::wire::MAX_GENERATION;
 
 /// 2025-01-01T00:00:00Z, where generations start counting.
 const GENERATION_EPOCH: u64 = 1_735_689_600;
 
-/// The node's persistent identity: an id that never changes and a generation that grows on every start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The node's persistent identity: its keys (and the id they name), which never change, and a
+/// generation that grows on every start.
+#[derive(Debug, Clone)]
 pub struct Identity {
+    pub key: NodeKey,
     pub id: NodeId,
     pub generation: u64,
 }
 
 impl Identity {
-    /// Reads the node id from `state_dir/node-id` (deriving it the first time: `identity::derive_id`) and
-    /// stores a new generation, `max(previous + 1, seconds since 2025-01-01)`: the clock alone would not do on a Pi,
+    /// Reads the node's keys from `state_dir/node.key` (making them the first time) and stores a new
+    /// generation, `max(previous + 1, seconds since 2025-01-01)`: the clock alone would not do on a Pi,
     /// which has no real-time clock and may boot with a time older than its last run, and the clock keeps
-    /// the generation growing when the state directory is lost (a re-flashed card). Counting from 2025
-    /// rather than 1970 keeps generations at four varint bytes until 2033: every digest entry carries one.
+    /// the generation growing when the generation file is lost. Counting from 2025 rather than 1970 keeps
+    /// generations at four varint bytes until 2033: every digest entry carries one.
     pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Identity> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("state_dir: cannot create {}", state_dir.display()))?;
-        let id_path = state_dir.join("node-id");
-        // A node id is 16 hex digits; a link, a FIFO or a large file there is refused with its name.
-        let id = match read_state(&id_path, 64)? {
-            Some(bytes) => String::from_utf8_lossy(&bytes)
-                .trim()
-                .parse::<NodeId>()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", id_path.display()))?,
-            None => {
-                let (id, origin) = derive_id(Path::new("/"), state_dir);
-                tracing::info!(%id, "first start: node id derived from {origin}");
-                write_atomic(&id_path, &format!("{id}\n"))?;
-                id
+        let (key, made) = node_key(state_dir)?;
+        let id = key.id();
+        if made {
+            // An agent from before per-node keys named the node after the machine-id (`node-id`).
+            let before = read_state(&state_dir.join("node-id"), 64)
+                .ok()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).trim().to_string());
+            match before {
+                Some(old) => tracing::warn!(
+                    %id,
+                    old,
+                    "this node's id changes from {old} to {id}: node ids are now named by each \
+                     node's own keys, made now (gossip protocol 3); peers will see {old} leave"
+                ),
+                None => tracing::info!(%id, "first start: this node's keys made, node id {id}"),
             }
-        };
+        }
         let gen_path = state_dir.join("generation");
         // Carry on with the clock when the file is corrupt, or a link or not a file at all (it is
         // replaced below): should that be behind what peers last saw of this node, they gossip the
-        // newer generation back and the node refutes it by going above it.
+        // newer generation back, signed by this node's key, and the node refutes it by going above it.
         let corrupt = |why: String| {
             tracing::warn!(
                 file = %gen_path.display(),
@@ -186,7 +129,11 @@ impl Identity {
             .unwrap_or(0);
         let generation = (previous + 1).max(now).min(MAX_GENERATION - 1);
         store_generation(state_dir, generation)?;
-        Ok(Identity { id, generation })
+        Ok(Identity {
+            key,
+            id,
+            generation,
+        })
     }
 }
 
@@ -234,12 +181,16 @@ pub fn name_this_card(config: &Path, once: Option<&Path>) -> anyhow::Result<Stri
         return Ok("hostname_template is empty: host name left alone".into());
     }
     let root = Path::new("/");
-    let (id, origin) = current_id(root, &config.state_dir)?;
+    let (id, made) = current_id(root, &config.state_dir)?;
     let name = HostnameTemplate::parse(&config.hostname_template)?.render(id)?;
     set_hostname(root, &name)?;
-    let mut said = match origin {
-        Some(origin) => format!("host name set to {name} (node id {id}, from {origin})"),
-        None => format!("host name set to {name} (node id {id})"),
+    let mut said = if made {
+        format!(
+            "host name set to {name} (node id {id}, of this node's keys, made now in {})",
+            config.state_dir.display()
+        )
+    } else {
+        format!("host name set to {name} (node id {id})")
     };
     if let Some(done) = once {
         let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -321,64 +272,54 @@ mod tests {
 
     const STATE: &str = "/var/lib/herd";
 
-    fn derive(root: &Path) -> (NodeId, Origin) {
-        derive_id(root, Path::new(STATE))
-    }
-
     #[test]
-    fn id_comes_from_the_machine_id_then_the_serial_then_chance() {
-        let a = root_with(&[("/etc/machine-id", "0123456789abcdef0123456789abcdef\n")]);
-        let b = root_with(&[("/etc/machine-id", "fedcba9876543210fedcba9876543210\n")]);
-        let (ida, origin) = derive(a.path());
-        assert_eq!(origin, Origin::MachineId);
-        assert_eq!(derive(a.path()).0, ida, "stable");
-        assert_ne!(derive(b.path()).0, ida, "two machines, two ids");
-        let (other_dir, _) = derive_id(a.path(), Path::new("/tmp/agent2"));
-        assert_ne!(other_dir, ida, "two agents on one machine, two ids");
-        // The id is a hash, not the machine-id's digits.
-        assert!(!"0123456789abcdef0123456789abcdef".contains(&ida.to_string()));
-
-        // An image's unset machine-id does not count; the Pi's serial does.
-        let pi = root_with(&[
-            ("/etc/machine-id", "uninitialized\n"),
-            (
-                "/proc/cpuinfo",
-                "processor\t: 0\nHardware\t: BCM2835\nSerial\t\t: 10000000abcdef01\n",
-            ),
-        ]);
-        assert_eq!(derive(pi.path()).1, Origin::BoardSerial);
-        let dt = root_with(&[
-            ("/etc/machine-id", ""),
-            (
-                "/sys/firmware/devicetree/base/serial-number",
-                "10000000abcdef01\0",
-            ),
-        ]);
-        assert_eq!(derive(dt.path()), derive(pi.path()), "same serial, same id");
-
-        let none = root_with(&[("/proc/cpuinfo", "Serial\t: 0000000000000000\n")]);
-        let (r1, origin) = derive(none.path());
-        assert_eq!(origin, Origin::Random);
-        assert_ne!(derive(none.path()).0, r1);
-    }
-
-    #[test]
-    fn current_id_prefers_the_persisted_one() {
-        let root = root_with(&[
-            ("/etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
-            ("/var/lib/herd/node-id", "00000000000000aa\n"),
-        ]);
+    fn the_id_is_the_keys_made_once_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let a = root_with(&[]);
+        let b = root_with(&[]);
         let state = Path::new(STATE);
-        assert_eq!(
-            current_id(root.path(), state).unwrap(),
-            (NodeId(0xaa), None)
+        // set-hostname runs before the agent ever did: it makes the key.
+        let (ida, made) = current_id(a.path(), state).unwrap();
+        assert!(made);
+        assert_eq!(current_id(a.path(), state).unwrap(), (ida, false), "kept");
+        assert_ne!(
+            current_id(b.path(), state).unwrap().0,
+            ida,
+            "two cards, two ids"
         );
-        std::fs::remove_file(root.path().join("var/lib/herd/node-id")).unwrap();
-        let (id, origin) = current_id(root.path(), state).unwrap();
-        assert_eq!(
-            (id, origin),
-            (derive(root.path()).0, Some(Origin::MachineId))
+        let file = a.path().join("var/lib/herd/node.key");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the key is its owner's alone");
+        // The agent then finds the same key, so the same id the host name was made from.
+        let agent = Identity::load_or_create(&a.path().join("var/lib/herd")).unwrap();
+        assert_eq!(agent.id, ida);
+        assert_eq!(agent.key.id(), ida);
+    }
+
+    #[test]
+    fn a_key_file_that_is_not_a_key_stops_the_start_with_its_name() {
+        let root = root_with(&[("/var/lib/herd/node.key", "garbage\n")]);
+        let e = format!(
+            "{:#}",
+            current_id(root.path(), Path::new(STATE)).unwrap_err()
         );
+        assert!(
+            e.contains("node.key") && e.contains("not a node key"),
+            "{e}"
+        );
+        // A link in its place is refused, not followed.
+        let root = root_with(&[("/elsewhere", "x")]);
+        std::fs::create_dir_all(root.path().join("var/lib/herd")).unwrap();
+        std::os::unix::fs::symlink(
+            root.path().join("elsewhere"),
+            root.path().join("var/lib/herd/node.key"),
+        )
+        .unwrap();
+        let e = format!(
+            "{:#}",
+            current_id(root.path(), Path::new(STATE)).unwrap_err()
+        );
+        assert!(e.contains("symbolic link"), "{e}");
     }
 
     #[test]
@@ -424,10 +365,11 @@ mod generation_tests {
     }
 
     #[test]
-    fn corrupt_node_id_is_reported_with_its_path() {
+    fn an_agent_from_before_keys_gets_a_new_id_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("node-id"), "garbage").unwrap();
-        let e = format!("{:#}", Identity::load_or_create(dir.path()).unwrap_err());
-        assert!(e.contains("node-id") && e.contains("16 hex digits"), "{e}");
+        std::fs::write(dir.path().join("node-id"), "00000000000000aa\n").unwrap();
+        let a = Identity::load_or_create(dir.path()).unwrap();
+        assert_ne!(a.id, NodeId(0xaa));
+        assert_eq!(Identity::load_or_create(dir.path()).unwrap().id, a.id);
     }
 }

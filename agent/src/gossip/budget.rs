@@ -19,9 +19,16 @@ const PER_ADDRESS: Bucket = Bucket::full(512.0, 32.0);
 /// The budget of all of them together.
 const ALL: Bucket = Bucket::full(64.0 * 1024.0, 16.0 * 1024.0);
 
+/// Signature checks one source address may cost: a burst (a node learning a cluster from one seed), then
+/// far more than any member's news needs (a 1,000-node cluster's updates come to a few hundred a second
+/// from all sources together).
+const CHECKS_PER_SOURCE: Bucket = Bucket::full(2000.0, 500.0);
+/// Signature checks all sources together may cost: about a fifth of a Pi 4 core at most.
+const CHECKS_IN_ALL: Bucket = Bucket::full(8000.0, 2000.0);
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
-    bytes: f64,
+    tokens: f64,
     capacity: f64,
     per_second: f64,
     at: Duration,
@@ -30,7 +37,7 @@ struct Bucket {
 impl Bucket {
     const fn full(capacity: f64, per_second: f64) -> Self {
         Bucket {
-            bytes: capacity,
+            tokens: capacity,
             capacity,
             per_second,
             at: Duration::ZERO,
@@ -39,7 +46,7 @@ impl Bucket {
 
     fn refill(&mut self, now: Duration) {
         let elapsed = now.saturating_sub(self.at).as_secs_f64();
-        self.bytes = (self.bytes + elapsed * self.per_second).min(self.capacity);
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
         self.at = now;
     }
 }
@@ -90,7 +97,7 @@ impl SendBudget {
             // still bound.
             self.unheard.retain(|_, b| {
                 b.refill(now);
-                b.bytes < b.capacity
+                b.tokens < b.capacity
             });
             if self.unheard.len() >= self.cap {
                 return false;
@@ -103,11 +110,59 @@ impl SendBudget {
         });
         one.refill(now);
         self.all.refill(now);
-        if one.bytes < bytes || self.all.bytes < bytes {
+        if one.tokens < bytes || self.all.tokens < bytes {
             return false;
         }
-        one.bytes -= bytes;
-        self.all.bytes -= bytes;
+        one.tokens -= bytes;
+        self.all.tokens -= bytes;
+        true
+    }
+}
+
+/// The signature checks each source may still cost (see [`CHECKS_PER_SOURCE`]).
+#[derive(Debug)]
+pub(super) struct WorkBudget {
+    sources: HashMap<IpAddr, Bucket>,
+    all: Bucket,
+}
+
+impl Default for WorkBudget {
+    fn default() -> Self {
+        WorkBudget {
+            sources: HashMap::new(),
+            all: CHECKS_IN_ALL,
+        }
+    }
+}
+
+impl WorkBudget {
+    /// Whether `checks` signature checks for a datagram from `ip` may be made at `now` (and, if so, takes
+    /// them). The table of sources is bounded: when full, those with a full budget are forgotten first.
+    pub(super) fn allow(&mut self, ip: IpAddr, checks: usize, now: Duration) -> bool {
+        if checks == 0 {
+            return true;
+        }
+        if self.sources.len() >= 4096 && !self.sources.contains_key(&ip) {
+            self.sources.retain(|_, b| {
+                b.refill(now);
+                b.tokens < b.capacity
+            });
+            if self.sources.len() >= 4096 {
+                return false;
+            }
+        }
+        let one = self.sources.entry(ip).or_insert(Bucket {
+            at: now,
+            ..CHECKS_PER_SOURCE
+        });
+        one.refill(now);
+        self.all.refill(now);
+        let checks = checks as f64;
+        if one.tokens < checks || self.all.tokens < checks {
+            return false;
+        }
+        one.tokens -= checks;
+        self.all.tokens -= checks;
         true
     }
 }

@@ -197,17 +197,14 @@ impl Gossiper {
                     }
                     next = next.min(s.since + reap_after);
                 }
-                // A node that left is probed like a dead one for a minute: should the leave be forged,
-                // it learns so and refutes it; after that its address gets nothing more.
-                Liveness::Left if now < s.since + LEFT_PROBE => {
-                    self.dead.push(id);
-                    next = next.min(s.since + LEFT_PROBE);
-                }
+                // A goodbye is signed by the node itself (see `LEFT_KEY`): its address gets nothing
+                // more.
                 Liveness::Left => next = next.min(s.since + reap_after),
             }
         }
         for id in reaped {
             let s = self.nodes.remove(&id).expect("listed above");
+            self.shared.remove(&id);
             self.tombstones.insert(
                 id,
                 Tombstone {

@@ -2,38 +2,85 @@
 //! what this node lacks (`Ack`), closed by `Ack2`; deltas applied (checked field by field); forgeries of
 //! this node refuted; digests built to fit one datagram at any cluster size.
 
+use super::wire::KeyValue;
 use super::*;
 
 impl Gossiper {
-    /// Whether a peer's view of this node, `e`, holds something this node never sent: a newer generation
-    /// of itself, a heartbeat above its own (a leave it did not announce), or state it never set.
-    pub(super) fn is_forgery_of_me(&self, e: &DigestEntry) -> bool {
+    /// Whether a peer's view of this node, `e`, calls for a new generation: it is dead there (its
+    /// monitors' verdict, right or forged), or, with detection by gossip, its heartbeat there is above its
+    /// own (its real ones would look stale). Nothing else a peer says of this node is believed by anyone
+    /// without its signature (a goodbye, state, a newer generation), so nothing else is refuted: a forged
+    /// claim of a generation near the ceiling silences no one.
+    pub(super) fn needs_refuting(&self, e: &DigestEntry) -> bool {
         if e.node != self.id {
             return false;
         }
         let me = self.me();
-        e.generation > me.generation
-            || (e.generation == me.generation
-                && (e.heartbeat > me.heartbeat || e.max_version > me.max_version))
+        e.generation == me.generation
+            && (e.heartbeat == DEAD_HEARTBEAT
+                || (self.config.monitor().is_none()
+                    && e.heartbeat > me.heartbeat
+                    && e.heartbeat < DEAD_HEARTBEAT))
     }
 
-    /// SWIM's refutation: peers believe something of this node that it never said (a forged leave, a
-    /// forged heartbeat, or a generation from a former life that the state directory forgot). This node
-    /// starts a new generation above anything seen, which replaces the false belief everywhere, as a
-    /// restart would. Its key/values stay; peers fetch them whole for the new generation.
+    /// SWIM's refutation: peers believe this node dead, or hold its state of a former life (signed by
+    /// its own key, at a higher generation: the state directory forgot it). This node starts a new
+    /// generation above it, which replaces the belief everywhere, as a restart would. Its key/values stay,
+    /// signed again for the new generation; peers fetch them whole.
     pub(super) fn refute(&mut self, now: Duration, seen_generation: u64) {
         let generation = self.generation().max(seen_generation) + 1;
-        let id = self.id;
+        if generation > wire::MAX_GENERATION {
+            // Only this node's own key could have signed so high a generation (a stolen key, or a clock
+            // decades ahead): say so rather than go silent above the wire's ceiling.
+            self.stats.cannot_refute += 1;
+            return;
+        }
+        let (id, cluster) = (self.id, self.cluster_id);
         let me = self
             .nodes
             .get_mut(&id)
             .expect("the local node is always known");
         me.generation = generation;
         me.heartbeat = 0;
+        for (key, v) in me.kvs.iter_mut() {
+            v.signature = self
+                .key
+                .sign_kv(cluster, generation, key, v.version, v.value.as_deref());
+            self.stats.signatures_made += 1;
+        }
         self.notes.changed(id, me, now);
         self.stats.refutations += 1;
     }
 
+    /// A peer's delta of this node itself: a conviction to refute, or state of a higher generation,
+    /// which is refuted only when this node's own key signed it (a former life); anything else is a
+    /// forgery, which no peer believes either, and is only counted.
+    fn claim_of_me(&mut self, now: Duration, from: SocketAddr, d: &NodeDelta) {
+        let claimed = DigestEntry {
+            node: d.node,
+            generation: d.generation,
+            heartbeat: d.heartbeat,
+            max_version: d.kvs.last().map_or(0, |kv| kv.version),
+        };
+        if self.needs_refuting(&claimed) {
+            self.refute(now, d.generation);
+            return;
+        }
+        if d.generation <= self.generation() {
+            return;
+        }
+        let key = self.key.public().clone();
+        if !d.kvs.is_empty()
+            && self.work.allow(from.ip(), d.kvs.len(), now)
+            && self.signed(&key, d.node, d.generation, &d.kvs)
+        {
+            self.refute(now, d.generation);
+        } else {
+            self.stats.claims_of_self += 1;
+        }
+    }
+
+    /// A Syn from `sender`, answered within `reply_limit` bytes.
     pub(super) fn on_syn(
         &mut self,
         now: Duration,
@@ -46,16 +93,30 @@ impl Gossiper {
         let mut listed: Vec<NodeId> = digest.entries.iter().map(|e| e.node).collect();
         listed.sort_unstable();
 
-        if let Some(e) = digest.entries.iter().find(|e| self.is_forgery_of_me(e)) {
+        if let Some(e) = digest.entries.iter().find(|e| self.needs_refuting(e)) {
             self.refute(now, e.generation);
         }
+        let mut requests = Vec::new();
         if let Some(e) = digest.entries.iter().find(|e| e.node == self.id) {
-            if let Some(s) = self.nodes.get_mut(&sender).filter(|_| sender != self.id) {
+            if let Some(s) = self.nodes.get_mut(&sender) {
+                // It holds this node's state, so its keys: answers to it can be paired. And what it
+                // holds is evidence for `herd upgrade`'s proof.
+                s.knows_my_keys = true;
                 s.knows_me_as = Some(e.generation);
+            }
+            // A newer generation of this node: a former life (its state signed by this node's key) is
+            // refuted, anything else is a forgery. Asked for, it comes in the Ack2.
+            if e.generation > self.generation() {
+                self.stats.claims_of_self += 1;
+                requests.push(DigestEntry {
+                    node: self.id,
+                    generation: 0,
+                    heartbeat: 0,
+                    max_version: 0,
+                });
             }
         }
         let full = self.is_full();
-        let mut requests = Vec::new();
         let mut news = Vec::new();
         let mut wanted: Vec<(NodeId, Option<&DigestEntry>)> = Vec::new();
         for e in &digest.entries {
@@ -91,21 +152,30 @@ impl Gossiper {
                 None => {}
             }
         }
+        // A first contact (a Syn that does not list this node) learns this node's keys and address
+        // first, so that what follows can be paired; that much is answered whatever the question's
+        // size.
+        let mut reply_limit = reply_limit;
+        let first_contact = listed.binary_search(&self.id).is_err();
+        if first_contact {
+            wanted.insert(0, (self.id, None));
+            reply_limit = reply_limit.max(FIRST_CONTACT_REPLY);
+        }
         // Nodes in the digest's range that the sender did not list are nodes it has never heard of. The
         // walk stops once the reply is full: a digest claiming the whole ring costs what its own entries
         // and one reply cost, not a walk of the whole table.
-        let room = self.reply_budget_peek(reply_limit) / MIN_DELTA_SHARE + 1;
+        let room = self.reply_budget_peek(reply_limit, sender) / MIN_DELTA_SHARE + 1;
         for id in ring_from(&self.nodes, digest.start).map(|(id, _)| id) {
             if !digest.covers(id) || wanted.len() >= room {
                 break;
             }
-            if listed.binary_search(&id).is_err() {
+            if listed.binary_search(&id).is_err() && !(first_contact && id == self.id) {
                 wanted.push((id, None));
             }
         }
 
         let mut budget = self
-            .reply_budget(reply_limit)
+            .reply_budget(reply_limit, sender)
             .saturating_sub(wire::ACK_BASE_LEN);
         let mut entries = Vec::new();
         for e in requests {
@@ -174,7 +244,7 @@ impl Gossiper {
     pub(super) fn observe(&mut self, now: Duration, entries: &[DigestEntry]) {
         for e in entries {
             if e.node == self.id {
-                if self.is_forgery_of_me(e) {
+                if self.needs_refuting(e) {
                     self.refute(now, e.generation);
                 }
                 continue;
@@ -185,30 +255,33 @@ impl Gossiper {
         }
     }
 
-    pub(super) fn apply_delta(&mut self, now: Duration, sender: NodeId, d: NodeDelta) {
+    /// Applies a peer's delta, received from `from` (`direct`: the delta of the datagram's proven
+    /// sender itself). Every key/value it adds must carry its node's signature: false when one does not
+    /// (the rest of the datagram is not worth checking), true otherwise, whether it was applied, stale
+    /// or refused on a field.
+    pub(super) fn apply_delta(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        direct: bool,
+        d: NodeDelta,
+    ) -> bool {
         if d.node == self.id {
-            let claimed = DigestEntry {
-                node: d.node,
-                generation: d.generation,
-                heartbeat: d.heartbeat,
-                max_version: d.kvs.last().map_or(0, |kv| kv.version),
-            };
-            if self.is_forgery_of_me(&claimed) {
-                self.refute(now, d.generation);
-            }
-            return;
+            self.claim_of_me(now, from, &d);
+            return true;
         }
         // A node's state is taken whole or not at all: one bad field and the delta is refused.
         let check = self.config.check_value;
         if d.kvs.iter().any(|kv| {
-            (kv.key != ADDR_KEY && kv.key != PHI_KEY && validate_key(&kv.key).is_err())
+            (![ADDR_KEY, PHI_KEY, LEFT_KEY].contains(&kv.key.as_str())
+                && validate_key(&kv.key).is_err())
                 || kv.value.as_deref().is_some_and(|v| {
                     check(&kv.key, v).is_err()
                         || (kv.key == PHI_KEY && monitor::parse_reports(v).is_err())
                 })
         }) {
             self.stats.rejected_invalid += 1;
-            return;
+            return true;
         }
         let probe = DigestEntry {
             node: d.node,
@@ -216,37 +289,81 @@ impl Gossiper {
             heartbeat: d.heartbeat,
             max_version: 0,
         };
-        if is_buried(&self.tombstones, &probe, d.node == sender) {
-            return;
+        if is_buried(&self.tombstones, &probe, direct) {
+            return true;
         }
-        let bootstrap = self.expected_update_interval();
-        let phi = &self.config.phi;
-        // A node never heard of, or a new generation of one: taken from its first version only.
-        let fresh = match self.nodes.get(&d.node).map(|s| s.generation) {
-            Some(g) if d.generation < g => return,
+        // A node never heard of, or a new generation of one: taken from its first version only, with
+        // its keys, and at least one key/value its key signed in that generation (nothing else proves
+        // the generation is the node's).
+        let known = self.nodes.get(&d.node);
+        let fresh = match known.map(|s| s.generation) {
+            Some(g) if d.generation < g => return true,
             Some(g) if d.generation == g => None,
             Some(_) => Some(EventKind::Restarted),
             None => Some(EventKind::Joined),
         };
-        if fresh.is_some() && d.from_version != 0 {
-            return;
+        if fresh.is_some() && (d.from_version != 0 || d.kvs.is_empty()) {
+            return true;
         }
-        if fresh == Some(EventKind::Joined) {
-            if self.is_full() {
-                self.stats.refused_members += 1;
-                return;
+        if fresh == Some(EventKind::Joined) && self.is_full() {
+            self.stats.refused_members += 1;
+            return true;
+        }
+        let key = match known {
+            Some(s) => s.key.clone(),
+            None => match d.keys.as_ref().map(|k| self.public_key(d.node, k)) {
+                Some(Ok(key)) => key,
+                _ => {
+                    self.stats.rejected_signature += 1;
+                    return false;
+                }
+            },
+        };
+        // Only what would be applied is checked (a key/value already held was checked when it came).
+        let held = if fresh.is_some() {
+            0
+        } else {
+            known.map_or(0, |s| s.max_version)
+        };
+        let new = if d.from_version <= held {
+            d.kvs.iter().filter(|kv| kv.version > held).count()
+        } else {
+            0
+        };
+        if new > 0 {
+            if !self.work.allow(from.ip(), new, now) {
+                // Over this source's share: left for a later exchange (anti-entropy brings it again).
+                self.stats.unchecked_dropped += 1;
+                return true;
             }
+            let kvs: Vec<KeyValue> = d
+                .kvs
+                .iter()
+                .filter(|kv| kv.version > held)
+                .cloned()
+                .collect();
+            if !self.signed(&key, d.node, d.generation, &kvs) {
+                self.stats.rejected_signature += 1;
+                return false;
+            }
+        }
+        // A member now: what its introduction told stays with its state.
+        let knew_me = self.introduced.remove(&d.node).is_some_and(|i| i.knows_me);
+        if fresh == Some(EventKind::Joined) {
             self.tombstones.remove(&d.node);
         }
-        let s = self
-            .nodes
-            .entry(d.node)
-            .or_insert_with(|| NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now));
+        let bootstrap = self.expected_update_interval();
+        let phi = &self.config.phi;
+        let s = self.nodes.entry(d.node).or_insert_with(|| {
+            let mut s = NodeState::new(phi, bootstrap, key.clone(), d.generation, d.heartbeat, now);
+            s.knows_my_keys = knew_me;
+            s
+        });
         // What changed: everything, for a fresh node; for a known one, what this delta adds.
         let changed = match fresh {
             Some(kind) => {
                 if kind == EventKind::Restarted {
-                    *s = NodeState::new(phi, bootstrap, d.generation, d.heartbeat, now);
+                    *s = NodeState::new(phi, bootstrap, key, d.generation, d.heartbeat, now);
                 }
                 apply_kvs(s, &d.kvs);
                 Some(kind)
@@ -265,7 +382,9 @@ impl Gossiper {
                 s.suspect_at,
             );
             // A node first heard of after its goodbye is reported as gone, not as joined.
-            let kind = if fresh.is_some() && s.liveness == Liveness::Left {
+            let kind = if fresh.is_some() && said_goodbye(s) {
+                s.heartbeat = LEFT_HEARTBEAT;
+                s.liveness = Liveness::Left;
                 EventKind::Left
             } else {
                 kind
@@ -275,7 +394,11 @@ impl Gossiper {
         }
         if fresh.is_some() {
             self.note_reporter(d.node);
-            return;
+            return true;
+        }
+        if said_goodbye(s) && s.liveness != Liveness::Left {
+            s.heartbeat = LEFT_HEARTBEAT;
+            mark_left(&mut self.notes, d.node, s, now);
         }
         if d.heartbeat > s.heartbeat {
             beat(&mut self.notes, phi, d.node, s, d.heartbeat, now);
@@ -283,6 +406,7 @@ impl Gossiper {
         if changed.is_some() && d.kvs.iter().any(|kv| kv.key == PHI_KEY) {
             self.note_reporter(d.node);
         }
+        true
     }
 
     /// A digest of at most one datagram: this node, the freshest rumours, then a random arc of the ring.
@@ -298,6 +422,7 @@ impl Gossiper {
         trusted: bool,
     ) -> Digest {
         let mut budget = SYN_DIGEST_BYTES
+            - (MAX_PAYLOAD - self.room(to))
             - wire::packet_header_len(self.generation(), self.seq)
             - wire::DIGEST_BASE_LEN;
         let mut entries: Vec<DigestEntry> = Vec::new();

@@ -20,9 +20,19 @@
 //! per address: see `monitor`), and only they keep φ for it. A monitor whose φ
 //! passes the threshold probes the node, directly and through a few other nodes (SWIM's indirect probe:
 //! only the path may be broken); if no answer comes, it convicts the node in its current generation and
-//! the verdict spreads as a rumour. A node that hears it was convicted (or left) but is alive refutes it
-//! by starting a higher generation, which wins everywhere. Rounds with a rumour push it to two peers;
+//! the verdict spreads as a rumour. A node that hears it was convicted but is alive refutes it by
+//! starting a higher generation, which wins everywhere. Rounds with a rumour push it to two peers;
 //! otherwise a full census digest goes to one peer every few rounds, so a quiet cluster sends little.
+//!
+//! # Who may say what
+//! Every node has keys of its own (`wire::keys`), which its id names. Each key/value of its state carries
+//! its signature in its generation, so a peer passes it on but cannot alter it, nor invent state, a
+//! newer generation or a goodbye for another node (`trust`); every datagram proves its sender (paired
+//! under a key only it and the receiver share, or introduced with its keys and signature: `wire`). What
+//! a member may still say of others is what a monitor must be able to say: that a node is dead, which
+//! the node, if alive, refutes. Claims of a newer generation of a node are believed by no one; the node
+//! itself goes above one only when its own key signed it (its former life), so a generation cannot be
+//! pushed to the ceiling.
 //!
 //! [`Detection::Gossip`] is the protocol before monitors, kept for comparison: heartbeats grow every
 //! round and ride on digest entries to two peers a round, and every node keeps φ for every other.
@@ -30,8 +40,9 @@
 //! φ shown for a member is its monitors' φ: a monitor publishes, in its own state (key `_phi`), its φ of
 //! each watched node past 1, and nothing while all is well.
 //!
-//! A graceful leave sets the status to [`LEFT_HEARTBEAT`], a conviction to [`DEAD_HEARTBEAT`]: being the
-//! largest possible heartbeats, they win everywhere they meet an older one of the same generation.
+//! A graceful leave sets the status to [`LEFT_HEARTBEAT`] (believed only with the node's signed
+//! [`LEFT_KEY`]), a conviction to [`DEAD_HEARTBEAT`]: being the largest possible heartbeats, they win
+//! everywhere they meet an older one of the same generation.
 
 mod budget;
 mod detect;
@@ -42,6 +53,7 @@ mod replay;
 mod round;
 pub mod sim;
 mod state;
+mod trust;
 mod types;
 pub mod wire;
 
@@ -55,21 +67,19 @@ use self::detect::{ring_from, verdict_due};
 pub use self::monitor::PHI_KEY;
 use self::phi::PhiConfig;
 use self::state::{
-    apply_kvs, beat, is_buried, mark_dead, mark_left, take_heartbeat, NodeState, Notes, Probe,
-    Tombstone, Versioned,
+    apply_kvs, beat, is_buried, mark_dead, mark_left, said_goodbye, take_heartbeat, NodeState,
+    Notes, Probe, Tombstone, Versioned,
 };
+pub use self::trust::CryptoMemo;
 pub use self::types::*;
-pub use self::wire::NodeId;
 use self::wire::{
     Digest, DigestEntry, Message, NodeDelta, Packet, Security, WireError, MAX_KEY_LEN, MAX_PAYLOAD,
     MAX_VALUE_LEN,
 };
+pub use self::wire::{NodeId, NodeKey};
 
 /// The receiver of a datagram whose receiver's id is not known (a Syn to a seed).
 const ANYONE: NodeId = NodeId(0);
-
-/// How long a node that left is still probed now and then (see `scan`).
-const LEFT_PROBE: Duration = Duration::from_secs(60);
 
 /// The heartbeat of a node that left gracefully.
 pub const LEFT_HEARTBEAT: u64 = u64::MAX;
@@ -88,12 +98,19 @@ const VERIFY_EVERY_ROUNDS: u64 = 25;
 /// Rounds a newcomer may wait before the peer lists (and the monitors' ring) include it.
 const JOINS_WAIT_ROUNDS: u32 = 5;
 
-/// The least room an Ack gives one node's delta when it shares its room among many: a header and a
-/// key/value or two.
-const MIN_DELTA_SHARE: usize = 96;
+/// The least room an Ack gives one node's delta when it shares its room among many: a header (with the
+/// node's keys, for a node the asker lacks) and a signed key/value or two.
+const MIN_DELTA_SHARE: usize = 192;
+
+/// The payload an answer to a first contact may take whatever the question's size: the header, the
+/// answering node's keys and its first key/values (its address).
+const FIRST_CONTACT_REPLY: usize = 400;
 
 /// The reserved key holding a node's gossip address.
 pub const ADDR_KEY: &str = "_addr";
+/// The reserved key of a node's goodbye: signed by the node like all its state, so no one else can say
+/// it left.
+pub const LEFT_KEY: &str = "_left";
 
 /// One node's view of the cluster and its side of the protocol.
 pub struct Gossiper {
@@ -101,6 +118,17 @@ pub struct Gossiper {
     security: Security,
     cluster_id: u64,
     id: NodeId,
+    /// This node's own keys: they sign its state and agree on pair keys with its peers.
+    key: NodeKey,
+    /// The X25519 secret shared with each peer whose keys are known (`None`: a key of small order),
+    /// made when first needed.
+    shared: HashMap<NodeId, Option<[u8; 32]>>,
+    /// Keys of senders not (yet) members here that introduced themselves (see `trust`).
+    introduced: HashMap<NodeId, trust::Introduced>,
+    /// Signature checks (and key agreements) a source may still cost this node (see `budget`).
+    work: budget::WorkBudget,
+    /// Results of pure computations shared by the nodes of a simulation (see [`CryptoMemo`]).
+    memo: Option<std::sync::Arc<CryptoMemo>>,
     nodes: BTreeMap<NodeId, NodeState>,
     tombstones: HashMap<NodeId, Tombstone>,
     transmits: VecDeque<Transmit>,
@@ -151,28 +179,33 @@ impl std::fmt::Debug for Gossiper {
 }
 
 impl Gossiper {
-    /// A node `id` in its `generation`, reachable at `addr`, starting at `now`.
+    /// The node of `key` in its `generation`, reachable at `addr`, starting at `now`.
     pub fn new(
         config: GossipConfig,
         security: Security,
-        id: NodeId,
+        key: NodeKey,
         generation: u64,
         addr: SocketAddr,
         now: Duration,
     ) -> Self {
+        let id = key.id();
+        let cluster_id = config.wire_cluster_id();
         let mut me = NodeState::new(
             &config.phi,
             config.phi.bootstrap_interval,
+            key.public().clone(),
             generation,
             0,
             now,
         );
         me.max_version = 1;
         me.addr = Some(addr);
+        let value = addr.to_string();
         me.kvs.insert(
             ADDR_KEY.to_string(),
             Versioned {
-                value: Some(addr.to_string()),
+                signature: key.sign_kv(cluster_id, generation, ADDR_KEY, 1, Some(&value)),
+                value: Some(value),
                 version: 1,
             },
         );
@@ -180,10 +213,15 @@ impl Gossiper {
         nodes.insert(id, me);
         let config_max_members = config.max_members;
         Gossiper {
-            cluster_id: config.wire_cluster_id(),
+            cluster_id,
             config,
             security,
             id,
+            key,
+            shared: HashMap::new(),
+            introduced: HashMap::new(),
+            work: budget::WorkBudget::default(),
+            memo: None,
             nodes,
             tombstones: HashMap::new(),
             transmits: VecDeque::new(),
@@ -299,13 +337,37 @@ impl Gossiper {
     }
 
     fn put(&mut self, key: &str, value: Option<String>) {
-        let me = self.me_mut();
+        let me = self
+            .nodes
+            .get_mut(&self.id)
+            .expect("the local node is always known");
         if me.kvs.get(key).map(|v| &v.value) == Some(&value) {
             return;
         }
         me.max_version += 1;
         let version = me.max_version;
-        me.kvs.insert(key.to_string(), Versioned { value, version });
+        let signature = self.key.sign_kv(
+            self.cluster_id,
+            me.generation,
+            key,
+            version,
+            value.as_deref(),
+        );
+        self.stats.signatures_made += 1;
+        me.kvs.insert(
+            key.to_string(),
+            Versioned {
+                value,
+                version,
+                signature,
+            },
+        );
+    }
+
+    /// Shares pure computations (signature checks, key agreements) with the other nodes of a
+    /// simulation: see [`CryptoMemo`].
+    pub fn share_memo(&mut self, memo: std::sync::Arc<CryptoMemo>) {
+        self.memo = Some(memo);
     }
 
     /// The local node's value of `key`.
@@ -319,6 +381,7 @@ impl Gossiper {
         let is_self = id == self.id;
         Some(Member {
             id,
+            public_key: *s.key.bytes(),
             generation: s.generation,
             heartbeat: s.heartbeat,
             addr: s.addr,

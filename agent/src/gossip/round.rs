@@ -162,6 +162,14 @@ impl Gossiper {
             }
             self.notes.rumours.pop_front();
         }
+        // A node that changed again is listed under its latest change only: its older entries are
+        // skipped, and cleared out when they outnumber the members (a cluster starting changes often).
+        let nodes = &self.nodes;
+        let latest =
+            |(at, id): &(Duration, NodeId)| nodes.get(id).is_some_and(|s| s.changed_at == *at);
+        if self.notes.rumours.len() > 2 * nodes.len() + 64 {
+            self.notes.rumours.retain(latest);
+        }
         // No digest has room for more than a few dozen (a third of 1300 bytes), so rumours are ranked:
         // news of this node and verdicts on nodes heard first-hand first, verdicts on nodes never heard
         // last (members a key holder invented come by the hundred as their watchers convict them, and
@@ -171,23 +179,30 @@ impl Gossiper {
             let Some(s) = self.nodes.get(id) else {
                 return 1;
             };
-            match (*id == self.id, matches!(s.liveness, Liveness::Dead | Liveness::Left)) {
+            match (
+                *id == self.id,
+                matches!(s.liveness, Liveness::Dead | Liveness::Left),
+            ) {
                 (true, _) => 0,
                 (false, true) if s.heard => 0,
                 (false, true) => 2,
                 (false, false) => 1,
             }
         };
-        let mut hot: Vec<NodeId> = self
-            .notes
-            .rumours
-            .iter()
-            .rev()
-            .filter(|(at, id)| self.nodes.get(id).is_some_and(|s| s.changed_at == *at))
-            .map(|(_, id)| *id)
-            .collect();
-        // A stable sort: recency within each rank.
-        hot.sort_by_key(rank);
+        // Recency within each rank; no rank needs more than the digest can take.
+        let mut ranks: [Vec<NodeId>; 3] = Default::default();
+        for (_, id) in self.notes.rumours.iter().rev().filter(|r| latest(r)) {
+            let r = &mut ranks[rank(id) as usize];
+            if r.len() < MAX_HOT {
+                r.push(*id);
+            }
+            if ranks[0].len() >= MAX_HOT {
+                break;
+            }
+        }
+        let [mut hot, mut news, mut last] = ranks;
+        hot.append(&mut news);
+        hot.append(&mut last);
         hot.truncate(MAX_HOT);
         hot
     }
@@ -222,17 +237,25 @@ impl Gossiper {
         }
     }
 
-    /// Announces a graceful leave to every live peer; the node gossips no more afterwards.
+    /// Announces a graceful leave to every live peer: a signed `_left` in this node's state, sent to
+    /// each (peers pass it on as they pass on any state); the node gossips no more afterwards.
     pub fn leave(&mut self, now: Duration, rng: &mut impl RngCore) {
         self.clock = now;
         if self.left {
             return;
         }
+        self.put(LEFT_KEY, Some("1".to_string()));
         self.left = true;
+        let id = self.id;
         let me = self.me_mut();
         me.heartbeat = LEFT_HEARTBEAT;
         me.changed_at = now;
-        self.notes.rumours.push_back((now, self.id));
+        self.notes.rumours.push_back((now, id));
+        let me = self.me();
+        let Some(delta) = me.delta(id, me.max_version - 1, MAX_PAYLOAD - wire::INTRODUCTION_LEN)
+        else {
+            return;
+        };
         let peers: Vec<(SocketAddr, NodeId)> = self
             .nodes
             .iter()
@@ -242,7 +265,14 @@ impl Gossiper {
             .filter_map(|(id, s)| s.addr.map(|a| (a, *id)))
             .collect();
         for (to, node) in peers {
-            self.send(to, node, Message::Leave, rng);
+            self.send(
+                to,
+                node,
+                Message::Leave {
+                    delta: delta.clone(),
+                },
+                rng,
+            );
         }
     }
 
@@ -268,18 +298,42 @@ impl Gossiper {
         self.clock = now;
         self.stats.packets_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
-        let payload = match wire::open(&self.security, self.cluster_id, datagram) {
-            Ok(p) => p,
+        // A paired datagram opens with the secret shared with the sender its header names; an
+        // introduced one costs a signature check, which its source's budget must allow.
+        let shared = match wire::peek_sender(datagram) {
+            Some((sender, true)) if sender != self.id => self.shared_secret(sender),
+            Some((_, false)) => {
+                if !self.work.allow(from.ip(), 1, now) {
+                    self.stats.unchecked_dropped += 1;
+                    return;
+                }
+                self.stats.signatures_checked += 1;
+                None
+            }
+            _ => None,
+        };
+        let opened = match wire::open(&self.security, self.cluster_id, self.id, datagram, |_| {
+            shared
+        }) {
+            Ok(o) => o,
             Err(WireError::NotAuthentic | WireError::Unencrypted | WireError::Encrypted) => {
                 self.stats.rejected_auth += 1;
                 return;
             }
-            Err(_) => {
+            Err(WireError::UnknownSender) => {
+                self.stats.unknown_senders += 1;
+                return;
+            }
+            Err(e) => {
+                if matches!(e, WireError::Version(v) if v < wire::VERSION) {
+                    self.stats.old_protocol += 1;
+                    self.stats.last_old_protocol_from = Some(from);
+                }
                 self.stats.rejected_foreign += 1;
                 return;
             }
         };
-        let Ok(packet) = Packet::decode(&payload) else {
+        let Ok(packet) = Packet::decode(opened.sender, &opened.payload) else {
             self.stats.rejected_malformed += 1;
             return;
         };
@@ -295,6 +349,21 @@ impl Gossiper {
             self.stats.rejected_replay += 1;
             return;
         }
+        // A sender that paired its datagram, or addressed it to this node by id (known only from this
+        // node's state or its introduction, both of which carry its keys), holds this node's keys:
+        // what this node says to it can be paired from now on. Noted before the replay check: a member
+        // restarted with a lower generation (its generation file lost) is refused as a former self
+        // until it goes above its past, which it can do only if this node stops pairing what it sends
+        // it (it can no longer open that).
+        let introduced = opened.introduced.is_some();
+        let holds_my_keys = !introduced || packet.to == self.id;
+        self.note_sender(
+            sender,
+            packet.generation,
+            opened.introduced,
+            holds_my_keys,
+            now,
+        );
         let cap = 2 * self.nodes.len() + 64;
         let nodes = &self.nodes;
         if !self
@@ -304,10 +373,13 @@ impl Gossiper {
             })
         {
             self.stats.rejected_replay += 1;
+            if introduced {
+                self.remind(now, from, sender, packet.generation, rng);
+            }
             return;
         }
         // Answer a source that is not the sender's known address with no more bytes than it sent: a
-        // captured datagram replayed from a spoofed address must not turn this node into an amplifier.
+        // datagram replayed from a spoofed address must not turn this node into an amplifier.
         let verified = match self.nodes.get_mut(&sender) {
             Some(s) if s.addr == Some(from) => {
                 if !s.heard {
@@ -321,11 +393,12 @@ impl Gossiper {
         };
         // Authentic, fresh and addressed to this node: whoever is at that address takes part.
         self.budget.heard(from.ip(), now);
-        let syn_reply_limit = if verified { MAX_PAYLOAD } else { payload.len() };
+        let payload_len = opened.payload.len();
         match packet.message {
             Message::Syn { digest } => {
                 self.peer_known = digest.known;
-                self.on_syn(now, from, sender, digest, syn_reply_limit, rng)
+                let limit = if verified { MAX_PAYLOAD } else { payload_len };
+                self.on_syn(now, from, sender, digest, limit, rng)
             }
             Message::Ack {
                 known,
@@ -333,12 +406,24 @@ impl Gossiper {
                 deltas,
             } => {
                 self.peer_known = known;
+                // It holds this node's state (a generation of it), so its keys.
+                if entries
+                    .iter()
+                    .any(|e| e.node == self.id && e.generation > 0)
+                {
+                    if let Some(s) = self.nodes.get_mut(&sender) {
+                        s.knows_my_keys = true;
+                    }
+                }
                 for d in deltas {
-                    self.apply_delta(now, sender, d);
+                    let direct = d.node == sender;
+                    if !self.apply_delta(now, from, direct, d) {
+                        return;
+                    }
                 }
                 self.observe(now, &entries);
                 // An Ack answers a Syn of ours and is addressed to this node alone: its sender was asked.
-                let budget = self.reply_budget(MAX_PAYLOAD).saturating_sub(2);
+                let budget = self.reply_budget(MAX_PAYLOAD, sender).saturating_sub(2);
                 let mut used = 0;
                 let mut deltas = Vec::new();
                 for e in &entries {
@@ -353,20 +438,31 @@ impl Gossiper {
             }
             Message::Ack2 { deltas } => {
                 for d in deltas {
-                    self.apply_delta(now, sender, d);
+                    let direct = d.node == sender;
+                    if !self.apply_delta(now, from, direct, d) {
+                        return;
+                    }
                 }
             }
-            Message::Leave => {
+            Message::Leave { delta } => {
+                if delta.node != sender || delta.generation != packet.generation {
+                    self.stats.rejected_invalid += 1;
+                    return;
+                }
+                if !self.apply_delta(now, from, true, delta) {
+                    return;
+                }
+                // The goodbye came from the node itself, signed: believed here even when this node
+                // lacked versions before it (its `_left` then reaches this node by gossip, with them).
                 if let Some(s) = self.nodes.get_mut(&sender) {
-                    if s.generation == packet.generation {
+                    if s.generation == packet.generation && s.liveness != Liveness::Left {
                         s.heartbeat = LEFT_HEARTBEAT;
                         mark_left(&mut self.notes, sender, s, now);
                     }
                 }
             }
-            // Only first-hand: a heartbeat from anywhere but the sender's gossiped address is a
-            // forger's (keeping an invention alive from its own address), or a node that moved and whose
-            // new address is not known here yet.
+            // Only first-hand: a heartbeat from anywhere but the sender's gossiped address is a node
+            // that moved and whose new address is not known here yet.
             Message::Heartbeat if verified => {
                 self.on_heartbeat(now, sender, from.ip(), packet.generation)
             }
@@ -414,21 +510,80 @@ impl Gossiper {
         }
     }
 
-    /// Bytes a reply's message may take when its payload may take `limit` (a whole datagram's, or no
-    /// more than the payload it answers).
-    pub(super) fn reply_budget(&mut self, limit: usize) -> usize {
+    /// A member introduced itself in a generation below the one this node holds (it restarted and its
+    /// generation file was lost): its datagrams are refused as a former self's until it goes above its
+    /// past, so this node sends it that past, its own state signed with its own key, which it refutes
+    /// (see `claim_of_me`). At most once a second per member.
+    fn remind(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        sender: NodeId,
+        generation: u64,
+        rng: &mut impl RngCore,
+    ) {
+        let due = self.nodes.get(&sender).is_some_and(|s| {
+            s.generation > generation
+                && s.reminded
+                    .is_none_or(|at| now >= at + Duration::from_secs(1))
+        });
+        if !due {
+            return;
+        }
+        let budget = self
+            .reply_budget_peek(MAX_PAYLOAD, sender)
+            .saturating_sub(2);
+        let past = DigestEntry {
+            node: sender,
+            generation: 0,
+            heartbeat: 0,
+            max_version: 0,
+        };
+        if let Some(d) = self.delta_for(sender, Some(&past), budget) {
+            if let Some(s) = self.nodes.get_mut(&sender) {
+                s.reminded = Some(now);
+            }
+            self.send(from, sender, Message::Ack2 { deltas: vec![d] }, rng);
+        }
+    }
+
+    /// Bytes a reply's message to `to` may take when its payload may take `limit` (a whole datagram's,
+    /// or no more than the payload it answers).
+    pub(super) fn reply_budget(&mut self, limit: usize, to: NodeId) -> usize {
         if limit < MAX_PAYLOAD {
             self.stats.limited_replies += 1;
         }
-        self.reply_budget_peek(limit)
+        self.reply_budget_peek(limit, to)
     }
 
     /// What [`Gossiper::reply_budget`] would give, without counting a limited reply.
-    pub(super) fn reply_budget_peek(&self, limit: usize) -> usize {
+    pub(super) fn reply_budget_peek(&self, limit: usize, to: NodeId) -> usize {
         let header = wire::packet_header_len(self.generation(), self.seq);
-        limit.min(MAX_PAYLOAD).saturating_sub(header)
+        limit.min(self.room(to)).saturating_sub(header)
     }
 
+    /// Whether what this node says to `node` is paired: `node` is known to hold this node's keys.
+    pub(super) fn pairs_with(&self, node: NodeId) -> bool {
+        node != ANYONE
+            && node != self.id
+            && match self.nodes.get(&node) {
+                Some(s) => s.knows_my_keys,
+                None => self.introduced.get(&node).is_some_and(|i| i.knows_me),
+            }
+    }
+
+    /// The payload a datagram to `node` may take: a whole datagram's, less the introduction (keys and
+    /// signature) when it is not paired.
+    pub(super) fn room(&self, node: NodeId) -> usize {
+        if self.pairs_with(node) {
+            MAX_PAYLOAD
+        } else {
+            MAX_PAYLOAD - wire::INTRODUCTION_LEN
+        }
+    }
+
+    /// Sends `message` to node `node` at `to`, paired when it can be (see below), else introduced (a
+    /// seed, a node that does not know this one yet).
     pub(super) fn send(
         &mut self,
         to: SocketAddr,
@@ -436,6 +591,25 @@ impl Gossiper {
         message: Message,
         rng: &mut impl RngCore,
     ) {
+        // Paired when the receiver is known to hold this node's keys (else it could not open it: it
+        // just started, or has not heard of this node yet), or when what is said is of use only to a
+        // receiver that knows this node (heartbeats, probes, a goodbye); else introduced, signed.
+        let speaks = matches!(
+            message,
+            Message::Heartbeat
+                | Message::Ping { .. }
+                | Message::PingReq { .. }
+                | Message::PingAck { .. }
+                | Message::Leave { .. }
+        );
+        let known = node != ANYONE
+            && node != self.id
+            && (self.nodes.contains_key(&node) || self.introduced.contains_key(&node));
+        let shared = if known && (speaks || self.pairs_with(node)) {
+            self.shared_secret(node)
+        } else {
+            None
+        };
         let packet = Packet {
             sender: self.id,
             to: node,
@@ -450,12 +624,23 @@ impl Gossiper {
         // a datagram the budget drops costs no encryption.
         let counted = !(matches!(packet.message, Message::Heartbeat)
             && self.nodes.get(&node).is_some_and(|s| s.heard));
-        let len = wire::sealed_len(&self.security, payload.len());
+        let len = wire::sealed_len(&self.security, shared.is_some(), payload.len());
         if counted && !self.budget.allow(to.ip(), len, self.clock) {
             self.stats.unheard_dropped += 1;
             return;
         }
-        let datagram = wire::seal(&self.security, self.cluster_id, &payload, rng);
+        let how = match &shared {
+            Some(shared) => wire::Seal::Paired {
+                receiver: node,
+                shared,
+            },
+            None => wire::Seal::Introduced { key: &self.key },
+        };
+        let datagram = wire::seal(&self.security, self.cluster_id, self.id, how, &payload, rng);
+        if shared.is_none() {
+            self.stats.signatures_made += 1;
+            self.stats.key_bytes_out += wire::INTRODUCTION_LEN as u64;
+        }
         self.seq += 1;
         debug_assert!(
             datagram.len() <= wire::MAX_DATAGRAM,
@@ -464,7 +649,19 @@ impl Gossiper {
         );
         self.stats.packets_out += 1;
         self.stats.bytes_out += datagram.len() as u64;
+        self.stats.key_bytes_out += key_bytes(&packet.message);
         self.stats.largest_datagram_out = self.stats.largest_datagram_out.max(datagram.len());
         self.transmits.push_back(Transmit { to, datagram });
     }
+}
+
+/// Bytes of signatures and public keys in `message`: what per-node keys add to it.
+fn key_bytes(message: &Message) -> u64 {
+    let delta = |d: &NodeDelta| d.kvs.len() * wire::SIGNATURE_LEN + d.keys.map_or(0, |k| k.len());
+    let total: usize = match message {
+        Message::Ack { deltas, .. } | Message::Ack2 { deltas } => deltas.iter().map(delta).sum(),
+        Message::Leave { delta: d } => delta(d),
+        _ => 0,
+    };
+    total as u64
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::gossip::wire::{ClusterKey, Security};
-use crate::gossip::{Event, EventKind, GossipConfig, Gossiper, Liveness, NodeId};
+use crate::gossip::wire::{ClusterKey, NodeKey, Seal, Security};
+use crate::gossip::{CryptoMemo, Event, EventKind, GossipConfig, Gossiper, Liveness, NodeId};
 
 /// The simulated network and the nodes' settings.
 #[derive(Debug, Clone)]
@@ -52,6 +52,8 @@ pub struct Observed {
 
 #[derive(Debug)]
 struct SimNode {
+    /// The node's own keys, kept across restarts (as the state directory keeps them).
+    key: NodeKey,
     id: NodeId,
     generation: u64,
     gossiper: Option<Gossiper>,
@@ -97,6 +99,8 @@ pub struct Sim {
     to_outsiders: HashMap<std::net::IpAddr, u64>,
     /// The sequence number of the last forged datagram.
     forged_seq: u64,
+    /// Signature checks and key agreements the nodes share (see [`CryptoMemo`]).
+    memo: std::sync::Arc<CryptoMemo>,
 }
 
 /// The address of simulated node `i`.
@@ -144,6 +148,7 @@ impl Sim {
             cut: Default::default(),
             to_outsiders: HashMap::new(),
             forged_seq: 0,
+            memo: Default::default(),
         }
     }
 
@@ -168,9 +173,11 @@ impl Sim {
     /// Starts a new node of another cluster on the same network.
     pub fn add_node_in(&mut self, cluster: &str, seeds: &[usize]) -> usize {
         let i = self.nodes.len();
-        let id = NodeId(self.rng.gen());
+        let key = NodeKey::generate(&mut self.rng);
+        let id = key.id();
         self.by_id.insert(id, i);
         self.nodes.push(SimNode {
+            key,
             id,
             // Generations are seconds since 2025 in the agent: simulate their size on the wire too.
             generation: 60_000_000,
@@ -201,14 +208,16 @@ impl Sim {
         let mut config = self.config.gossip.clone();
         config.seeds = seeds;
         config.cluster = node.cluster.clone();
-        node.gossiper = Some(Gossiper::new(
+        let mut gossiper = Gossiper::new(
             config,
             self.security.clone(),
-            node.id,
+            node.key.clone(),
             node.generation,
             addr_of(i),
             self.now,
-        ));
+        );
+        gossiper.share_memo(self.memo.clone());
+        node.gossiper = Some(gossiper);
         // Nodes do not start in lockstep.
         let offset = self
             .rng
@@ -245,9 +254,9 @@ impl Sim {
         self.restart(i);
     }
 
-    /// Delivers to every running node but `as_node` a datagram that claims to come from `as_node` (its
-    /// id, generation, address and next sequence number, sealed with the cluster key): what a holder of
-    /// the key can forge.
+    /// Delivers to every running node but `as_node` a datagram of `as_node`'s (its id, generation,
+    /// address, keys and next sequence number), introduced with its keys: what a key holder (`as_node`)
+    /// can send as itself, whatever it says.
     pub fn forge(&mut self, as_node: usize, message: super::wire::Message) {
         let to: Vec<usize> = self.up().filter(|i| *i != as_node).collect();
         self.forge_to(as_node, &to, message);
@@ -256,22 +265,27 @@ impl Sim {
     /// As [`Sim::forge`], delivered to the nodes `to` only (a forger that writes to one node and lets
     /// gossip carry the rest).
     pub fn forge_to(&mut self, as_node: usize, to: &[usize], message: super::wire::Message) {
-        let (sender, generation) = (self.nodes[as_node].id, self.nodes[as_node].generation);
-        self.forge_from(as_node, sender, generation, to, message);
+        let (key, generation) = (
+            self.nodes[as_node].key.clone(),
+            self.nodes[as_node].generation,
+        );
+        self.forge_as(as_node, &key, generation, to, message);
     }
 
-    /// Delivers to the nodes `to` a datagram from node `from`'s address that claims to be `sender`'s
-    /// of `generation`: a key holder speaking for a member it invented (at its own address).
-    pub fn forge_from(
+    /// Delivers to the nodes `to` a datagram from node `from`'s address, introduced with the keys
+    /// `key` in `generation`: a key holder speaking for a member whose keys it holds (its own, or one it
+    /// invented).
+    pub fn forge_as(
         &mut self,
         from: usize,
-        sender: NodeId,
+        key: &NodeKey,
         generation: u64,
         to: &[usize],
         message: super::wire::Message,
     ) {
-        // The next number of the impersonated node's own sequence, as a forger who listened would pick,
-        // and above its own last forgery (a datagram numbered twice is a replay).
+        let sender = key.id();
+        // The next number of the node's own sequence, as a forger who listened would pick, and above
+        // its own last forgery (a datagram numbered twice is a replay).
         let seq = self
             .index(sender)
             .and_then(|i| self.nodes[i].gossiper.as_ref())
@@ -286,13 +300,15 @@ impl Sim {
                 seq,
                 message: message.clone(),
             };
-            let cluster = GossipConfig {
-                cluster: self.nodes[to].cluster.clone(),
-                ..self.config.gossip.clone()
-            }
-            .wire_cluster_id();
-            let datagram =
-                super::wire::seal(&self.security, cluster, &packet.encode(), &mut self.rng);
+            let cluster = self.wire_cluster_id(to);
+            let datagram = super::wire::seal(
+                &self.security,
+                cluster,
+                sender,
+                Seal::Introduced { key },
+                &packet.encode(),
+                &mut self.rng,
+            );
             let at = self.now;
             self.schedule(
                 at,
@@ -303,6 +319,21 @@ impl Sim {
                 },
             );
         }
+    }
+
+    /// The cluster id on the wire of node `i`'s cluster: what a key holder's forgeries and signatures
+    /// name.
+    pub fn wire_cluster_id(&self, i: usize) -> u64 {
+        GossipConfig {
+            cluster: self.nodes[i].cluster.clone(),
+            ..self.config.gossip.clone()
+        }
+        .wire_cluster_id()
+    }
+
+    /// Node `i`'s own keys (a key holder's, when `i` plays one).
+    pub fn key(&self, i: usize) -> &NodeKey {
+        &self.nodes[i].key
     }
 
     /// Stops node `i` gracefully: it announces its leave, then stops.

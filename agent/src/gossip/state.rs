@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::phi::{PhiAccrualDetector, PhiConfig};
-use super::wire::{DigestEntry, KeyValue, NodeDelta, NodeId};
+use super::wire::{DigestEntry, KeyValue, NodeDelta, NodeId, PublicKey, Signature};
 use super::{
     Event, EventKind, GossipConfig, Liveness, ADDR_KEY, DEAD_HEARTBEAT, LEFT_HEARTBEAT,
     SERVICES_KEY,
@@ -18,10 +18,14 @@ use super::{
 pub(super) struct Versioned {
     pub(super) value: Option<String>,
     pub(super) version: u64,
+    /// The node's signature over the key/value in its generation, passed on with it.
+    pub(super) signature: Signature,
 }
 
 #[derive(Debug, Clone)]
 pub(super) struct NodeState {
+    /// The node's public keys: its id names them, and its state must be signed with them.
+    pub(super) key: PublicKey,
     pub(super) generation: u64,
     pub(super) heartbeat: u64,
     pub(super) max_version: u64,
@@ -48,6 +52,11 @@ pub(super) struct NodeState {
     /// An authentic datagram of this node's own came from its gossiped address: it was heard first-hand,
     /// not only of. Cleared when the address changes.
     pub(super) heard: bool,
+    /// This node holds the local node's keys (it sent a paired datagram, or listed the local node): what
+    /// the local node says to it can be paired. Forgotten with a restart of it.
+    pub(super) knows_my_keys: bool,
+    /// When this node last sent it its own state of a former life (see `Gossiper::remind`).
+    pub(super) reminded: Option<Duration>,
 }
 
 /// A probe under way.
@@ -61,18 +70,25 @@ impl NodeState {
     pub(super) fn new(
         phi: &PhiConfig,
         bootstrap: Duration,
+        key: PublicKey,
         generation: u64,
         heartbeat: u64,
         now: Duration,
     ) -> Self {
+        // A goodbye is believed only from the node's signed `_left` (see `said_goodbye`).
+        let heartbeat = if heartbeat == LEFT_HEARTBEAT {
+            0
+        } else {
+            heartbeat
+        };
         let mut s = NodeState {
+            key,
             generation,
             heartbeat,
             max_version: 0,
             kvs: HashMap::new(),
             addr: None,
             liveness: match heartbeat {
-                LEFT_HEARTBEAT => Liveness::Left,
                 DEAD_HEARTBEAT => Liveness::Dead,
                 _ => Liveness::Alive,
             },
@@ -85,6 +101,8 @@ impl NodeState {
             probe: None,
             knows_me_as: None,
             heard: false,
+            knows_my_keys: false,
+            reminded: None,
         };
         s.schedule_verdicts(phi);
         s
@@ -146,6 +164,7 @@ impl NodeState {
             generation: self.generation,
             heartbeat: self.heartbeat,
             from_version,
+            keys: (from_version == 0).then(|| *self.key.bytes()),
             kvs: Vec::new(),
         };
         let mut used = delta.header_len();
@@ -163,6 +182,7 @@ impl NodeState {
                 key: key.clone(),
                 version: v.version,
                 value: v.value.clone(),
+                signature: v.signature,
             };
             used += kv.encoded_len();
             if used > budget {
@@ -280,7 +300,8 @@ pub(super) fn take_heartbeat(
     }
 }
 
-/// A newer heartbeat of `id` arrived.
+/// A newer heartbeat of `id` arrived. A goodbye is not believed from a heartbeat alone (anyone could
+/// write one): only from the node's signed `_left` (see `apply_kvs`).
 pub(super) fn beat(
     notes: &mut Notes,
     phi: &PhiConfig,
@@ -289,11 +310,10 @@ pub(super) fn beat(
     heartbeat: u64,
     now: Duration,
 ) {
-    s.heartbeat = heartbeat;
     if heartbeat == LEFT_HEARTBEAT {
-        mark_left(notes, id, s, now);
         return;
     }
+    s.heartbeat = heartbeat;
     if heartbeat == DEAD_HEARTBEAT {
         mark_dead(notes, id, s, now);
         return;
@@ -309,7 +329,8 @@ pub(super) fn beat(
     }
 }
 
-/// Applies key/values in version order above what `s` has; true when anything changed.
+/// Applies key/values in version order above what `s` has (their signatures checked by the caller);
+/// true when anything changed.
 pub(super) fn apply_kvs(s: &mut NodeState, kvs: &[KeyValue]) -> bool {
     let mut changed = false;
     for kv in kvs {
@@ -327,9 +348,17 @@ pub(super) fn apply_kvs(s: &mut NodeState, kvs: &[KeyValue]) -> bool {
             Versioned {
                 value: kv.value.clone(),
                 version: kv.version,
+                signature: kv.signature,
             },
         );
         changed = true;
     }
     changed
+}
+
+/// Whether the node said goodbye in its current generation: its signed `_left` is in its state.
+pub(super) fn said_goodbye(s: &NodeState) -> bool {
+    s.kvs
+        .get(super::LEFT_KEY)
+        .is_some_and(|v| v.value.is_some())
 }

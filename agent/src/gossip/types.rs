@@ -209,12 +209,42 @@ pub struct Stats {
     /// Heartbeats from a node not watched because this node already watches its share from that
     /// address (see `monitor::Ring::watch`).
     pub unwatched_heartbeats: u64,
+    /// Datagrams refused because a key/value in them did not carry its node's signature, or a node's
+    /// keys did not name it: a key holder's forgery (the rest of the datagram is dropped too).
+    pub rejected_signature: u64,
+    /// Node states left for a later exchange because their source had spent its share of signature
+    /// checks (see `budget::WorkBudget`).
+    pub unchecked_dropped: u64,
+    /// Claims by peers of a newer generation of this node than its own, and deltas of one: a former life
+    /// (its state signed by this node's key) is refuted, anything else is a forgery no one believes
+    /// without that signature, counted and otherwise ignored.
+    pub claims_of_self: u64,
+    /// Refutations this node could not make: its own key signed a generation at the wire's ceiling.
+    pub cannot_refute: u64,
+    /// Paired datagrams from a node whose keys are not known here (it restarted and forgot this node,
+    /// or the sender is not a member): dropped.
+    pub unknown_senders: u64,
+    /// Datagrams of an older protocol: agents from before per-node keys (protocol 2), which this one
+    /// cannot talk to.
+    pub old_protocol: u64,
+    /// Where the last of them came from.
+    pub last_old_protocol_from: Option<SocketAddr>,
+    /// What per-node keys cost: signatures made (this node's own key/values), signatures checked
+    /// (peers' key/values, each once), secrets agreed with peers (one per peer), and bytes of
+    /// signatures and public keys in the datagrams sent.
+    pub signatures_made: u64,
+    pub signatures_checked: u64,
+    pub key_agreements: u64,
+    pub key_bytes_out: u64,
 }
 
 /// A member as seen by the local node: what the dashboard and the API show.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Member {
     pub id: NodeId,
+    /// The member's public keys (Ed25519, then X25519): its id is a hash of them.
+    #[serde(skip)]
+    pub public_key: [u8; wire::PUBLIC_KEY_LEN],
     pub generation: u64,
     pub heartbeat: u64,
     pub addr: Option<SocketAddr>,

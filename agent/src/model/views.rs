@@ -33,6 +33,10 @@ pub struct NodeView {
     /// serving node, and from agents before 0.1.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knows_serving_node_as: Option<u64>,
+    /// The node's public keys (base64 of the Ed25519 key, then the X25519 key), which its id names
+    /// (absent from agents before per-node keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 impl NodeView {
@@ -59,6 +63,10 @@ impl NodeView {
             uptime_s: facts.as_ref().map(|f| published::uptime(f.boot).as_secs()),
             facts,
             knows_serving_node_as: m.knows_me_as,
+            public_key: Some({
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(m.public_key)
+            }),
         }
     }
 }

@@ -201,6 +201,14 @@ pub fn run(u: &Upgrade) -> anyhow::Result<Report> {
                 ));
             }
         }
+        if n.view.public_key.is_none() {
+            problems.push(format!(
+                "{} runs an agent from before per-node keys (gossip protocol 2), which an agent of \
+                 this version cannot talk to, so the two cannot be swapped one node at a time: \
+                 re-flash the cards with an image of this version (docs/UPGRADES.md)",
+                n.label()
+            ));
+        }
         let running = n.view.version.clone().unwrap_or_default();
         if release::compare_versions(&version, &running).is_lt() && !u.allow_downgrade {
             problems.push(format!(

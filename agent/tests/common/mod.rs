@@ -130,21 +130,41 @@ pub fn wait(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Durati
     panic!("{what}: not within {limit:?}");
 }
 
-/// The state of a member a key holder invents: generation 1, heartbeat 1, and only its address (when
-/// given), the least that makes a member.
-pub fn invented_member(id: u64, addr: Option<&str>) -> herd::gossip::wire::NodeDelta {
+/// A member a key holder invents: keys of its own (it can make as many as it likes, each naming its
+/// own id), whose id `wanted` accepts (found by trying keys: an id in a range of a 1/n of the ring
+/// takes about n tries).
+pub fn invented_key(
+    rng: &mut impl rand::RngCore,
+    wanted: impl Fn(herd::gossip::NodeId) -> bool,
+) -> herd::gossip::NodeKey {
+    loop {
+        let key = herd::gossip::NodeKey::generate(rng);
+        if wanted(key.id()) {
+            return key;
+        }
+    }
+}
+
+/// The state of a member a key holder invents, signed with its own keys for the cluster whose wire id
+/// is `cluster`: generation 1, heartbeat 1, and only its address (or, without one, an address deleted),
+/// the least that makes a member.
+pub fn invented_member(
+    key: &herd::gossip::NodeKey,
+    cluster: u64,
+    addr: Option<&str>,
+) -> herd::gossip::wire::NodeDelta {
+    let value = addr.map(str::to_string);
     herd::gossip::wire::NodeDelta {
-        node: herd::gossip::NodeId(id),
+        node: key.id(),
         generation: 1,
         heartbeat: 1,
         from_version: 0,
-        kvs: addr
-            .iter()
-            .map(|a| herd::gossip::wire::KeyValue {
-                key: "_addr".into(),
-                version: 1,
-                value: Some(a.to_string()),
-            })
-            .collect(),
+        keys: Some(*key.public().bytes()),
+        kvs: vec![herd::gossip::wire::KeyValue {
+            key: "_addr".into(),
+            version: 1,
+            signature: key.sign_kv(cluster, 1, "_addr", 1, value.as_deref()),
+            value,
+        }],
     }
 }

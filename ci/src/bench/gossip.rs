@@ -25,6 +25,68 @@ pub struct GossipFigures {
     pub largest_datagram: usize,
     pub simulated: Duration,
     pub wall: Duration,
+    /// Cold start: the simulated time until every node saw every other alive.
+    pub formed: Duration,
+    /// What per-node keys cost in the steady stretch, per node and second: bytes of signatures and
+    /// public keys sent, signatures made and checked.
+    pub key_bytes_per_node_per_sec: f64,
+    pub signs_per_node_per_sec: f64,
+    pub checks_per_node_per_sec: f64,
+    /// Secrets agreed with peers, per node, over the whole run (one per peer paired with).
+    pub agreements_per_node: f64,
+}
+
+/// Sums of every running node's counters.
+fn totals(sim: &Sim) -> herd::gossip::Stats {
+    let mut t = herd::gossip::Stats::default();
+    for i in sim.up() {
+        let s = sim.gossiper(i).expect("up").stats();
+        t.signatures_made += s.signatures_made;
+        t.signatures_checked += s.signatures_checked;
+        t.key_agreements += s.key_agreements;
+        t.key_bytes_out += s.key_bytes_out;
+    }
+    t
+}
+
+/// What one signature, one check and one key agreement cost on this machine, measured now (the
+/// node's own code: `NodeKey::sign_kv`, `PublicKey::verify`, `NodeKey::shared_with`).
+#[derive(Debug, Clone, Copy)]
+pub struct CryptoCosts {
+    pub sign: Duration,
+    pub verify: Duration,
+    pub agree: Duration,
+}
+
+pub fn crypto_costs() -> CryptoCosts {
+    use herd::gossip::wire::{kv_message, NodeKey, PublicKey};
+    let a = NodeKey::from_seed([1; 32]);
+    let b = NodeKey::from_seed([2; 32]);
+    let public = PublicKey::for_node(a.id(), a.public().bytes()).expect("its own keys");
+    let value = r#"{"cpu":11.1,"mem":42.0,"load":[0.1,0.2,0.3]}"#;
+    let n = 2000u32;
+    let started = Instant::now();
+    let mut sig = [0u8; 64];
+    for v in 0..n {
+        sig = a.sign_kv(1, 2, "monitoring", u64::from(v), Some(value));
+    }
+    let sign = started.elapsed() / n;
+    let message = kv_message(1, a.id(), 2, "monitoring", u64::from(n - 1), Some(value));
+    let started = Instant::now();
+    for _ in 0..n {
+        assert!(public.verify(&message, &sig));
+    }
+    let verify = started.elapsed() / n;
+    let started = Instant::now();
+    for _ in 0..n / 4 {
+        assert!(a.shared_with(b.public()).is_some());
+    }
+    let agree = started.elapsed() / (n / 4);
+    CryptoCosts {
+        sign,
+        verify,
+        agree,
+    }
 }
 
 /// How much to simulate.
@@ -69,15 +131,23 @@ pub fn measure(n: usize, plan: Plan, seed: u64, gossip: GossipConfig) -> Result<
         converged,
         "{n} nodes did not converge in 600 simulated seconds"
     );
+    let formed = sim.now();
     sim.run_for(Duration::from_secs(30));
     sim.take_events();
 
     // Steady state: traffic, and any false verdicts.
     let (bytes0, _, _) = sim.traffic();
+    let keys0 = totals(&sim);
     let steady_start = sim.now();
     sim.run_for(plan.steady);
     let (bytes1, _, _) = sim.traffic();
-    let bytes_per_node_per_sec = (bytes1 - bytes0) as f64 / n as f64 / plan.steady.as_secs_f64();
+    let keys1 = totals(&sim);
+    let per_node_second = |v: u64| v as f64 / n as f64 / plan.steady.as_secs_f64();
+    let bytes_per_node_per_sec = per_node_second(bytes1 - bytes0);
+    let key_bytes_per_node_per_sec = per_node_second(keys1.key_bytes_out - keys0.key_bytes_out);
+    let signs_per_node_per_sec = per_node_second(keys1.signatures_made - keys0.signatures_made);
+    let checks_per_node_per_sec =
+        per_node_second(keys1.signatures_checked - keys0.signatures_checked);
     let events = sim.take_events();
     let mut false_dead = count_false_dead(&sim, &events);
 
@@ -146,6 +216,11 @@ pub fn measure(n: usize, plan: Plan, seed: u64, gossip: GossipConfig) -> Result<
         largest_datagram: sim.largest_datagram(),
         simulated: sim.now(),
         wall: wall.elapsed(),
+        formed,
+        key_bytes_per_node_per_sec,
+        signs_per_node_per_sec,
+        checks_per_node_per_sec,
+        agreements_per_node: totals(&sim).key_agreements as f64 / sim.up().count() as f64,
     })
 }
 
@@ -293,8 +368,45 @@ pub fn run(quick: bool, nodes: Option<&[usize]>, only: Option<&str>) -> Result<(
             );
         }
     }
+    keys_table(&all);
     if !quick && !missed.is_empty() {
         anyhow::bail!("targets missed: {}", missed.join("; "));
     }
     Ok(())
+}
+
+/// What per-node keys cost (issue 31): bytes, signatures and key agreements counted in the simulation,
+/// and their CPU from the cost of each measured on this machine in the same run.
+fn keys_table(all: &[GossipFigures]) {
+    let c = crypto_costs();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "\nWhat per-node keys cost (every node's state signed, datagrams paired or introduced): counted \
+         in the steady stretch above; CPU from one Ed25519 signature ({:.1} µs), one check ({:.1} µs) \
+         and one X25519 key agreement ({:.1} µs) measured on this machine in this run. The cold start is \
+         every node started at once, seeded with three, until every node sees every other alive.\n",
+        us(c.sign),
+        us(c.verify),
+        us(c.agree)
+    );
+    println!("| nodes | detection | bytes / node / s | of which signatures and keys | signatures made / node / s | checked / node / s | CPU / node (steady) | key agreements / node | cold start |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for f in all {
+        let cpu = f.signs_per_node_per_sec * us(c.sign) + f.checks_per_node_per_sec * us(c.verify);
+        println!(
+            "| {} | {} | {:.0} B | {:.0} B ({:.0} %) | {:.2} | {:.2} | {:.0} µs/s ({:.3} % of a core) | {:.0} ({:.1} ms) | {} |",
+            f.nodes,
+            f.detection,
+            f.bytes_per_node_per_sec,
+            f.key_bytes_per_node_per_sec,
+            100.0 * f.key_bytes_per_node_per_sec / f.bytes_per_node_per_sec.max(1.0),
+            f.signs_per_node_per_sec,
+            f.checks_per_node_per_sec,
+            cpu,
+            cpu / 1e4,
+            f.agreements_per_node,
+            f.agreements_per_node * us(c.agree) / 1e3,
+            secs(f.formed)
+        );
+    }
 }

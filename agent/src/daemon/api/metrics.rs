@@ -43,17 +43,22 @@ pub fn render(members: &[Member], stats: &Stats, threshold: f64) -> String {
         o,
         name,
         "counter",
-        "Datagrams dropped: failed authentication, another cluster or version, or malformed.",
+        "Datagrams or node states dropped: failed authentication, another cluster or version (old: an \
+         agent from before per-node keys), malformed, replayed, a bad field, a missing signature, a \
+         paired datagram from a sender whose keys are not known here.",
     );
-    let _ = writeln!(o, "{name}{{reason=\"auth\"}} {}", stats.rejected_auth);
-    let _ = writeln!(o, "{name}{{reason=\"foreign\"}} {}", stats.rejected_foreign);
-    let _ = writeln!(
-        o,
-        "{name}{{reason=\"malformed\"}} {}",
-        stats.rejected_malformed
-    );
-    let _ = writeln!(o, "{name}{{reason=\"replay\"}} {}", stats.rejected_replay);
-    let _ = writeln!(o, "{name}{{reason=\"invalid\"}} {}", stats.rejected_invalid);
+    for (reason, value) in [
+        ("auth", stats.rejected_auth),
+        ("foreign", stats.rejected_foreign),
+        ("old", stats.old_protocol),
+        ("malformed", stats.rejected_malformed),
+        ("replay", stats.rejected_replay),
+        ("invalid", stats.rejected_invalid),
+        ("signature", stats.rejected_signature),
+        ("unknown_sender", stats.unknown_senders),
+    ] {
+        let _ = writeln!(o, "{name}{{reason=\"{reason}\"}} {value}");
+    }
 
     for (name, help, value) in [
         (
@@ -83,8 +88,24 @@ pub fn render(members: &[Member], stats: &Stats, threshold: f64) -> String {
         ),
         (
             "herd_gossip_refutations_total",
-            "Times this node raised its generation to refute what peers believed of it (a forged leave).",
+            "Times this node raised its generation to refute what peers believed of it (a conviction, or \
+             its own state of a former life).",
             stats.refutations,
+        ),
+        (
+            "herd_gossip_claims_of_self_total",
+            "Claims by peers of a newer generation of this node: refuted only when signed by its own key.",
+            stats.claims_of_self,
+        ),
+        (
+            "herd_gossip_cannot_refute_total",
+            "Refutations this node could not make: its own key signed a generation at the ceiling.",
+            stats.cannot_refute,
+        ),
+        (
+            "herd_gossip_unchecked_dropped_total",
+            "Node states left for a later exchange: their source had spent its share of signature checks.",
+            stats.unchecked_dropped,
         ),
     ] {
         header(o, name, "counter", help);

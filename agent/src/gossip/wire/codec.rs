@@ -36,22 +36,33 @@ fn put_entries(out: &mut Vec<u8>, entries: &[DigestEntry]) {
 fn put_deltas(out: &mut Vec<u8>, deltas: &[NodeDelta]) {
     put_varint(out, deltas.len() as u64);
     for d in deltas {
-        out.extend_from_slice(&d.node.0.to_le_bytes());
-        put_varint(out, d.generation);
-        put_varint(out, d.heartbeat);
-        put_varint(out, d.from_version);
-        put_varint(out, d.kvs.len() as u64);
-        for kv in &d.kvs {
-            put_str(out, &kv.key);
-            put_varint(out, kv.version);
-            match &kv.value {
-                None => out.push(0),
-                Some(v) => {
-                    out.push(1);
-                    put_str(out, v);
-                }
+        put_delta(out, d);
+    }
+}
+
+fn put_delta(out: &mut Vec<u8>, d: &NodeDelta) {
+    out.extend_from_slice(&d.node.0.to_le_bytes());
+    put_varint(out, d.generation);
+    put_varint(out, d.heartbeat);
+    put_varint(out, d.from_version);
+    if d.from_version == 0 {
+        // A delta from version 0 without keys is a bug of the caller: zeros name no node, and the
+        // receiver refuses them.
+        debug_assert!(d.keys.is_some(), "a delta from version 0 carries its keys");
+        out.extend_from_slice(&d.keys.unwrap_or([0; PUBLIC_KEY_LEN]));
+    }
+    put_varint(out, d.kvs.len() as u64);
+    for kv in &d.kvs {
+        put_str(out, &kv.key);
+        put_varint(out, kv.version);
+        match &kv.value {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                put_str(out, v);
             }
         }
+        out.extend_from_slice(&kv.signature);
     }
 }
 
@@ -65,10 +76,9 @@ const KIND_PING_REQ: u8 = 7;
 const KIND_PING_ACK: u8 = 8;
 
 impl Packet {
-    /// The payload bytes of this packet (to be sealed).
+    /// The payload bytes of this packet (to be sealed; the sender goes in the datagram's header).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(&self.sender.0.to_le_bytes());
         out.extend_from_slice(&self.to.0.to_le_bytes());
         put_varint(&mut out, self.generation);
         put_varint(&mut out, self.seq);
@@ -91,7 +101,10 @@ impl Packet {
                 out.push(KIND_ACK2);
                 put_deltas(&mut out, deltas);
             }
-            Message::Leave => out.push(KIND_LEAVE),
+            Message::Leave { delta } => {
+                out.push(KIND_LEAVE);
+                put_delta(&mut out, delta);
+            }
             Message::Heartbeat => out.push(KIND_HEARTBEAT),
             Message::Ping { target } => {
                 out.push(KIND_PING);
@@ -109,10 +122,9 @@ impl Packet {
         out
     }
 
-    /// Decodes a payload; any garbage is an error.
-    pub fn decode(bytes: &[u8]) -> Result<Packet, WireError> {
+    /// Decodes the payload of a datagram from `sender` (its header's); any garbage is an error.
+    pub fn decode(sender: NodeId, bytes: &[u8]) -> Result<Packet, WireError> {
         let mut r = Reader { bytes, pos: 0 };
-        let sender = NodeId(r.u64()?);
         let to = NodeId(r.u64()?);
         let generation = r.varint()?;
         check_ranges(generation, 0)?;
@@ -129,7 +141,7 @@ impl Packet {
             KIND_ACK2 => Message::Ack2 {
                 deltas: r.deltas()?,
             },
-            KIND_LEAVE => Message::Leave,
+            KIND_LEAVE => Message::Leave { delta: r.delta()? },
             KIND_HEARTBEAT => Message::Heartbeat,
             KIND_PING => Message::Ping {
                 target: NodeId(r.u64()?),
@@ -250,40 +262,60 @@ impl Reader<'_> {
         let n = self.count(12)?;
         let mut deltas = Vec::with_capacity(n);
         for _ in 0..n {
-            let node = NodeId(self.u64()?);
-            let generation = self.varint()?;
-            let heartbeat = self.varint()?;
-            let from_version = self.varint()?;
-            check_ranges(generation, heartbeat)?;
-            let k = self.count(4)?;
-            let mut kvs = Vec::with_capacity(k);
-            let mut last = from_version;
-            for _ in 0..k {
-                let key = self.string(MAX_KEY_LEN)?;
-                let version = self.varint()?;
-                if version <= last {
-                    return Err(WireError::Malformed("key/values out of version order"));
-                }
-                last = version;
-                let value = match self.u8()? {
-                    0 => None,
-                    1 => Some(self.string(MAX_VALUE_LEN)?),
-                    _ => return Err(WireError::Malformed("bad value tag")),
-                };
-                kvs.push(KeyValue {
-                    key,
-                    version,
-                    value,
-                });
-            }
-            deltas.push(NodeDelta {
-                node,
-                generation,
-                heartbeat,
-                from_version,
-                kvs,
-            });
+            deltas.push(self.delta()?);
         }
         Ok(deltas)
+    }
+
+    fn delta(&mut self) -> Result<NodeDelta, WireError> {
+        let node = NodeId(self.u64()?);
+        let generation = self.varint()?;
+        let heartbeat = self.varint()?;
+        let from_version = self.varint()?;
+        check_ranges(generation, heartbeat)?;
+        let keys = if from_version == 0 {
+            Some(
+                self.take(PUBLIC_KEY_LEN)?
+                    .try_into()
+                    .expect("PUBLIC_KEY_LEN bytes"),
+            )
+        } else {
+            None
+        };
+        // A key/value is at least a key length, a version, a tag and a signature.
+        let k = self.count(3 + SIGNATURE_LEN)?;
+        let mut kvs = Vec::with_capacity(k);
+        let mut last = from_version;
+        for _ in 0..k {
+            let key = self.string(MAX_KEY_LEN)?;
+            let version = self.varint()?;
+            if version <= last {
+                return Err(WireError::Malformed("key/values out of version order"));
+            }
+            last = version;
+            let value = match self.u8()? {
+                0 => None,
+                1 => Some(self.string(MAX_VALUE_LEN)?),
+                _ => return Err(WireError::Malformed("bad value tag")),
+            };
+            let signature = self
+                .take(SIGNATURE_LEN)?
+                .try_into()
+                .expect("SIGNATURE_LEN bytes");
+            kvs.push(KeyValue {
+                key,
+                version,
+                value,
+                signature,
+            });
+        }
+        Ok(NodeDelta {
+            node,
+            generation,
+            heartbeat,
+            from_version,
+            keys,
+            kvs,
+        })
     }
 }

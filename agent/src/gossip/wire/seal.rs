@@ -1,5 +1,7 @@
 //! Keys and sealing: the cluster key (and the keyring of a rotation), and every datagram sealed with
-//! XChaCha20-Poly1305 under it, its clear header as associated data, or opened and checked.
+//! XChaCha20-Poly1305, its clear header as associated data, under the cluster key with the sender's keys
+//! and signature inside (introduced) or under the pair key of its sender and receiver (paired), or opened
+//! and checked.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -49,10 +51,11 @@ impl ClusterKey {
 /// How datagrams are protected: a keyring, or explicitly nothing.
 #[derive(Clone)]
 pub enum Security {
-    /// No encryption or authentication: only when the operator said `insecure = true`.
+    /// No cluster key: introduced datagrams go in clear (signed), paired ones are sealed with a pair key made
+    /// without one. Only when the operator said `insecure = true`.
     Insecure,
     /// Seal with the first key; accept any (the others are older keys kept during a rotation).
-    Keyring(Vec<XChaCha20Poly1305>),
+    Keyring(Vec<(XChaCha20Poly1305, ClusterKey)>),
 }
 
 impl fmt::Debug for Security {
@@ -69,10 +72,41 @@ impl Security {
     pub fn keyring(primary: &ClusterKey, older: &[ClusterKey]) -> Self {
         let ciphers = std::iter::once(primary)
             .chain(older)
-            .map(|k| XChaCha20Poly1305::new((&k.0).into()))
+            .map(|k| (XChaCha20Poly1305::new((&k.0).into()), k.clone()))
             .collect();
         Security::Keyring(ciphers)
     }
+
+    /// The cluster keys a pair key may be made with, the one to seal with first (all zeros on an
+    /// insecure cluster).
+    fn pair_bases(&self) -> Vec<[u8; 32]> {
+        match self {
+            Security::Insecure => vec![[0u8; 32]],
+            Security::Keyring(keys) => keys.iter().map(|(_, k)| k.0).collect(),
+        }
+    }
+}
+
+/// How a datagram is sealed.
+#[derive(Debug, Clone, Copy)]
+pub enum Seal<'a> {
+    /// Under the cluster key, carrying the sender's public keys and its signature over all of it: for a
+    /// receiver that may not know the sender's keys yet (a seed, a node that just joined).
+    Introduced { key: &'a NodeKey },
+    /// Under the pair key of the sender and `receiver`, from their X25519 secret `shared`.
+    Paired {
+        receiver: NodeId,
+        shared: &'a [u8; 32],
+    },
+}
+
+/// A datagram opened: its sender, proven either way, the public keys it introduced itself with (when
+/// it was introduced), and its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub sender: NodeId,
+    pub introduced: Option<PublicKey>,
+    pub payload: Vec<u8>,
 }
 
 /// A stable 64-bit id of a cluster name (FNV-1a), sent in clear so foreign packets are dropped cheaply.
@@ -85,36 +119,81 @@ pub fn cluster_id(name: &str) -> u64 {
     h
 }
 
+/// Bytes an introduced datagram adds to its payload: the sender's public keys and its signature.
+pub const INTRODUCTION_LEN: usize = PUBLIC_KEY_LEN + SIGNATURE_LEN;
+
 /// The length of the datagram [`seal`] makes of a payload of `payload_len` bytes.
-pub fn sealed_len(security: &Security, payload_len: usize) -> usize {
-    match security {
-        Security::Insecure => payload_len + SEAL_OVERHEAD - NONCE_LEN - TAG_LEN,
-        Security::Keyring(_) => payload_len + SEAL_OVERHEAD,
+pub fn sealed_len(security: &Security, paired: bool, payload_len: usize) -> usize {
+    match (security, paired) {
+        (_, true) => payload_len + SEAL_OVERHEAD,
+        (Security::Insecure, false) => {
+            payload_len + INTRODUCTION_LEN + SEAL_OVERHEAD - NONCE_LEN - TAG_LEN
+        }
+        (Security::Keyring(_), false) => payload_len + INTRODUCTION_LEN + SEAL_OVERHEAD,
     }
 }
 
-/// Wraps an encoded payload into a datagram.
-pub fn seal(security: &Security, cluster: u64, payload: &[u8], rng: &mut impl RngCore) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + SEAL_OVERHEAD);
+/// What the sender of an introduced datagram signs: a label, the clear header, its public keys and
+/// the payload.
+fn introduction(header: &[u8], keys: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(16 + header.len() + keys.len() + payload.len());
+    m.extend_from_slice(b"herd intro v3\0");
+    m.extend_from_slice(header);
+    m.extend_from_slice(keys);
+    m.extend_from_slice(payload);
+    m
+}
+
+/// Wraps the encoded payload of `sender`'s packet into a datagram. `sender` is the id of the key
+/// that introduces it, or of the node whose pair key seals it.
+pub fn seal(
+    security: &Security,
+    cluster: u64,
+    sender: NodeId,
+    how: Seal,
+    payload: &[u8],
+    rng: &mut impl RngCore,
+) -> Vec<u8> {
+    let paired = matches!(how, Seal::Paired { .. });
+    let mut out = Vec::with_capacity(sealed_len(security, paired, payload.len()));
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
-    match security {
-        Security::Insecure => {
-            out.push(0);
-            out.extend_from_slice(&cluster.to_le_bytes());
-            out.extend_from_slice(payload);
+    let (flag, cipher) = match (how, security) {
+        (Seal::Introduced { .. }, Security::Insecure) => (0, None),
+        (Seal::Introduced { .. }, Security::Keyring(keys)) => {
+            (FLAG_ENCRYPTED, Some(keys[0].0.clone()))
         }
-        Security::Keyring(ciphers) => {
-            out.push(FLAG_ENCRYPTED);
-            out.extend_from_slice(&cluster.to_le_bytes());
+        (Seal::Paired { receiver, shared }, _) => {
+            let key = pair_key(&security.pair_bases()[0], shared, sender, receiver);
+            (FLAG_PAIRED, Some(XChaCha20Poly1305::new((&key).into())))
+        }
+    };
+    out.push(flag);
+    out.extend_from_slice(&cluster.to_le_bytes());
+    out.extend_from_slice(&sender.0.to_le_bytes());
+    let body = match how {
+        Seal::Paired { .. } => payload.to_vec(),
+        Seal::Introduced { key } => {
+            let keys = key.public().bytes();
+            let signature = key.sign(&introduction(&out, keys, payload));
+            let mut body = Vec::with_capacity(payload.len() + INTRODUCTION_LEN);
+            body.extend_from_slice(keys);
+            body.extend_from_slice(payload);
+            body.extend_from_slice(&signature);
+            body
+        }
+    };
+    match cipher {
+        None => out.extend_from_slice(&body),
+        Some(cipher) => {
             let mut nonce = [0u8; NONCE_LEN];
             rng.fill_bytes(&mut nonce);
             let aad = out.clone();
-            let sealed = ciphers[0]
+            let sealed = cipher
                 .encrypt(
                     XNonce::from_slice(&nonce),
                     Payload {
-                        msg: payload,
+                        msg: &body,
                         aad: &aad,
                     },
                 )
@@ -123,12 +202,33 @@ pub fn seal(security: &Security, cluster: u64, payload: &[u8], rng: &mut impl Rn
             out.extend_from_slice(&sealed);
         }
     }
-    debug_assert_eq!(out.len(), sealed_len(security, payload.len()));
+    debug_assert_eq!(out.len(), sealed_len(security, paired, payload.len()));
     out
 }
 
-/// Checks and unwraps a datagram, returning its payload.
-pub fn open(security: &Security, cluster: u64, datagram: &[u8]) -> Result<Vec<u8>, WireError> {
+/// The sender a datagram's clear header names, and whether it is paired (else introduced): what
+/// [`open`] will need. Nothing is checked yet.
+pub fn peek_sender(datagram: &[u8]) -> Option<(NodeId, bool)> {
+    if datagram.len() < HEADER_LEN || datagram[..2] != MAGIC {
+        return None;
+    }
+    let sender = NodeId(u64::from_le_bytes(
+        datagram[12..20].try_into().expect("8 bytes"),
+    ));
+    Some((sender, datagram[3] == FLAG_PAIRED))
+}
+
+/// Checks and unwraps a datagram for node `me`: a paired one opens only with the X25519 secret `me`
+/// shares with its sender, which `shared_with` gives (`None`: the sender's keys are not known here); an
+/// introduced one only with a cluster key, then its sender's signature (an Ed25519 check: the caller
+/// budgets them).
+pub fn open(
+    security: &Security,
+    cluster: u64,
+    me: NodeId,
+    datagram: &[u8],
+    shared_with: impl FnOnce(NodeId) -> Option<[u8; 32]>,
+) -> Result<Opened, WireError> {
     if datagram.len() > MAX_DATAGRAM {
         return Err(WireError::TooLarge(datagram.len()));
     }
@@ -143,24 +243,67 @@ pub fn open(security: &Security, cluster: u64, datagram: &[u8]) -> Result<Vec<u8
     if id != cluster {
         return Err(WireError::OtherCluster);
     }
+    let sender = NodeId(u64::from_le_bytes(
+        datagram[12..20].try_into().expect("8 bytes"),
+    ));
+    let header = &datagram[..HEADER_LEN];
     let body = &datagram[HEADER_LEN..];
-    match (security, flags & FLAG_ENCRYPTED != 0) {
-        (Security::Insecure, false) => Ok(body.to_vec()),
-        (Security::Insecure, true) => Err(WireError::Encrypted),
-        (Security::Keyring(_), false) => Err(WireError::Unencrypted),
-        (Security::Keyring(ciphers), true) => {
-            if body.len() < NONCE_LEN + TAG_LEN {
-                return Err(WireError::NotAuthentic);
-            }
-            let (nonce, sealed) = body.split_at(NONCE_LEN);
-            let aad = &datagram[..HEADER_LEN];
-            ciphers
-                .iter()
-                .find_map(|c| {
-                    c.decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
-                        .ok()
-                })
-                .ok_or(WireError::NotAuthentic)
+    let decrypt = |cipher: &XChaCha20Poly1305| -> Option<Vec<u8>> {
+        if body.len() < NONCE_LEN + TAG_LEN {
+            return None;
         }
+        let (nonce, sealed) = body.split_at(NONCE_LEN);
+        cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: header,
+                },
+            )
+            .ok()
+    };
+    let introduced = match (security, flags) {
+        (Security::Insecure, 0) => body.to_vec(),
+        (Security::Insecure, FLAG_ENCRYPTED) => return Err(WireError::Encrypted),
+        (Security::Keyring(_), 0) => return Err(WireError::Unencrypted),
+        (Security::Keyring(keys), FLAG_ENCRYPTED) => keys
+            .iter()
+            .find_map(|(cipher, _)| decrypt(cipher))
+            .ok_or(WireError::NotAuthentic)?,
+        (_, FLAG_PAIRED) => {
+            let shared = shared_with(sender).ok_or(WireError::UnknownSender)?;
+            let payload = security
+                .pair_bases()
+                .iter()
+                .find_map(|base| {
+                    let key = pair_key(base, &shared, sender, me);
+                    decrypt(&XChaCha20Poly1305::new((&key).into()))
+                })
+                .ok_or(WireError::NotAuthentic)?;
+            return Ok(Opened {
+                sender,
+                introduced: None,
+                payload,
+            });
+        }
+        _ => return Err(WireError::Malformed("unknown flags")),
+    };
+    // Introduced: the sender's keys, which must name it, then the payload, then its signature.
+    if introduced.len() < INTRODUCTION_LEN {
+        return Err(WireError::NotAuthentic);
     }
+    let (keys, rest) = introduced.split_at(PUBLIC_KEY_LEN);
+    let (payload, signature) = rest.split_at(rest.len() - SIGNATURE_LEN);
+    let key = PublicKey::for_node(sender, keys.try_into().expect("PUBLIC_KEY_LEN bytes"))
+        .map_err(|_| WireError::NotAuthentic)?;
+    let signature: Signature = signature.try_into().expect("SIGNATURE_LEN bytes");
+    if !key.verify(&introduction(header, keys, payload), &signature) {
+        return Err(WireError::NotAuthentic);
+    }
+    Ok(Opened {
+        sender,
+        introduced: Some(key),
+        payload: payload.to_vec(),
+    })
 }
