@@ -59,6 +59,29 @@ fn every_endpoint_answers_with_the_right_status_and_body() {
                     && n["facts"]["arch"].as_str() == Some(std::env::consts::ARCH)
             })
     });
+    // Every node's health, read from this machine's kernel and gossiped: what Linux always has (the
+    // root mount, the kernel clock) is known; the checks come with words.
+    wait(Duration::from_secs(10), "health of every node", || {
+        let v = json(&api.raw("GET", "/api/v1/nodes", false).unwrap());
+        v.as_array().unwrap().iter().all(|n| {
+            let checks = n["health"]["checks"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let state = |name: &str| {
+                checks
+                    .iter()
+                    .find(|c| c["name"] == name)
+                    .and_then(|c| c["state"].as_str().map(str::to_string))
+            };
+            checks.len() == 8
+                && state("filesystem").is_some_and(|s| s != "unknown")
+                && state("clock").is_some_and(|s| s != "unknown")
+                && checks
+                    .iter()
+                    .all(|c| c["detail"].as_str().is_some_and(|d| !d.is_empty()))
+        })
+    });
 
     // Writes need the token.
     let path = "/meta-data/add-service/nginx_webserver";
@@ -262,6 +285,23 @@ fn metrics_parse_as_prometheus_text() {
         .filter(|s| s.metric == "herd_phi")
         .count();
     assert_eq!(peers, 2, "one phi per peer");
+    let health: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "herd_health")
+        .collect();
+    assert_eq!(
+        health.len(),
+        3 * 8,
+        "8 checks of each alive node:\n{}",
+        r.body
+    );
+    for s in &health {
+        let prometheus_parse::Value::Gauge(x) = s.value else {
+            panic!("{s:?}")
+        };
+        assert!([-1.0, 0.0, 1.0, 2.0].contains(&x), "{s:?}");
+    }
     assert!(scrape.docs.contains_key("herd_phi"), "HELP lines are there");
 }
 
@@ -337,7 +377,10 @@ fn the_cli_lists_members_and_changes_meta_data() {
     let (ok, table, err) = run(&["members", "--node", &node], None);
     assert!(ok, "{err}");
     assert!(table.starts_with("NAME"), "{table}");
-    assert_eq!(table.lines().count(), 4, "{table}");
+    // The table, then a line per health problem (this machine's, the same on every node).
+    let rows = table.split("\n\n").next().unwrap();
+    assert_eq!(rows.lines().count(), 4, "{table}");
+    assert!(rows.lines().next().unwrap().contains("HEALTH"), "{table}");
     for i in 1..=3 {
         assert!(table.contains(&format!("node-127.0.10.{i}")), "{table}");
     }
@@ -405,4 +448,71 @@ fn the_cli_lists_members_and_changes_meta_data() {
     assert!(!ok && err.contains("invalid service name"), "{err}");
     let (ok, _, err) = run(&["members", "--node", "http://127.0.10.9:1"], None);
     assert!(!ok && err.contains("cannot reach"), "{err}");
+}
+
+#[test]
+fn a_health_handler_runs_when_a_members_problem_comes_and_goes() {
+    use herd::model::health::{Flag, Health, HEALTH_KEY};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("health.log");
+    let handler = format!(
+        "[[handlers]]\non = [\"health\"]\ncommand = 'echo \"$HERD_SELF_NAME $HERD_MEMBER_NAME \
+         $HERD_MEMBER_HEALTH $HERD_MEMBER_PROBLEMS\" >> {}'\n",
+        log.display()
+    );
+    let c = Cluster::start_with(13, 3, &handler);
+    // Node 3 reads as a healthy Pi (its real reading is this machine's), then sags, then recovers.
+    let good = Health {
+        undervoltage: Some(Flag::default()),
+        throttled: Some(Flag::default()),
+        read_only: Some(false),
+        fs_errors: Some(0),
+        clock_synced: Some(true),
+        clock_error_ms: Some(4),
+        ..Health::default()
+    };
+    let lines_of_1_about_3 = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("node-127.0.13.1 node-127.0.13.3 "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    c.agents[2].set(HEALTH_KEY, &good.to_gossip()).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let before = lines_of_1_about_3().len();
+    let sagging = Health {
+        undervoltage: Some(Flag {
+            now: true,
+            since_boot: true,
+        }),
+        ..good.clone()
+    };
+    c.agents[2].set(HEALTH_KEY, &sagging.to_gossip()).unwrap();
+    wait(
+        Duration::from_secs(10),
+        "the health handler on node 1",
+        || lines_of_1_about_3().len() > before,
+    );
+    let line = lines_of_1_about_3()[before].clone();
+    assert!(
+        line.contains(" critical ") && line.contains("power:critical"),
+        "{line}"
+    );
+    c.agents[2].set(HEALTH_KEY, &good.to_gossip()).unwrap();
+    wait(Duration::from_secs(10), "the health handler again", || {
+        lines_of_1_about_3().len() > before + 1
+    });
+    let line = lines_of_1_about_3()[before + 1].clone();
+    assert!(!line.contains("power"), "{line}");
+    // A change of anything else (monitoring, a service) is no health event.
+    c.client(2).change_service("web", true).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        lines_of_1_about_3().len(),
+        before + 2,
+        "{:?}",
+        lines_of_1_about_3()
+    );
 }

@@ -127,6 +127,31 @@ fn chromium_renders_every_node_with_its_phi_after_the_script_ran() {
         4 * headings,
         "{headings} headings, {labelled} labelled cells"
     );
+    // Each node's health as the API words it: the worst state and the checks that have it.
+    let mut shown = texts_after(&dom, r#"class="health "#);
+    shown.sort();
+    let mut expected: Vec<String> = c
+        .client(1)
+        .nodes()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let worst = n.health.state;
+            let names: Vec<&str> = n
+                .health
+                .checks
+                .iter()
+                .filter(|c| c.state == worst && worst > herd::model::health::State::Ok)
+                .map(|c| c.name.as_str())
+                .collect();
+            match names.is_empty() {
+                true => worst.as_str().to_string(),
+                false => format!("{}: {}", worst.as_str(), names.join(", ")),
+            }
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(shown, expected);
     let versions = texts_after(&dom, r#"data-label="Version""#);
     let ours = versions.iter().filter(|v| *v == env!("CARGO_PKG_VERSION"));
     assert!(versions.len() == 4 && ours.count() >= 3, "{versions:?}");

@@ -78,7 +78,8 @@ pub struct ServiceSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerSection {
-    /// Which events: any of "join", "leave", "failure", "update" (services, name or address changed).
+    /// Which events: any of "join", "leave", "failure", "update" (services, name or address changed),
+    /// "health" (the member's health checks changed: a new problem, or one gone).
     pub on: Vec<HandlerEvent>,
     /// The command, given to `sh -c`, with the member in `HERD_*` environment variables.
     pub command: String,
@@ -95,6 +96,7 @@ pub enum HandlerEvent {
     Leave,
     Failure,
     Update,
+    Health,
 }
 
 impl HandlerEvent {
@@ -104,6 +106,7 @@ impl HandlerEvent {
             HandlerEvent::Leave => "leave",
             HandlerEvent::Failure => "failure",
             HandlerEvent::Update => "update",
+            HandlerEvent::Health => "health",
         }
     }
 }

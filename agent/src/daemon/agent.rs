@@ -22,11 +22,13 @@ use mdns_sd::ServiceDaemon;
 use super::api::{self, ApiState};
 use super::discovery::{self, Announcement, Change, Mdns};
 use super::handle::Handle;
+use super::health::HealthReader;
 use super::identity::{store_generation, Identity};
 use super::metadata::MetaData;
 use super::sampler::{Facts, Sample, Sampler, FACTS_KEY, SAMPLE_KEY};
 use crate::config::Config;
 use crate::gossip::{Event, EventKind, Gossiper, Member, NodeId, Stats, Transmit, SERVICES_KEY};
+use crate::model::health::{Health, HEALTH_KEY};
 use crate::model::published::check_node_name;
 
 /// How often seed host names are resolved again (a Pi's DHCP address may change).
@@ -266,7 +268,8 @@ impl Agent {
     }
 }
 
-/// Samples the machine every `interval` and gossips a sample when it moved noticeably.
+/// Samples the machine and reads its health every `interval`, and gossips either when it moved
+/// noticeably.
 async fn monitor_loop(handle: Handle, interval: Duration) {
     let mut sampler = match tokio::task::spawn_blocking(Sampler::new).await {
         Ok(Ok(s)) => s,
@@ -276,21 +279,33 @@ async fn monitor_loop(handle: Handle, interval: Duration) {
         }
         Err(_) => return,
     };
+    let mut health = HealthReader::new();
     let mut published: Option<Sample> = None;
+    let mut published_health: Option<Health> = None;
     let mut warned = false;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Ok((s, sample)) = tokio::task::spawn_blocking(move || {
+        let Ok((s, h, sample, now_health)) = tokio::task::spawn_blocking(move || {
             let x = sampler.sample();
-            (sampler, x)
+            let y = health.read(std::time::Instant::now());
+            (sampler, health, x, y)
         })
         .await
         else {
             return;
         };
-        sampler = s;
+        (sampler, health) = (s, h);
+        if published_health
+            .as_ref()
+            .is_none_or(|p| now_health.differs_from(p))
+        {
+            match handle.set(HEALTH_KEY, &now_health.to_gossip()) {
+                Ok(()) => published_health = Some(now_health),
+                Err(e) => tracing::warn!(error = %e, "cannot publish health"),
+            }
+        }
         let sample = match sample {
             Ok(x) => x,
             Err(e) => {

@@ -4,7 +4,9 @@
 //! how they ended.
 //!
 //! "update" means the member's services, name or addresses changed: monitoring samples, which change every
-//! few seconds, do not count. A failed node that comes back, or restarts, is a join again.
+//! few seconds, do not count. "health" means the member's health problems changed: a check that became
+//! warning or critical, or went back to ok (a node first seen with a problem counts too). A failed node
+//! that comes back, or restarts, is a join again.
 
 use std::collections::{HashMap, VecDeque};
 use std::process::Stdio;
@@ -15,6 +17,7 @@ use tokio::sync::{broadcast, Notify};
 use super::handle::Handle;
 use crate::config::{HandlerEvent, HandlerSection};
 use crate::gossip::{EventKind, Liveness, NodeId};
+use crate::model::health::State;
 use crate::model::views::NodeView;
 
 /// Events waiting for their handlers beyond this are dropped (and logged): a handler that hangs for its
@@ -60,7 +63,26 @@ pub fn environment(
             format!("{:?}", member.state).to_lowercase(),
         ),
         ("HERD_MEMBER_SERVICES".into(), member.services.join(",")),
+        (
+            "HERD_MEMBER_HEALTH".into(),
+            member.health.state.as_str().into(),
+        ),
+        ("HERD_MEMBER_PROBLEMS".into(), problems_of(member)),
     ]
+}
+
+/// The member's health problems: `check:state` for each check that is warning or critical, by name
+/// (`clock:warning,power:critical`), what a "health" event compares.
+fn problems_of(n: &NodeView) -> String {
+    let mut p: Vec<String> = n
+        .health
+        .checks
+        .iter()
+        .filter(|c| c.state > State::Ok)
+        .map(|c| format!("{}:{}", c.name, c.state.as_str()))
+        .collect();
+    p.sort();
+    p.join(",")
 }
 
 /// What an update handler cares about: a change of anything else is not an update.
@@ -87,14 +109,32 @@ pub fn spawn(
     let ready = Arc::new(Notify::new());
     let wanted: Vec<HandlerEvent> = handlers.iter().flat_map(|h| h.on.clone()).collect();
     let wants_update = wanted.contains(&HandlerEvent::Update);
+    let wants_health = wanted.contains(&HandlerEvent::Health);
     let collector = {
         let (queue, ready, handle) = (queue.clone(), ready.clone(), handle.clone());
         let mut events = handle.subscribe();
         tokio::spawn(async move {
             let mut seen: HashMap<NodeId, _> = HashMap::new();
+            // The problems last seen of each member, for "health".
+            let mut health: HashMap<NodeId, String> = HashMap::new();
             for m in handle.members() {
-                seen.insert(m.id, (identity_of(&NodeView::from_member(&m)), m.liveness));
+                let view = NodeView::from_member(&m);
+                health.insert(m.id, problems_of(&view));
+                seen.insert(m.id, (identity_of(&view), m.liveness));
             }
+            let push = |job: Job| {
+                let mut q = queue.lock().expect("queue lock");
+                if q.len() >= QUEUE_LIMIT {
+                    tracing::warn!(
+                        event = job.event.as_str(),
+                        "handler queue full: event dropped"
+                    );
+                    return;
+                }
+                q.push_back(job);
+                drop(q);
+                ready.notify_one();
+            };
             loop {
                 let e = match events.recv().await {
                     Ok(e) => e,
@@ -112,18 +152,24 @@ pub fn spawn(
                         let me = NodeView::from_member(me);
                         for m in members.iter().filter(|m| !m.is_self) {
                             let view = NodeView::from_member(m);
+                            let problems = problems_of(&view);
+                            let was = health.insert(m.id, problems.clone());
+                            if wants_health && health_changed(was.as_deref(), &problems) {
+                                push(Job {
+                                    event: HandlerEvent::Health,
+                                    env: environment(HandlerEvent::Health, &view, &cluster, &me),
+                                });
+                            }
                             let before = seen.insert(m.id, (identity_of(&view), m.liveness));
                             let Some(event) = catch_up_event(before.as_ref(), &view, m.liveness)
                             else {
                                 continue;
                             };
                             if wanted.contains(&event) {
-                                let job = Job {
+                                push(Job {
                                     event,
                                     env: environment(event, &view, &cluster, &me),
-                                };
-                                queue.lock().expect("queue lock").push_back(job);
-                                ready.notify_one();
+                                });
                             }
                         }
                         continue;
@@ -133,13 +179,14 @@ pub fn spawn(
                 let Some(event) = handler_event(e.kind) else {
                     if e.kind == EventKind::Reaped {
                         seen.remove(&e.node);
+                        health.remove(&e.node);
                     }
                     continue;
                 };
                 // Most events are monitoring updates: skip what no handler wants before copying the
                 // member list. With an "update" handler every membership event is followed, to know
                 // each member's last identity.
-                if !wants_update && !wanted.contains(&event) {
+                if !wants_update && !wants_health && !wanted.contains(&event) {
                     continue;
                 }
                 let members = handle.members();
@@ -150,6 +197,17 @@ pub fn spawn(
                     continue;
                 };
                 let view = NodeView::from_member(member);
+                let me = NodeView::from_member(me);
+                if wants_health && !member.is_self {
+                    let problems = problems_of(&view);
+                    let was = health.insert(e.node, problems.clone());
+                    if health_changed(was.as_deref(), &problems) {
+                        push(Job {
+                            event: HandlerEvent::Health,
+                            env: environment(HandlerEvent::Health, &view, &cluster, &me),
+                        });
+                    }
+                }
                 let id = identity_of(&view);
                 // An "updated" event is an update only when it changed the member's identity.
                 let unchanged = seen.get(&e.node).map(|(id, _)| id) == Some(&id);
@@ -157,18 +215,10 @@ pub fn spawn(
                 if !wanted.contains(&event) || (event == HandlerEvent::Update && unchanged) {
                     continue;
                 }
-                let job = Job {
+                push(Job {
                     event,
-                    env: environment(event, &view, &cluster, &NodeView::from_member(me)),
-                };
-                let mut q = queue.lock().expect("queue lock");
-                if q.len() >= QUEUE_LIMIT {
-                    tracing::warn!(event = event.as_str(), member = %view.name, "handler queue full: event dropped");
-                    continue;
-                }
-                q.push_back(job);
-                drop(q);
-                ready.notify_one();
+                    env: environment(event, &view, &cluster, &me),
+                });
             }
         })
     };
@@ -211,6 +261,15 @@ fn catch_up_event(
         Some((_, was)) if !up(*was) && up(liveness) => Some(HandlerEvent::Join),
         Some((id, _)) if up(liveness) && *id != identity_of(now) => Some(HandlerEvent::Update),
         Some(_) => None,
+    }
+}
+
+/// Whether a member's problems changed enough for a "health" event: any change once seen, or problems at
+/// first sight.
+fn health_changed(before: Option<&str>, now: &str) -> bool {
+    match before {
+        None => !now.is_empty(),
+        Some(b) => b != now,
     }
 }
 

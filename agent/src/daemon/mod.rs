@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod discovery;
 pub mod handle;
+pub mod health;
 pub mod hooks;
 pub mod identity;
 pub mod metadata;

@@ -172,6 +172,7 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
                 && s.temp.is_none_or(f32::is_finite);
             fits(finite, "finite figures")
         }
+        super::health::HEALTH_KEY => super::health::Health::check(value),
         FACTS_KEY => {
             let f: Facts = serde_json::from_str(value).map_err(|e| format!("{key}: {e}"))?;
             // The strings as decoded: JSON escapes (`\u001b`, `\n`) pass the raw text's check.

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::gossip::{Liveness, Member};
+use crate::model::health::{self, Health, HealthView, HEALTH_KEY};
 use crate::model::published::{self, Facts, Sample, FACTS_KEY, SAMPLE_KEY, SERVICES_KEY};
 
 /// Everything about one node: `GET /api/v1/nodes` returns an array of these.
@@ -37,12 +38,17 @@ pub struct NodeView {
     /// (absent from agents before per-node keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// The node's health checks, with advice (every check `unknown` for agents before health).
+    #[serde(default)]
+    pub health: HealthView,
 }
 
 impl NodeView {
     pub fn from_member(m: &Member) -> NodeView {
         let kv = |k: &str| m.kvs.get(k).map(String::as_str);
         let facts: Option<Facts> = kv(FACTS_KEY).and_then(|v| serde_json::from_str(v).ok());
+        let monitoring: Option<Sample> = kv(SAMPLE_KEY).and_then(|v| serde_json::from_str(v).ok());
+        let health: Option<Health> = kv(HEALTH_KEY).and_then(|v| serde_json::from_str(v).ok());
         NodeView {
             id: m.id.to_string(),
             name: kv("name").unwrap_or("").to_string(),
@@ -59,7 +65,16 @@ impl NodeView {
             services: kv(SERVICES_KEY)
                 .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default(),
-            monitoring: kv(SAMPLE_KEY).and_then(|v| serde_json::from_str(v).ok()),
+            health: health::checks(
+                health.as_ref(),
+                health::Readings {
+                    temp: monitoring.as_ref().and_then(|m| m.temp),
+                    disk: monitoring.as_ref().map(|m| (m.disk_used, m.disk_total)),
+                    memory: monitoring.as_ref().map(|m| m.mem_total),
+                    model: facts.as_ref().and_then(|f| f.model.as_deref()),
+                },
+            ),
+            monitoring,
             uptime_s: facts.as_ref().map(|f| published::uptime(f.boot).as_secs()),
             facts,
             knows_serving_node_as: m.knows_me_as,

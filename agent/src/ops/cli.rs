@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 
 use crate::client::Client;
+use crate::model::health::State;
 use crate::model::views::NodeView;
 
 /// Where to reach the cluster and how to authenticate.
@@ -133,9 +134,10 @@ pub fn members(t: &Target) -> anyhow::Result<()> {
 /// The member table: one line per node.
 pub fn table(nodes: &[NodeView]) -> String {
     let header = [
-        "NAME", "ADDRESS", "STATE", "PHI", "CPU", "MEM", "LOAD1", "TEMP", "VERSION", "SERVICES",
+        "NAME", "ADDRESS", "STATE", "PHI", "CPU", "MEM", "LOAD1", "TEMP", "HEALTH", "VERSION",
+        "SERVICES",
     ];
-    let rows: Vec<[String; 10]> = nodes
+    let rows: Vec<[String; 11]> = nodes
         .iter()
         .map(|n| {
             let m = n.monitoring.as_ref();
@@ -157,6 +159,7 @@ pub fn table(nodes: &[NodeView]) -> String {
                 m.map_or("-".into(), |m| format!("{:.2}", m.load[0])),
                 m.and_then(|m| m.temp)
                     .map_or("-".into(), |t| format!("{t:.0}C")),
+                health_cell(n),
                 n.version.clone().unwrap_or_else(|| "-".into()),
                 if n.services.is_empty() {
                     "-".into()
@@ -186,7 +189,45 @@ pub fn table(nodes: &[NodeView]) -> String {
     for r in &rows {
         line(r.iter().map(String::as_str).collect(), &mut out);
     }
+    // What is wrong, in words, under the table.
+    for n in nodes {
+        for c in n.health.checks.iter().filter(|c| c.state > State::Ok) {
+            out.push_str(&format!(
+                "\n{}: {} {}: {}.",
+                n.name,
+                c.name,
+                c.state.as_str(),
+                c.detail
+            ));
+            if let Some(a) = &c.advice {
+                let mut chars = a.chars();
+                let first: String = chars
+                    .next()
+                    .into_iter()
+                    .flat_map(char::to_uppercase)
+                    .collect();
+                out.push_str(&format!(" {first}{}.", chars.as_str()));
+            }
+            out.push('\n');
+        }
+    }
     out
+}
+
+/// The member table's health cell: the worst state and which checks have it (`warning: clock`).
+fn health_cell(n: &NodeView) -> String {
+    let worst = n.health.state;
+    if worst <= State::Ok {
+        return worst.as_str().to_string();
+    }
+    let names: Vec<&str> = n
+        .health
+        .checks
+        .iter()
+        .filter(|c| c.state == worst)
+        .map(|c| c.name.as_str())
+        .collect();
+    format!("{}: {}", worst.as_str(), names.join(","))
 }
 
 /// `herd meta-data add-service|remove-service NODE SERVICE`: finds NODE (name, id or address) through the

@@ -817,6 +817,7 @@ fn join_kill_poweroff(
     each_card_is_itself(vms)?;
     let wifi_seen = users_log_in(vms, opts, imager, wifi)?;
     all_find_each_other(vms)?;
+    health_is_seen(vms, opts)?;
     let detected = one_crashes(vms, restart, upgrade)?;
     let left = one_leaves(vms)?;
     print_timings(vms, upgrade.is_some(), detected, left, wifi_seen);
@@ -955,6 +956,96 @@ fn all_find_each_other(vms: &mut [Vm]) -> anyhow::Result<()> {
         },
     )?;
     println!("    every VM lists {want:?} alive");
+    Ok(())
+}
+
+/// A check of `node` as the VM at `ip` shows it: (state, detail).
+fn check_of(ip: Ipv4Addr, node: &str, check: &str) -> Option<(String, String)> {
+    let v = get_json(ip, "/api/v1/nodes").ok()?;
+    let n = v.as_array()?.iter().find(|n| n["id"] == node)?;
+    let c = n["health"]["checks"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == check)?;
+    Some((c["state"].as_str()?.into(), c["detail"].as_str()?.into()))
+}
+
+/// Health, seen from another card: the test LAN has no NTP server, so every VM's clock is
+/// unsynchronised, and the third VM's root file system remounted read-only (what ext4's
+/// `errors=remount-ro` does to a failing card) is "critical" on the first VM's API, then ok again once
+/// it is writable. Needs the image's user and password (for sudo).
+fn health_is_seen(vms: &[Vm], opts: &Options) -> anyhow::Result<()> {
+    let (Some(user), Some(identity), Some(password)) = (
+        opts.user.as_deref(),
+        opts.ssh_identity.as_deref(),
+        opts.password.as_deref(),
+    ) else {
+        println!("    health: skipped (no user, key and password given)");
+        return Ok(());
+    };
+    let (watcher, card) = (&vms[0], &vms[2]);
+    let clock = until(
+        Instant::now(),
+        Duration::from_secs(60),
+        &format!(
+            "{}'s clock shown unsynchronised on {}",
+            card.name, watcher.name
+        ),
+        || check_of(watcher.ip, &card.id, "clock").filter(|(state, _)| state == "warning"),
+    )?;
+    // journald holds files open for writing under /var/log/journal: it moves to /run first, else the
+    // remount is refused as busy; should another writer hold one, the kernel's emergency remount (what
+    // SysRq-U does, all file systems read-only at once) stands in.
+    let sudo = |script: &str| {
+        ssh(
+            card,
+            user,
+            identity,
+            &format!("sudo -S -p '' sh -c '{script}' 2>&1; echo \"rc=$?\""),
+            Some(&format!("{password}\n")),
+        )
+        .unwrap_or_default()
+    };
+    let said = sudo(
+        "journalctl --relinquish-var; sync; mount -o remount,ro / || (echo u > /proc/sysrq-trigger; \
+         sleep 2; grep -Eq \" / [^ ]+ ro[, ]\" /proc/mounts)",
+    );
+    if !said.contains("rc=0") {
+        bail!("{}: cannot remount / read-only: {said}", card.name);
+    }
+    let since = Instant::now();
+    let result = until(
+        since,
+        Duration::from_secs(60),
+        &format!(
+            "{}'s read-only root shown critical on {}",
+            card.name, watcher.name
+        ),
+        || check_of(watcher.ip, &card.id, "filesystem").filter(|(state, _)| state == "critical"),
+    );
+    let back = sudo(
+        "mount -o remount,rw / && (mount -o remount,rw /boot/firmware 2>/dev/null; true) && \
+         journalctl --flush",
+    );
+    let (_, detail) = result?;
+    let shown = since.elapsed();
+    if !back.contains("rc=0") {
+        bail!("{}: cannot remount / writable again: {back}", card.name);
+    }
+    until(
+        Instant::now(),
+        Duration::from_secs(60),
+        &format!("{}'s root writable again on {}", card.name, watcher.name),
+        || check_of(watcher.ip, &card.id, "filesystem").filter(|(state, _)| state == "ok"),
+    )?;
+    println!(
+        "    health on {}: {}'s clock {:?} (no NTP server on the test LAN); its root remounted \
+         read-only: {detail:?}, critical after {:.1} s, ok again once writable",
+        watcher.name,
+        card.name,
+        clock.1,
+        shown.as_secs_f64()
+    );
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use warp::{Rejection, Reply};
 
 use super::{reject, ApiState};
 use crate::gossip::Liveness;
+use crate::model::health::State;
 use crate::model::views::{self, NodeView};
 
 /// One row of the dashboard, formatted for people.
@@ -29,6 +30,9 @@ pub(super) struct Row {
     mem: String,
     load: String,
     temp: String,
+    health: String,
+    health_class: &'static str,
+    health_title: String,
     services: Vec<String>,
     version: String,
     last_heard: String,
@@ -81,6 +85,41 @@ impl Row {
             temp: m
                 .and_then(|m| m.temp)
                 .map_or_else(dash, |t| format!("{t:.1} °C")),
+            health: {
+                let worst = n.health.state;
+                let names: Vec<&str> = n
+                    .health
+                    .checks
+                    .iter()
+                    .filter(|c| c.state == worst && worst > State::Ok)
+                    .map(|c| c.name.as_str())
+                    .collect();
+                if names.is_empty() {
+                    worst.as_str().to_string()
+                } else {
+                    format!("{}: {}", worst.as_str(), names.join(", "))
+                }
+            },
+            health_class: match n.health.state {
+                State::Ok => "ok",
+                State::Warning => "warn",
+                State::Critical => "bad",
+                State::Unknown => "",
+            },
+            health_title: n
+                .health
+                .checks
+                .iter()
+                .map(|c| {
+                    let advice = c
+                        .advice
+                        .as_ref()
+                        .map(|a| format!(". {a}"))
+                        .unwrap_or_default();
+                    format!("{}: {}, {}{advice}", c.name, c.state.as_str(), c.detail)
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
             services: n.services.clone(),
             version: n.version.clone().unwrap_or_else(dash),
             last_heard: if n.is_self {

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::server::Counters;
 use crate::gossip::{Liveness, Member, Stats};
+use crate::model::health::State;
 
 /// Renders the node's metrics.
 pub fn render(members: &[Member], stats: &Stats, threshold: f64) -> String {
@@ -141,6 +142,33 @@ pub fn render(members: &[Member], stats: &Stats, threshold: f64) -> String {
             escape(peer_name),
             number(m.phi)
         );
+    }
+
+    let name = "herd_health";
+    header(
+        o,
+        name,
+        "gauge",
+        "Each node's health checks as it gossiped them: -1 unknown (no source on that machine), 0 ok, \
+         1 warning, 2 critical (GET /api/v1/nodes gives the words and the advice).",
+    );
+    for m in members.iter().filter(|m| m.liveness == Liveness::Alive) {
+        let view = crate::model::views::NodeView::from_member(m);
+        for c in &view.health.checks {
+            let value = match c.state {
+                State::Unknown => -1,
+                State::Ok => 0,
+                State::Warning => 1,
+                State::Critical => 2,
+            };
+            let _ = writeln!(
+                o,
+                "{name}{{node=\"{}\",name=\"{}\",check=\"{}\"}} {value}",
+                m.id,
+                escape(&view.name),
+                c.name
+            );
+        }
     }
     out
 }
