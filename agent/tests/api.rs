@@ -83,6 +83,58 @@ fn every_endpoint_answers_with_the_right_status_and_body() {
         })
     });
 
+    // The last hour of every node, kept in memory: this node's own points (one each 5 s at most) first,
+    // then each other member's gossiped sample (one a minute), every figure in range.
+    let nodes = json(&api.raw("GET", "/api/v1/nodes", false).unwrap());
+    let own = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["is_self"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut history = serde_json::Value::Null;
+    wait(Duration::from_secs(10), "every node's history", || {
+        history = json(&api.raw("GET", "/api/v1/history", false).unwrap());
+        history.as_array().unwrap().len() == 3
+    });
+    let series = history.as_array().unwrap();
+    assert_eq!(series[0]["id"], own.as_str());
+    assert_eq!(series[0]["step_s"], 5);
+    assert!(series[1..]
+        .iter()
+        .all(|s| s["step_s"] == 60 && s["id"] != own.as_str()));
+    for s in series {
+        let points = s["points"].as_array().unwrap();
+        assert!(!points.is_empty(), "{s}");
+        assert!(points
+            .windows(2)
+            .all(|w| w[0]["t"].as_u64() < w[1]["t"].as_u64()));
+        for p in points {
+            let pct = |k: &str| p[k].as_f64().unwrap_or(-1.0);
+            assert!((0.0..=100.0).contains(&pct("cpu")), "{p}");
+            assert!(pct("mem") > 0.0 && pct("mem") <= 100.0, "{p}");
+            assert!(pct("load") >= 0.0, "{p}");
+        }
+    }
+    let peer = series[1]["id"].as_str().unwrap();
+    let one = json(
+        &api.raw("GET", &format!("/api/v1/history/{peer}"), false)
+            .unwrap(),
+    );
+    assert_eq!(one["id"], peer);
+    assert!(!one["points"].as_array().unwrap().is_empty());
+    let e = error_of(
+        &api.raw("GET", "/api/v1/history/abcdef", false).unwrap(),
+        404,
+    );
+    assert!(
+        e.contains("\"abcdef\"") && e.contains("not a member"),
+        "{e}"
+    );
+
     // Writes need the token.
     let path = "/meta-data/add-service/nginx_webserver";
     assert!(error_of(&api.raw("PUT", path, false).unwrap(), 401).contains("Authorization"));

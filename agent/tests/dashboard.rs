@@ -1,7 +1,7 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium`) opens a 4-node cluster's page
 //! (services on two nodes, one node gone with a goodbye), lets its JavaScript fetch `/api/v1/nodes` and
-//! redraw, and the test reads the resulting DOM: every node's name, state, φ / threshold, services and
-//! link. Screenshots (desktop and phone widths) land in `target/tmp/`; with
+//! redraw, and the test reads the resulting DOM: every node's name, state, φ / threshold, services,
+//! link, health, and the last hour's CPU line against `/api/v1/history`. Screenshots (desktop and phone widths) land in `target/tmp/`; with
 //! `HERD_SCREENSHOT_DIR` set (`cargo xtask screenshot` sets it to `docs/`), the desktop one is copied
 //! there too, for the README.
 
@@ -64,6 +64,33 @@ fn texts_after(dom: &str, marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// The sparklines' size, as the page draws them.
+const SPARK_W: f64 = 120.0;
+const SPARK_H: f64 = 24.0;
+
+/// Node 1's `/api/v1/history`.
+fn history_json(c: &Cluster) -> serde_json::Value {
+    let r = c.client(1).raw("GET", "/api/v1/history", false).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// The points of every `<polyline>` in `dom`.
+fn polylines(dom: &str) -> Vec<Vec<(f64, f64)>> {
+    dom.match_indices("<polyline points=\"")
+        .map(|(i, m)| {
+            let rest = &dom[i + m.len()..];
+            rest[..rest.find('"').expect("a closing quote")]
+                .split(' ')
+                .map(|xy| {
+                    let (x, y) = xy.split_once(',').expect("x,y");
+                    (x.parse().unwrap(), y.parse().unwrap())
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[test]
 fn chromium_renders_every_node_with_its_phi_after_the_script_ran() {
     // Four agents, two with services, and one that then says goodbye: the page shows each state.
@@ -83,6 +110,12 @@ fn chromium_renders_every_node_with_its_phi_after_the_script_ran() {
         let nodes = c.client(2).nodes().unwrap();
         nodes.iter().map(|n| n.services.len()).sum::<usize>() == 3
     });
+    wait(
+        Duration::from_secs(10),
+        "every alive node's history",
+        || history_json(&c).as_array().unwrap().len() >= 3,
+    );
+    let history_before = history_json(&c);
     let url = format!("{}/", c.url(1));
     let dom = headless(&["--dump-dom"], &url);
 
@@ -155,6 +188,48 @@ fn chromium_renders_every_node_with_its_phi_after_the_script_ran() {
     let versions = texts_after(&dom, r#"data-label="Version""#);
     let ours = versions.iter().filter(|v| *v == env!("CARGO_PKG_VERSION"));
     assert!(versions.len() == 4 && ours.count() >= 3, "{versions:?}");
+
+    // Each node's last hour of CPU, drawn by the page as an SVG line from `/api/v1/history`: every line
+    // is one the API's series gives (as read before or after the page read it: the serving node adds a
+    // point each 5 s), x by time over the hour, y by CPU over 100 %.
+    let lines = polylines(&dom);
+    let series = |h: &serde_json::Value| -> Vec<Vec<(f64, f64)>> {
+        h.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let points = s["points"].as_array().unwrap();
+                let end = points.last().unwrap()["t"].as_f64().unwrap();
+                points
+                    .iter()
+                    .map(|p| {
+                        let x = SPARK_W - (end - p["t"].as_f64().unwrap()) / 3600.0 * SPARK_W;
+                        let y = SPARK_H
+                            - p["cpu"].as_f64().unwrap().clamp(0.0, 100.0) / 100.0 * SPARK_H;
+                        (x, y)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let mut expected = series(&history_before);
+    expected.extend(series(&history_json(&c)));
+    assert!(
+        lines.len() >= 3,
+        "a line for each alive node at least: {lines:?}"
+    );
+    for line in &lines {
+        let same = |e: &Vec<(f64, f64)>| {
+            e.len() == line.len()
+                && e.iter()
+                    .zip(line)
+                    .all(|(a, b)| (a.0 - b.0).abs() <= 0.051 && (a.1 - b.1).abs() <= 0.051)
+        };
+        assert!(
+            expected.iter().any(same),
+            "a line the API does not give: {line:?}\nexpected one of {expected:?}"
+        );
+    }
 
     // Screenshots, for people (and readable on a phone: the table scrolls inside its box).
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));

@@ -29,6 +29,7 @@ use super::sampler::{Facts, Sample, Sampler, FACTS_KEY, SAMPLE_KEY};
 use crate::config::Config;
 use crate::gossip::{Event, EventKind, Gossiper, Member, NodeId, Stats, Transmit, SERVICES_KEY};
 use crate::model::health::{Health, HEALTH_KEY};
+use crate::model::history::{History, Point};
 use crate::model::published::check_node_name;
 
 /// How often seed host names are resolved again (a Pi's DHCP address may change).
@@ -94,6 +95,8 @@ impl Agent {
 
         let (events, _) = broadcast::channel(1024);
         let handle = Handle {
+            history: Arc::new(Mutex::new(History::new(gossiper.id().to_string()))),
+            history_json: Arc::default(),
             gossiper: Arc::new(Mutex::new(gossiper)),
             started,
             events,
@@ -316,12 +319,56 @@ async fn monitor_loop(handle: Handle, interval: Duration) {
                 continue;
             }
         };
+        record_history(&handle, &sample, published_health.as_ref());
         if published.as_ref().is_none_or(|p| sample.differs_from(p)) {
             if let Err(e) = handle.set(SAMPLE_KEY, &sample.to_gossip()) {
                 tracing::warn!(error = %e, "cannot publish monitoring");
             }
             published = Some(sample);
         }
+    }
+}
+
+/// Adds this node's sample, and every other alive member's last gossiped one, to the history.
+fn record_history(handle: &Handle, own: &Sample, health: Option<&Health>) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let point = |s: &Sample, writes: Option<u64>| Point {
+        t,
+        cpu: s.cpu,
+        mem: (100.0 * s.mem_used as f64 / s.mem_total.max(1) as f64) as f32,
+        load: s.load[0] as f32,
+        temp: s.temp,
+        writes,
+    };
+    let members = handle.members();
+    let mut history = handle.history.lock().expect("history lock poisoned");
+    history.keep_only(&members.iter().map(|m| m.id.to_string()).collect());
+    for m in &members {
+        if m.is_self {
+            history.record(
+                &m.id.to_string(),
+                point(own, health.and_then(|h| h.writes_per_hour)),
+            );
+            continue;
+        }
+        if m.liveness != crate::gossip::Liveness::Alive {
+            continue;
+        }
+        let Some(s) = m
+            .kvs
+            .get(SAMPLE_KEY)
+            .and_then(|v| serde_json::from_str::<Sample>(v).ok())
+        else {
+            continue;
+        };
+        let writes = m
+            .kvs
+            .get(HEALTH_KEY)
+            .and_then(|v| serde_json::from_str::<Health>(v).ok())
+            .and_then(|h| h.writes_per_hour);
+        history.record(&m.id.to_string(), point(&s, writes));
     }
 }
 

@@ -4,9 +4,11 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use hyper::body::Bytes;
 use tokio::sync::broadcast;
 
 use crate::gossip::{Event, Gossiper, Member, NodeId, Stats};
+use crate::model::history::{History, Series};
 
 /// Shared access to a running agent's state. Locks are brief and never held across an `.await`.
 #[derive(Clone)]
@@ -14,6 +16,10 @@ pub struct Handle {
     pub(super) gossiper: Arc<Mutex<Gossiper>>,
     pub(super) started: Instant,
     pub(super) events: broadcast::Sender<Event>,
+    /// The last hour of every node's figures (in memory only).
+    pub(super) history: Arc<Mutex<History>>,
+    /// Its JSON as last encoded, and the history's revision then.
+    pub(super) history_json: Arc<Mutex<Option<(u64, Bytes)>>>,
 }
 
 impl Handle {
@@ -43,6 +49,34 @@ impl Handle {
     /// Membership events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Every node's last hour, the serving node first, as JSON. Encoded once for each change and shared
+    /// by every reader, so readers by the hundred hold one copy between them.
+    pub fn history_json(&self) -> Bytes {
+        let history = self.history.lock().expect("history lock poisoned");
+        let mut cache = self
+            .history_json
+            .lock()
+            .expect("history cache lock poisoned");
+        match &*cache {
+            Some((revision, json)) if *revision == history.revision() => json.clone(),
+            _ => {
+                let json = Bytes::from(
+                    serde_json::to_vec(&history.all()).expect("history encodes as JSON"),
+                );
+                *cache = Some((history.revision(), json.clone()));
+                json
+            }
+        }
+    }
+
+    /// One node's last hour.
+    pub fn history_of(&self, node: &str) -> Option<Series> {
+        self.history
+            .lock()
+            .expect("history lock poisoned")
+            .series(node)
     }
 
     /// Sets a key of this node's gossiped state.

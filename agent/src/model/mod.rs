@@ -4,6 +4,7 @@
 //! each other.
 
 pub mod health;
+pub mod history;
 pub mod proof;
 pub mod published;
 pub mod upgrade;

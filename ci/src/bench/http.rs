@@ -110,7 +110,12 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     println!("| endpoint | body | achieved req/s | p50 | p99 | max | errors | p99 vs /healthz |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut baseline = None;
-    for path in ["/healthz", "/nodes/alive", "/api/v1/nodes"] {
+    for path in [
+        "/healthz",
+        "/nodes/alive",
+        "/api/v1/nodes",
+        "/api/v1/history",
+    ] {
         let r = load_from_child(api, path, rate, secs)?;
         let base = *baseline.get_or_insert(r.p99_ms);
         println!(

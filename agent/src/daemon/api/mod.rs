@@ -205,6 +205,32 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::get())
         .and(st.clone())
         .map(|s: ApiState| warp::reply::json(&views::nodes(&s.handle.members())));
+    let history = warp::path!("api" / "v1" / "history")
+        .and(warp::get())
+        .and(st.clone())
+        .map(|s: ApiState| {
+            let mut reply = warp::reply::Response::new(s.handle.history_json().into());
+            reply.headers_mut().insert(
+                warp::http::header::CONTENT_TYPE,
+                warp::http::HeaderValue::from_static("application/json"),
+            );
+            reply
+        });
+    let history_of = warp::path!("api" / "v1" / "history" / String)
+        .and(warp::get())
+        .and(st.clone())
+        .and_then(|node: String, s: ApiState| async move {
+            match s.handle.history_of(&node) {
+                Some(series) => Ok(warp::reply::json(&series)),
+                None => Err(reject(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no history of node {:?} here: not a member, or none of its samples yet",
+                        node.chars().take(40).collect::<String>()
+                    ),
+                )),
+            }
+        });
     let events = warp::path!("api" / "v1" / "events")
         .and(warp::get())
         .and(st.clone())
@@ -284,6 +310,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(add)
         .or(remove)
         .or(nodes)
+        .or(history)
+        .or(history_of)
         .or(events)
         .or(upgrade_view)
         .or(upload)
