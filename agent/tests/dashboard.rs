@@ -75,6 +75,87 @@ fn history_json(c: &Cluster) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap()
 }
 
+/// Node 1's `/api/v1/history/:id`.
+fn node_history(c: &Cluster, id: &str) -> serde_json::Value {
+    let r = c
+        .client(1)
+        .raw("GET", &format!("/api/v1/history/{id}"), false)
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// A line as drawn: its points' x and y in the drawing's units.
+type Line = Vec<(f64, f64)>;
+
+/// The node page's charts: each one's key, top and line.
+fn charts(dom: &str) -> Vec<(String, f64, Line)> {
+    let attr = |tag: &str, name: &str| -> Option<String> {
+        let i = tag.find(&format!("{name}=\""))? + name.len() + 2;
+        Some(tag[i..i + tag[i..].find('"')?].to_string())
+    };
+    dom.match_indices("<svg class=\"chart\"")
+        .map(|(i, _)| {
+            let tag = &dom[i..i + dom[i..].find('>').unwrap()];
+            let key = dom[..i]
+                .rfind("data-key=\"")
+                .map(|k| attr(&dom[k..], "data-key").unwrap())
+                .unwrap();
+            let top = attr(tag, "data-top").unwrap().parse().unwrap();
+            let line = polylines(&dom[i..]).into_iter().next().unwrap();
+            (key, top, line)
+        })
+        .collect()
+}
+
+/// The line the node page draws for `key` from a `/api/v1/history/:id` answer.
+fn chart_line(h: &serde_json::Value, key: &str, top: f64) -> Vec<(f64, f64)> {
+    let points = h["points"].as_array().unwrap();
+    let Some(end) = points.last().map(|p| p["t"].as_f64().unwrap()) else {
+        return Vec::new();
+    };
+    let scale = if key == "writes" { 1e-6 } else { 1.0 };
+    points
+        .iter()
+        .filter_map(|p| {
+            let v = p[key].as_f64()? * scale;
+            assert!(v <= top, "{key} {v} above the chart's top {top}");
+            let x = 600.0 - (end - p["t"].as_f64().unwrap()) / 3600.0 * 600.0;
+            Some((x, 100.0 - v.clamp(0.0, top) / top * 100.0))
+        })
+        .collect()
+}
+
+/// Whether two drawn lines are the same, to the page's one decimal.
+fn same_line(a: &[(f64, f64)], b: &[(f64, f64)]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(a, b)| (a.0 - b.0).abs() <= 0.051 && (a.1 - b.1).abs() <= 0.051)
+}
+
+/// Screenshots of `url` at each (file, size), in `target/tmp/`.
+fn shots(url: &str, what: &str, sizes: &[(&str, &str)]) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for (file, size) in sizes {
+        let path = dir.join(format!("{file}.png"));
+        let _ = std::fs::remove_file(&path);
+        headless(
+            &[
+                &format!("--screenshot={}", path.display()),
+                &format!("--window-size={size}"),
+            ],
+            url,
+        );
+        let png = std::fs::read(&path).expect("a screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{what}: {file}"
+        );
+        println!("screenshot: {}", path.display());
+    }
+}
+
 /// The points of every `<polyline>` in `dom`.
 fn polylines(dom: &str) -> Vec<Vec<(f64, f64)>> {
     dom.match_indices("<polyline points=\"")
@@ -230,6 +311,83 @@ fn chromium_renders_every_node_with_its_phi_after_the_script_ran() {
             "a line the API does not give: {line:?}\nexpected one of {expected:?}"
         );
     }
+
+    // Each node's page: its hour in five charts, its health with the advice, the events seen here. A
+    // peer (joined) and the node that left.
+    let views = c.client(1).nodes().unwrap();
+    let peer = views
+        .iter()
+        .find(|n| !n.is_self && n.state == herd::gossip::Liveness::Alive)
+        .unwrap();
+    let gone = views
+        .iter()
+        .find(|n| n.state == herd::gossip::Liveness::Left)
+        .unwrap();
+    for n in &views {
+        // Every row links to the node's page on this node.
+        assert!(
+            dom.contains(&format!(r#"href="/node/{}""#, n.id)),
+            "no link to {}'s page",
+            n.name
+        );
+    }
+    for (node, event) in [(peer, "joined"), (gone, "left")] {
+        let before = node_history(&c, &node.id);
+        let page = format!("{}/node/{}", c.url(1), node.id);
+        let dom = headless(&["--dump-dom"], &page);
+        assert!(
+            dom.contains(r#"data-live="ok""#),
+            "the node page's script did not run:\n{dom}"
+        );
+        assert!(dom.contains(&format!("<h1>{}</h1>", node.name)), "{dom}");
+        let charts = charts(&dom);
+        let after = node_history(&c, &node.id);
+        let drawn: Vec<&str> = charts.iter().map(|c| c.0.as_str()).collect();
+        if node.state == herd::gossip::Liveness::Alive {
+            // Temperature and writes are unknown on this machine's kernel or too new to say.
+            for key in ["cpu", "mem", "load"] {
+                assert!(drawn.contains(&key), "no {key} chart: {drawn:?}");
+            }
+        }
+        for (key, top, line) in &charts {
+            let expected: Vec<Vec<(f64, f64)>> = [&before, &after]
+                .iter()
+                .map(|h| chart_line(h, key, *top))
+                .collect();
+            assert!(
+                expected.iter().any(|e| same_line(e, line)),
+                "{key}: a line the API does not give: {line:?}\nexpected one of {expected:?}"
+            );
+        }
+        // Health: a row per check, each with the API's words and advice.
+        let details = texts_after(&dom, r#"class="detail""#);
+        let advice = texts_after(&dom, r#"class="advice""#);
+        let api = &node.health.checks;
+        assert_eq!(
+            details,
+            api.iter().map(|c| c.detail.clone()).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            advice,
+            api.iter()
+                .filter_map(|c| c.advice.clone())
+                .collect::<Vec<_>>()
+        );
+        let events = texts_after(&dom, r#"class="event""#);
+        assert!(events.iter().any(|e| e == event), "{event}: {events:?}");
+        let (desktop, phone) = (format!("node-{event}"), format!("node-{event}-phone"));
+        shots(
+            &page,
+            "node",
+            &[(&desktop, "1440,900"), (&phone, "390,844")],
+        );
+    }
+    let e = c
+        .client(1)
+        .raw("GET", "/node/0000000000000000", false)
+        .unwrap();
+    assert_eq!(e.status, 404, "{}", e.body);
+    assert!(e.body.contains("no member"), "{}", e.body);
 
     // Screenshots, for people (and readable on a phone: the table scrolls inside its box).
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));

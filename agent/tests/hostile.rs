@@ -1258,6 +1258,7 @@ fn protect_reads_asks_for_the_token_everywhere_but_healthz() {
         "/api/v1/events",
         "/api/v1/history",
         "/api/v1/history/x",
+        "/node/x",
     ] {
         let (status, text) = get(&a, path, None);
         assert_eq!(status, 401, "{path}: {text}");

@@ -29,7 +29,7 @@ use super::sampler::{Facts, Sample, Sampler, FACTS_KEY, SAMPLE_KEY};
 use crate::config::Config;
 use crate::gossip::{Event, EventKind, Gossiper, Member, NodeId, Stats, Transmit, SERVICES_KEY};
 use crate::model::health::{Health, HEALTH_KEY};
-use crate::model::history::{History, Point};
+use crate::model::history::{History, NodeEvent, Point};
 use crate::model::published::check_node_name;
 
 /// How often seed host names are resolved again (a Pi's DHCP address may change).
@@ -134,6 +134,7 @@ impl Agent {
             handle.clone(),
             config.cluster.clone(),
         ));
+        helpers.push(tokio::spawn(record_events(handle.clone())));
         if config.monitoring.enabled {
             helpers.push(tokio::spawn(monitor_loop(
                 handle.clone(),
@@ -329,11 +330,44 @@ async fn monitor_loop(handle: Handle, interval: Duration) {
     }
 }
 
+/// Keeps the membership events (not the updates) in the history, with the time they were seen.
+async fn record_events(handle: Handle) {
+    let mut events = handle.events.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(e) if e.kind == EventKind::Updated => {}
+            Ok(e) => {
+                let kind = serde_json::to_value(e.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let event = NodeEvent {
+                    t: unix_now(),
+                    kind,
+                    generation: e.generation,
+                };
+                handle
+                    .history
+                    .lock()
+                    .expect("history lock poisoned")
+                    .event(&e.node.to_string(), event);
+            }
+            // Behind by more than the channel holds: the missed ones are lost to the history only.
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Adds this node's sample, and every other alive member's last gossiped one, to the history.
 fn record_history(handle: &Handle, own: &Sample, health: Option<&Health>) {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let t = unix_now();
     let point = |s: &Sample, writes: Option<u64>| Point {
         t,
         cpu: s.cpu,

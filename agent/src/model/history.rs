@@ -3,7 +3,8 @@
 //! sample once a [`PEER_STEP`]. Bounded by count as well as by age, so a fast interval or many members
 //! cannot make it grow: at most [`OWN_POINTS`] points for the node itself and [`PEER_POINTS`] for each
 //! of at most [`PEER_TRACKS`] other members (those first seen; a cluster of Pis is far smaller): about
-//! 0.8 MB in all (48 bytes a point), whatever the gossip's table holds.
+//! 0.8 MB in all (48 bytes a point), whatever the gossip's table holds. With them, the last
+//! [`EVENTS`] membership events (joined, suspect, dead, left, …) with the time they were seen here.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -19,6 +20,18 @@ pub const PEER_STEP: u64 = 60;
 pub const PEER_POINTS: usize = (SPAN_S / PEER_STEP) as usize;
 /// Other members with a history at most.
 pub const PEER_TRACKS: usize = 255;
+/// Membership events kept, of all nodes together.
+pub const EVENTS: usize = 256;
+
+/// A membership event as this node saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// Seconds since the Unix epoch, by this node's clock.
+    pub t: u64,
+    /// `joined`, `suspect`, `recovered`, `dead`, `left`, `restarted` or `reaped`.
+    pub kind: String,
+    pub generation: u64,
+}
 
 /// One moment of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -46,6 +59,9 @@ pub struct Series {
     /// Seconds between points at most (5 for the serving node, 60 for the others).
     pub step_s: u64,
     pub points: Vec<Point>,
+    /// The node's last membership events seen here, oldest first.
+    #[serde(default)]
+    pub events: Vec<NodeEvent>,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +101,8 @@ impl Track {
 pub struct History {
     own: String,
     tracks: HashMap<String, Track>,
+    /// Every node's last events, oldest first.
+    events: VecDeque<(String, NodeEvent)>,
     /// Counts changes, so that a reader's copy (the API's encoded answer) knows when it is stale.
     revision: u64,
 }
@@ -95,6 +113,7 @@ impl History {
         History {
             own: own.into(),
             tracks: HashMap::new(),
+            events: VecDeque::new(),
             revision: 0,
         }
     }
@@ -123,6 +142,15 @@ impl History {
         }
     }
 
+    /// Records a membership event of `node`'s.
+    pub fn event(&mut self, node: &str, e: NodeEvent) {
+        if self.events.len() >= EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back((node.to_string(), e));
+        self.revision += 1;
+    }
+
     /// Forgets the nodes not in `members` (reaped members leave no history behind).
     pub fn keep_only(&mut self, members: &HashSet<String>) {
         let before = self.tracks.len();
@@ -139,17 +167,28 @@ impl History {
         self.revision
     }
 
-    /// One node's hour, if any point was recorded.
+    /// One node's hour, if any point or event was recorded.
     pub fn series(&self, node: &str) -> Option<Series> {
-        let t = self.tracks.get(node)?;
+        let events: Vec<NodeEvent> = self
+            .events
+            .iter()
+            .filter(|(id, _)| id == node)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let track = self.tracks.get(node);
+        if track.is_none() && events.is_empty() {
+            return None;
+        }
+        let own = node == self.own;
         Some(Series {
             id: node.to_string(),
-            step_s: t.step,
-            points: t.points.iter().copied().collect(),
+            step_s: track.map_or(if own { OWN_STEP } else { PEER_STEP }, |t| t.step),
+            points: track.map_or_else(Vec::new, |t| t.points.iter().copied().collect()),
+            events,
         })
     }
 
-    /// Every node's hour, the serving node first, then by id.
+    /// Every node's hour (those with points), the serving node first, then by id.
     pub fn all(&self) -> Vec<Series> {
         let mut ids: Vec<&String> = self.tracks.keys().collect();
         ids.sort_by_key(|id| (**id != self.own, (*id).clone()));
@@ -214,6 +253,26 @@ mod tests {
         assert!(h.revision() > revision);
         let ids: Vec<String> = h.all().into_iter().map(|s| s.id).collect();
         assert_eq!(ids, ["me", "kept"]);
+    }
+
+    #[test]
+    fn events_are_bounded_and_go_with_their_node() {
+        let mut h = History::new("me");
+        let e = |t| NodeEvent {
+            t,
+            kind: "joined".into(),
+            generation: 1,
+        };
+        h.event("left-node", e(1));
+        assert_eq!(h.series("left-node").unwrap().events, [e(1)]);
+        assert!(h.series("left-node").unwrap().points.is_empty());
+        for t in 0..1000 {
+            h.event(&format!("n{}", t % 7), e(t));
+        }
+        assert_eq!(h.events.len(), EVENTS);
+        assert!(h.series("left-node").is_none());
+        let n3 = h.series("n3").unwrap().events;
+        assert!(n3.windows(2).all(|w| w[0].t < w[1].t) && n3.last().unwrap().t == 997);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The dashboard at `/`: the server renders every node's row (`dashboard.html`, tera), and the page's
-//! script redraws the rows from `/api/v1/nodes` every 2 s.
+//! script redraws the rows from `/api/v1/nodes` every 2 s; and a page per node at `/node/:id`.
 
 use std::net::SocketAddr;
 
@@ -176,6 +176,41 @@ pub(super) async fn dashboard(s: ApiState) -> Result<impl Reply, Rejection> {
         reject(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the dashboard failed to render",
+        )
+    })?;
+    Ok(warp::reply::html(html))
+}
+
+/// A node's page at `/node/:id`: its hour drawn, its health with advice, the membership events seen
+/// here (`node.html`; the page's script reads `/api/v1/history/:id` and `/api/v1/nodes`).
+pub(super) async fn node_page(id: String, s: ApiState) -> Result<impl Reply, Rejection> {
+    let nodes = views::nodes(&s.handle.members());
+    let Some(node) = nodes.iter().find(|n| n.id == id) else {
+        return Err(reject(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no member {:?} here (the dashboard at / lists them)",
+                id.chars().take(40).collect::<String>()
+            ),
+        ));
+    };
+    let mut ctx = tera::Context::new();
+    ctx.insert("cluster", &s.cluster);
+    ctx.insert("id", &node.id);
+    ctx.insert(
+        "name",
+        if node.name.is_empty() {
+            &node.id
+        } else {
+            &node.name
+        },
+    );
+    ctx.insert("state", &node.state);
+    let html = s.templates.render("node.html", &ctx).map_err(|e| {
+        tracing::error!(error = %e, "node page template");
+        reject(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the node's page failed to render",
         )
     })?;
     Ok(warp::reply::html(html))

@@ -82,6 +82,8 @@ impl ApiState {
         let mut tera = tera::Tera::new();
         tera.add_raw_template("dashboard.html", include_str!("dashboard.html"))
             .expect("the embedded dashboard template parses");
+        tera.add_raw_template("node.html", include_str!("node.html"))
+            .expect("the embedded node page template parses");
         ApiState {
             handle: handle.clone(),
             metadata,
@@ -164,6 +166,10 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::get())
         .and(st.clone())
         .and_then(dashboard);
+    let node_page = warp::path!("node" / String)
+        .and(warp::get())
+        .and(st.clone())
+        .and_then(dashboard::node_page);
     let alive = warp::path!("nodes" / "alive")
         .and(warp::get())
         .and(st.clone())
@@ -312,6 +318,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(nodes)
         .or(history)
         .or(history_of)
+        .or(node_page)
         .or(events)
         .or(upgrade_view)
         .or(upload)
