@@ -49,6 +49,13 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Open a node's dashboard in the browser (NODE's own page when named: name, id or address).
+    Open {
+        #[arg(value_name = "NODE")]
+        member: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Change a node's service meta-data.
     MetaData {
         #[command(subcommand)]
@@ -188,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Members { target } => herd::ops::cli::members(&target),
+        Command::Open { member, target } => herd::ops::cli::open(&target, member.as_deref()),
         Command::MetaData { change } => match change {
             MetaDataCommand::AddService {
                 member,

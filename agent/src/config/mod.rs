@@ -264,6 +264,21 @@ fn default_sample_interval() -> Duration {
 fn default_true() -> bool {
     true
 }
+/// A cluster's name: 1 to 63 characters of `A-Z a-z 0-9 - _` (it names files and mDNS records).
+pub fn check_cluster_name(c: &str) -> Result<(), String> {
+    if c.is_empty()
+        || c.len() > 63
+        || !c
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "{c:?} must be 1 to 63 characters of A-Z, a-z, 0-9, '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
 fn default_cluster() -> String {
     "herd".into()
 }
@@ -393,15 +408,7 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let c = &self.cluster;
-        if c.is_empty()
-            || c.len() > 63
-            || !c
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            bail!("cluster: {c:?} must be 1 to 63 characters of A-Z, a-z, 0-9, '-' and '_'");
-        }
+        check_cluster_name(&self.cluster).map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
         self.upgrade.key()?;
         if !self.node_name.is_empty() {
             crate::model::published::check_node_name(&self.node_name)

@@ -14,14 +14,14 @@ use crate::model::views::NodeView;
 /// Where to reach the cluster and how to authenticate.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// Any node's API: http://HOST:PORT or HOST[:PORT].
-    #[arg(
-        long,
-        global = true,
-        env = "HERD_NODE",
-        default_value = "http://localhost:8080"
-    )]
-    pub node: String,
+    /// Any node's API: http://HOST:PORT or HOST[:PORT]. Without it: this machine's agent
+    /// (127.0.0.1:8080) when it answers, else an agent of the cluster found with mDNS.
+    #[arg(long, global = true, env = "HERD_NODE")]
+    pub node: Option<String>,
+    /// The cluster to find with mDNS when no --node is given (needed only when several announce
+    /// themselves); its secrets file, secrets/NAME.toml or ~/.config/herd/NAME.toml, gives the token.
+    #[arg(long, global = true, env = "HERD_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
     /// API token for write endpoints; else $HERD_TOKEN, else --secrets, else the file ~/.config/herd/token.
     #[arg(long, env = "HERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -37,6 +37,16 @@ pub struct Target {
     /// member at an address of its own: use it once, to upgrade such a cluster, on a LAN you trust.
     #[arg(long, global = true, env = "HERD_TOKEN_TO_OLDER_AGENTS")]
     pub token_to_older_agents: bool,
+    /// The node the CLI asks, once found.
+    #[arg(skip)]
+    pub entry: std::sync::OnceLock<Entry>,
+}
+
+/// The node the CLI asks: its API, and, when found with mDNS, the id and cluster it announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub url: String,
+    pub found: Option<super::find::Found>,
 }
 
 /// The token, and whether older agents found through gossip may be sent it (`--token-to-older-agents`).
@@ -67,8 +77,65 @@ impl Access {
 }
 
 impl Target {
+    /// A client for the node to ask (see [`Target::entry_point`]).
     pub fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.node, self.token()?)
+        let entry = self.entry_point()?;
+        let client = Client::new(&entry.url, self.token()?)?;
+        Ok(match &entry.found {
+            Some(f) => client.expecting(&f.id),
+            None => client,
+        })
+    }
+
+    /// The node to ask: `--node`; else this machine's agent when it answers (unless `--cluster` names
+    /// the cluster: the local agent may be another's); else the first agent of the cluster found with
+    /// mDNS that takes a connection. Found once per run.
+    pub fn entry_point(&self) -> anyhow::Result<&Entry> {
+        if let Some(e) = self.entry.get() {
+            return Ok(e);
+        }
+        let entry = match &self.node {
+            Some(node) => Entry {
+                url: node.clone(),
+                found: None,
+            },
+            None => self.find()?,
+        };
+        Ok(self.entry.get_or_init(|| entry))
+    }
+
+    fn find(&self) -> anyhow::Result<Entry> {
+        use super::find;
+        if let Some(c) = &self.cluster {
+            crate::config::check_cluster_name(c).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+        }
+        if self.cluster.is_none() && find::answers(find::LOCAL.parse().expect("an address")) {
+            return Ok(Entry {
+                url: format!("http://{}", find::LOCAL),
+                found: None,
+            });
+        }
+        let seen = find::browse(find::BROWSE, self.cluster.as_deref())?;
+        let agents = find::choose(&seen, self.cluster.as_deref())?;
+        let f = find::first_answering(&agents)?;
+        eprintln!(
+            "herd: cluster {}: asking node {} at {} (found with mDNS)",
+            f.cluster, f.id, f.api
+        );
+        Ok(Entry {
+            url: format!("http://{}", f.api),
+            found: Some(f),
+        })
+    }
+
+    /// The cluster named with `--cluster` or found with mDNS.
+    fn cluster_name(&self) -> Option<&str> {
+        self.cluster.as_deref().or_else(|| {
+            self.entry
+                .get()
+                .and_then(|e| e.found.as_ref())
+                .map(|f| f.cluster.as_str())
+        })
     }
 
     /// A client for a member found through gossip at `addr`, listed as node `id`.
@@ -108,10 +175,37 @@ impl Target {
                 .with_context(|| format!("--secrets: no api_token in {}", path.display()))?;
             return Ok(Some(token.to_string()));
         }
-        let Some(home) = std::env::var_os("HOME") else {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        if let Some(cluster) = self.cluster_name() {
+            // The secrets file `cargo xtask image` wrote for that cluster, here or copied to the
+            // operator's configuration.
+            let mut files = vec![PathBuf::from("secrets").join(format!("{cluster}.toml"))];
+            files.extend(
+                home.iter()
+                    .map(|h| h.join(".config/herd").join(format!("{cluster}.toml"))),
+            );
+            for path in files {
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot read {}", path.display()))
+                    }
+                };
+                let table: toml::Table = text
+                    .parse()
+                    .with_context(|| format!("{} is not TOML", path.display()))?;
+                let token = table
+                    .get("api_token")
+                    .and_then(|v| v.as_str())
+                    .with_context(|| format!("no api_token in {}", path.display()))?;
+                return Ok(Some(token.to_string()));
+            }
+        }
+        let Some(home) = home else {
             return Ok(None);
         };
-        let path = PathBuf::from(home).join(".config/herd/token");
+        let path = home.join(".config/herd/token");
         match std::fs::read_to_string(&path) {
             Ok(t) => Ok(Some(t.trim().to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -230,12 +324,13 @@ fn health_cell(n: &NodeView) -> String {
     format!("{}: {}", worst.as_str(), names.join(","))
 }
 
-/// `herd meta-data add-service|remove-service NODE SERVICE`: finds NODE (name, id or address) through the
-/// `--node` API and changes its meta-data through its own API.
-pub fn change_service(t: &Target, node: &str, service: &str, add: bool) -> anyhow::Result<()> {
-    crate::model::published::check_service_name(service).map_err(anyhow::Error::msg)?;
-    let entry = t.client()?;
-    let nodes = entry.nodes()?;
+/// The member `node` names (its name, id, first 4+ hex digits of its id, or address) among `nodes`,
+/// as `entry` lists them.
+pub fn find_member<'a>(
+    entry: &Client,
+    nodes: &'a [NodeView],
+    node: &str,
+) -> anyhow::Result<&'a NodeView> {
     let found: Vec<&NodeView> = nodes
         .iter()
         .filter(|n| {
@@ -245,8 +340,8 @@ pub fn change_service(t: &Target, node: &str, service: &str, add: bool) -> anyho
                 || n.address.is_some_and(|a| a.to_string() == node)
         })
         .collect();
-    let target = match found.as_slice() {
-        [one] => *one,
+    match found.as_slice() {
+        [one] => Ok(*one),
         [] => bail!(
             "no node {node:?} in the cluster seen by {}; known: {}",
             entry.base(),
@@ -264,7 +359,59 @@ pub fn change_service(t: &Target, node: &str, service: &str, add: bool) -> anyho
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+/// `herd open [NODE]`: a node's dashboard (NODE's page when named) in the browser: `$BROWSER`, else
+/// `xdg-open` (`open` on macOS). The address is printed too, for a machine without a browser.
+pub fn open(t: &Target, node: Option<&str>) -> anyhow::Result<()> {
+    let entry = t.client()?;
+    let url = match node {
+        None => format!("{}/", entry.base().trim_end_matches('/')),
+        Some(node) => {
+            let nodes = entry.nodes()?;
+            let n = find_member(&entry, &nodes, node)?;
+            let (Some(addr), Some(port)) = (n.address, n.http_port) else {
+                bail!("node {:?} publishes no API address", n.name);
+            };
+            format!(
+                "http://{}/node/{}",
+                std::net::SocketAddr::new(addr, port),
+                n.id
+            )
+        }
     };
+    println!("{url}");
+    let browser = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| {
+            if cfg!(target_os = "macos") {
+                "open"
+            } else {
+                "xdg-open"
+            }
+            .to_string()
+        });
+    let status = std::process::Command::new(&browser)
+        .arg(&url)
+        .status()
+        .with_context(|| {
+            format!("cannot start {browser:?} to open {url} (set $BROWSER to your browser)")
+        })?;
+    if !status.success() {
+        bail!("{browser} {url}: {status}");
+    }
+    Ok(())
+}
+
+/// `herd meta-data add-service|remove-service NODE SERVICE`: finds NODE (name, id or address) through the
+/// `--node` API and changes its meta-data through its own API.
+pub fn change_service(t: &Target, node: &str, service: &str, add: bool) -> anyhow::Result<()> {
+    crate::model::published::check_service_name(service).map_err(anyhow::Error::msg)?;
+    let entry = t.client()?;
+    let nodes = entry.nodes()?;
+    let target = find_member(&entry, &nodes, node)?;
     let client = node_client(t, &entry, target)?;
     let view = client.change_service(service, add)?;
     if t.json {

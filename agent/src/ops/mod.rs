@@ -2,6 +2,7 @@
 //! inventory, service launch, and upgrades of the agents. It reads the cluster through the API only, never through the gossip.
 
 pub mod cli;
+pub mod find;
 pub mod inventory;
 pub mod launch;
 pub mod upgrade;

@@ -54,11 +54,13 @@ fn rollout(opts: &Options, to: &Path, entry: &Vm, timeout: Duration) -> Upgrade 
         dry_run: false,
         allow_downgrade: false,
         target: herd::ops::cli::Target {
-            node: format!("http://{}:8080", entry.ip),
+            node: Some(format!("http://{}:8080", entry.ip)),
+            cluster: None,
             token: None,
             secrets: Some(opts.secrets.clone()),
             json: false,
             token_to_older_agents: false,
+            entry: Default::default(),
         },
     }
 }
