@@ -56,6 +56,19 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Log in to a node with ssh (NODE: name, id or address), or run COMMAND there.
+    Ssh {
+        #[arg(value_name = "NODE")]
+        member: String,
+        /// The user to log in as (else ssh's choice: ~/.ssh/config, then your user name).
+        #[arg(long, short = 'l', env = "HERD_SSH_USER")]
+        user: Option<String>,
+        /// What to run there (after --), instead of a login shell.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// Change a node's service meta-data.
     MetaData {
         #[command(subcommand)]
@@ -196,6 +209,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Members { target } => herd::ops::cli::members(&target),
         Command::Open { member, target } => herd::ops::cli::open(&target, member.as_deref()),
+        Command::Ssh {
+            member,
+            user,
+            command,
+            target,
+        } => herd::ops::cli::ssh(&target, &member, user.as_deref(), &command),
         Command::MetaData { change } => match change {
             MetaDataCommand::AddService {
                 member,

@@ -632,6 +632,26 @@ fn the_cli_finds_its_cluster_with_mdns_and_the_token_in_its_secrets() {
     let page = format!("http://{}:8080/node/{}", lan.host(1).ip, farm[1].id());
     assert!(ok, "{err}");
     assert_eq!(out.lines().collect::<Vec<_>>(), [page.as_str(); 2], "{out}");
+    // `herd ssh NODE -- COMMAND`: the real OpenSSH client to that node's address (no sshd on the test's
+    // hosts: ssh's own error names the address it tried).
+    let (ok, _, err) = herd(
+        3,
+        &[
+            "ssh",
+            &lan.host(1).hostname,
+            "-l",
+            "pi",
+            "--cluster",
+            "farm",
+            "--",
+            "true",
+        ],
+    );
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!("connect to host {} port 22", lan.host(1).ip)),
+        "{err}"
+    );
     // On a card: its own agent, no mDNS.
     let (ok, out, err) = herd(0, &["members"]);
     assert!(ok && out.contains(&lan.host(1).hostname), "{err}");

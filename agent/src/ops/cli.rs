@@ -405,6 +405,26 @@ pub fn open(t: &Target, node: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `herd ssh NODE [COMMAND…]`: OpenSSH's `ssh` to NODE's gossiped address, as `user` when given
+/// (else ssh's own choice: `~/.ssh/config`, then the local user name). Replaces this process, so the
+/// terminal, the exit status and ssh's own errors are ssh's.
+pub fn ssh(t: &Target, node: &str, user: Option<&str>, command: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let entry = t.client()?;
+    let nodes = entry.nodes()?;
+    let n = find_member(&entry, &nodes, node)?;
+    let Some(addr) = n.address else {
+        bail!("node {:?} publishes no address", n.name);
+    };
+    let mut ssh = std::process::Command::new("ssh");
+    if let Some(user) = user {
+        ssh.args(["-l", user]);
+    }
+    ssh.arg("--").arg(addr.to_string()).args(command);
+    let e = ssh.exec();
+    Err(e).context("cannot run ssh (OpenSSH's client: apt-get install openssh-client)")
+}
+
 /// `herd meta-data add-service|remove-service NODE SERVICE`: finds NODE (name, id or address) through the
 /// `--node` API and changes its meta-data through its own API.
 pub fn change_service(t: &Target, node: &str, service: &str, add: bool) -> anyhow::Result<()> {
