@@ -22,8 +22,7 @@ use nix::net::if_::InterfaceFlags;
 
 use crate::gossip::NodeId;
 
-/// The DNS-SD service type every agent announces.
-pub const SERVICE_TYPE: &str = "_herd._udp.local.";
+pub use crate::model::published::SERVICE_TYPE;
 
 /// What an agent announces about itself.
 #[derive(Debug, Clone)]

@@ -1,11 +1,14 @@
 //! What a node publishes in the gossip, under which keys and in which JSON shape: its monitoring sample
-//! and facts, and its services. The daemon writes these, the API and the operator's tools read them.
+//! and facts, and its services (and the mDNS service type it announces). The daemon writes these, the API and the operator's tools read them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::gossip::SERVICES_KEY;
+
+/// The DNS-SD service type every agent announces (the daemon's discovery, the CLI's search).
+pub const SERVICE_TYPE: &str = "_herd._udp.local.";
 
 /// Gossip key of the latest published [`Sample`].
 pub const SAMPLE_KEY: &str = "mon";

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use mdns_sd::{ServiceDaemon, ServiceEvent};
 
-use crate::daemon::discovery::SERVICE_TYPE;
+use crate::model::published::SERVICE_TYPE;
 
 /// How long the CLI listens for announcements at most. Responders answer a query at most once a second
 /// (RFC 6762 §6), so a query right after another (a script running `herd` twice) is answered only
