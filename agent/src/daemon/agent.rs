@@ -134,7 +134,9 @@ impl Agent {
             handle.clone(),
             config.cluster.clone(),
         ));
-        helpers.push(tokio::spawn(record_events(handle.clone())));
+        // Subscribed here, before the gossip loop starts, so that no event comes before it.
+        let events = handle.events.subscribe();
+        helpers.push(tokio::spawn(record_events(handle.clone(), events)));
         if config.monitoring.enabled {
             helpers.push(tokio::spawn(monitor_loop(
                 handle.clone(),
@@ -331,8 +333,7 @@ async fn monitor_loop(handle: Handle, interval: Duration) {
 }
 
 /// Keeps the membership events (not the updates) in the history, with the time they were seen.
-async fn record_events(handle: Handle) {
-    let mut events = handle.events.subscribe();
+async fn record_events(handle: Handle, mut events: broadcast::Receiver<Event>) {
     loop {
         match events.recv().await {
             Ok(e) if e.kind == EventKind::Updated => {}
