@@ -114,15 +114,23 @@ impl HealthReader {
             .map(|v| v.trim() == "1")
     }
 
-    /// The last mount on `/` in `/proc/self/mounts` (what is mounted over the initial root).
+    /// The last mount on `/` in `/proc/self/mountinfo` (what is mounted over the initial root), read
+    /// by its file system's options, after the ` - ` (proc(5)): whether the file system itself is
+    /// read-only (`mount -o remount,ro /`, or ext4's `errors=remount-ro`). The mount's own options say
+    /// "ro" inside herd.service whatever the card's state: `ProtectSystem=strict` puts a read-only
+    /// bind of `/` over the agent's view.
     fn root_mount(&self) -> Option<Mount> {
-        let text = read_small(&self.path("proc/self/mounts"))?;
+        let text = read_small(&self.path("proc/self/mountinfo"))?;
         text.lines().rev().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 4 && f[1] == "/" && f[2] != "rootfs").then(|| Mount {
-                device: f[0].to_string(),
-                fstype: f[2].to_string(),
-                read_only: f[3].split(',').any(|o| o == "ro"),
+            let (mount, fs) = l.split_once(" - ")?;
+            let mount: Vec<&str> = mount.split_whitespace().collect();
+            let fs: Vec<&str> = fs.split_whitespace().collect();
+            (mount.len() >= 6 && mount[4] == "/" && fs.len() >= 3 && fs[0] != "rootfs").then(|| {
+                Mount {
+                    device: fs[1].to_string(),
+                    fstype: fs[0].to_string(),
+                    read_only: fs[2].split(',').any(|o| o == "ro"),
+                }
             })
         })
     }
@@ -292,10 +300,10 @@ mod tests {
         put(root, "sys/class/hwmon/hwmon1/in0_lcrit_alarm", alarm);
         put(
             root,
-            "proc/self/mounts",
-            "/dev/mmcblk0p2 / ext4 rw,noatime 0 0\n\
-             devtmpfs /dev devtmpfs rw,relatime,size=1800000k 0 0\n\
-             /dev/mmcblk0p1 /boot/firmware vfat rw,relatime,fmask=0022 0 0\n",
+            "proc/self/mountinfo",
+            "23 1 179:2 / / rw,noatime shared:1 - ext4 /dev/mmcblk0p2 rw\n\
+             24 23 0:5 / /dev rw,relatime shared:2 - devtmpfs devtmpfs rw,size=1800000k\n\
+             25 23 179:1 / /boot/firmware rw,relatime shared:3 - vfat /dev/mmcblk0p1 rw,fmask=0022\n",
         );
         put(root, "sys/fs/ext4/mmcblk0p2/errors_count", "0\n");
         std::fs::create_dir_all(root.join("sys/block/mmcblk0/mmcblk0p2")).unwrap();
@@ -329,8 +337,11 @@ mod tests {
         std::fs::create_dir_all(root.join("sys/devices/platform/axi/1000120000.pcie")).unwrap();
         put(
             root,
-            "proc/self/mounts",
-            &format!("/dev/root / ext4 {mount_opts} 0 0\nproc /proc proc rw 0 0\n"),
+            "proc/self/mountinfo",
+            &format!(
+                "22 1 179:2 / / {mount_opts} shared:1 - ext4 /dev/root {mount_opts}\n\
+                 23 22 0:21 / /proc rw shared:2 - proc proc rw\n"
+            ),
         );
         put(root, "sys/fs/ext4/mmcblk0p2/errors_count", "7\n");
         std::fs::create_dir_all(root.join("sys/fs/ext4/features")).unwrap();
@@ -423,14 +434,37 @@ mod tests {
         assert_eq!(h.bootloader, None);
     }
 
+    /// Inside herd.service, `ProtectSystem=strict` mounts a read-only bind of `/` over the agent's view
+    /// (systemd's src/core/namespace.c makes every path of the hierarchy read-only): the card's root is
+    /// still writable, and only the file system's own options say so.
+    #[test]
+    fn the_sandboxs_read_only_view_is_not_a_read_only_card() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandboxed = |fs_opts: &str| {
+            format!(
+                "23 1 179:2 / / rw,noatime shared:1 - ext4 /dev/mmcblk0p2 rw\n\
+                 312 290 179:2 / / ro,noatime master:1 - ext4 /dev/mmcblk0p2 {fs_opts}\n"
+            )
+        };
+        put(dir.path(), "proc/self/mountinfo", &sandboxed("rw"));
+        let mut r = HealthReader::at(dir.path().into());
+        assert_eq!(r.read(Instant::now()).read_only, Some(false));
+        put(
+            dir.path(),
+            "proc/self/mountinfo",
+            &sandboxed("ro,errors=remount-ro"),
+        );
+        assert_eq!(r.read(Instant::now()).read_only, Some(true));
+    }
+
     #[test]
     fn a_machine_without_the_sources_says_unknown() {
         let dir = tempfile::tempdir().unwrap();
         // QEMU's virt board: a thermal-less hwmon-less tree, root on virtio.
         put(
             dir.path(),
-            "proc/self/mounts",
-            "/dev/vda2 / ext4 rw,relatime 0 0\n",
+            "proc/self/mountinfo",
+            "21 1 254:2 / / rw,relatime shared:1 - ext4 /dev/vda2 rw\n",
         );
         put(dir.path(), "sys/class/hwmon/hwmon0/name", "virtio\n");
         let mut r = HealthReader::at(dir.path().into());

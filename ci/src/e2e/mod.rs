@@ -993,6 +993,14 @@ fn health_is_seen(vms: &[Vm], opts: &Options) -> anyhow::Result<()> {
         ),
         || check_of(watcher.ip, &card.id, "clock").filter(|(state, _)| state == "warning"),
     )?;
+    // A writable root is "ok" first, though the agent sees `/` through its sandbox's read-only bind
+    // (ProtectSystem=strict): the file system's own options are what count.
+    until(
+        Instant::now(),
+        Duration::from_secs(60),
+        &format!("{}'s writable root shown ok on {}", card.name, watcher.name),
+        || check_of(watcher.ip, &card.id, "filesystem").filter(|(state, _)| state == "ok"),
+    )?;
     // journald holds files open for writing under /var/log/journal: it moves to /run first, else the
     // remount is refused as busy; should another writer hold one, the kernel's emergency remount (what
     // SysRq-U does, all file systems read-only at once) stands in.
