@@ -241,14 +241,19 @@ impl Client {
 
     fn parse<T: serde::de::DeserializeOwned>(&self, path: &str, r: Raw) -> anyhow::Result<T> {
         if !(200..300).contains(&r.status) {
-            let message = serde_json::from_str::<serde_json::Value>(&r.body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or(r.body);
-            bail!("{}{path}: HTTP {}: {message}", self.base, r.status);
+            return Err(self.refusal(path, r.status, r.body));
         }
         serde_json::from_str(&r.body)
             .with_context(|| format!("{}{path}: unexpected answer", self.base))
+    }
+
+    /// An answer other than 2xx, with the API's own message (its JSON `error`) when it gave one.
+    fn refusal(&self, path: &str, status: u16, body: String) -> anyhow::Error {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or(body);
+        anyhow::anyhow!("{}{path}: HTTP {status}: {message}", self.base)
     }
 
     /// `GET path` as a stream of lines that may never end (server-sent events): no overall timeout.
@@ -266,6 +271,43 @@ impl Client {
             bail!("{url}: HTTP {}", resp.status().as_u16());
         }
         Ok(std::io::BufReader::new(resp.into_body().into_reader()))
+    }
+
+    /// `GET /api/v1/logs?…`: the node's journal lines as they come (never ending while following), always
+    /// with a proof of the token.
+    pub fn logs(&self, q: &crate::model::logs::LogQuery) -> anyhow::Result<impl std::io::BufRead> {
+        let path = format!("/api/v1/logs?{}", q.to_query());
+        if self.token.is_none() {
+            bail!(
+                "{}{path}: a node's logs are served only with the API token (--token, HERD_TOKEN or \
+                 the cluster's secrets file)",
+                self.base
+            );
+        }
+        let mut resp = self.call("GET", &path, true, None, Some("text/plain"), &agent(None))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(64 * 1024)
+                .read_to_string()
+                .unwrap_or_default();
+            return Err(self.refusal(&path, status, body));
+        }
+        Ok(std::io::BufReader::new(resp.into_body().into_reader()))
+    }
+
+    /// `POST /api/v1/actions/:action`: the node hands it to its root unit.
+    pub fn action(
+        &self,
+        action: crate::model::actions::Action,
+    ) -> anyhow::Result<crate::model::actions::ActionView> {
+        self.json(
+            "POST",
+            &format!("/api/v1/actions/{}", action.as_str()),
+            true,
+        )
     }
 
     /// `GET /api/v1/nodes`.

@@ -16,6 +16,7 @@
 //!
 //! `agent/tests/layout.rs` keeps it so: no import cycle, and a gossip core that uses nothing outside it.
 
+pub mod actuator;
 pub mod client;
 pub mod config;
 pub mod daemon;

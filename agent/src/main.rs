@@ -69,6 +69,61 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print a node's journal (NODE: name, id or address): its last lines, and with -f new ones as they
+    /// come. Always needs the API token.
+    Logs {
+        #[arg(value_name = "NODE")]
+        member: String,
+        /// Keep printing new lines until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this systemd unit's lines (a name without a suffix is a service: -u ssh).
+        #[arg(long, short, value_name = "UNIT")]
+        unit: Option<String>,
+        /// The last N lines (at most 10000).
+        #[arg(long = "lines", short = 'n', value_name = "N", default_value_t = herd::model::logs::DEFAULT_LINES)]
+        lines: u32,
+        /// Only lines from T on: a time ago (10m, 2h, 1day) or a UTC time (2026-12-07 14:00:00,
+        /// 2026-12-07T14:00:00Z).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Reboot nodes (name, id or address): each agent says goodbye to its peers, then its card restarts.
+    Reboot {
+        #[arg(value_name = "NODE", required = true)]
+        members: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Power nodes off: each says goodbye first, and stays off until its power is cycled.
+    Shutdown {
+        #[arg(value_name = "NODE", required = true)]
+        members: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Blink a node's activity LED for 15 s, then put it back as it was: which board is it?
+    Identify {
+        #[arg(value_name = "NODE")]
+        member: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restart a node's agent (a goodbye, then back with a new generation).
+    Restart {
+        #[arg(value_name = "NODE")]
+        member: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// (Run by herd-action.service, as root.) Do the action the local agent handed over.
+    #[command(hide = true)]
+    ActionApply {
+        #[arg(long, short, default_value = "/etc/herd/herd.toml")]
+        config: PathBuf,
+    },
     /// Change a node's service meta-data.
     MetaData {
         #[command(subcommand)]
@@ -215,6 +270,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command,
             target,
         } => herd::ops::cli::ssh(&target, &member, user.as_deref(), &command),
+        Command::Logs {
+            member,
+            follow,
+            unit,
+            lines,
+            since,
+            target,
+        } => {
+            let since = since
+                .as_deref()
+                .map(|t| herd::ops::cli::parse_since(t, std::time::SystemTime::now()))
+                .transpose()?;
+            let q = herd::model::logs::LogQuery {
+                lines,
+                unit,
+                since,
+                follow,
+            };
+            herd::ops::cli::logs(&target, &member, &q)
+        }
+        Command::Reboot { members, target } => {
+            herd::ops::cli::act(&target, &members, herd::model::actions::Action::Reboot)
+        }
+        Command::Shutdown { members, target } => {
+            herd::ops::cli::act(&target, &members, herd::model::actions::Action::Shutdown)
+        }
+        Command::Identify { member, target } => {
+            herd::ops::cli::act(&target, &[member], herd::model::actions::Action::Identify)
+        }
+        Command::Restart { member, target } => {
+            herd::ops::cli::act(&target, &[member], herd::model::actions::Action::Restart)
+        }
+        Command::ActionApply { config } => herd::actuator::apply(&Config::load(&config)?),
         Command::MetaData { change } => match change {
             MetaDataCommand::AddService {
                 member,

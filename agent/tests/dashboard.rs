@@ -382,6 +382,27 @@ fn chromium_renders_every_node_with_its_phi_after_the_script_ran() {
             &[(&desktop, "1440,900"), (&phone, "390,844")],
         );
     }
+    // Last log lines: a node serves its own journal, to the token only, so its own page offers them
+    // behind a button (a click makes the browser ask for the token: headless Chromium cannot answer
+    // that dialog, so the fetch itself is tested against the API in fleet.rs); a peer's page points to
+    // that peer's own page, at the address it gossips.
+    let me = views.iter().find(|n| n.is_self).unwrap();
+    let dom = headless(&["--dump-dom"], &format!("{}/node/{}", c.url(1), me.id));
+    assert!(
+        dom.contains(r#"id="show-logs""#) && dom.contains(r#"id="log-lines""#),
+        "{dom}"
+    );
+    let dom = headless(&["--dump-dom"], &format!("{}/node/{}", c.url(1), peer.id));
+    let own = format!(
+        "http://{}:{}/node/{}",
+        peer.address.unwrap(),
+        peer.http_port.unwrap(),
+        peer.id
+    );
+    assert!(
+        dom.contains(&format!(r#"<a href="{own}">"#)) && !dom.contains(r#"id="show-logs""#),
+        "{dom}"
+    );
     let e = c
         .client(1)
         .raw("GET", "/node/0000000000000000", false)

@@ -240,6 +240,7 @@ fn the_rooms_form_no_circle() {
         "config",
         "files",
         "installer",
+        "actuator",
         "client",
     ] {
         assert!(r.contains_key(room), "no room {room}: {r:?}");
@@ -254,6 +255,13 @@ fn the_rooms_form_no_circle() {
     assert!(
         !r["installer"].contains("daemon"),
         "installer uses daemon: {r:?}"
+    );
+    // So is the root side of the actions: it reads the request and nothing else of the agent's.
+    assert!(
+        r["actuator"]
+            .iter()
+            .all(|x| x == "model" || x == "config" || x == "gossip"),
+        "actuator must rest on model and config only: {r:?}"
     );
     assert!(
         r["client"].iter().all(|x| x == "model" || x == "gossip"),

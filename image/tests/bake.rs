@@ -166,6 +166,11 @@ fn check_pipeline(fixture: Fixture) {
             "/etc/systemd/system/multi-user.target.wants/herd-upgrade-resume.service",
             "/etc/systemd/system/herd-upgrade-resume.service",
         ),
+        // herd reboot, shutdown, identify and restart: the root unit the agent hands them to.
+        (
+            "/etc/systemd/system/multi-user.target.wants/herd-action.path",
+            "/etc/systemd/system/herd-action.path",
+        ),
     ] {
         assert_eq!(root.stat(link).unwrap().kind, "symlink", "{link}");
         assert_eq!(root.resolve(link).unwrap(), unit);
@@ -272,6 +277,8 @@ fn the_units_pass_systemd_analyze_verify() {
         "herd-upgrade.path",
         "herd-upgrade.service",
         "herd-upgrade-resume.service",
+        "herd-action.path",
+        "herd-action.service",
     ];
     for unit in units {
         let from = workspace().join("overlay/etc/systemd/system").join(unit);

@@ -50,6 +50,10 @@ pub fn run(flags: &crate::flags::Bench) -> anyhow::Result<()> {
     }
     let everything = named.is_empty();
     let names: Vec<BenchName> = if everything { KNOWN.to_vec() } else { named };
+    if names.contains(&BenchName::Http) {
+        // Its /api/v1/logs reads a journal written by systemd-journal-remote, with journalctl.
+        crate::deps::ensure_packages("the HTTP benchmark", crate::packages::LOGS_TEST_NEEDS)?;
+    }
     if names
         .iter()
         .any(|n| [BenchName::Image, BenchName::Footprint].contains(n))

@@ -75,6 +75,16 @@ pub const ANSIBLE_TEST_NEEDS: &[Need] = &[
     need("ansible-inventory", "ansible"),
 ];
 
+/// What the logs test (`agent/tests/logs.rs`) reads and writes journals with: the real journalctl, and
+/// systemd-journal-remote, which writes journal files from the export format without a journald.
+pub const LOGS_TEST_NEEDS: &[Need] = &[
+    need("journalctl", "systemd"),
+    need(
+        "/usr/lib/systemd/systemd-journal-remote",
+        "systemd-journal-remote",
+    ),
+];
+
 /// What the dashboard test (`agent/tests/dashboard.rs`) drives: a real browser.
 pub const BROWSER_TEST_NEEDS: &[Need] = &[need("chromium", "chromium")];
 
@@ -126,6 +136,7 @@ pub fn ensure_image() -> anyhow::Result<()> {
 pub const TEST_GROUPS: &[(&str, &[Need])] = &[
     ("multi-host tests", LAN_TEST_NEEDS),
     ("dashboard test", BROWSER_TEST_NEEDS),
+    ("logs test", LOGS_TEST_NEEDS),
     ("image tests", IMAGE_TEST_NEEDS),
     ("agent tests", AGENT_TEST_NEEDS),
     ("operations tests", ANSIBLE_TEST_NEEDS),

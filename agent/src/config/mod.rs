@@ -57,6 +57,8 @@ pub struct Config {
     pub monitoring: MonitoringSection,
     #[serde(default)]
     pub upgrade: UpgradeSection,
+    #[serde(default)]
+    pub logs: LogsSection,
     /// `[service.NAME]`: settings of one service.
     #[serde(default)]
     pub service: std::collections::BTreeMap<String, ServiceSection>,
@@ -155,6 +157,16 @@ impl UpgradeSection {
             .map(Some)
             .map_err(|e| anyhow::anyhow!("upgrade.public_key: {e}"))
     }
+}
+
+/// `[logs]`: the journal `GET /api/v1/logs` serves (always to the token only).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsSection {
+    /// Read the journal files in this directory (`journalctl --directory`) instead of the system
+    /// journal: a container's, or a copy's.
+    #[serde(default)]
+    pub journal_directory: Option<PathBuf>,
 }
 
 /// `[monitoring]`: what the agent samples and gossips about its machine.
@@ -417,6 +429,17 @@ impl Config {
         if !self.hostname_template.is_empty() {
             hostname::HostnameTemplate::parse(&self.hostname_template)
                 .context("hostname_template")?;
+        }
+        if let Some(d) = self
+            .logs
+            .journal_directory
+            .as_ref()
+            .filter(|d| !d.is_absolute())
+        {
+            bail!(
+                "logs.journal_directory: {} must be an absolute path",
+                d.display()
+            );
         }
         let g = &self.gossip;
         if g.interval < Duration::from_millis(10) || g.interval > Duration::from_secs(60) {

@@ -111,7 +111,9 @@ impl Agent {
                 &config.cluster,
                 api::server::fit_to_file_limit(api::server::Limits::default()),
             )
-            .with_upgrades(super::upgrade::Upgrades::new(&config)?);
+            .with_upgrades(super::upgrade::Upgrades::new(&config)?)
+            .with_journal_directory(config.logs.journal_directory.clone())
+            .with_actions(&config.state_dir);
             if config.api.token.is_none() {
                 tracing::warn!(
                     "api.token is not set: anyone who can reach the API can change meta-data"

@@ -3,8 +3,10 @@
 //! upgrade` ([`upgrade`]), and the token's proof that the CLI sends instead of the token ([`proof`]). Depends on the gossip core only, so both sides can use it without reaching into
 //! each other.
 
+pub mod actions;
 pub mod health;
 pub mod history;
+pub mod logs;
 pub mod proof;
 pub mod published;
 pub mod upgrade;

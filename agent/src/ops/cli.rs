@@ -425,6 +425,110 @@ pub fn ssh(t: &Target, node: &str, user: Option<&str>, command: &[String]) -> an
     Err(e).context("cannot run ssh (OpenSSH's client: apt-get install openssh-client)")
 }
 
+/// `herd reboot|shutdown NODE…`, `herd identify|restart NODE`: every node is found first (a name that
+/// matches none stops before anything is asked), then each is asked through its own API in turn; a
+/// node that refuses is said and the others are still asked; the exit status fails if any refused.
+pub fn act(
+    t: &Target,
+    names: &[String],
+    action: crate::model::actions::Action,
+) -> anyhow::Result<()> {
+    let entry = t.client()?;
+    let nodes = entry.nodes()?;
+    let mut targets = Vec::new();
+    for name in names {
+        targets.push(find_member(&entry, &nodes, name)?);
+    }
+    let mut failed = 0;
+    for node in targets {
+        let asked = node_client(t, &entry, node).and_then(|c| c.action(action));
+        match asked {
+            Ok(view) if t.json => println!("{}", serde_json::to_string(&view)?),
+            Ok(view) => println!("{}: {}", view.name, view.said),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: {} refused: {e:#}", node.name, action.as_str());
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} node(s) refused to {}",
+            names.len(),
+            action.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// `herd logs NODE`: the node's journal, printed as it comes from its own API (lines are the node's
+/// `journalctl -o short-iso`, in its time zone). The query is checked here first, with the node's rules.
+pub fn logs(t: &Target, node: &str, q: &crate::model::logs::LogQuery) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let q = crate::model::logs::LogQuery::parse(&q.to_query()).map_err(anyhow::Error::msg)?;
+    let entry = t.client()?;
+    let nodes = entry.nodes()?;
+    let target = find_member(&entry, &nodes, node)?;
+    let client = node_client(t, &entry, target)?;
+    let mut lines = client.logs(&q)?;
+    let stdout = std::io::stdout();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let n = lines
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("reading {}'s logs from {}", target.name, client.base()))?;
+        if n == 0 {
+            break;
+        }
+        let mut out = stdout.lock();
+        // A reader gone (`| head`) ends it quietly.
+        if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+    if q.follow {
+        bail!(
+            "{} closed the log stream of {} (the node or its agent restarting?)",
+            client.base(),
+            target.name
+        );
+    }
+    Ok(())
+}
+
+/// `--since T`: a time ago (`10m`, `2h 30m`), a UTC time (`2026-12-07 14:00:00`, `…T14:00:00Z`) or
+/// `@SECONDS`; as seconds since 1970.
+pub fn parse_since(t: &str, now: std::time::SystemTime) -> anyhow::Result<i64> {
+    use std::time::UNIX_EPOCH;
+    let t = t.trim();
+    let at = if let Some(secs) = t.strip_prefix('@') {
+        return secs
+            .parse::<i64>()
+            .ok()
+            .filter(|s| *s >= 0)
+            .with_context(|| format!("--since {t}: @ takes seconds since 1970"));
+    } else if let Ok(ago) = humantime::parse_duration(t.trim_end_matches(" ago")) {
+        now.checked_sub(ago)
+            .with_context(|| format!("--since {t}: before 1970"))?
+    } else if let Ok(at) = humantime::parse_rfc3339_weak(t)
+        .or_else(|_| humantime::parse_rfc3339_weak(&format!("{t}:00")))
+        .or_else(|_| humantime::parse_rfc3339_weak(&format!("{t} 00:00:00")))
+    {
+        at
+    } else {
+        bail!(
+            "--since {t:?}: give a time ago (10m, 2h, 1day) or a UTC time (2026-12-07 14:00:00, \
+             2026-12-07T14:00:00Z, 2026-12-07)"
+        );
+    };
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .with_context(|| format!("--since {t}: before 1970"))?
+        .as_secs();
+    Ok(secs as i64)
+}
+
 /// `herd meta-data add-service|remove-service NODE SERVICE`: finds NODE (name, id or address) through the
 /// `--node` API and changes its meta-data through its own API.
 pub fn change_service(t: &Target, node: &str, service: &str, add: bool) -> anyhow::Result<()> {

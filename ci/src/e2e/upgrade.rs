@@ -33,7 +33,7 @@ pub(super) struct Cut {
     pub detected: [Option<Duration>; 2],
 }
 
-fn secret(secrets: &Path, key: &str) -> anyhow::Result<String> {
+pub(super) fn secret(secrets: &Path, key: &str) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(secrets)
         .with_context(|| format!("cannot read {}", secrets.display()))?;
     let table: toml::Table = text.parse()?;

@@ -143,6 +143,28 @@ pub(super) fn authorized(
         )
 }
 
+/// Passes the state on when the request carries the right token, and refuses every request on a node
+/// without one: for what may hold secrets whatever `api.protect_reads` says (the journal).
+pub(super) fn token_required(
+    st: impl Filter<Extract = (ApiState,), Error = Infallible> + Clone + Send + Sync,
+) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(target())
+        .and(st)
+        .and_then(
+            |header: Option<String>, t: Target, s: ApiState| async move {
+                if s.token.is_none() {
+                    return Err(reject(
+                        StatusCode::FORBIDDEN,
+                        "this node has no api.token, and this endpoint is served only with one                          (what it shows may hold secrets)",
+                    ));
+                }
+                check(header.as_deref(), &t, &s)?;
+                Ok::<_, Rejection>(s)
+            },
+        )
+}
+
 /// Passes the state on for a read: always, or with the token under `api.protect_reads`.
 pub(super) fn readable(
     st: impl Filter<Extract = (ApiState,), Error = Infallible> + Clone + Send + Sync,

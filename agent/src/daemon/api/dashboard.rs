@@ -206,6 +206,19 @@ pub(super) async fn node_page(id: String, s: ApiState) -> Result<impl Reply, Rej
         },
     );
     ctx.insert("state", &node.state);
+    // Each node reads its own journal: another's is on that node's own page.
+    ctx.insert("is_self", &node.is_self);
+    let own_page = match (node.address, node.http_port) {
+        (Some(addr), Some(port)) => {
+            format!(
+                "http://{}/node/{}",
+                std::net::SocketAddr::new(addr, port),
+                node.id
+            )
+        }
+        _ => String::new(),
+    };
+    ctx.insert("own_page", &own_page);
     let html = s.templates.render("node.html", &ctx).map_err(|e| {
         tracing::error!(error = %e, "node page template");
         reject(

@@ -7,12 +7,13 @@
 
 mod auth;
 mod dashboard;
+mod logs;
 pub mod metrics;
 pub mod server;
 mod services;
 mod upgrade;
 
-use self::auth::{authorized, proven_body, readable};
+use self::auth::{authorized, proven_body, readable, token_required};
 use self::dashboard::dashboard;
 use self::services::{change_services, working_service};
 use self::upgrade::{download, install, upgrade_view, upload};
@@ -61,6 +62,10 @@ pub struct ApiState {
     trusted: Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>,
     /// The nonces the token's proofs are made with.
     nonces: Arc<auth::Nonces>,
+    /// Where reboot, shutdown, identify and restart are handed to the root unit (none: 404).
+    actions: Option<Arc<super::actions::Actions>>,
+    /// The journal `/api/v1/logs` reads.
+    journal: Arc<super::logs::Journal>,
     templates: Arc<tera::Tera>,
     /// `herd upgrade`'s artifacts and installs (none: the routes answer 404).
     pub upgrades: Option<Arc<Upgrades>>,
@@ -103,11 +108,25 @@ impl ApiState {
                 Arc::new(move |ip| server::is_local(ip) || members.is_member_address(ip))
             },
             nonces: Default::default(),
+            journal: Arc::new(super::logs::Journal::new(None)),
+            actions: None,
             templates: Arc::new(tera),
             upgrades: None,
             upgrade_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             serving: Arc::new(tokio::sync::Semaphore::new(MAX_SERVING)),
         }
+    }
+
+    /// Serving the journal files in `directory` rather than the system journal.
+    pub fn with_journal_directory(mut self, directory: Option<std::path::PathBuf>) -> ApiState {
+        self.journal = Arc::new(super::logs::Journal::new(directory));
+        self
+    }
+
+    /// With the actions, handed over in `state_dir`.
+    pub fn with_actions(mut self, state_dir: &std::path::Path) -> ApiState {
+        self.actions = Some(Arc::new(super::actions::Actions::new(state_dir)));
+        self
     }
 
     /// With `herd upgrade`'s endpoints.
@@ -261,6 +280,18 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
             });
             Ok::<_, Rejection>(warp::sse::reply(warp::sse::keep_alive().stream(stream)))
         });
+    let logs = warp::path!("api" / "v1" / "logs")
+        .and(warp::get())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::ext::optional::<server::Peer>())
+        .and(token_required(all.clone()))
+        .and_then(logs::serve);
+    let action = warp::path!("api" / "v1" / "actions" / String)
+        .and(warp::post())
+        .and(small_body())
+        .and(warp::ext::optional::<server::Peer>())
+        .and(token_required(all.clone()))
+        .and_then(act);
     let upgrade_view = warp::path!("api" / "v1" / "upgrade")
         .and(warp::get())
         .and(st.clone())
@@ -309,25 +340,84 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
             warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
         });
 
-    index
-        .or(alive)
-        .or(monitoring)
-        .or(working)
-        .or(add)
-        .or(remove)
-        .or(nodes)
-        .or(history)
-        .or(history_of)
-        .or(node_page)
-        .or(events)
-        .or(upgrade_view)
-        .or(upload)
-        .or(download)
-        .or(install)
-        .or(nonce)
-        .or(healthz)
-        .or(metrics)
-        .recover(recover)
+    // In three boxed groups: one chain of twenty `or`s nests types deeper than the compiler's default
+    // recursion limit allows in every crate that runs the agent.
+    let cluster = boxed(
+        index
+            .or(alive)
+            .or(monitoring)
+            .or(working)
+            .or(add)
+            .or(remove)
+            .or(nodes),
+    );
+    let card = boxed(
+        history
+            .or(history_of)
+            .or(node_page)
+            .or(events)
+            .or(logs)
+            .or(action),
+    );
+    let rest = boxed(
+        upgrade_view
+            .or(upload)
+            .or(download)
+            .or(install)
+            .or(nonce)
+            .or(healthz)
+            .or(metrics),
+    );
+    cluster.or(card).unify().or(rest).unify().recover(recover)
+}
+
+/// A group of routes behind one boxed type.
+fn boxed<F, R>(routes: F) -> warp::filters::BoxedFilter<(Box<dyn Reply>,)>
+where
+    F: Filter<Extract = (R,), Error = Rejection> + Clone + Send + Sync + 'static,
+    R: Reply + 'static,
+{
+    routes.map(|r: R| Box::new(r) as Box<dyn Reply>).boxed()
+}
+
+/// `POST /api/v1/actions/:action`: hands the action to the card's root unit, and says what follows.
+async fn act(
+    name: String,
+    peer: Option<server::Peer>,
+    s: ApiState,
+) -> Result<impl Reply, Rejection> {
+    use super::actions::Refused;
+    use crate::model::actions::{Action, ActionView};
+    let action = Action::parse(&name).map_err(|e| reject(StatusCode::NOT_FOUND, e))?;
+    let Some(actions) = s.actions.as_ref() else {
+        return Err(reject(
+            StatusCode::NOT_FOUND,
+            "this agent takes no actions (run outside a card's herd.service)",
+        ));
+    };
+    let from = peer.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |p| p.0.ip());
+    actions.ask(action, from).map_err(|e| match e {
+        Refused::NoLed => reject(
+            StatusCode::CONFLICT,
+            "this board has no activity LED (/sys/class/leds/ACT or led0): nothing to blink",
+        ),
+        Refused::UnderWay(why) => reject(StatusCode::CONFLICT, why),
+        Refused::Failed(why) => reject(StatusCode::INTERNAL_SERVER_ERROR, why),
+    })?;
+    let view = ActionView {
+        node: s.handle.id().to_string(),
+        name: views::nodes(&s.handle.members())
+            .into_iter()
+            .find(|n| n.is_self)
+            .map(|n| n.name)
+            .unwrap_or_default(),
+        action,
+        said: action.doing(),
+    };
+    Ok(warp::reply::with_status(
+        warp::reply::json(&view),
+        StatusCode::ACCEPTED,
+    ))
 }
 
 /// Membership events as server-sent events. A subscriber that falls more than the channel's capacity
