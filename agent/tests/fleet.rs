@@ -544,3 +544,49 @@ fn actions_are_the_tokens_checked_and_handed_to_the_root_unit() {
 fn request_post(a: &Agent, action: &str, auth: Option<&str>) -> (u16, String) {
     request(a.api, "POST", &format!("/api/v1/actions/{action}"), auth)
 }
+
+/// Issue 28's done-when: readers of the history cannot make the agent hold more than stated. Its JSON
+/// is encoded once per new point and shared (docs/API.md, History), so 96 readers from 8 addresses
+/// that ask and never read add sockets' buffers, not copies: the agent grows by under 4 MiB, and
+/// answers a reader that does read.
+#[test]
+fn history_readers_that_never_read_add_no_copies() {
+    let journal = tempfile::tempdir().unwrap();
+    let a = start("127.0.81.6", journal.path(), true);
+    let (status, body) = get(a.api, "/api/v1/history", None);
+    assert_eq!(status, 200, "{body}");
+    let pid = a.child.id();
+    let before = rss_kib(pid);
+    // 12 from each of 8 addresses: within the API's 16 per address and 128 per subnet.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut held: Vec<std::net::TcpStream> = rt.block_on(async {
+        let mut out = Vec::new();
+        for host in 1..=8u8 {
+            for _ in 0..12 {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind(format!("127.0.91.{host}:0").parse().unwrap())
+                    .unwrap();
+                let c = s.connect(a.api).await.unwrap().into_std().unwrap();
+                c.set_nonblocking(false).unwrap();
+                out.push(c);
+            }
+        }
+        out
+    });
+    for s in held.iter_mut() {
+        // Two requests each, pipelined, and never a byte read.
+        write!(
+            s,
+            "GET /api/v1/history HTTP/1.1\r\nHost: x\r\n\r\nGET /api/v1/history HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let grown = rss_kib(pid).saturating_sub(before);
+    eprintln!("RSS {before} KiB; 96 unread history readers: +{grown} KiB");
+    assert!(grown < 4 * 1024, "grew {grown} KiB");
+    assert_eq!(get(a.api, "/api/v1/history", None).0, 200);
+}
