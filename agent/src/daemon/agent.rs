@@ -340,10 +340,7 @@ async fn record_events(handle: Handle, mut events: broadcast::Receiver<Event>) {
         match events.recv().await {
             Ok(e) if e.kind == EventKind::Updated => {}
             Ok(e) => {
-                let kind = serde_json::to_value(e.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let kind = e.kind.as_str().to_string();
                 let event = NodeEvent {
                     t: unix_now(),
                     kind,
@@ -390,7 +387,7 @@ fn record_history(handle: &Handle, own: &Sample, health: Option<&Health>) {
             );
             continue;
         }
-        if m.liveness != crate::gossip::Liveness::Alive {
+        if m.liveness != crate::gossip::Liveness::Alive || !history.wants(&m.id.to_string(), t) {
             continue;
         }
         let Some(s) = m

@@ -158,6 +158,22 @@ pub enum EventKind {
     Reaped,
 }
 
+impl EventKind {
+    /// Its name, as serde writes it (SSE event names, the history's events).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Joined => "joined",
+            EventKind::Updated => "updated",
+            EventKind::Suspect => "suspect",
+            EventKind::Recovered => "recovered",
+            EventKind::Dead => "dead",
+            EventKind::Left => "left",
+            EventKind::Restarted => "restarted",
+            EventKind::Reaped => "reaped",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Event {
     pub kind: EventKind,
@@ -270,4 +286,22 @@ pub enum KeyError {
     BadKey(String),
     #[error("value of key {key:?} is {len} bytes, more than {MAX_VALUE_LEN}")]
     ValueTooLong { key: String, len: usize },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventKind;
+
+    #[test]
+    fn event_names_are_what_serde_writes() {
+        use EventKind::*;
+        for k in [
+            Joined, Updated, Suspect, Recovered, Dead, Left, Restarted, Reaped,
+        ] {
+            assert_eq!(
+                serde_json::to_value(k).unwrap(),
+                serde_json::json!(k.as_str())
+            );
+        }
+    }
 }

@@ -142,6 +142,22 @@ impl History {
         }
     }
 
+    /// Whether [`History::record`] would keep a point of `node`'s at `t`: callers skip reading (and
+    /// parsing) a member's sample that would be dropped, which is most of them (a member's step is a
+    /// minute, the caller's tick a few seconds).
+    pub fn wants(&self, node: &str, t: u64) -> bool {
+        match self.tracks.get(node) {
+            Some(track) => track
+                .points
+                .back()
+                .is_none_or(|last| t < last.t || t >= last.t + track.step),
+            None => {
+                let peers = self.tracks.len() - usize::from(self.tracks.contains_key(&self.own));
+                node == self.own || peers < PEER_TRACKS
+            }
+        }
+    }
+
     /// Records a membership event of `node`'s.
     pub fn event(&mut self, node: &str, e: NodeEvent) {
         if self.events.len() >= EVENTS {
@@ -208,6 +224,29 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wants_says_what_record_would_keep() {
+        let mut h = History::new("me");
+        for (node, step) in [("me", OWN_STEP), ("peer", PEER_STEP)] {
+            assert!(h.wants(node, 1000));
+            h.record(node, at(1000, 1.0));
+            for t in [1000, 1000 + step - 1, 999, 1000 + step, 5000] {
+                let before = h.revision();
+                let wanted = h.wants(node, t);
+                let mut copy = History::new("me");
+                copy.record(node, at(1000, 1.0));
+                copy.record(node, at(t, 1.0));
+                assert_eq!(wanted, copy.revision() > 1, "{node} at {t}");
+                assert_eq!(h.revision(), before, "asking changes nothing");
+            }
+        }
+        for i in 0..PEER_TRACKS {
+            h.record(&format!("p{i}"), at(1000, 1.0));
+        }
+        assert!(!h.wants("one-too-many", 1000));
+        assert!(h.wants("me", 5000));
+    }
 
     fn at(t: u64, cpu: f32) -> Point {
         Point {

@@ -430,10 +430,7 @@ pub fn event_stream(
     tokio_stream::wrappers::BroadcastStream::new(events).map(|e| {
         let event = match e {
             Ok(e) => {
-                let kind = serde_json::to_value(e.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let kind = e.kind.as_str().to_string();
                 warp::sse::Event::default().event(kind).json_data(&e)
             }
             Err(BroadcastStreamRecvError::Lagged(missed)) => warp::sse::Event::default()
