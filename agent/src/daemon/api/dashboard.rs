@@ -171,11 +171,21 @@ pub(super) async fn dashboard(s: ApiState) -> Result<impl Reply, Rejection> {
     ctx.insert("summary", &format!("{alive} of {} alive", nodes.len()));
     ctx.insert("version", crate::VERSION);
     ctx.insert("rows", &nodes.iter().map(Row::new).collect::<Vec<_>>());
-    let html = s.templates.render("dashboard.html", &ctx).map_err(|e| {
-        tracing::error!(error = %e, "dashboard template");
+    render(&s, "dashboard.html", &ctx, "the dashboard")
+}
+
+/// Renders one of the embedded templates; a failure is logged and answered 500 naming the page.
+fn render(
+    s: &ApiState,
+    template: &str,
+    ctx: &tera::Context,
+    page: &str,
+) -> Result<warp::reply::Html<String>, Rejection> {
+    let html = s.templates.render(template, ctx).map_err(|e| {
+        tracing::error!(error = %e, template, "template failed to render");
         reject(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "the dashboard failed to render",
+            format!("{page} failed to render"),
         )
     })?;
     Ok(warp::reply::html(html))
@@ -219,12 +229,5 @@ pub(super) async fn node_page(id: String, s: ApiState) -> Result<impl Reply, Rej
         _ => String::new(),
     };
     ctx.insert("own_page", &own_page);
-    let html = s.templates.render("node.html", &ctx).map_err(|e| {
-        tracing::error!(error = %e, "node page template");
-        reject(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the node's page failed to render",
-        )
-    })?;
-    Ok(warp::reply::html(html))
+    render(&s, "node.html", &ctx, "the node's page")
 }
