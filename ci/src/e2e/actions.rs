@@ -1,8 +1,8 @@
 //! Issue 28, 3, in VMs that already boot (the first arm64 round): herd's actions through the card's real
 //! herd-action.path and herd-action.service. identify answers "no activity LED" (QEMU's `virt` board has
 //! none); restart brings the agent back with a new generation; reboot is seen `left`, then the card
-//! comes back with a new generation; shutdown ([`shutdown`], the round's leave) is seen `left` and the
-//! card stays off. QEMU runs with `-no-reboot`, so a guest's reboot ends its QEMU, and the harness powers
+//! comes back with a new generation (both on the third VM, the plain one, which the round then crashes);
+//! shutdown ([`shutdown`], the round's leave, on the second) is seen `left` and the card stays off. QEMU runs with `-no-reboot`, so a guest's reboot ends its QEMU, and the harness powers
 //! the card on again, as a Pi's firmware does after the reset: the kernel's last console line says which
 //! of the two the card asked for.
 
@@ -46,7 +46,7 @@ fn back(
     })
 }
 
-/// identify, restart and reboot, on the round's first two VMs.
+/// identify on the first VM; restart and reboot on the third, watched from the first.
 pub(super) fn run(vms: &mut [Vm], secrets: &Path, restart: Restart) -> anyhow::Result<()> {
     let token = super::upgrade::secret(secrets, "api_token")?;
     let e = ask(&vms[0], &token, Action::Identify)
@@ -56,68 +56,71 @@ pub(super) fn run(vms: &mut [Vm], secrets: &Path, restart: Restart) -> anyhow::R
         bail!("{}: identify: {e:#}", vms[0].name);
     }
 
-    let id = vms[1].id.clone();
-    let (_, before) = seen(vms[0].ip, &id).context("vm0 does not list vm1")?;
-    ask(&vms[1], &token, Action::Restart)?;
+    let id = vms[2].id.clone();
+    let (_, before) = seen(vms[0].ip, &id).context("vm0 does not list vm2")?;
+    ask(&vms[2], &token, Action::Restart)?;
     let restarted = back(
         &vms[0],
         &id,
         before,
         Duration::from_secs(120),
-        "vm0 sees vm1's agent back with a new generation after herd restart",
+        "vm0 sees vm2's agent back with a new generation after herd restart",
     )?;
-    if !console_has(&vms[1], "herd action-apply: restart asked by") {
+    if !console_has(&vms[2], "herd action-apply: restart asked by") {
         bail!(
             "{}: herd-action.service did not log the restart and who asked",
-            vms[1].name
+            vms[2].name
         );
     }
 
-    let (_, before) = seen(vms[0].ip, &id).context("vm0 does not list vm1")?;
+    let (_, before) = seen(vms[0].ip, &id).context("vm0 does not list vm2")?;
     let asked = Instant::now();
-    ask(&vms[1], &token, Action::Reboot)?;
+    ask(&vms[2], &token, Action::Reboot)?;
     let left = until(
         asked,
         LEAVE_DEADLINE,
-        "vm0 sees vm1 left after herd reboot",
+        "vm0 sees vm2 left after herd reboot",
         || (state_of(vms[0].ip, &id).as_deref() == Some("left")).then(|| asked.elapsed()),
     )?;
-    until(asked, LEAVE_DEADLINE, "vm1's reboot resets the VM", || {
-        vms[1].child.try_wait().ok().flatten().map(|_| ())
+    until(asked, LEAVE_DEADLINE, "vm2's reboot resets the VM", || {
+        vms[2].child.try_wait().ok().flatten().map(|_| ())
     })?;
-    if !console_has(&vms[1], "reboot: Restarting system") {
+    if !console_has(&vms[2], "reboot: Restarting system") {
         bail!(
             "{}: herd reboot did not end in a restart (the console's end: {:?})",
-            vms[1].name,
-            super::vm::console_tail(&vms[1])
+            vms[2].name,
+            super::vm::console_tail(&vms[2])
         );
     }
     // The round's table keeps the first boot's figures.
-    let (up, joined) = (vms[1].up, vms[1].joined);
-    vms[1] = restart(1)?;
-    agents_up(&mut vms[1..2], "vm1's agent answers after herd reboot")?;
-    (vms[1].up, vms[1].joined) = (up, joined);
+    let (up, joined) = (vms[2].up, vms[2].joined);
+    vms[2] = restart(2)?;
+    agents_up(&mut vms[2..3], "vm2's agent answers after herd reboot")?;
+    (vms[2].up, vms[2].joined) = (up, joined);
     let rebooted = back(
         &vms[0],
         &id,
         before,
         super::JOIN_DEADLINE,
-        "vm0 sees vm1 back with a new generation after herd reboot",
+        "vm0 sees vm2 back with a new generation after herd reboot",
     )?;
-    // vm1 knows the others again before the round goes on (vm2's crash must be seen by it too).
+    // Every VM lists all three alive again before the round goes on (vm2's crash comes next, and
+    // vm0 and vm1 must both see it).
     let mut all: Vec<String> = vms.iter().map(|v| v.ip.to_string()).collect();
     all.sort();
-    until(
-        Instant::now(),
-        super::JOIN_DEADLINE,
-        "vm1 lists all three alive after its reboot",
-        || super::alive(vms[1].ip).ok().filter(|a| *a == all),
-    )?;
+    for vm in vms.iter() {
+        until(
+            Instant::now(),
+            super::JOIN_DEADLINE,
+            &format!("{} lists all three alive after vm2's reboot", vm.name),
+            || super::alive(vm.ip).ok().filter(|a| *a == all),
+        )?;
+    }
     println!(
         "    actions: identify on {}: no activity LED; herd restart {}: back after {}; herd reboot: \
          left after {}, back (new generation) {} after power-on",
         vms[0].name,
-        vms[1].name,
+        vms[2].name,
         secs(Some(restarted)),
         secs(Some(left)),
         secs(Some(rebooted))
