@@ -381,13 +381,24 @@ fn sync_dir(file: &Path) -> anyhow::Result<()> {
 
 /// What `BINARY --version` says (`herd X` → `X`), within 20 s.
 pub fn version_of(bin: &Path) -> Result<String, String> {
-    let mut child = Command::new(bin)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    // A binary just written can be "busy" for a moment: a process forked elsewhere (another thread of
+    // this program) holds the writer's descriptor until it execs (ETXTBSY). Asked again, it runs.
+    let mut tries = 0;
+    let mut child = loop {
+        let spawned = Command::new(bin)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        match spawned {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other.map_err(|e| format!("cannot run {}: {e}", bin.display()))?,
+        }
+    };
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
