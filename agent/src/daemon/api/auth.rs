@@ -128,19 +128,30 @@ pub(super) fn check_body(proven: &Option<String>, body: &[u8]) -> Result<(), Rej
     }
 }
 
-/// Passes the state on when the request carries the right token (or no token is configured).
-pub(super) fn authorized(
+/// Passes the state on when `needs` says the request needs no token, or it carries the right one (or a
+/// proof of it); `needs` may also refuse the request outright.
+fn gate(
     st: impl Filter<Extract = (ApiState,), Error = Infallible> + Clone + Send + Sync,
+    needs: fn(&ApiState) -> Result<bool, Rejection>,
 ) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and(target())
         .and(st)
         .and_then(
-            |header: Option<String>, t: Target, s: ApiState| async move {
-                check(header.as_deref(), &t, &s)?;
+            move |header: Option<String>, t: Target, s: ApiState| async move {
+                if needs(&s)? {
+                    check(header.as_deref(), &t, &s)?;
+                }
                 Ok::<_, Rejection>(s)
             },
         )
+}
+
+/// Passes the state on when the request carries the right token (or no token is configured).
+pub(super) fn authorized(
+    st: impl Filter<Extract = (ApiState,), Error = Infallible> + Clone + Send + Sync,
+) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
+    gate(st, |_| Ok(true))
 }
 
 /// Passes the state on when the request carries the right token, and refuses every request on a node
@@ -148,38 +159,21 @@ pub(super) fn authorized(
 pub(super) fn token_required(
     st: impl Filter<Extract = (ApiState,), Error = Infallible> + Clone + Send + Sync,
 ) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and(target())
-        .and(st)
-        .and_then(
-            |header: Option<String>, t: Target, s: ApiState| async move {
-                if s.token.is_none() {
-                    return Err(reject(
-                        StatusCode::FORBIDDEN,
-                        "this node has no api.token, and this endpoint is served only with one                          (what it shows may hold secrets)",
-                    ));
-                }
-                check(header.as_deref(), &t, &s)?;
-                Ok::<_, Rejection>(s)
-            },
-        )
+    gate(st, |s| match s.token {
+        Some(_) => Ok(true),
+        None => Err(reject(
+            StatusCode::FORBIDDEN,
+            "this node has no api.token, and this endpoint is served only with one \
+             (what it shows may hold secrets)",
+        )),
+    })
 }
 
 /// Passes the state on for a read: always, or with the token under `api.protect_reads`.
 pub(super) fn readable(
     st: impl Filter<Extract = (ApiState,), Error = Infallible> + Clone + Send + Sync,
 ) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and(target())
-        .and(st)
-        .and_then(
-            |header: Option<String>, t: Target, s: ApiState| async move {
-                if s.protect_reads {
-                    check(header.as_deref(), &t, &s)?;
-                }
-                Ok::<_, Rejection>(s)
-            },
-        )
+    gate(st, |s| Ok(s.protect_reads))
 }
 
 /// The token, or a proof of it made for this request on this node.
