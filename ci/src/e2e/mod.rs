@@ -16,6 +16,7 @@ use herd_image::Arch;
 
 use crate::netns::Lan;
 
+mod actions;
 mod upgrade;
 mod vm;
 mod wifi;
@@ -817,9 +818,18 @@ fn join_kill_poweroff(
     each_card_is_itself(vms)?;
     let wifi_seen = users_log_in(vms, opts, imager, wifi)?;
     all_find_each_other(vms)?;
+    logs_are_read(vms, opts)?;
     health_is_seen(vms, opts)?;
+    // herd's actions on the round without an upgrade (the other keeps the power button).
+    let actions = opts.upgrade.as_ref().filter(|_| upgrade.is_none());
+    if let Some(a) = actions {
+        actions::run(vms, &a.secrets, restart)?;
+    }
     let detected = one_crashes(vms, restart, upgrade)?;
-    let left = one_leaves(vms)?;
+    let left = match actions {
+        Some(a) => actions::shutdown(vms, &a.secrets)?,
+        None => one_leaves(vms)?,
+    };
     print_timings(vms, upgrade.is_some(), detected, left, wifi_seen);
     Ok(())
 }
@@ -956,6 +966,69 @@ fn all_find_each_other(vms: &mut [Vm]) -> anyhow::Result<()> {
         },
     )?;
     println!("    every VM lists {want:?} alive");
+    Ok(())
+}
+
+/// `GET /api/v1/logs` (what `herd logs` asks) through the real herd.service: a dynamic user whose one
+/// extra privilege is the systemd-journal group, under a seccomp filter its journalctl must live with.
+/// Each VM's agent serves a token holder its own start line and PID 1's lines (the whole system
+/// journal, not the agent's alone), logs who read, and refuses a reader without the token.
+fn logs_are_read(vms: &[Vm], opts: &Options) -> anyhow::Result<()> {
+    use std::io::Read;
+    let Some(secrets) = opts.upgrade.as_ref().map(|u| &u.secrets) else {
+        println!("    logs: skipped (no --secrets, so no token)");
+        return Ok(());
+    };
+    let token = upgrade::secret(secrets, "api_token")?;
+    let read = |vm: &Vm, unit: Option<&str>| -> anyhow::Result<String> {
+        let q = herd::model::logs::LogQuery {
+            lines: 2000,
+            unit: unit.map(str::to_string),
+            since: None,
+            follow: false,
+        };
+        let client = herd::client::Client::new(&vm.ip.to_string(), Some(token.clone()))?;
+        let mut text = String::new();
+        client
+            .logs(&q)
+            .with_context(|| format!("{}: the journal ({unit:?})", vm.name))?
+            .read_to_string(&mut text)?;
+        Ok(text)
+    };
+    for vm in vms {
+        let herd = read(vm, Some("herd.service"))?;
+        if !herd.contains("serving the dashboard and API") {
+            bail!(
+                "{}: herd.service's journal, read through its agent, lacks its start line: {herd:?}",
+                vm.name
+            );
+        }
+        let all = read(vm, None)?;
+        if !all.contains(" systemd[1]: ") {
+            bail!(
+                "{}: the journal, read through the agent, has no line of systemd's: {all:?}",
+                vm.name
+            );
+        }
+        let again = read(vm, Some("herd.service"))?;
+        if !again.contains("journal read") {
+            bail!("{}: the agent did not log the read: {again:?}", vm.name);
+        }
+        let anyone = herd::client::Client::new(&vm.ip.to_string(), None)?;
+        let refused = anyone.raw("GET", "/api/v1/logs", false)?;
+        if refused.status != 401 {
+            bail!(
+                "{}: /api/v1/logs without the token: HTTP {} {}",
+                vm.name,
+                refused.status,
+                refused.body
+            );
+        }
+    }
+    println!(
+        "    logs: every VM's agent (herd.service's sandbox, group systemd-journal) serves its own and \
+         the system's journal to the token, logs the read, and answers 401 without it"
+    );
     Ok(())
 }
 
