@@ -20,6 +20,8 @@ pub struct BakeOptions {
     pub ssh_keys: Option<(String, String)>,
     /// A Wi-Fi network to join (see `wifi`).
     pub wifi: Option<Wifi>,
+    /// Debian packages for the card to install at first boot (see `packages`).
+    pub packages: Option<crate::packages::Request>,
 }
 
 impl std::fmt::Debug for BakeOptions {
@@ -28,6 +30,7 @@ impl std::fmt::Debug for BakeOptions {
             .field("overlay", &self.overlay)
             .field("cluster", &self.values.cluster)
             .field("wifi", &self.wifi)
+            .field("packages", &self.packages)
             .field("secrets", &"***")
             .finish()
     }
@@ -46,6 +49,8 @@ pub struct Baked {
     /// The base runs cloud-init at boot (Raspberry Pi OS Trixie since late 2025): Imager then customises
     /// it through cloud-init files, not `firstrun.sh`.
     pub cloud_init: bool,
+    /// The packages put on the boot partition for first boot.
+    pub packages: Option<crate::packages::Manifest>,
 }
 
 /// Where the enable symlink lives and what it points to.
@@ -74,6 +79,7 @@ pub struct Prepared {
     /// Tokens to set on `cmdline.txt` (read and rewritten on the copy, in `finish`).
     cmdline: Vec<String>,
     cloud_init: bool,
+    packages: Option<crate::packages::Resolved>,
 }
 
 impl Prepared {
@@ -94,6 +100,12 @@ pub fn prepare(
         let name = line.split(':').next().unwrap_or_default();
         crate::imager::check_user_name(name).map_err(Error::Invalid)?;
     }
+    if let Some(request) = &opts.packages {
+        for n in &request.names {
+            crate::packages::check_name(n)
+                .map_err(|e| Error::Invalid(format!("--packages: {e}")))?;
+        }
+    }
     let img = Image::open(image)?;
     let root = img.root();
     if root.needs_recovery()? {
@@ -109,6 +121,10 @@ pub fn prepare(
     let seed = cloud.as_ref().is_some_and(|c| c.seed);
     let binary = binary_for(arch)?;
     let bin = std::fs::read(&binary).map_err(crate::io(&binary))?;
+    let packages = match &opts.packages {
+        Some(request) => Some(resolve_packages(image, &img, arch, request)?),
+        None => None,
+    };
 
     let mut entries = overlay::render(&opts.overlay, &opts.values)?;
     entries.push(Entry::root_file(BINARY, bin, 0o755));
@@ -231,7 +247,55 @@ pub fn prepare(
         boot,
         cmdline,
         cloud_init,
+        packages,
     })
+}
+
+/// Resolves and downloads `--packages` for the base in `img`, and checks they fit on its boot partition.
+fn resolve_packages(
+    image: &Path,
+    img: &Image,
+    arch: Arch,
+    request: &crate::packages::Request,
+) -> Result<crate::packages::Resolved> {
+    let resolved = crate::packages::resolve(&img.root(), arch, request, &mut |line| {
+        eprintln!("    apt: {line}")
+    })?;
+    let free = img.boot()?.free()?;
+    fits(&resolved.manifest, free)
+        .map_err(|why| Error::Invalid(format!("{}: {why}", image.display())))?;
+    Ok(resolved)
+}
+
+/// Whether the packages fit on a boot partition with `free` bytes, leaving the margin.
+fn fits(manifest: &crate::packages::Manifest, free: u64) -> std::result::Result<(), String> {
+    let total: u64 = manifest.debs.iter().map(|d| d.size).sum();
+    // Each file takes whole clusters; a few for the directory and the manifest.
+    let needed = total + manifest.debs.len() as u64 * 4096 + crate::packages::BOOT_MARGIN;
+    if needed > free {
+        return Err(format!(
+            "--packages {} needs {:.1} MB on the boot partition (with {} MiB kept free), which has \
+             {:.1} MB free; the largest: {}",
+            manifest.requested.join(","),
+            total as f64 / 1e6,
+            crate::packages::BOOT_MARGIN >> 20,
+            free as f64 / 1e6,
+            largest(&manifest.debs)
+        ));
+    }
+    Ok(())
+}
+
+/// The three largest packages, with their sizes.
+fn largest(debs: &[crate::packages::Deb]) -> String {
+    let mut by_size: Vec<&crate::packages::Deb> = debs.iter().collect();
+    by_size.sort_by_key(|d| std::cmp::Reverse(d.size));
+    by_size
+        .iter()
+        .take(3)
+        .map(|d| format!("{} ({:.1} MB)", d.package, d.size as f64 / 1e6))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Writes a prepared bake into `image` (the image it was prepared on, or a byte-identical copy).
@@ -243,6 +307,24 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
     for (name, contents) in &prepared.boot {
         boot.write(name, contents)?;
         boot_files.push(name.clone());
+    }
+    let mut packages = None;
+    if let Some(resolved) = &prepared.packages {
+        boot.create_dir(crate::packages::BOOT_DIR)?;
+        for (deb, path) in resolved.manifest.debs.iter().zip(&resolved.files) {
+            let body = std::fs::read(path).map_err(crate::io(path))?;
+            boot.write(
+                &format!("{}/{}", crate::packages::BOOT_DIR, deb.file),
+                &body,
+            )?;
+        }
+        // Last: the card takes the packages as there only once the manifest is.
+        boot.write(
+            crate::packages::MANIFEST,
+            &serde_json::to_vec_pretty(&resolved.manifest).expect("json"),
+        )?;
+        boot_files.push(crate::packages::MANIFEST.to_string());
+        packages = Some(resolved.manifest.clone());
     }
     if !prepared.cmdline.is_empty() {
         let text = String::from_utf8_lossy(&boot.read("cmdline.txt")?).into_owned();
@@ -260,6 +342,7 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
         boot_files,
         links: prepared.links,
         cloud_init: prepared.cloud_init,
+        packages,
     })
 }
 
@@ -365,6 +448,33 @@ fn enable_links(entries: &[Entry]) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn packages_that_do_not_fit_name_the_largest() {
+        use crate::packages::{Deb, Manifest};
+        let deb = |p: &str, size: u64| Deb {
+            package: p.into(),
+            version: "1".into(),
+            arch: "arm64".into(),
+            file: format!("{p}_1_arm64.deb"),
+            size,
+            sha256: String::new(),
+        };
+        let m = Manifest {
+            requested: vec!["docker.io".into()],
+            debs: vec![
+                deb("runc", 8_000_000),
+                deb("docker.io", 30_000_000),
+                deb("containerd", 20_000_000),
+            ],
+        };
+        assert!(super::fits(&m, 100 << 20).is_ok());
+        let e = super::fits(&m, 60 << 20).unwrap_err();
+        assert!(e.contains("needs 58.0 MB"), "{e}");
+        assert!(
+            e.contains("docker.io (30.0 MB), containerd (20.0 MB), runc (8.0 MB)"),
+            "{e}"
+        );
+    }
     use super::with_login_shell;
 
     #[test]

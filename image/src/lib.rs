@@ -15,6 +15,7 @@ pub mod fixture;
 pub mod imager;
 pub mod nosync;
 pub mod overlay;
+pub mod packages;
 pub mod pipeline;
 pub mod wifi;
 

@@ -45,6 +45,7 @@ fn options() -> BakeOptions {
         userconf: Some("alice:$6$saltsalt$hash".into()),
         ssh_keys: Some(("alice".into(), "ssh-ed25519 AAAAC3Nz alice@laptop\n".into())),
         wifi: None,
+        packages: None,
     }
 }
 
@@ -171,6 +172,11 @@ fn check_pipeline(fixture: Fixture) {
             "/etc/systemd/system/multi-user.target.wants/herd-action.path",
             "/etc/systemd/system/herd-action.path",
         ),
+        // --packages: the first-boot installer (it does nothing on a card without packages).
+        (
+            "/etc/systemd/system/multi-user.target.wants/herd-packages.service",
+            "/etc/systemd/system/herd-packages.service",
+        ),
     ] {
         assert_eq!(root.stat(link).unwrap().kind, "symlink", "{link}");
         assert_eq!(root.resolve(link).unwrap(), unit);
@@ -279,6 +285,7 @@ fn the_units_pass_systemd_analyze_verify() {
         "herd-upgrade-resume.service",
         "herd-action.path",
         "herd-action.service",
+        "herd-packages.service",
     ];
     for unit in units {
         let from = workspace().join("overlay/etc/systemd/system").join(unit);

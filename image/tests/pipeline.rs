@@ -41,6 +41,7 @@ fn options(base: Base, dir: &Path, xz: bool) -> PipelineOptions {
             userconf: None,
             ssh_keys: None,
             wifi: None,
+            packages: None,
         },
         xz,
         checksum: false,
@@ -490,4 +491,42 @@ fn bad_bases_fail_clearly_and_leave_nothing_behind() {
             outputs(dir.path())
         );
     }
+}
+
+/// `--packages` that cannot be had stop the build before any output is written, with the package and
+/// the reason named, and the base is left as it was. (Resolving against real bases and their archives is
+/// `cargo xtask e2e`'s, which has the bases.)
+#[test]
+fn packages_that_cannot_be_had_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.img");
+    Fixture::default().build(&base).unwrap();
+    let before = sha256_file(&base).unwrap();
+    let with = |names: &[&str]| {
+        let mut o = options(Base::File(base.clone()), dir.path(), false);
+        o.bake.packages = Some(herd_image::packages::Request {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            cache: dir.path().join("apt"),
+        });
+        o
+    };
+    for (names, expected) in [
+        // Not a package name at all: refused before apt is asked.
+        (&["Nginx"][..], "\"Nginx\" is not a Debian package name"),
+        (
+            &["-oAPT::Get::Trivial-Only"][..],
+            "is not a Debian package name",
+        ),
+        // The fixture has a dpkg database but no apt sources: nothing to resolve against.
+        (&["nginx-light"][..], "the base has no apt sources"),
+    ] {
+        let e = run(&with(names), agent_binary).unwrap_err().to_string();
+        assert!(e.contains(expected), "{names:?}: {e}");
+        assert!(
+            outputs(dir.path()).is_empty(),
+            "{names:?} left {:?}",
+            outputs(dir.path())
+        );
+    }
+    assert_eq!(sha256_file(&base).unwrap(), before, "the base was modified");
 }

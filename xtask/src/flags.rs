@@ -28,7 +28,7 @@ pub enum Task {
     /// included) Raspberry Pi OS (installs what it needs)
     Build,
     /// A flashable SD-card image with herd baked in
-    Image(Image),
+    Image(Box<Image>),
     /// A Raspberry Pi-layout base image made from Debian's packages, cached in ~/.cache/herd/base (for
     /// `image --base debian`; needs root)
     Base(Base),
@@ -115,6 +115,14 @@ pub struct Image {
     /// The network does not broadcast its SSID
     #[arg(long)]
     pub wifi_hidden: bool,
+    /// Debian packages every card installs at its first boot, with no network (e.g.
+    /// nginx-light,docker.io): resolved with apt against the base's own sources and installed
+    /// packages, downloaded once (cached in ~/.cache/herd/apt) and carried on the boot partition
+    #[arg(long, value_name = "NAME,NAME", value_delimiter = ',')]
+    pub packages: Vec<String>,
+    /// The same, one name a line ('#' starts a comment); added to --packages
+    #[arg(long, value_name = "FILE")]
+    pub packages_file: Option<PathBuf>,
     /// Output name (default: herd-CLUSTER)
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,

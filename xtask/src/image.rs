@@ -331,6 +331,19 @@ pub fn make(a: &Image) -> anyhow::Result<()> {
         _ => None,
     };
     let cache_dir = crate::util::cache_dir();
+    let mut packages = a.packages.clone();
+    if let Some(f) = &a.packages_file {
+        packages.extend(herd_image::packages::read_list(f)?);
+    }
+    for p in &packages {
+        herd_image::packages::check_name(p).map_err(|e| anyhow::anyhow!("--packages: {e}"))?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    packages.retain(|p| seen.insert(p.clone()));
+    let packages = (!packages.is_empty()).then(|| herd_image::packages::Request {
+        names: packages,
+        cache: cache_dir.join("apt"),
+    });
     let base = {
         use crate::base::{ensure, Suite};
         use herd_image::Arch;
@@ -367,6 +380,7 @@ pub fn make(a: &Image) -> anyhow::Result<()> {
             userconf,
             ssh_keys,
             wifi,
+            packages,
         },
         xz: a.xz,
         checksum: a.checksum,
@@ -393,6 +407,15 @@ pub fn make(a: &Image) -> anyhow::Result<()> {
         "    and into the boot partition: {}",
         summary.baked.boot_files.join(", ")
     );
+    if let Some(m) = &summary.baked.packages {
+        println!(
+            "    packages for first boot: {} .deb files, {:.1} MB, in {}/ (for {})",
+            m.debs.len(),
+            m.debs.iter().map(|d| d.size).sum::<u64>() as f64 / 1e6,
+            herd_image::packages::BOOT_DIR,
+            m.requested.join(", ")
+        );
+    }
     for (step, took) in &summary.timings {
         println!("    {step}: {:.2} s", took.as_secs_f64());
     }
@@ -464,7 +487,7 @@ mod tests {
             unreachable!("the image task")
         };
         super::check(&a)?;
-        Ok(a)
+        Ok(*a)
     }
 
     #[test]

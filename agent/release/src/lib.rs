@@ -16,7 +16,10 @@
 //!
 //! A crate of its own, small and without I/O beyond reading the system's randomness, because three
 //! others need the same facts: the agent checks artifacts, `cargo xtask release` packs them, and the
-//! image pipeline builds the agent of a CPU family ([`Arch`]) for its base.
+//! image pipeline builds the agent of a CPU family ([`Arch`]) for its base. The manifest of the packages
+//! an image carries for its first boot ([`packages`]) is here for the same reason.
+
+pub mod packages;
 
 use std::cmp::Ordering;
 use std::fmt;
