@@ -9,6 +9,8 @@
 //!   handlers, the HTTP API and dashboard.
 //! - [`ops`]: what runs on the operator's laptop: CLI commands, inventory, launch, upgrade.
 //! - [`installer`]: the card's root installer of `herd upgrade`, a program apart from the agent.
+//! - [`actuator`]: the card's root side of reboot, shutdown, identify and restart, a program apart too.
+//! - [`packages`]: the card's root installer of the packages an image carries, at first boot.
 //! - [`client`]: the one blocking client of a node's HTTP API (the operator's tools, the installer).
 //! - [`model`]: what the daemon publishes and the API shows, shared by the daemon and the tools.
 //! - [`release`]: the signed release artifact of `herd upgrade`, packed by the tools, checked by the daemon
@@ -25,6 +27,7 @@ pub mod gossip;
 pub mod installer;
 pub mod model;
 pub mod ops;
+pub mod packages;
 /// The release format lives in a crate of its own (`agent/release/`), which `cargo xtask` and the image
 /// pipeline use too.
 pub use herd_release as release;

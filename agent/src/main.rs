@@ -124,6 +124,10 @@ enum Command {
         #[arg(long, short, default_value = "/etc/herd/herd.toml")]
         config: PathBuf,
     },
+    /// (Run by herd-packages.service, as root, at boot.) Install the packages the image carries on its
+    /// boot partition, offline, then free the space.
+    #[command(hide = true)]
+    PackagesApply,
     /// Change a node's service meta-data.
     MetaData {
         #[command(subcommand)]
@@ -303,6 +307,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             herd::ops::cli::act(&target, &[member], herd::model::actions::Action::Restart)
         }
         Command::ActionApply { config } => herd::actuator::apply(&Config::load(&config)?),
+        Command::PackagesApply => {
+            herd::packages::apply(&herd::packages::Setup::default()).map(|_| ())
+        }
         Command::MetaData { change } => match change {
             MetaDataCommand::AddService {
                 member,

@@ -241,6 +241,7 @@ fn the_rooms_form_no_circle() {
         "files",
         "installer",
         "actuator",
+        "packages",
         "client",
     ] {
         assert!(r.contains_key(room), "no room {room}: {r:?}");
@@ -262,6 +263,11 @@ fn the_rooms_form_no_circle() {
             .iter()
             .all(|x| x == "model" || x == "config" || x == "gossip"),
         "actuator must rest on model and config only: {r:?}"
+    );
+    // And the packages' installer: it reads the manifest and writes its status file.
+    assert!(
+        r["packages"].iter().all(|x| x == "files"),
+        "packages must rest on files only: {r:?}"
     );
     assert!(
         r["client"].iter().all(|x| x == "model" || x == "gossip"),

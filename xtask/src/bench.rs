@@ -82,6 +82,13 @@ pub fn run(flags: &crate::flags::Bench) -> anyhow::Result<()> {
             crate::build::build_for_this_machine()?;
         }
     }
+    // The image benchmark measures `--packages` on herd's Debian base (built once, as root, if missing).
+    let debian_base = if names.contains(&BenchName::Image) {
+        use crate::base::{ensure, Suite};
+        Some(ensure(herd_image::Arch::Arm64, Suite::Bookworm)?)
+    } else {
+        None
+    };
     let mut report = Vec::new();
     for name in names.iter().map(|n| n.name()) {
         // Quick runs only prove a benchmark still runs: they reuse the test build.
@@ -96,6 +103,9 @@ pub fn run(flags: &crate::flags::Bench) -> anyhow::Result<()> {
         };
         if quick {
             cmd.arg("--quick");
+        }
+        if let Some(base) = debian_base.as_ref().filter(|_| name == "image") {
+            cmd.env("HERD_BENCH_DEBIAN_BASE", base);
         }
         report.push((name, run_captured(name, cmd)?));
     }

@@ -37,15 +37,16 @@ pub fn run() -> anyhow::Result<()> {
     test.args(["test", "--workspace"]);
     let (passed, failed) = run_tests(test)?;
 
-    // Benchmarks run in their quick mode so that they cannot rot.
+    // Boot-and-join: the real image in QEMU (the Debian bases are cached outside the repository).
+    crate::e2e::run(&crate::flags::E2e { no_armhf: false })?;
+    // Benchmarks run in their quick mode so that they cannot rot (after the e2e test, which builds the
+    // Debian base the image benchmark's `--packages` row bakes).
     crate::bench::run(&crate::flags::Bench {
         names: Vec::new(),
         quick: true,
         nodes: Vec::new(),
         detection: None,
     })?;
-    // Boot-and-join: the real image in QEMU (the Debian bases are cached outside the repository).
-    crate::e2e::run(&crate::flags::E2e { no_armhf: false })?;
     // The README's set-up from a bare Debian root: proves the package lists above and the main command's.
     crate::bare::run()?;
     println!("==> ci: all green");

@@ -16,6 +16,74 @@ const USER: &str = "alice";
 /// The Wi-Fi network of the Wi-Fi test (an access point inside one VM).
 const WIFI_SSID: &str = "herd e2e";
 
+/// What the 64-bit VMs' images carry for their first boot: a web server with a service of its own, which
+/// the test reaches on port 80.
+const PACKAGES: [&str; 1] = ["nginx-light"];
+
+/// `--packages` resolved against a base's own state: what it has installed resolves to nothing, and what
+/// it lacks brings no package the base already has at that version (nothing is downloaded again).
+fn packages_resolve_against(base: &std::path::Path, arch: Arch, what: &str) -> anyhow::Result<()> {
+    use herd_image::packages::{installed_on, resolve, Request};
+    let img = herd_image::Image::open(base)?;
+    let root = img.root();
+    let installed = installed_on(&root)?;
+    let cache = crate::util::cache_dir().join("apt");
+    let quiet = &mut |_: &str| {};
+    // Two the base has (the bases install them, as Raspberry Pi OS Lite does).
+    let have = ["openssh-server", "sudo"];
+    for p in have {
+        if !installed.keys().any(|(n, _)| n == p) {
+            bail!("{what}: the base does not list {p} as installed; its dpkg status was misread");
+        }
+    }
+    let request = |names: &[&str]| Request {
+        names: names.iter().map(|n| n.to_string()).collect(),
+        cache: cache.clone(),
+    };
+    let none = resolve(&root, arch, &request(&have), quiet)?;
+    if !none.manifest.debs.is_empty() {
+        bail!(
+            "{what}: {} are installed on the base, yet resolving them downloads {:?}",
+            have.join(", "),
+            none.manifest
+                .debs
+                .iter()
+                .map(|d| &d.file)
+                .collect::<Vec<_>>()
+        );
+    }
+    let got = resolve(&root, arch, &request(&PACKAGES), quiet)?;
+    let again: Vec<&str> = got
+        .manifest
+        .debs
+        .iter()
+        .filter(|d| installed.get(&(d.package.clone(), d.arch.clone())) == Some(&d.version))
+        .map(|d| d.file.as_str())
+        .collect();
+    if got.manifest.debs.is_empty() || !again.is_empty() {
+        bail!(
+            "{what}: {} resolved to {} files, of which already installed on the base: {again:?}",
+            PACKAGES.join(", "),
+            got.manifest.debs.len()
+        );
+    }
+    for p in PACKAGES {
+        if !got.manifest.debs.iter().any(|d| d.package == p) {
+            bail!("{what}: {p} itself is not among what was resolved");
+        }
+    }
+    println!(
+        "==> packages on {what}: {} resolve to {} files ({:.1} MB), none of the base's {} installed \
+         packages among them; {} (installed) resolve to none",
+        PACKAGES.join(", "),
+        got.manifest.debs.len(),
+        got.total() as f64 / 1e6,
+        installed.len(),
+        have.join(" and ")
+    );
+    Ok(())
+}
+
 pub fn run(flags: &crate::flags::E2e) -> anyhow::Result<()> {
     if !is_root() {
         bail!(
@@ -71,6 +139,9 @@ pub fn run(flags: &crate::flags::E2e) -> anyhow::Result<()> {
         .collect();
     // Those not cached are built side by side.
     let bases = crate::base::ensure_all(&builds)?;
+    for ((arch, suite), base) in builds.iter().zip(&bases) {
+        packages_resolve_against(base, *arch, &format!("{} {}", suite.name(), arch.name()))?;
+    }
     for ((arch, suite), base) in builds.into_iter().zip(bases) {
         let name = format!("e2e-{}-{}", arch.name(), suite.name());
         let mut image = crate::flags::Image {
@@ -83,6 +154,10 @@ pub fn run(flags: &crate::flags::E2e) -> anyhow::Result<()> {
             ssh_key: Some(out.join("id_e2e.pub")),
             ..Default::default()
         };
+        // Packages installed at first boot, offline, on the 64-bit VMs of both releases.
+        if arch == Arch::Arm64 {
+            image.packages = PACKAGES.iter().map(|p| p.to_string()).collect();
+        }
         // Wi-Fi on the release whose base has NetworkManager and the access point's packages.
         if suite == crate::flags::Suite::Trixie && arch == Arch::Arm64 {
             wifi_debs = Some(crate::base::test_debs(&base));

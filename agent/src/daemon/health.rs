@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::model::health::{Flag, Health};
+use crate::model::health::{Flag, Health, Packages};
 
 /// Writes per hour are measured over at most this long, and reported after at least the minimum.
 const WRITES_WINDOW: Duration = Duration::from_secs(3600);
@@ -75,7 +75,21 @@ impl HealthReader {
             clock_synced,
             clock_error_ms: None,
             bootloader: self.bootloader(),
+            packages: self.packages(),
         }
+    }
+
+    /// How the image's packages went (`herd packages-apply`'s status file), if it carried any.
+    fn packages(&self) -> Option<Packages> {
+        let status = crate::packages::Status::read(
+            &self.path(crate::packages::STATUS.trim_start_matches('/')),
+        )?;
+        Some(match status.outcome {
+            crate::packages::Outcome::Installed => Packages::Installed,
+            crate::packages::Outcome::Failed => Packages::Failed {
+                attempts: status.attempts,
+            },
+        })
     }
 
     fn path(&self, rel: &str) -> PathBuf {

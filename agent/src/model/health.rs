@@ -51,6 +51,21 @@ pub struct Health {
     /// The bootloader's build time (Pi 4 and 5 EEPROM), seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootloader: Option<u64>,
+    /// The packages the image carried for first boot (`--packages`): installed, or failed so many
+    /// times; `None` when the image carried none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<Packages>,
+}
+
+/// How the image's packages went at first boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "state")]
+pub enum Packages {
+    Installed,
+    /// Failed at every boot so far (`attempts` of them); tried again at the next.
+    Failed {
+        attempts: u32,
+    },
 }
 
 impl Health {
@@ -442,6 +457,29 @@ pub fn checks(health: Option<&Health>, readings: Readings) -> HealthView {
         None,
     );
 
+    // Only an image with packages has this check.
+    match h.packages {
+        None => {}
+        Some(Packages::Installed) => push(
+            "packages",
+            State::Ok,
+            "the image's packages are installed".into(),
+            None,
+        ),
+        Some(Packages::Failed { attempts }) => push(
+            "packages",
+            State::Critical,
+            format!(
+                "the image's packages failed to install ({attempts} boot{})",
+                if attempts == 1 { "" } else { "s" }
+            ),
+            Some(
+                "on the card, journalctl -u herd-packages and /var/lib/herd-packages/status.json say \
+                 why; they are tried again at every boot (a damaged file needs the card flashed again)",
+            ),
+        ),
+    }
+
     let state = out
         .iter()
         .map(|c| c.state)
@@ -525,6 +563,40 @@ mod tests {
         assert_eq!(check(&v, "power").state, State::Critical);
         assert_eq!(check(&v, "disk").state, State::Ok);
         assert!(check(&v, "disk").advice.is_none());
+    }
+
+    #[test]
+    fn the_images_packages_are_checked_only_where_it_carried_some() {
+        let none = checks(Some(&Health::default()), Readings::default());
+        assert!(none.checks.iter().all(|c| c.name != "packages"));
+        let ok = Health {
+            packages: Some(Packages::Installed),
+            ..Health::default()
+        };
+        let v = checks(Some(&ok), Readings::default());
+        assert_eq!(
+            (v.state, check(&v, "packages").state),
+            (State::Ok, State::Ok)
+        );
+        let failed = Health {
+            packages: Some(Packages::Failed { attempts: 3 }),
+            ..Health::default()
+        };
+        let v = checks(Some(&failed), Readings::default());
+        let c = check(&v, "packages");
+        assert_eq!((v.state, c.state), (State::Critical, State::Critical));
+        assert!(c.detail.contains("3 boots"), "{c:?}");
+        assert!(c
+            .advice
+            .as_ref()
+            .unwrap()
+            .contains("journalctl -u herd-packages"));
+        // As it travels: a state and a number.
+        assert_eq!(
+            failed.to_gossip(),
+            r#"{"packages":{"state":"failed","attempts":3}}"#
+        );
+        assert!(Health::check(r#"{"packages":{"state":"failed","attempts":"x"}}"#).is_err());
     }
 
     #[test]

@@ -139,6 +139,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             userconf: None,
             ssh_keys: None,
             wifi: None,
+            packages: None,
         },
         xz: false,
         checksum,
@@ -267,5 +268,87 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     );
     println!("\nThe default run writes the image to flash; the SHA-256 (`--checksum`, or free with `--xz`, which");
     println!("hashes while it compresses) is one sequential pass over the whole image and is timed separately.");
+    match std::env::var_os("HERD_BENCH_DEBIAN_BASE") {
+        Some(base) => with_packages(Path::new(&base), &binary, &opts, out.path())?,
+        None => println!(
+            "\n(`--packages` not measured: no Debian base given; `cargo xtask bench image` gives one)"
+        ),
+    }
+    Ok(())
+}
+
+/// What the packages a build carries cost (`--packages`, resolved by apt against a real base): the
+/// pipeline on herd's Debian base without and with them, next to `cp` of that base. apt's indexes and the
+/// files are downloaded on the first run and cached (`~/.cache/herd/apt`), so best of 3 is a rebuild's
+/// cost: apt reading the base's sources again, resolving, checking the cached files, and writing them to
+/// the boot partition.
+fn with_packages(
+    base: &Path,
+    binary: &Path,
+    opts: &dyn Fn(&Path, bool) -> PipelineOptions,
+    out: &Path,
+) -> anyhow::Result<()> {
+    const PACKAGES: [&str; 1] = ["nginx-light"];
+    let clean = || {
+        let _ = std::fs::remove_dir_all(out.join("out"));
+        let _ = std::fs::remove_file(out.join("copy.img"));
+    };
+    let copy_cmd = format!(
+        "cp --sparse=always '{}' '{}'",
+        base.display(),
+        out.join("copy.img").display()
+    );
+    let cp = best_of_3(|| {
+        clean();
+        timed(&copy_cmd)
+    })?;
+    let mut carried = (0, 0u64);
+    let mut run = |packages: bool| -> anyhow::Result<Duration> {
+        clean();
+        let mut o = opts(base, false);
+        if packages {
+            o.bake.packages = Some(herd_image::packages::Request {
+                names: PACKAGES.iter().map(|p| p.to_string()).collect(),
+                cache: crate::cache_dir("apt"),
+            });
+        }
+        let t = Instant::now();
+        let s = herd_image::pipeline::run(&o, |_| Ok(binary.to_path_buf())).context("pipeline")?;
+        let took = t.elapsed();
+        if let Some(m) = s.baked.packages {
+            carried = (m.debs.len(), m.debs.iter().map(|d| d.size).sum());
+        }
+        Ok(took)
+    };
+    let plain = best_of_3(|| run(false))?;
+    let packed = best_of_3(|| run(true))?;
+    clean();
+    if carried.0 == 0 {
+        bail!("--packages {}: nothing was carried", PACKAGES.join(","));
+    }
+    println!(
+        "\n## With packages: herd's Debian base (Bookworm arm64, {:.2} GB), `--packages {}` ({} files, \
+         {:.1} MB), best of 3\n",
+        std::fs::metadata(base)?.len() as f64 / 1e9,
+        PACKAGES.join(","),
+        carried.0,
+        carried.1 as f64 / 1e6
+    );
+    println!(
+        "| build | time | against `cp --sparse=always` ({:.2} s) |",
+        cp.as_secs_f64()
+    );
+    println!("|---|---|---|");
+    for (what, t) in [("without packages", plain), ("with packages", packed)] {
+        println!(
+            "| {what} | {:.2} s | {:.2}× |",
+            t.as_secs_f64(),
+            t.as_secs_f64() / cp.as_secs_f64()
+        );
+    }
+    println!(
+        "\nWith packages, apt reads the base's sources and resolves (the indexes and files cached after the \
+         first build); the first build also downloads them."
+    );
     Ok(())
 }

@@ -17,6 +17,7 @@ use herd_image::Arch;
 use crate::netns::Lan;
 
 mod actions;
+mod packages;
 mod upgrade;
 mod vm;
 mod wifi;
@@ -377,6 +378,7 @@ fn arm64_round(
         .unwrap_or_default();
     println!("==> e2e: {os}: kernel from the image, three disks");
     mdns_only(image)?;
+    let carried = packages::carried(image)?;
     let boot64 = extract_boot(image, out, &format!("arm64-{prefix}"))?;
     let mut disks = Vec::new();
     for i in 0..3 {
@@ -470,7 +472,15 @@ fn arm64_round(
     std::thread::scope(|s| {
         s.spawn(|| -> anyhow::Result<()> {
             crate::netns::enter_host(&host)?;
-            join_kill_poweroff(&mut vms, opts, imager, wifi, &restart, upgrade)
+            join_kill_poweroff(
+                &mut vms,
+                opts,
+                imager,
+                wifi,
+                &restart,
+                upgrade,
+                carried.as_ref(),
+            )
         })
         .join()
         .expect("the e2e thread panicked")
@@ -813,6 +823,7 @@ fn join_kill_poweroff(
     wifi: Option<&WifiOptions>,
     restart: Restart,
     upgrade: Option<&UpgradeOptions>,
+    carried: Option<&herd::release::packages::Manifest>,
 ) -> anyhow::Result<()> {
     agents_come_up(vms, restart)?;
     each_card_is_itself(vms)?;
@@ -820,6 +831,7 @@ fn join_kill_poweroff(
     all_find_each_other(vms)?;
     logs_are_read(vms, opts)?;
     health_is_seen(vms, opts)?;
+    packages::installed(vms, opts, carried)?;
     // herd's actions on the round without an upgrade (the other keeps the power button).
     let actions = opts.upgrade.as_ref().filter(|_| upgrade.is_none());
     if let Some(a) = actions {
