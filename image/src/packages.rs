@@ -447,14 +447,23 @@ fn parse_inst(line: &str) -> Option<(String, String, String)> {
     Some((name.to_string(), version.to_string(), arch.to_string()))
 }
 
-/// One line of `apt-get --print-uris`: `'URI' FILE SIZE HASH`.
-fn parse_uri(line: &str) -> Option<(String, u64)> {
-    let rest = line.strip_prefix('\'')?;
-    let (_, rest) = rest.split_once("' ")?;
-    let mut f = rest.split_whitespace();
-    let file = f.next()?;
-    let size = f.next()?.parse().ok()?;
-    Some((file.to_string(), size))
+/// The name apt gives a downloaded package in its archives directory: `NAME_VERSION_ARCH.deb`, each part
+/// with `_`, `:` and `%` (and anything not printable ASCII) written as `%XX` (apt's `QuoteString`, so an
+/// epoch's colon is `%3a`). Listing what apt is about to download (`--print-uris`) would leave out what
+/// its cache already holds.
+fn archive_name(package: &str, version: &str, arch: &str) -> String {
+    let quote = |s: &str| {
+        s.bytes()
+            .map(|b| {
+                if b"_:%".contains(&b) || !(0x21..0x7f).contains(&b) {
+                    format!("%{b:02x}")
+                } else {
+                    (b as char).to_string()
+                }
+            })
+            .collect::<String>()
+    };
+    format!("{}_{}_{}.deb", quote(package), quote(version), quote(arch))
 }
 
 /// Resolves `request` against the base in `root` (its architecture `arch`) and downloads what it lacks;
@@ -538,21 +547,7 @@ pub fn resolve(
         });
     }
 
-    // The files and their sizes, then the download (apt checks each file against the signed index).
-    let mut uris = apt.apt_get();
-    uris.args(["-qq", "--print-uris", "-y", "install", "--"])
-        .args(&request.names);
-    let uris: BTreeMap<String, u64> =
-        run_apt(&format!("listing the files of {names}"), uris, &mut |_| {})?
-            .iter()
-            .filter_map(|l| parse_uri(l))
-            .collect();
-    let total: u64 = uris.values().sum();
-    progress(&format!(
-        "{} packages to bake ({:.1} MB), for {names}",
-        inst.len(),
-        total as f64 / 1e6
-    ));
+    // The download: apt checks each file against the signed index, a cached one too.
     let mut download = apt.apt_get();
     download
         .args(["-q", "-y", "--download-only", "install", "--"])
@@ -563,21 +558,7 @@ pub fn resolve(
     let mut debs = Vec::new();
     let mut files = Vec::new();
     for (package, version, deb_arch) in inst {
-        let file = uris
-            .keys()
-            .find(|f| {
-                let mut parts = f.trim_end_matches(".deb").splitn(3, '_');
-                parts.next() == Some(&package)
-                    && parts
-                        .next()
-                        .is_some_and(|v| v == version.replace(':', "%3a"))
-                    && parts.next() == Some(&deb_arch)
-            })
-            .cloned()
-            .ok_or_else(|| Error::Tool {
-                what: format!("downloading {names}"),
-                output: format!("apt listed no file for {package} {version}"),
-            })?;
+        let file = archive_name(&package, &version, &deb_arch);
         let path = archives.join(&file);
         let body = std::fs::read(&path).map_err(crate::io(&path))?;
         debs.push(Deb {
@@ -597,6 +578,12 @@ pub fn resolve(
         }
         files.push(path);
     }
+    let total: u64 = debs.iter().map(|d| d.size).sum();
+    progress(&format!(
+        "{} packages to bake ({:.1} MB), for {names}",
+        debs.len(),
+        total as f64 / 1e6
+    ));
     Ok(Resolved {
         manifest: Manifest {
             requested: request.names.clone(),
@@ -708,9 +695,14 @@ mod tests {
                 "arm64".into()
             ))
         );
+        // As apt names them in its archives (seen: `libcap2_1%3a2.66-4+deb12u3+b1_arm64.deb`).
         assert_eq!(
-            parse_uri("'http://deb.debian.org/debian/pool/main/n/nginx/nginx_1.22.1-9_arm64.deb' nginx_1.22.1-9_arm64.deb 1234 SHA256:ab"),
-            Some(("nginx_1.22.1-9_arm64.deb".into(), 1234))
+            archive_name("libcap2", "1:2.66-4+deb12u3+b1", "arm64"),
+            "libcap2_1%3a2.66-4+deb12u3+b1_arm64.deb"
+        );
+        assert_eq!(
+            archive_name("nginx-common", "1.26.3-3+deb13u10", "all"),
+            "nginx-common_1.26.3-3+deb13u10_all.deb"
         );
         assert_eq!(parse_inst("Conf nginx (1.22)"), None);
     }

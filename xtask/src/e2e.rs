@@ -84,6 +84,44 @@ fn packages_resolve_against(base: &std::path::Path, arch: Arch, what: &str) -> a
     Ok(())
 }
 
+/// A copy of the Trixie base with Raspberry Pi OS Trixie's apt layout, which herd's bases (one-line
+/// `sources.list`, keys in `trusted.gpg.d`, as mmdebstrap makes them) do not have: the Debian archive as a
+/// deb822 source whose `Signed-By` names a keyring (pi-gen `stage0/00-configure-apt/files/debian.sources`
+/// lines 1-5, commit b434ecdf; Raspberry Pi's own archive, `raspi.sources` there, is not reachable from
+/// here), and armhf as a foreign architecture (`dpkg --add-architecture armhf`, pi-gen
+/// `stage0/00-configure-apt/00-run.sh` line 17, commit 04250ea5). The keyring is the base's own under a
+/// name no build machine has, so a `Signed-By` read on the build machine instead of in the copy fails.
+fn raspios_apt_layout(
+    base: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    use herd_image::ext4::Entry;
+    let copy = out.join("raspios-apt-layout.img");
+    std::fs::copy(base, &copy)?;
+    let img = herd_image::Image::open(&copy)?;
+    let root = img.root();
+    let keyring = root.read("/usr/share/keyrings/debian-archive-keyring.pgp")?;
+    let renamed = "/usr/share/keyrings/herd-e2e-debian-archive.pgp";
+    root.apply(&[
+        Entry::root_file(
+            "/etc/apt/sources.list",
+            "# Raspberry Pi OS Trixie: see sources.list.d/debian.sources\n",
+            0o644,
+        ),
+        Entry::root_file(
+            "/etc/apt/sources.list.d/debian.sources",
+            format!(
+                "Types: deb\nURIs: http://deb.debian.org/debian/\nSuites: trixie\n\
+                 Components: main contrib non-free non-free-firmware\nSigned-By: {renamed}\n"
+            ),
+            0o644,
+        ),
+        Entry::root_file(renamed, keyring, 0o644),
+        Entry::root_file("/var/lib/dpkg/arch", "arm64\narmhf\n", 0o644),
+    ])?;
+    Ok(copy)
+}
+
 pub fn run(flags: &crate::flags::E2e) -> anyhow::Result<()> {
     if !is_root() {
         bail!(
@@ -141,6 +179,16 @@ pub fn run(flags: &crate::flags::E2e) -> anyhow::Result<()> {
     let bases = crate::base::ensure_all(&builds)?;
     for ((arch, suite), base) in builds.iter().zip(&bases) {
         packages_resolve_against(base, *arch, &format!("{} {}", suite.name(), arch.name()))?;
+        if *suite == crate::flags::Suite::Trixie {
+            let copy = raspios_apt_layout(base, &out)?;
+            let result = packages_resolve_against(
+                &copy,
+                *arch,
+                "trixie arm64 with Raspberry Pi OS's apt layout (deb822, Signed-By, armhf foreign)",
+            );
+            let _ = std::fs::remove_file(&copy);
+            result?;
+        }
     }
     for ((arch, suite), base) in builds.into_iter().zip(bases) {
         let name = format!("e2e-{}-{}", arch.name(), suite.name());
