@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
-use herd_release::packages::{Manifest, MANIFEST_MAX};
+use herd_release::packages::{Manifest, FILE_PREFIX, MANIFEST, MANIFEST_MAX};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The packages' directory on a card (`BOOT_DIR` on the boot partition, mounted here).
-pub const BOOT_PACKAGES: &str = "/boot/firmware/herd-packages";
+/// Where a card mounts its boot partition, whose top directory holds the packages.
+pub const BOOT: &str = "/boot/firmware";
 /// Where the outcome is kept, readable by the agent (no secret in it).
 pub const STATUS: &str = "/var/lib/herd-packages/status.json";
 /// apt waits this long for another apt (unattended-upgrades) to let go of dpkg's lock.
@@ -66,7 +66,7 @@ pub struct Setup {
 impl Default for Setup {
     fn default() -> Setup {
         Setup {
-            dir: BOOT_PACKAGES.into(),
+            dir: BOOT.into(),
             status: STATUS.into(),
             apt_get: "apt-get".into(),
             dpkg: "dpkg".into(),
@@ -77,7 +77,7 @@ impl Default for Setup {
 
 /// Installs what the card carries, if anything: `Ok(None)` when there is nothing to do.
 pub fn apply(setup: &Setup) -> anyhow::Result<Option<Status>> {
-    let manifest_path = setup.dir.join("manifest.json");
+    let manifest_path = setup.dir.join(MANIFEST);
     if !manifest_path.exists() {
         return Ok(None);
     }
@@ -106,9 +106,8 @@ pub fn apply(setup: &Setup) -> anyhow::Result<Option<Status>> {
             std::fs::remove_file(&manifest_path)
                 .with_context(|| format!("cannot remove {}", manifest_path.display()))?;
             for deb in &manifest.debs {
-                let _ = std::fs::remove_file(setup.dir.join(&deb.file));
+                let _ = std::fs::remove_file(deb_path(setup, &deb.file));
             }
-            let _ = std::fs::remove_dir(&setup.dir);
             Ok(Some(status))
         }
         Err(e) => {
@@ -126,6 +125,11 @@ pub fn apply(setup: &Setup) -> anyhow::Result<Option<Status>> {
             )
         }
     }
+}
+
+/// Where a package's file is on the card.
+fn deb_path(setup: &Setup, file: &str) -> PathBuf {
+    setup.dir.join(format!("{FILE_PREFIX}{file}"))
 }
 
 fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
@@ -153,7 +157,7 @@ fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
 fn install(setup: &Setup, manifest: &Manifest) -> anyhow::Result<()> {
     // Every file whole before anything is touched.
     for deb in &manifest.debs {
-        let path = setup.dir.join(&deb.file);
+        let path = deb_path(setup, &deb.file);
         let body = std::fs::read(&path).with_context(|| {
             format!(
                 "{} ({} {}) is missing: the boot partition was changed since the image was built",
@@ -191,10 +195,12 @@ fn install(setup: &Setup, manifest: &Manifest) -> anyhow::Result<()> {
     if manifest.debs.is_empty() {
         return Ok(());
     }
-    // The card's apt orders and configures them; it reads no source list and downloads nothing.
+    // The card's apt orders and configures them; with no source list and empty lists it knows no archive
+    // to download from. (`--no-download` would be the same, but apt 3.0 then fails on local files:
+    // "Pathname to install is not absolute", seen in the Trixie VM.)
     let lists = tempfile::tempdir().context("cannot make a directory for apt's empty lists")?;
     let mut apt = Command::new(&setup.apt_get);
-    apt.args(["install", "--yes", "--no-download"])
+    apt.args(["install", "--yes"])
         .arg(format!("-oDPkg::Lock::Timeout={LOCK_TIMEOUT_S}"))
         .args([
             "-oDir::Etc::SourceList=/dev/null",
@@ -205,7 +211,7 @@ fn install(setup: &Setup, manifest: &Manifest) -> anyhow::Result<()> {
         ])
         .arg(format!("-oDir::State::Lists={}", lists.path().display()))
         .arg("--")
-        .args(manifest.debs.iter().map(|d| setup.dir.join(&d.file)))
+        .args(manifest.debs.iter().map(|d| deb_path(setup, &d.file)))
         .env("DEBIAN_FRONTEND", "noninteractive");
     run("apt-get install", &mut apt)?;
     // What was asked for is installed, not merely unpacked.
@@ -336,10 +342,10 @@ mod tests {
 
     fn card(apt: &str, audit: &str) -> Card {
         let dir = tempfile::tempdir().unwrap();
-        let boot = dir.path().join("herd-packages");
+        let boot = dir.path().join("boot");
         std::fs::create_dir(&boot).unwrap();
         let body = b"!<arch>\nnot really a deb";
-        std::fs::write(boot.join("hello_1.0-1_arm64.deb"), body).unwrap();
+        std::fs::write(boot.join("herd-packages.hello_1.0-1_arm64.deb"), body).unwrap();
         let manifest = Manifest {
             requested: vec!["hello".into()],
             debs: vec![Deb {
@@ -354,11 +360,7 @@ mod tests {
                     .collect(),
             }],
         };
-        std::fs::write(
-            boot.join("manifest.json"),
-            serde_json::to_vec(&manifest).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(boot.join(MANIFEST), serde_json::to_vec(&manifest).unwrap()).unwrap();
         let calls = dir.path().join("calls");
         let bin = |n: &str| dir.path().join(n);
         script(
@@ -396,16 +398,19 @@ mod tests {
             Status::read(&c.setup.status).unwrap().outcome,
             Outcome::Installed
         );
-        assert!(!c.setup.dir.exists(), "the files are removed");
+        assert!(
+            std::fs::read_dir(&c.setup.dir).unwrap().next().is_none(),
+            "the files are removed"
+        );
         let calls = std::fs::read_to_string(&c.calls).unwrap();
-        // Offline: no source list, no download, the files by path.
-        assert!(calls.contains("install --yes --no-download"), "{calls}");
+        // Offline: no source list, the files by path.
+        assert!(calls.contains("install --yes"), "{calls}");
         assert!(
             calls.contains("-oDir::Etc::SourceList=/dev/null"),
             "{calls}"
         );
         assert!(
-            calls.contains("herd-packages/hello_1.0-1_arm64.deb"),
+            calls.contains("boot/herd-packages.hello_1.0-1_arm64.deb"),
             "{calls}"
         );
         // Nothing left to do at the next boot.
@@ -427,7 +432,7 @@ mod tests {
         assert_eq!((s.outcome, s.attempts), (Outcome::Failed, 1));
         assert!(s.error.unwrap().contains("dpkg --configure -a first"));
         assert!(
-            c.setup.dir.join("manifest.json").exists(),
+            c.setup.dir.join(MANIFEST).exists(),
             "kept for the next boot"
         );
         // The next boot finishes dpkg's work first, then tries again.
@@ -440,7 +445,11 @@ mod tests {
     #[test]
     fn a_damaged_file_is_refused_before_apt_runs() {
         let c = card("exit 0", "true");
-        std::fs::write(c.setup.dir.join("hello_1.0-1_arm64.deb"), b"flipped").unwrap();
+        std::fs::write(
+            c.setup.dir.join("herd-packages.hello_1.0-1_arm64.deb"),
+            b"flipped",
+        )
+        .unwrap();
         let e = format!("{:#}", apply(&c.setup).unwrap_err());
         assert!(
             e.contains("is damaged") && e.contains("flash the card again"),
@@ -450,7 +459,7 @@ mod tests {
             .unwrap_or_default()
             .contains("apt-get"));
         // A name that is not a plain file name is refused too.
-        let m = c.setup.dir.join("manifest.json");
+        let m = c.setup.dir.join(MANIFEST);
         let text = std::fs::read_to_string(&m)
             .unwrap()
             .replace("hello_1.0-1_arm64.deb", "../etc/passwd.deb");

@@ -310,19 +310,7 @@ pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
     }
     let mut packages = None;
     if let Some(resolved) = &prepared.packages {
-        boot.create_dir(crate::packages::BOOT_DIR)?;
-        for (deb, path) in resolved.manifest.debs.iter().zip(&resolved.files) {
-            let body = std::fs::read(path).map_err(crate::io(path))?;
-            boot.write(
-                &format!("{}/{}", crate::packages::BOOT_DIR, deb.file),
-                &body,
-            )?;
-        }
-        // Last: the card takes the packages as there only once the manifest is.
-        boot.write(
-            crate::packages::MANIFEST,
-            &serde_json::to_vec_pretty(&resolved.manifest).expect("json"),
-        )?;
+        crate::packages::write(&boot, resolved)?;
         boot_files.push(crate::packages::MANIFEST.to_string());
         packages = Some(resolved.manifest.clone());
     }

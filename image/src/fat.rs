@@ -125,15 +125,6 @@ impl Boot {
         f.flush().map_err(|e| self.err(path, e))
     }
 
-    /// Creates the directory at `path` (and its parents) unless it exists.
-    pub fn create_dir(&self, path: &str) -> Result<()> {
-        let mut dir = self.fs.root_dir();
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            dir = dir.create_dir(part).map_err(|e| self.err(path, e))?;
-        }
-        Ok(())
-    }
-
     pub fn read(&self, path: &str) -> Result<Vec<u8>> {
         let mut f = self
             .fs

@@ -28,7 +28,7 @@ pub struct Request {
     pub cache: PathBuf,
 }
 
-pub use herd_release::packages::{Deb, Manifest, BOOT_DIR, MANIFEST};
+pub use herd_release::packages::{Deb, Manifest, FILE_PREFIX, MANIFEST};
 
 /// The resolved set: the manifest, and where each file is on the build machine.
 #[derive(Debug, Clone)]
@@ -41,6 +41,19 @@ impl Resolved {
     pub fn total(&self) -> u64 {
         self.manifest.debs.iter().map(|d| d.size).sum()
     }
+}
+
+/// Puts the resolved packages on a boot partition: the files, then the manifest (the card takes the
+/// packages as there only once it is).
+pub fn write(boot: &crate::fat::Boot, resolved: &Resolved) -> Result<()> {
+    for (deb, path) in resolved.manifest.debs.iter().zip(&resolved.files) {
+        let body = std::fs::read(path).map_err(crate::io(path))?;
+        boot.write(&format!("{FILE_PREFIX}{}", deb.file), &body)?;
+    }
+    boot.write(
+        MANIFEST,
+        &serde_json::to_vec_pretty(&resolved.manifest).expect("json"),
+    )
 }
 
 /// Reads `--packages-file`: one name a line; blank lines and `#` comments are skipped.

@@ -409,10 +409,10 @@ pub fn make(a: &Image) -> anyhow::Result<()> {
     );
     if let Some(m) = &summary.baked.packages {
         println!(
-            "    packages for first boot: {} .deb files, {:.1} MB, in {}/ (for {})",
+            "    packages for first boot: {} .deb files, {:.1} MB, as {}* (for {})",
             m.debs.len(),
             m.debs.iter().map(|d| d.size).sum::<u64>() as f64 / 1e6,
-            herd_image::packages::BOOT_DIR,
+            herd_image::packages::FILE_PREFIX,
             m.requested.join(", ")
         );
     }

@@ -4,10 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Where the packages go on the boot partition (the card's `/boot/firmware/herd-packages/`).
-pub const BOOT_DIR: &str = "herd-packages";
-/// The list of what is there, written last (see [`Manifest`]).
-pub const MANIFEST: &str = "herd-packages/manifest.json";
+/// The packages lie in the boot partition's top directory, each named this prefix and its file name
+/// (`herd-packages.nginx_1.22.1-9_arm64.deb`): fatfs 0.3.6 writes a new directory's `.` and `..` with
+/// long-name entries, which fsck.fat then "repairs" at boot, so herd makes no directory there.
+pub const FILE_PREFIX: &str = "herd-packages.";
+/// The list of what is there (see [`Manifest`]), written last, in the top directory too.
+pub const MANIFEST: &str = "herd-packages.json";
 /// A manifest is at most this long (a thousand packages take a fifth of it).
 pub const MANIFEST_MAX: u64 = 1 << 20;
 
@@ -18,7 +20,7 @@ pub struct Deb {
     pub package: String,
     pub version: String,
     pub arch: String,
-    /// Its file name in [`BOOT_DIR`] (apt's archive name, e.g. `nginx_1.22.1-9_arm64.deb`).
+    /// Its file name after [`FILE_PREFIX`] (apt's archive name, e.g. `nginx_1.22.1-9_arm64.deb`).
     pub file: String,
     pub size: u64,
     pub sha256: String,
