@@ -4,6 +4,7 @@
 //! each other.
 
 pub mod actions;
+pub mod engine;
 pub mod health;
 pub mod history;
 pub mod logs;

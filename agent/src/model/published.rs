@@ -176,6 +176,7 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
             fits(finite, "finite figures")
         }
         super::health::HEALTH_KEY => super::health::Health::check(value),
+        super::engine::ENGINE_KEY => super::engine::EngineReport::check(value),
         FACTS_KEY => {
             let f: Facts = serde_json::from_str(value).map_err(|e| format!("{key}: {e}"))?;
             // The strings as decoded: JSON escapes (`\u001b`, `\n`) pass the raw text's check.
@@ -232,6 +233,10 @@ mod tests {
             ),
             (SAMPLE_KEY, sample.to_gossip()),
             (FACTS_KEY, facts.to_gossip()),
+            (
+                crate::model::engine::ENGINE_KEY,
+                r#"{"swarm":"s1","node":"n1","role":"manager","leader":true}"#.to_string(),
+            ),
             ("future-key", "anything printable".to_string()),
         ] {
             assert_eq!(check_value(k, &v), Ok(()), "{k} = {v}");
@@ -260,6 +265,7 @@ mod tests {
                 r#"{"model":null,"arch":"aarch64","os":"a\nb","boot":1,"agent":"0.1.0"}"#,
             ),
             ("future-key", "line\nbreak"),
+            (crate::model::engine::ENGINE_KEY, r#"{"role":"manager"}"#),
         ] {
             assert!(check_value(k, v).is_err(), "{k} = {v:?} passed");
         }
