@@ -168,6 +168,11 @@ impl AptRoot {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
+        prune_roots(
+            &cache.join("roots"),
+            std::time::SystemTime::now(),
+            ROOTS_KEPT_FOR,
+        );
         let dir = cache.join("roots").join(format!("{}-{id}", arch.name()));
         let top = dir.join("root");
         let _ = std::fs::remove_dir_all(&top);
@@ -250,6 +255,29 @@ impl AptRoot {
 }
 
 /// Copies the regular files under `dir` (following symlinks, as apt does) into `files`.
+/// A base's apt state (tens of MB with its lists) is kept this long after its last use: each base, or
+/// each change to one's sources and installed packages, makes another.
+const ROOTS_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Removes the apt states under `roots` not used for `keep` (a state's directory is rewritten, so its
+/// time set, at every use). Best effort: what cannot be read or removed stays.
+fn prune_roots(roots: &Path, now: std::time::SystemTime, keep: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(roots) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let used = e
+            .path()
+            .join("root")
+            .metadata()
+            .or_else(|_| e.metadata())
+            .and_then(|m| m.modified());
+        if used.is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > keep)) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn copy_tree(
     root: &Root,
     dir: &str,
@@ -638,6 +666,28 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn apt_states_unused_for_a_month_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(24 * 3600);
+        for (name, age) in [("arm64-old", 31), ("arm64-recent", 2), ("armhf-new", 0)] {
+            let root = dir.path().join(name).join("root");
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::File::open(&root)
+                .unwrap()
+                .set_modified(now - day * age)
+                .unwrap();
+        }
+        super::prune_roots(dir.path(), now, super::ROOTS_KEPT_FOR);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["arm64-recent", "armhf-new"]);
+    }
+
     use super::*;
 
     #[test]
