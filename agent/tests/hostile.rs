@@ -95,25 +95,8 @@ fn start(ip: &str, seed: Option<SocketAddr>, extra: &str, dir: &Path) -> Agent {
 /// One HTTP/1.1 request; (status, headers and body). Status 0 when the connection failed or was closed
 /// without an answer.
 fn request(api: SocketAddr, method: &str, path: &str, auth: Option<&str>) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&api, Duration::from_secs(3)) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let auth = auth
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    let _ = write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{auth}Connection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    let (status, head, body) = common::http(api, method, path, auth, Duration::from_secs(5));
+    (status, format!("{head}\r\n\r\n{body}"))
 }
 
 fn get(a: &Agent, path: &str, auth: Option<&str>) -> (u16, String) {
