@@ -47,6 +47,46 @@ fn back(
 }
 
 /// identify on the first VM; restart and reboot on the third, watched from the first.
+/// Asks `vms[i]` to reboot or shut down: vm0 must see it left, then its QEMU ends, with the kernel's
+/// last words of that action on the console. When it was seen left, and when QEMU ended.
+fn power_action(
+    vms: &mut [Vm],
+    i: usize,
+    token: &str,
+    action: Action,
+) -> anyhow::Result<(Duration, Duration)> {
+    let (verb, last_words) = match action {
+        Action::Reboot => ("reboot", "reboot: Restarting system"),
+        Action::Shutdown => ("shutdown", "reboot: Power down"),
+        other => bail!("{other:?} does not end the VM"),
+    };
+    let (watcher, watcher_name) = (vms[0].ip, vms[0].name.clone());
+    let vm = &mut vms[i];
+    let id = vm.id.clone();
+    let asked = Instant::now();
+    ask(vm, token, action)?;
+    let left = until(
+        asked,
+        LEAVE_DEADLINE,
+        &format!("{watcher_name} sees {} left after herd {verb}", vm.name),
+        || (state_of(watcher, &id).as_deref() == Some("left")).then(|| asked.elapsed()),
+    )?;
+    let ended = until(
+        asked,
+        LEAVE_DEADLINE,
+        &format!("{}'s QEMU ends after herd {verb}", vm.name),
+        || vm.child.try_wait().ok().flatten().map(|_| asked.elapsed()),
+    )?;
+    if !console_has(vm, last_words) {
+        bail!(
+            "{}: herd {verb} did not end in {last_words:?} (the console's end: {:?})",
+            vm.name,
+            super::vm::console_tail(vm)
+        );
+    }
+    Ok((left, ended))
+}
+
 pub(super) fn run(vms: &mut [Vm], secrets: &Path, restart: Restart) -> anyhow::Result<()> {
     let token = super::upgrade::secret(secrets, "api_token")?;
     let e = ask(&vms[0], &token, Action::Identify)
@@ -74,24 +114,7 @@ pub(super) fn run(vms: &mut [Vm], secrets: &Path, restart: Restart) -> anyhow::R
     }
 
     let (_, before) = seen(vms[0].ip, &id).context("vm0 does not list vm2")?;
-    let asked = Instant::now();
-    ask(&vms[2], &token, Action::Reboot)?;
-    let left = until(
-        asked,
-        LEAVE_DEADLINE,
-        "vm0 sees vm2 left after herd reboot",
-        || (state_of(vms[0].ip, &id).as_deref() == Some("left")).then(|| asked.elapsed()),
-    )?;
-    until(asked, LEAVE_DEADLINE, "vm2's reboot resets the VM", || {
-        vms[2].child.try_wait().ok().flatten().map(|_| ())
-    })?;
-    if !console_has(&vms[2], "reboot: Restarting system") {
-        bail!(
-            "{}: herd reboot did not end in a restart (the console's end: {:?})",
-            vms[2].name,
-            super::vm::console_tail(&vms[2])
-        );
-    }
+    let (left, _) = power_action(vms, 2, &token, Action::Reboot)?;
     // The round's table keeps the first boot's figures.
     let (up, joined) = (vms[2].up, vms[2].joined);
     vms[2] = restart(2)?;
@@ -132,35 +155,7 @@ pub(super) fn run(vms: &mut [Vm], secrets: &Path, restart: Restart) -> anyhow::R
 /// kernel's "Power down", not a restart). When vm0 saw it left.
 pub(super) fn shutdown(vms: &mut [Vm], secrets: &Path) -> anyhow::Result<Duration> {
     let token = super::upgrade::secret(secrets, "api_token")?;
-    let id = vms[1].id.clone();
-    let asked = Instant::now();
-    ask(&vms[1], &token, Action::Shutdown)?;
-    let left = until(
-        asked,
-        LEAVE_DEADLINE,
-        "vm0 reports vm1 left after herd shutdown",
-        || (state_of(vms[0].ip, &id).as_deref() == Some("left")).then(|| asked.elapsed()),
-    )?;
-    let off = until(
-        asked,
-        LEAVE_DEADLINE,
-        "vm1 powers off after herd shutdown",
-        || {
-            vms[1]
-                .child
-                .try_wait()
-                .ok()
-                .flatten()
-                .map(|_| asked.elapsed())
-        },
-    )?;
-    if !console_has(&vms[1], "reboot: Power down") {
-        bail!(
-            "{}: herd shutdown did not power off (the console's end: {:?})",
-            vms[1].name,
-            super::vm::console_tail(&vms[1])
-        );
-    }
+    let (left, off) = power_action(vms, 1, &token, Action::Shutdown)?;
     println!(
         "    {} herd shutdown: left on {} after {}, powered off after {}",
         vms[1].name,
