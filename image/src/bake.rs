@@ -261,10 +261,80 @@ fn resolve_packages(
     let resolved = crate::packages::resolve(&img.root(), arch, request, &mut |line| {
         eprintln!("    apt: {line}")
     })?;
-    let free = img.boot()?.free()?;
-    fits(&resolved.manifest, free)
+    let boot = img.boot()?;
+    fits(&resolved.manifest, boot.free()?)
         .map_err(|why| Error::Invalid(format!("{}: {why}", image.display())))?;
+    let cmdline = if boot.exists("cmdline.txt") {
+        String::from_utf8_lossy(&boot.read("cmdline.txt")?).into_owned()
+    } else {
+        String::new()
+    };
+    let grows = grows_root_at_first_boot(&cmdline);
+    let note = root_fits(&resolved, img.root().free()?, grows)
+        .map_err(|why| Error::Invalid(format!("{}: {why}", image.display())))?;
+    eprintln!("    {note}");
     Ok(resolved)
+}
+
+/// Whether Raspberry Pi OS grows the root file system to the card at first boot: Bookworm's kernel
+/// command line runs `init=/usr/lib/raspberrypi-sys-mods/firstboot`, Trixie's carries a `resize` token
+/// that the initramfs reads (docs/IMAGE.md cites both).
+fn grows_root_at_first_boot(cmdline: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .any(|t| t == "resize" || t == "init=/usr/lib/raspberrypi-sys-mods/firstboot")
+}
+
+/// Room dpkg needs beyond what the packages install: its unpacking beside the files it replaces, and a
+/// system that still has space to log and run.
+const ROOT_MARGIN: u64 = 64 << 20;
+
+/// Whether the packages, once installed, fit on a root with `free` bytes: a root that is grown at first
+/// boot has the card's room, one that is not must hold them now. A line saying what was found.
+fn root_fits(
+    resolved: &crate::packages::Resolved,
+    free: u64,
+    grows: bool,
+) -> std::result::Result<String, String> {
+    let total: u64 = resolved.installed.iter().sum();
+    let mb = |b: u64| b as f64 / 1e6;
+    if grows {
+        return Ok(format!(
+            "installed, the packages take {:.1} MB of the root file system, which the card grows to \
+             its size at first boot",
+            mb(total)
+        ));
+    }
+    if total + ROOT_MARGIN > free {
+        let mut by_size: Vec<(&str, u64)> = resolved
+            .manifest
+            .debs
+            .iter()
+            .map(|d| d.package.as_str())
+            .zip(resolved.installed.iter().copied())
+            .collect();
+        by_size.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
+        let largest: Vec<String> = by_size
+            .iter()
+            .take(3)
+            .map(|(p, s)| format!("{p} ({:.1} MB)", mb(*s)))
+            .collect();
+        return Err(format!(
+            "--packages {} takes {:.1} MB once installed (with {} MiB kept free), but the root file \
+             system has {:.1} MB free and this base does not grow it at first boot (its cmdline.txt \
+             has neither Raspberry Pi OS's 'resize' nor its firstboot init=); the largest: {}",
+            resolved.manifest.requested.join(","),
+            mb(total),
+            ROOT_MARGIN >> 20,
+            mb(free),
+            largest.join(", ")
+        ));
+    }
+    Ok(format!(
+        "installed, the packages take {:.1} MB of the root file system's {:.1} MB free",
+        mb(total),
+        mb(free)
+    ))
 }
 
 /// Whether the packages fit on a boot partition with `free` bytes, leaving the margin.
@@ -463,6 +533,62 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn packages_must_fit_the_root_unless_the_card_grows_it() {
+        use crate::packages::{Deb, Manifest, Resolved};
+        let deb = |p: &str| Deb {
+            package: p.into(),
+            version: "1".into(),
+            arch: "arm64".into(),
+            file: format!("{p}_1_arm64.deb"),
+            size: 1,
+            sha256: String::new(),
+        };
+        // Installed sizes of docker.io's set on Trixie arm64 (its largest four), as dpkg-deb read them.
+        let r = Resolved {
+            manifest: Manifest {
+                requested: vec!["docker.io".into()],
+                debs: vec![deb("git"), deb("docker.io"), deb("containerd"), deb("runc")],
+            },
+            files: Vec::new(),
+            installed: vec![50_745_344, 71_918_592, 84_662_272, 10_151_936],
+        };
+        let total = 217_478_144u64;
+        assert!(super::root_fits(&r, total + (64 << 20), false).is_ok());
+        let e = super::root_fits(&r, total + (60 << 20), false).unwrap_err();
+        assert!(e.contains("takes 217.5 MB once installed"), "{e}");
+        assert!(e.contains("does not grow it at first boot"), "{e}");
+        assert!(
+            e.contains("containerd (84.7 MB), docker.io (71.9 MB), git (50.7 MB)"),
+            "{e}"
+        );
+        let ok = super::root_fits(&r, 1 << 20, true).unwrap();
+        assert!(ok.contains("grows to its size at first boot"), "{ok}");
+    }
+
+    #[test]
+    fn raspberry_pi_os_cmdlines_grow_the_root_and_herds_bases_do_not() {
+        // pi-gen stage1/00-boot-files/files/cmdline.txt (04bc6843, Trixie), line 1: the `resize` token.
+        assert!(super::grows_root_at_first_boot(
+            "console=serial0,115200 console=tty1 root=PARTUUID=1-02 rootfstype=ext4 fsck.repair=yes \
+             rootwait resize"
+        ));
+        // Bookworm images: `init=/usr/lib/raspberrypi-sys-mods/firstboot` (../shared/REFERENCE.md,
+        // raspberrypi-sys-mods' firstboot grows the partition, then removes the token and reboots).
+        assert!(super::grows_root_at_first_boot(
+            "console=tty1 root=PARTUUID=1-02 rootfstype=ext4 fsck.repair=yes rootwait quiet \
+             init=/usr/lib/raspberrypi-sys-mods/firstboot"
+        ));
+        // After that first boot, or on herd's Debian bases: nothing grows it.
+        assert!(!super::grows_root_at_first_boot(
+            "console=ttyAMA0 root=LABEL=rootfs rootfstype=ext4 fsck.repair=yes rootwait"
+        ));
+        assert!(!super::grows_root_at_first_boot(
+            "resize2fs=no init=/sbin/init"
+        ));
+    }
+
     use super::with_login_shell;
 
     #[test]

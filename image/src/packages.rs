@@ -35,6 +35,8 @@ pub use herd_release::packages::{Deb, Manifest, FILE_PREFIX, MANIFEST};
 pub struct Resolved {
     pub manifest: Manifest,
     pub files: Vec<PathBuf>,
+    /// What each package takes once installed, bytes (its `Installed-Size`), in the manifest's order.
+    pub installed: Vec<u64>,
 }
 
 impl Resolved {
@@ -585,6 +587,7 @@ pub fn resolve(
                 debs: Vec::new(),
             },
             files: Vec::new(),
+            installed: Vec::new(),
         });
     }
 
@@ -598,6 +601,7 @@ pub fn resolve(
     let archives = request.cache.join("archives");
     let mut debs = Vec::new();
     let mut files = Vec::new();
+    let mut installed = Vec::new();
     for (package, version, deb_arch) in inst {
         let file = archive_name(&package, &version, &deb_arch);
         let path = archives.join(&file);
@@ -617,6 +621,7 @@ pub fn resolve(
                 output: format!("apt named the file of {} {:?}", deb.package, deb.file),
             });
         }
+        installed.push(installed_size(&path)?);
         files.push(path);
     }
     let total: u64 = debs.iter().map(|d| d.size).sum();
@@ -631,7 +636,32 @@ pub fn resolve(
             debs,
         },
         files,
+        installed,
     })
+}
+
+/// What a package takes once installed: its control file's `Installed-Size` (KiB, Debian Policy 5.6.20),
+/// read by dpkg-deb, which is on every machine that has apt.
+fn installed_size(deb: &Path) -> Result<u64> {
+    let out = Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(deb)
+        .arg("Installed-Size")
+        .output()
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "dpkg-deb (the dpkg package), to read {}: {e}",
+                deb.display()
+            ))
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.trim().parse::<u64>() {
+        Ok(kib) if out.status.success() => Ok(kib * 1024),
+        _ => Err(Error::Tool {
+            what: format!("dpkg-deb --field {} Installed-Size", deb.display()),
+            output: format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+        }),
+    }
 }
 
 /// What dpkg on the base has installed: (package, architecture) → version, from its status file.

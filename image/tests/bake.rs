@@ -616,6 +616,7 @@ fn packages_on_the_boot_partition_leave_it_clean() {
             debs,
         },
         files,
+        installed: vec![0; 3],
     };
     let img = Image::open(&image).unwrap();
     let boot = img.boot().unwrap();
