@@ -179,6 +179,19 @@ pub struct Situation<'a> {
     /// A swarm this node has belonged to or seen gossiped (kept across restarts): a node that knows a
     /// swarm exists never forms another.
     pub known_swarm: Option<&'a str>,
+    /// The swarm's own list of its nodes, on the node whose engine leads it (empty elsewhere): a node's
+    /// former life, which no member's report names any more, is found only there.
+    pub swarm_nodes: &'a [SwarmNode],
+}
+
+/// A node as the swarm lists it (`docker node ls` on the leader).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmNode {
+    /// Its id in the swarm.
+    pub node: String,
+    pub role: Role,
+    /// Whether the swarm reaches it (a worker ready, a manager reachable).
+    pub reachable: bool,
 }
 
 /// One thing to do to the engine.
@@ -354,7 +367,9 @@ fn form(now: &Situation, settings: &Settings, me: &Member) -> Plan {
     }
 }
 
-/// The leader's work: the right managers, and the gone members taken out.
+/// The leader's work, on the swarm's own list of its nodes: the right managers, and the nodes that are
+/// gone taken out — members that left or are certainly dead, and entries no member claims any more (a
+/// node's former life in the swarm, from before it left and joined again) once they are down.
 fn lead(now: &Situation, settings: &Settings, swarm: &str, mut plan: Plan) -> Plan {
     let ours: Vec<&Member> = now.members.iter().filter(|m| m.in_swarm(swarm)).collect();
     let up = ours.iter().filter(|m| m.up()).count();
@@ -371,37 +386,63 @@ fn lead(now: &Situation, settings: &Settings, swarm: &str, mut plan: Plan) -> Pl
         return plan;
     }
     let node_of = |m: &Member| m.engine.as_ref().and_then(|e| e.node.clone());
-    if now.stable_for >= settings.settle {
-        for m in desired.iter().filter(|m| !m.is_manager()) {
-            plan.steps
-                .extend(node_of(m).map(|node| Step::Promote { node }));
+    let entry_of = |m: &Member| {
+        let node = node_of(m)?;
+        now.swarm_nodes.iter().find(|e| e.node == node)
+    };
+    let member_of = |e: &SwarmNode| {
+        ours.iter()
+            .copied()
+            .find(|m| node_of(m).as_deref() == Some(e.node.as_str()))
+    };
+    let settled = now.stable_for >= settings.settle;
+    if settled {
+        for m in &desired {
+            if let Some(e) = entry_of(m).filter(|e| e.role != Role::Manager) {
+                plan.steps.push(Step::Promote {
+                    node: e.node.clone(),
+                });
+            }
         }
     }
     // Everything below lowers the managers: only once the desired ones all manage, so quorum never
     // rests on fewer nodes than it did.
-    let promoted = desired.iter().all(|m| m.is_manager());
+    let promoted = desired
+        .iter()
+        .all(|m| entry_of(m).is_some_and(|e| e.role == Role::Manager));
+    // A surplus manager is demoted only while every manager answers: with one unreachable, the quorum
+    // of the fewer managers could rest on that one (Swarm refuses such a demotion anyway).
+    let all_answer = now
+        .swarm_nodes
+        .iter()
+        .filter(|e| e.role == Role::Manager)
+        .all(|e| e.reachable);
     let mut self_demote = None;
-    for m in &ours {
-        let gone = match m.liveness {
-            Liveness::Left => true,
-            Liveness::Dead => m.gone_for.is_some_and(|d| d >= settings.remove_after),
-            Liveness::Alive | Liveness::Suspect => false,
+    for e in now.swarm_nodes {
+        let member = member_of(e);
+        let gone = match member {
+            Some(m) => match m.liveness {
+                Liveness::Left => true,
+                Liveness::Dead => m.gone_for.is_some_and(|d| d >= settings.remove_after),
+                Liveness::Alive | Liveness::Suspect => false,
+            },
+            None => !e.reachable,
         };
-        let Some(node) = node_of(m) else { continue };
+        let node = e.node.clone();
         if gone {
-            if m.is_manager() {
+            if e.role == Role::Manager {
                 if !promoted {
                     continue;
                 }
                 plan.steps.push(Step::Demote { node: node.clone() });
             }
             plan.steps.push(Step::Remove { node });
-        } else if m.up()
-            && m.is_manager()
-            && promoted
-            && now.stable_for >= settings.settle
-            && !desired.iter().any(|d| d.id == m.id)
+        } else if let Some(m) = member
+            .filter(|m| m.up() && e.role == Role::Manager && !desired.iter().any(|d| d.id == m.id))
         {
+            if !promoted || !settled || !all_answer {
+                continue;
+            }
             if m.id == now.me {
                 self_demote = Some(Step::Demote { node });
             } else {
@@ -446,13 +487,29 @@ mod tests {
         m
     }
 
-    fn settled<'a>(me: u64, members: &'a [Member]) -> Situation<'a> {
+    /// The swarm's list as the members' reports describe it, reachable while they are up.
+    fn listing(members: &[Member]) -> Vec<SwarmNode> {
+        members
+            .iter()
+            .filter_map(|m| {
+                let e = m.engine.as_ref()?;
+                Some(SwarmNode {
+                    node: e.node.clone()?,
+                    role: e.role,
+                    reachable: m.up(),
+                })
+            })
+            .collect()
+    }
+
+    fn settled<'a>(me: u64, members: &'a [Member], nodes: &'a [SwarmNode]) -> Situation<'a> {
         Situation {
             me: NodeId(me),
             members,
             stable_for: Duration::from_secs(60),
             clock_synced: true,
             known_swarm: None,
+            swarm_nodes: nodes,
         }
     }
 
@@ -468,16 +525,19 @@ mod tests {
     fn the_node_with_most_memory_forms_the_swarm_once_settled() {
         let members = [member(1, 2 * GB), member(2, 8 * GB), member(3, 4 * GB)];
         let s = Settings::default();
-        assert_eq!(plan(&settled(2, &members), &s).steps, [Step::Form]);
+        assert_eq!(
+            plan(&settled(2, &members, &listing(&members)), &s).steps,
+            [Step::Form]
+        );
         for me in [1, 3] {
-            let p = plan(&settled(me, &members), &s);
+            let p = plan(&settled(me, &members, &listing(&members)), &s);
             assert!(p.steps.is_empty());
             assert!(p.waiting.unwrap().contains("0000000000000002 forms"));
         }
-        let mut early = settled(2, &members);
+        let mut early = settled(2, &members, &[]);
         early.stable_for = Duration::from_secs(5);
         assert!(plan(&early, &s).waiting.unwrap().contains("stable for 5 s"));
-        let mut skewed = settled(2, &members);
+        let mut skewed = settled(2, &members, &[]);
         skewed.clock_synced = false;
         assert!(plan(&skewed, &s).waiting.unwrap().contains("clock"));
     }
@@ -489,10 +549,10 @@ mod tests {
             expect: 3,
             ..Settings::default()
         };
-        let p = plan(&settled(1, &members), &s);
+        let p = plan(&settled(1, &members, &listing(&members)), &s);
         assert!(p.steps.is_empty(), "{p:?}");
         assert!(p.waiting.unwrap().contains("2 of the 3"));
-        let mut remembers = settled(1, &members);
+        let mut remembers = settled(1, &members, &[]);
         remembers.known_swarm = Some("abc");
         let p = plan(&remembers, &Settings::default());
         assert!(p.steps.is_empty());
@@ -505,7 +565,11 @@ mod tests {
         sick.healthy = false;
         let members = [sick, member(2, GB / 2), member(3, GB)];
         assert_eq!(
-            plan(&settled(3, &members), &Settings::default()).steps,
+            plan(
+                &settled(3, &members, &listing(&members)),
+                &Settings::default()
+            )
+            .steps,
             [Step::Form]
         );
     }
@@ -516,7 +580,10 @@ mod tests {
             joined(member(1, 2 * GB), "s1", Role::Manager, true),
             member(2, 2 * GB),
         ];
-        let p = plan(&settled(2, &members), &Settings::default());
+        let p = plan(
+            &settled(2, &members, &listing(&members)),
+            &Settings::default(),
+        );
         assert_eq!(
             p.steps,
             [Step::Join {
@@ -534,7 +601,10 @@ mod tests {
             joined(member(3, GB), "s1", Role::Worker, false),
             joined(member(4, 8 * GB), "s1", Role::Worker, false),
         ];
-        let p = plan(&settled(1, &members), &Settings::default());
+        let p = plan(
+            &settled(1, &members, &listing(&members)),
+            &Settings::default(),
+        );
         assert_eq!(
             p.steps,
             [
@@ -544,7 +614,10 @@ mod tests {
         );
         assert_eq!(p.managers, [NodeId(1), NodeId(4), NodeId(2)]);
         // Only the leader acts; the others compute the same managers.
-        let other = plan(&settled(2, &members), &Settings::default());
+        let other = plan(
+            &settled(2, &members, &listing(&members)),
+            &Settings::default(),
+        );
         assert!(other.steps.is_empty());
         assert_eq!(other.managers, p.managers);
     }
@@ -561,14 +634,16 @@ mod tests {
             joined(member(4, 2 * GB), "s1", Role::Worker, false),
         ];
         let s = Settings::default();
-        let p = plan(&settled(1, &members), &s);
+        let p = plan(&settled(1, &members, &listing(&members)), &s);
         assert_eq!(p.steps, [Step::Promote { node: "n4".into() }]);
         // Promoted, but the dead one is not certainly lost: nothing more.
         members[3] = joined(member(4, 2 * GB), "s1", Role::Manager, false);
-        assert!(plan(&settled(1, &members), &s).steps.is_empty());
+        assert!(plan(&settled(1, &members, &listing(&members)), &s)
+            .steps
+            .is_empty());
         members[1].gone_for = Some(s.remove_after);
         assert_eq!(
-            plan(&settled(1, &members), &s).steps,
+            plan(&settled(1, &members, &listing(&members)), &s).steps,
             [
                 Step::Demote { node: "n2".into() },
                 Step::Remove { node: "n2".into() }
@@ -589,7 +664,10 @@ mod tests {
             joined(member(4, 2 * GB), "s1", Role::Worker, false),
             worker_left,
         ];
-        let p = plan(&settled(1, &members), &Settings::default());
+        let p = plan(
+            &settled(1, &members, &listing(&members)),
+            &Settings::default(),
+        );
         assert_eq!(
             p.steps,
             [
@@ -608,7 +686,10 @@ mod tests {
         ];
         members[2].liveness = Liveness::Left;
         members[2].gone_for = Some(Duration::ZERO);
-        let p = plan(&settled(1, &members), &Settings::default());
+        let p = plan(
+            &settled(1, &members, &listing(&members)),
+            &Settings::default(),
+        );
         // Two members up: one manager wanted; the leader stays, the other manager is demoted and the
         // left one taken out.
         assert_eq!(p.managers, [NodeId(2)]);
@@ -622,8 +703,61 @@ mod tests {
         // Once the left one is out, the leader hands over: it steps down itself.
         members.pop();
         assert_eq!(
-            plan(&settled(1, &members), &Settings::default()).steps,
+            plan(
+                &settled(1, &members, &listing(&members)),
+                &Settings::default()
+            )
+            .steps,
             [Step::Demote { node: "n1".into() }]
+        );
+    }
+
+    #[test]
+    fn a_nodes_former_life_in_the_swarm_is_taken_out_once_down() {
+        // vm2 left as a manager and joined again as a worker: the swarm still lists its old entry, a
+        // manager no report names, unreachable.
+        let members = [
+            joined(member(1, 2 * GB), "s1", Role::Manager, true),
+            joined(member(2, 2 * GB), "s1", Role::Worker, false),
+            joined(member(3, 2 * GB), "s1", Role::Manager, false),
+        ];
+        let mut nodes = listing(&members);
+        nodes.push(SwarmNode {
+            node: "old2".into(),
+            role: Role::Manager,
+            reachable: false,
+        });
+        // The replacement manages first: the old entry, a manager, waits.
+        let p = plan(&settled(1, &members, &nodes), &Settings::default());
+        assert_eq!(p.steps, [Step::Promote { node: "n2".into() }]);
+        // Once vm2 manages again, the old entry is demoted and removed; an unclaimed entry that is
+        // reachable (a node whose report has not spread yet) is left alone.
+        let members = [
+            joined(member(1, 2 * GB), "s1", Role::Manager, true),
+            joined(member(2, 2 * GB), "s1", Role::Manager, false),
+            joined(member(3, 2 * GB), "s1", Role::Manager, false),
+        ];
+        let mut nodes = listing(&members);
+        nodes.push(SwarmNode {
+            node: "old2".into(),
+            role: Role::Manager,
+            reachable: false,
+        });
+        nodes.push(SwarmNode {
+            node: "new4".into(),
+            role: Role::Worker,
+            reachable: true,
+        });
+        assert_eq!(
+            plan(&settled(1, &members, &nodes), &Settings::default()).steps,
+            [
+                Step::Demote {
+                    node: "old2".into()
+                },
+                Step::Remove {
+                    node: "old2".into()
+                }
+            ]
         );
     }
 
@@ -635,24 +769,31 @@ mod tests {
             joined(member(3, GB), "a", Role::Manager, true),
         ];
         assert_eq!(
-            plan(&settled(3, &members), &Settings::default()).steps,
+            plan(
+                &settled(3, &members, &listing(&members)),
+                &Settings::default()
+            )
+            .steps,
             [Step::Leave]
         );
-        assert!(plan(&settled(2, &members), &Settings::default())
-            .steps
-            .is_empty());
+        assert!(plan(
+            &settled(2, &members, &listing(&members)),
+            &Settings::default()
+        )
+        .steps
+        .is_empty());
         let tie = [
             joined(member(1, GB), "b", Role::Manager, true),
             joined(member(3, GB), "a", Role::Manager, true),
         ];
         assert_eq!(
-            plan(&settled(1, &tie), &Settings::default())
+            plan(&settled(1, &tie, &listing(&tie)), &Settings::default())
                 .swarm
                 .as_deref(),
             Some("a")
         );
         assert_eq!(
-            plan(&settled(1, &tie), &Settings::default()).steps,
+            plan(&settled(1, &tie, &listing(&tie)), &Settings::default()).steps,
             [Step::Leave]
         );
     }
@@ -663,7 +804,11 @@ mod tests {
         back.engine.as_mut().unwrap().error = Some("node is not part of the swarm".into());
         let members = [joined(member(1, GB), "s1", Role::Manager, true), back];
         assert_eq!(
-            plan(&settled(2, &members), &Settings::default()).steps,
+            plan(
+                &settled(2, &members, &listing(&members)),
+                &Settings::default()
+            )
+            .steps,
             [Step::Leave]
         );
     }
