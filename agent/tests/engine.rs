@@ -4,6 +4,15 @@
 //! error), through seeded crashes, restarts, graceful leaves and partitions: one swarm forms, the plan
 //! never makes a swarm lose its quorum, and once the cluster is whole again every up node is in the
 //! one swarm with the managers the rule wants.
+//!
+//! The model's rules, as Swarm's source has them:
+//! - a demotion is refused unless the managers reachable after it hold the quorum of the managers left:
+//!   moby/swarmkit `manager/state/raft/raft.go` l.1170-1193 (`CanRemoveMember`), called by
+//!   `manager/controlapi/node.go` l.211 ("Quorum safeguard");
+//! - a manager cannot be removed, only demoted first: `manager/controlapi/node.go` l.282 (swarmkit
+//!   3e72cb64);
+//! - a manager that leaves (`--force`) stays a Raft member that never answers, which is why Docker
+//!   warns that the swarm may be lost: moby/moby `daemon/cluster/swarm.go` l.390-397 (b985e231).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
