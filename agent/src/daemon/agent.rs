@@ -139,6 +139,10 @@ impl Agent {
         // Subscribed here, before the gossip loop starts, so that no event comes before it.
         let events = handle.events.subscribe();
         helpers.push(tokio::spawn(record_events(handle.clone(), events)));
+        helpers.push(tokio::spawn(engine_loop(
+            handle.clone(),
+            std::path::PathBuf::from(crate::model::engine::REPORT_FILE),
+        )));
         if config.monitoring.enabled {
             helpers.push(tokio::spawn(monitor_loop(
                 handle.clone(),
@@ -330,6 +334,40 @@ async fn monitor_loop(handle: Handle, interval: Duration) {
                 tracing::warn!(error = %e, "cannot publish monitoring");
             }
             published = Some(sample);
+        }
+    }
+}
+
+/// Gossips what the card's engine says of itself (the root side's report file, read every 5 s) when it
+/// changes. A card without an engine has no file and gossips nothing; a bad file is logged once per
+/// distinct problem and not gossiped.
+async fn engine_loop(handle: Handle, path: std::path::PathBuf) {
+    use crate::model::engine::{EngineReport, ENGINE_KEY};
+    let mut published: Option<EngineReport> = None;
+    let mut last_problem: Option<String> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let p = path.clone();
+        let Ok(read) = tokio::task::spawn_blocking(move || EngineReport::read(&p)).await else {
+            return;
+        };
+        match read {
+            Ok(Some(report)) if published.as_ref() != Some(&report) => {
+                match handle.set(ENGINE_KEY, &report.to_gossip()) {
+                    Ok(()) => published = Some(report),
+                    Err(e) => tracing::warn!(error = %e, "cannot publish the engine's report"),
+                }
+                last_problem = None;
+            }
+            Ok(_) => last_problem = None,
+            Err(problem) => {
+                if last_problem.as_ref() != Some(&problem) {
+                    tracing::warn!(%problem, "the engine's report is not gossiped");
+                    last_problem = Some(problem);
+                }
+            }
         }
     }
 }

@@ -15,6 +15,13 @@ use crate::gossip::{Liveness, NodeId};
 /// Gossip key of a node's [`EngineReport`].
 pub const ENGINE_KEY: &str = "engine";
 
+/// Where the card's root side of the engine writes what its engine says of itself; the agent, which
+/// has no access to the engine, reads it and gossips it.
+pub const REPORT_FILE: &str = "/run/herd-engine/report.json";
+
+/// A report file larger than this is refused unread (a report is a few hundred bytes).
+const REPORT_MAX: u64 = 4096;
+
 /// A node's part in its engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -49,6 +56,27 @@ pub struct EngineReport {
 impl EngineReport {
     pub fn to_gossip(&self) -> String {
         serde_json::to_string(self).expect("strings serialize")
+    }
+
+    /// Reads and checks the report file at `path`: `None` when there is none (no engine on this card).
+    pub fn read(path: &std::path::Path) -> Result<Option<EngineReport>, String> {
+        use std::io::Read;
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let mut text = String::new();
+        file.take(REPORT_MAX + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if text.len() as u64 > REPORT_MAX {
+            return Err(format!("{}: more than {REPORT_MAX} bytes", path.display()));
+        }
+        EngineReport::check(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Checks a report a peer gossiped: ids are what Swarm makes (lowercase letters and digits), the
@@ -811,6 +839,30 @@ mod tests {
             .steps,
             [Step::Leave]
         );
+    }
+
+    #[test]
+    fn the_report_file_is_read_checked_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        assert_eq!(EngineReport::read(&path), Ok(None));
+        let report = joined(member(1, GB), "s1", Role::Manager, true)
+            .engine
+            .unwrap();
+        std::fs::write(&path, report.to_gossip()).unwrap();
+        assert_eq!(EngineReport::read(&path), Ok(Some(report)));
+        std::fs::write(&path, r#"{"role":"manager"}"#).unwrap();
+        assert!(EngineReport::read(&path)
+            .unwrap_err()
+            .contains("report.json"));
+        std::fs::write(
+            &path,
+            format!(r#"{{"role":"none","error":"{}"}}"#, "x".repeat(5000)),
+        )
+        .unwrap();
+        assert!(EngineReport::read(&path)
+            .unwrap_err()
+            .contains("more than 4096 bytes"));
     }
 
     #[test]

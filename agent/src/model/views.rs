@@ -41,6 +41,10 @@ pub struct NodeView {
     /// The node's health checks, with advice (every check `unknown` for agents before health).
     #[serde(default)]
     pub health: HealthView,
+    /// What the node's container engine says of itself (its swarm, role, whether it leads), on cards
+    /// that run one (docs/ENGINE.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::model::engine::EngineReport>,
 }
 
 impl NodeView {
@@ -78,6 +82,7 @@ impl NodeView {
             uptime_s: facts.as_ref().map(|f| published::uptime(f.boot).as_secs()),
             facts,
             knows_serving_node_as: m.knows_me_as,
+            engine: kv(crate::model::engine::ENGINE_KEY).and_then(|v| serde_json::from_str(v).ok()),
             public_key: Some({
                 use base64::Engine;
                 base64::engine::general_purpose::STANDARD.encode(m.public_key)
