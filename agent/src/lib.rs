@@ -11,6 +11,7 @@
 //! - [`installer`]: the card's root installer of `herd upgrade`, a program apart from the agent.
 //! - [`actuator`]: the card's root side of reboot, shutdown, identify and restart, a program apart too.
 //! - [`packages`]: the card's root installer of the packages an image carries, at first boot.
+//! - [`swarm`]: the card's root side of the container engine: Docker's Engine API, spoken sans-IO.
 //! - [`client`]: the one blocking client of a node's HTTP API (the operator's tools, the installer).
 //! - [`model`]: what the daemon publishes and the API shows, shared by the daemon and the tools.
 //! - [`release`]: the signed release artifact of `herd upgrade`, packed by the tools, checked by the daemon
@@ -28,6 +29,7 @@ pub mod installer;
 pub mod model;
 pub mod ops;
 pub mod packages;
+pub mod swarm;
 /// The release format lives in a crate of its own (`agent/release/`), which `cargo xtask` and the image
 /// pipeline use too.
 pub use herd_release as release;

@@ -242,6 +242,7 @@ fn the_rooms_form_no_circle() {
         "installer",
         "actuator",
         "packages",
+        "swarm",
         "client",
     ] {
         assert!(r.contains_key(room), "no room {room}: {r:?}");
@@ -268,6 +269,11 @@ fn the_rooms_form_no_circle() {
     assert!(
         r["packages"].iter().all(|x| x == "files"),
         "packages must rest on files only: {r:?}"
+    );
+    // The engine's root side speaks to Docker and knows the plan's shapes, nothing of the agent's.
+    assert!(
+        r["swarm"].iter().all(|x| x == "model"),
+        "swarm must rest on model only: {r:?}"
     );
     assert!(
         r["client"].iter().all(|x| x == "model" || x == "gossip"),

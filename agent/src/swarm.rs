@@ -1,0 +1,406 @@
+//! The card's root side of the container engine, Docker Swarm: what it asks the Docker Engine API, what
+//! it makes of the answers (this node's report, the swarm's list of its nodes) and the request each of
+//! the plan's steps becomes. Sans-IO: the transport (the engine's unix socket, root's alone) lives apart,
+//! and the API is spoken rather than the `docker` command so that a join token travels in a request
+//! body, never on a command line every local user can read in `/proc`.
+//!
+//! The shapes are the Engine API's: moby/moby `api/types/swarm/swarm.go` l.200-215 (`Info`, under
+//! `GET /info`'s `Swarm`), `api/types/swarm/node.go` l.4-18, 94-118 (`Node`, `NodeStatus`,
+//! `ManagerStatus`), `api/swagger.yaml` l.12453-12552 (`/nodes/{id}`, `/nodes/{id}/update` with the
+//! object's `version`), l.12575-12760 (`/swarm/init`, `/swarm/join`, `/swarm/leave`), at b985e231.
+
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use crate::model::engine::{EngineReport, Role, Step, SwarmNode};
+
+/// The port Swarm's managers listen on for the swarm's own traffic.
+pub const SWARM_PORT: u16 = 2377;
+
+/// One call of the Engine API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: &'static str,
+    pub path: String,
+    pub body: Option<String>,
+}
+
+/// `GET /info`'s `Swarm`: this node's engine, as it says of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Local {
+    #[serde(rename = "NodeID", default)]
+    pub node_id: String,
+    /// `inactive`, `pending`, `active`, `error` or `locked`.
+    pub local_node_state: String,
+    /// Whether this node is a manager.
+    #[serde(default)]
+    pub control_available: bool,
+    #[serde(default)]
+    pub error: String,
+    /// Present on managers only: workers do not see the cluster object.
+    #[serde(default)]
+    pub cluster: Option<Cluster>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Cluster {
+    #[serde(rename = "ID")]
+    pub id: String,
+}
+
+#[derive(Deserialize)]
+struct SystemInfo {
+    #[serde(rename = "Swarm")]
+    swarm: Local,
+}
+
+/// Reads `GET /info`'s answer.
+pub fn parse_info(body: &str) -> Result<Local, String> {
+    serde_json::from_str::<SystemInfo>(body)
+        .map(|i| i.swarm)
+        .map_err(|e| format!("the engine's /info: {e}"))
+}
+
+/// A node of the swarm as `GET /nodes` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub id: String,
+    /// The object's version, which an update must name.
+    pub version: u64,
+    /// Its spec as the engine holds it: an update sends it back with the role changed, so that labels
+    /// and availability set by others are kept.
+    pub spec: serde_json::Value,
+    pub role: Role,
+    /// A worker ready, or a manager reachable.
+    pub reachable: bool,
+    pub leader: bool,
+}
+
+impl Node {
+    pub fn listing(&self) -> SwarmNode {
+        SwarmNode {
+            node: self.id.clone(),
+            role: self.role,
+            reachable: self.reachable,
+        }
+    }
+}
+
+/// Reads `GET /nodes`'s answer.
+pub fn parse_nodes(body: &str) -> Result<Vec<Node>, String> {
+    let raw: Vec<serde_json::Value> =
+        serde_json::from_str(body).map_err(|e| format!("the engine's /nodes: {e}"))?;
+    raw.into_iter()
+        .map(|n| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            let id = text(&n["ID"]);
+            if id.is_empty() {
+                return Err("the engine's /nodes: a node without an ID".to_string());
+            }
+            let role = match n["Spec"]["Role"].as_str() {
+                Some("manager") => Role::Manager,
+                Some("worker") => Role::Worker,
+                other => return Err(format!("the engine's /nodes: node {id} has role {other:?}")),
+            };
+            let manager = &n["ManagerStatus"];
+            let reachable = match role {
+                Role::Manager => manager["Reachability"].as_str() == Some("reachable"),
+                _ => n["Status"]["State"].as_str() == Some("ready"),
+            };
+            Ok(Node {
+                version: n["Version"]["Index"].as_u64().unwrap_or(0),
+                spec: n["Spec"].clone(),
+                role,
+                reachable,
+                leader: manager["Leader"].as_bool().unwrap_or(false),
+                id,
+            })
+        })
+        .collect()
+}
+
+/// This node's report: `swarm` is the swarm it joined or formed (remembered by the root side, since a
+/// worker's engine does not say), `leads` whether the swarm's list shows it as leader.
+pub fn report(local: &Local, swarm: Option<&str>, leads: bool) -> EngineReport {
+    let error = (!local.error.is_empty() || local.local_node_state == "error").then(|| {
+        let text = if local.error.is_empty() {
+            "the engine's swarm state is error"
+        } else {
+            &local.error
+        };
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(200)
+            .collect::<String>()
+    });
+    let swarm = local
+        .cluster
+        .as_ref()
+        .map(|c| c.id.clone())
+        .or(swarm.map(str::to_string));
+    match local.local_node_state.as_str() {
+        "inactive" | "" => EngineReport {
+            error,
+            ..EngineReport::default()
+        },
+        _ if swarm.is_none() || local.node_id.is_empty() => EngineReport {
+            error: error.or(Some("in a swarm this node does not know the id of".into())),
+            ..EngineReport::default()
+        },
+        _ => {
+            let role = if local.control_available {
+                Role::Manager
+            } else {
+                Role::Worker
+            };
+            EngineReport {
+                swarm,
+                node: Some(local.node_id.clone()),
+                role,
+                leader: leads && role == Role::Manager,
+                error,
+            }
+        }
+    }
+}
+
+/// The Engine API call a step of the plan becomes. `me` is herd's own address (the swarm advertises it
+/// and listens on it only), `token` the worker join token for a join, `nodes` the swarm's list for a
+/// promotion or demotion (an update names the object's version and sends its whole spec back).
+pub fn request(
+    step: &Step,
+    me: IpAddr,
+    token: Option<&str>,
+    nodes: &[Node],
+) -> Result<Request, String> {
+    let listen = std::net::SocketAddr::new(me, SWARM_PORT).to_string();
+    let json = |v: serde_json::Value| Some(v.to_string());
+    Ok(match step {
+        Step::Form => Request {
+            method: "POST",
+            path: "/swarm/init".into(),
+            body: json(serde_json::json!({
+                "ListenAddr": listen,
+                "AdvertiseAddr": listen,
+            })),
+        },
+        Step::Join { via, .. } => {
+            let token = token.ok_or("no join token has reached this node yet")?;
+            Request {
+                method: "POST",
+                path: "/swarm/join".into(),
+                body: json(serde_json::json!({
+                    "ListenAddr": listen,
+                    "AdvertiseAddr": listen,
+                    "RemoteAddrs": [std::net::SocketAddr::new(*via, SWARM_PORT).to_string()],
+                    "JoinToken": token,
+                })),
+            }
+        }
+        Step::Leave => Request {
+            method: "POST",
+            path: "/swarm/leave?force=1".into(),
+            body: None,
+        },
+        Step::Promote { node } | Step::Demote { node } => {
+            let n = nodes
+                .iter()
+                .find(|n| &n.id == node)
+                .ok_or_else(|| format!("node {node} is not in the swarm's list"))?;
+            let mut spec = n.spec.clone();
+            let role = if matches!(step, Step::Promote { .. }) {
+                "manager"
+            } else {
+                "worker"
+            };
+            spec["Role"] = serde_json::Value::from(role);
+            Request {
+                method: "POST",
+                path: format!("/nodes/{}/update?version={}", n.id, n.version),
+                body: Some(spec.to_string()),
+            }
+        }
+        Step::Remove { node } => Request {
+            method: "DELETE",
+            path: format!("/nodes/{node}?force=1"),
+            body: None,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `GET /nodes` on a manager of three: itself (leader), a reachable manager, a worker that is down.
+    /// The fields are those of moby's `Node` (api/types/swarm/node.go l.4-18).
+    const NODES: &str = r#"[
+      {"ID":"24ifsmvkjbyhk","Version":{"Index":8},"Spec":{"Labels":{"herd.model":"pi4"},"Role":"manager","Availability":"active"},
+       "Description":{"Hostname":"herd-3f2a9c"},"Status":{"State":"ready","Addr":"10.0.0.1"},
+       "ManagerStatus":{"Leader":true,"Reachability":"reachable","Addr":"10.0.0.1:2377"}},
+      {"ID":"7kq2a0b6nr1zz","Version":{"Index":21},"Spec":{"Role":"manager","Availability":"active"},
+       "Status":{"State":"ready"},"ManagerStatus":{"Reachability":"reachable","Addr":"10.0.0.2:2377"}},
+      {"ID":"c1xw9x0f3t4kp","Version":{"Index":30},"Spec":{"Role":"worker","Availability":"active"},
+       "Status":{"State":"down"}}
+    ]"#;
+
+    #[test]
+    fn the_swarms_list_becomes_the_plans() {
+        let nodes = parse_nodes(NODES).unwrap();
+        let listing: Vec<SwarmNode> = nodes.iter().map(Node::listing).collect();
+        assert_eq!(
+            listing,
+            [
+                SwarmNode {
+                    node: "24ifsmvkjbyhk".into(),
+                    role: Role::Manager,
+                    reachable: true
+                },
+                SwarmNode {
+                    node: "7kq2a0b6nr1zz".into(),
+                    role: Role::Manager,
+                    reachable: true
+                },
+                SwarmNode {
+                    node: "c1xw9x0f3t4kp".into(),
+                    role: Role::Worker,
+                    reachable: false
+                },
+            ]
+        );
+        assert!(nodes[0].leader && !nodes[1].leader);
+        assert!(parse_nodes(r#"[{"ID":"x","Spec":{"Role":"boss"}}]"#)
+            .unwrap_err()
+            .contains("boss"));
+        assert!(parse_nodes("{}").is_err());
+    }
+
+    #[test]
+    fn the_engines_word_becomes_the_nodes_report() {
+        let manager = parse_info(
+            r#"{"Name":"pi","Swarm":{"NodeID":"24ifsmvkjbyhk","NodeAddr":"10.0.0.1","LocalNodeState":"active",
+                "ControlAvailable":true,"Error":"","RemoteManagers":[],"Nodes":3,"Managers":2,
+                "Cluster":{"ID":"f4c2x3m5l0p9q8r7s6t5u4v3w","Version":{"Index":10}}}}"#,
+        )
+        .unwrap();
+        let r = report(&manager, None, true);
+        assert_eq!(r.swarm.as_deref(), Some("f4c2x3m5l0p9q8r7s6t5u4v3w"));
+        assert_eq!((r.role, r.leader), (Role::Manager, true));
+        assert_eq!(EngineReport::check(&r.to_gossip()), Ok(()));
+        // A worker's engine shows no cluster: the swarm it joined is the root side's memory.
+        let worker = parse_info(
+            r#"{"Swarm":{"NodeID":"c1xw9x0f3t4kp","LocalNodeState":"active","ControlAvailable":false,
+                "Error":""}}"#,
+        )
+        .unwrap();
+        let r = report(&worker, Some("f4c2x3m5l0p9q8r7s6t5u4v3w"), true);
+        assert_eq!((r.role, r.leader), (Role::Worker, false));
+        assert_eq!(r.swarm.as_deref(), Some("f4c2x3m5l0p9q8r7s6t5u4v3w"));
+        assert!(report(&worker, None, false).error.is_some());
+        let lost = parse_info(
+            r#"{"Swarm":{"NodeID":"c1xw9x0f3t4kp","LocalNodeState":"error","Error":"node is not part of\nthis swarm"}}"#,
+        )
+        .unwrap();
+        let r = report(&lost, Some("f4c2x3m5l0p9q8r7s6t5u4v3w"), false);
+        assert_eq!(r.error.as_deref(), Some("node is not part of this swarm"));
+        assert_eq!(EngineReport::check(&r.to_gossip()), Ok(()));
+        let none = parse_info(r#"{"Swarm":{"LocalNodeState":"inactive"}}"#).unwrap();
+        assert_eq!(report(&none, None, false), EngineReport::default());
+    }
+
+    #[test]
+    fn steps_become_engine_api_calls_with_the_token_in_the_body_only() {
+        let me: IpAddr = "10.0.0.3".parse().unwrap();
+        let nodes = parse_nodes(NODES).unwrap();
+        let join = request(
+            &Step::Join {
+                swarm: "s".into(),
+                via: "10.0.0.1".parse().unwrap(),
+            },
+            me,
+            Some("SWMTKN-1-secret"),
+            &nodes,
+        )
+        .unwrap();
+        assert_eq!((join.method, join.path.as_str()), ("POST", "/swarm/join"));
+        let body: serde_json::Value = serde_json::from_str(join.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body["RemoteAddrs"][0], "10.0.0.1:2377");
+        assert_eq!(body["AdvertiseAddr"], "10.0.0.3:2377");
+        assert_eq!(body["JoinToken"], "SWMTKN-1-secret");
+        assert!(!join.path.contains("SWMTKN"));
+        assert!(request(
+            &Step::Join {
+                swarm: "s".into(),
+                via: me
+            },
+            me,
+            None,
+            &nodes
+        )
+        .unwrap_err()
+        .contains("no join token"));
+        // A promotion sends the node's whole spec back, its labels kept, at the version read.
+        let promote = request(
+            &Step::Promote {
+                node: "c1xw9x0f3t4kp".into(),
+            },
+            me,
+            None,
+            &nodes,
+        )
+        .unwrap();
+        assert_eq!(promote.path, "/nodes/c1xw9x0f3t4kp/update?version=30");
+        let spec: serde_json::Value =
+            serde_json::from_str(promote.body.as_deref().unwrap()).unwrap();
+        assert_eq!(spec["Role"], "manager");
+        assert_eq!(spec["Availability"], "active");
+        let demote = request(
+            &Step::Demote {
+                node: "24ifsmvkjbyhk".into(),
+            },
+            me,
+            None,
+            &nodes,
+        )
+        .unwrap();
+        let spec: serde_json::Value =
+            serde_json::from_str(demote.body.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (spec["Role"].as_str(), &spec["Labels"]["herd.model"]),
+            (Some("worker"), &serde_json::json!("pi4"))
+        );
+        assert!(request(
+            &Step::Demote {
+                node: "gone".into()
+            },
+            me,
+            None,
+            &nodes
+        )
+        .is_err());
+        assert_eq!(
+            request(
+                &Step::Remove {
+                    node: "c1xw9x0f3t4kp".into()
+                },
+                me,
+                None,
+                &nodes
+            )
+            .unwrap(),
+            Request {
+                method: "DELETE",
+                path: "/nodes/c1xw9x0f3t4kp?force=1".into(),
+                body: None
+            }
+        );
+        let form = request(&Step::Form, me, None, &[]).unwrap();
+        assert_eq!(form.path, "/swarm/init");
+        assert!(form
+            .body
+            .unwrap()
+            .contains("\"ListenAddr\":\"10.0.0.3:2377\""));
+    }
+}
