@@ -49,6 +49,12 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Show each node's container engine (its swarm, role, leader) beside herd's view, and where they
+    /// disagree.
+    Engine {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Open a node's dashboard in the browser (NODE's own page when named: name, id or address).
     Open {
         #[arg(value_name = "NODE")]
@@ -267,6 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Members { target } => herd::ops::cli::members(&target),
+        Command::Engine { target } => herd::ops::cli::engine(&target),
         Command::Open { member, target } => herd::ops::cli::open(&target, member.as_deref()),
         Command::Ssh {
             member,

@@ -442,6 +442,12 @@ fn the_cli_lists_members_and_changes_meta_data() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 3);
+    // No card here runs a container engine: herd engine says so, about every node.
+    let (ok, text, err) = run(&["engine", "--node", &node], None);
+    assert!(ok, "{err}");
+    assert!(text.starts_with("NAME"), "{text}");
+    assert_eq!(text.matches("reports no engine").count(), 3, "{text}");
+    assert!(text.contains("No node reports an engine."), "{text}");
 
     // Change node 2's meta-data through node 0's view of the cluster.
     let (ok, text, err) = run(

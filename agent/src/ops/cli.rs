@@ -225,6 +225,139 @@ pub fn members(t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `herd engine`: each node's container engine as it says of itself, beside herd's view, and where the
+/// two disagree.
+pub fn engine(t: &Target) -> anyhow::Result<()> {
+    let nodes = t.client()?.nodes()?;
+    if t.json {
+        let view: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.id, "name": n.name, "state": n.state, "engine": n.engine,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    print!("{}", engine_table(&nodes));
+    Ok(())
+}
+
+/// A node of the API as the engine's plan sees it.
+fn plan_member(n: &NodeView) -> Option<crate::model::engine::Member> {
+    use crate::gossip::Liveness;
+    Some(crate::model::engine::Member {
+        id: n.id.parse().ok()?,
+        addr: n.address,
+        liveness: n.state,
+        gone_for: matches!(n.state, Liveness::Dead | Liveness::Left)
+            .then(|| std::time::Duration::from_millis(n.last_heard_ms)),
+        healthy: n.health.state != State::Critical,
+        memory: n.monitoring.as_ref().map(|m| m.mem_total),
+        engine: n.engine.clone(),
+    })
+}
+
+/// The engine table, and under it every disagreement between herd's view and the engines'.
+pub fn engine_table(nodes: &[NodeView]) -> String {
+    use crate::gossip::Liveness;
+    use crate::model::engine::{plan, Role, Settings, Situation};
+    let members: Vec<_> = nodes.iter().filter_map(plan_member).collect();
+    let me = nodes
+        .iter()
+        .find(|n| n.is_self)
+        .and_then(|n| n.id.parse().ok())
+        .unwrap_or_default();
+    let planned = plan(
+        &Situation {
+            me,
+            members: &members,
+            stable_for: std::time::Duration::MAX,
+            clock_synced: true,
+            known_swarm: None,
+            swarm_nodes: &[],
+        },
+        &Settings::default(),
+    );
+    let swarm = planned.swarm.clone();
+    let mut out = format!(
+        "{:<20}  {:<8}  {:<8}  {:<6}  SWARM\n",
+        "NAME", "HERD", "ROLE", "LEADER"
+    );
+    let mut problems = Vec::new();
+    for n in nodes {
+        let e = n.engine.as_ref();
+        let role = e.map_or("-", |e| match e.role {
+            Role::None => "none",
+            Role::Worker => "worker",
+            Role::Manager => "manager",
+        });
+        let state = format!("{:?}", n.state).to_lowercase();
+        out.push_str(&format!(
+            "{:<20}  {:<8}  {:<8}  {:<6}  {}\n",
+            format!("{}{}", n.name, if n.is_self { " *" } else { "" }),
+            state,
+            role,
+            if e.is_some_and(|e| e.leader) {
+                "yes"
+            } else {
+                ""
+            },
+            e.and_then(|e| e.swarm.as_deref()).unwrap_or("-"),
+        ));
+        let up = matches!(n.state, Liveness::Alive | Liveness::Suspect);
+        let id = n.id.parse().ok();
+        let should_manage = id.is_some_and(|id| planned.managers.contains(&id));
+        let problem = match e {
+            _ if !up && e.is_some_and(|e| e.role == Role::Manager) => Some(format!(
+                "herd sees it {state}, and it manages the swarm: a replacement is promoted, and it is \
+                 removed once its loss is certain"
+            )),
+            _ if !up => None,
+            None => Some("reports no engine".to_string()),
+            Some(e) if e.error.is_some() => Some(format!(
+                "its engine says: {}",
+                e.error.as_deref().unwrap_or_default()
+            )),
+            Some(e) if e.swarm.is_none() && swarm.is_some() => {
+                Some("is in no swarm: it joins".to_string())
+            }
+            Some(e) if e.swarm.is_some() && e.swarm != swarm => Some(format!(
+                "is in another swarm ({}): it leaves it and joins the cluster's",
+                e.swarm.as_deref().unwrap_or_default()
+            )),
+            Some(e) if should_manage && e.role != Role::Manager => {
+                Some("should manage: the leader promotes it".to_string())
+            }
+            Some(e) if !should_manage && e.role == Role::Manager && swarm.is_some() => {
+                Some("manages but should not: the leader demotes it".to_string())
+            }
+            Some(_) => None,
+        };
+        if let Some(p) = problem {
+            problems.push(format!("{}: {p}.", n.name));
+        }
+    }
+    if swarm.is_none() {
+        problems.push(match planned.waiting {
+            Some(w) if members.iter().any(|m| m.engine.is_some()) => {
+                format!("No swarm yet: {w}.")
+            }
+            _ => "No node reports an engine.".to_string(),
+        });
+    }
+    for p in problems {
+        out.push('\n');
+        out.push_str(&p);
+    }
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
 /// The member table: one line per node.
 pub fn table(nodes: &[NodeView]) -> String {
     let header = [
@@ -796,6 +929,51 @@ fn follow(
 
 #[cfg(test)]
 mod tests {
+    use crate::model::views::NodeView;
+
+    /// A node as `GET /api/v1/nodes` shows it, with 2 GiB and the engine report given.
+    fn node(id: u64, state: &str, engine: serde_json::Value) -> NodeView {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("{id:016x}"), "name": format!("pi{id}"), "address": format!("10.0.0.{id}"),
+            "gossip_port": 7946, "http_port": 8080, "state": state, "phi": 0.0, "threshold": 8.0,
+            "generation": 1, "last_heard_ms": 900_000, "is_self": id == 1, "version": "0.1.0",
+            "services": [], "facts": null, "uptime_s": 10,
+            "monitoring": {"cpu": 1.0, "mem_used": 1, "mem_total": 2u64 << 30, "load": [0.0, 0.0, 0.0],
+                           "temp": null, "disk_used": 1, "disk_total": 2},
+            "engine": engine,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_engine_table_says_where_herd_and_the_engines_disagree() {
+        let e = |swarm: &str, role: &str, leader: bool| serde_json::json!({"swarm": swarm, "node": format!("n{role}"), "role": role, "leader": leader});
+        let nodes = [
+            node(1, "alive", e("s1", "manager", true)),
+            node(2, "alive", e("s1", "worker", false)),
+            node(3, "alive", e("s1", "worker", false)),
+            node(4, "dead", e("s1", "manager", false)),
+            node(5, "alive", serde_json::json!({"role": "none"})),
+            node(6, "alive", e("s9", "manager", true)),
+            node(7, "alive", serde_json::Value::Null),
+        ];
+        let out = super::engine_table(&nodes);
+        assert!(out.starts_with("NAME"), "{out}");
+        assert!(out.contains("pi1 *"), "{out}");
+        for line in [
+            "pi4: herd sees it dead, and it manages the swarm",
+            "pi5: is in no swarm: it joins.",
+            "pi6: is in another swarm (s9): it leaves it and joins the cluster's.",
+            "pi7: reports no engine.",
+            "pi2: should manage: the leader promotes it.",
+        ] {
+            assert!(out.contains(line), "no {line:?} in:\n{out}");
+        }
+        assert!(!out.contains("pi1: "), "{out}");
+        let none = super::engine_table(&[node(1, "alive", serde_json::Value::Null)]);
+        assert!(none.contains("No node reports an engine."), "{none}");
+    }
+
     #[test]
     fn access_debug_never_shows_the_token() {
         let a = super::Access {
