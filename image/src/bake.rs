@@ -306,19 +306,12 @@ fn root_fits(
         ));
     }
     if total + ROOT_MARGIN > free {
-        let mut by_size: Vec<(&str, u64)> = resolved
+        let sizes = resolved
             .manifest
             .debs
             .iter()
             .map(|d| d.package.as_str())
-            .zip(resolved.installed.iter().copied())
-            .collect();
-        by_size.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
-        let largest: Vec<String> = by_size
-            .iter()
-            .take(3)
-            .map(|(p, s)| format!("{p} ({:.1} MB)", mb(*s)))
-            .collect();
+            .zip(resolved.installed.iter().copied());
         return Err(format!(
             "--packages {} takes {:.1} MB once installed (with {} MiB kept free), but the root file \
              system has {:.1} MB free and this base does not grow it at first boot (its cmdline.txt \
@@ -327,7 +320,7 @@ fn root_fits(
             mb(total),
             ROOT_MARGIN >> 20,
             mb(free),
-            largest.join(", ")
+            largest(sizes)
         ));
     }
     Ok(format!(
@@ -350,20 +343,20 @@ fn fits(manifest: &crate::packages::Manifest, free: u64) -> std::result::Result<
             total as f64 / 1e6,
             crate::packages::BOOT_MARGIN >> 20,
             free as f64 / 1e6,
-            largest(&manifest.debs)
+            largest(manifest.debs.iter().map(|d| (d.package.as_str(), d.size)))
         ));
     }
     Ok(())
 }
 
-/// The three largest packages, with their sizes.
-fn largest(debs: &[crate::packages::Deb]) -> String {
-    let mut by_size: Vec<&crate::packages::Deb> = debs.iter().collect();
-    by_size.sort_by_key(|d| std::cmp::Reverse(d.size));
+/// The three largest of (package, bytes), with their sizes.
+fn largest<'a>(sizes: impl Iterator<Item = (&'a str, u64)>) -> String {
+    let mut by_size: Vec<(&str, u64)> = sizes.collect();
+    by_size.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
     by_size
         .iter()
         .take(3)
-        .map(|d| format!("{} ({:.1} MB)", d.package, d.size as f64 / 1e6))
+        .map(|(p, s)| format!("{p} ({:.1} MB)", *s as f64 / 1e6))
         .collect::<Vec<_>>()
         .join(", ")
 }
