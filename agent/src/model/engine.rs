@@ -744,17 +744,18 @@ mod tests {
     fn a_nodes_former_life_in_the_swarm_is_taken_out_once_down() {
         // vm2 left as a manager and joined again as a worker: the swarm still lists its old entry, a
         // manager no report names, unreachable.
+        let former_life = SwarmNode {
+            node: "old2".into(),
+            role: Role::Manager,
+            reachable: false,
+        };
         let members = [
             joined(member(1, 2 * GB), "s1", Role::Manager, true),
             joined(member(2, 2 * GB), "s1", Role::Worker, false),
             joined(member(3, 2 * GB), "s1", Role::Manager, false),
         ];
         let mut nodes = listing(&members);
-        nodes.push(SwarmNode {
-            node: "old2".into(),
-            role: Role::Manager,
-            reachable: false,
-        });
+        nodes.push(former_life.clone());
         // The replacement manages first: the old entry, a manager, waits.
         let p = plan(&settled(1, &members, &nodes), &Settings::default());
         assert_eq!(p.steps, [Step::Promote { node: "n2".into() }]);
@@ -766,11 +767,7 @@ mod tests {
             joined(member(3, 2 * GB), "s1", Role::Manager, false),
         ];
         let mut nodes = listing(&members);
-        nodes.push(SwarmNode {
-            node: "old2".into(),
-            role: Role::Manager,
-            reachable: false,
-        });
+        nodes.push(former_life.clone());
         nodes.push(SwarmNode {
             node: "new4".into(),
             role: Role::Worker,
