@@ -80,6 +80,8 @@ pub struct Prepared {
     cmdline: Vec<String>,
     cloud_init: bool,
     packages: Option<crate::packages::Resolved>,
+    /// Bytes to add to the root partition before anything is written (see `root_fits`).
+    grow_root: u64,
 }
 
 impl Prepared {
@@ -121,9 +123,12 @@ pub fn prepare(
     let seed = cloud.as_ref().is_some_and(|c| c.seed);
     let binary = binary_for(arch)?;
     let bin = std::fs::read(&binary).map_err(crate::io(&binary))?;
-    let packages = match &opts.packages {
-        Some(request) => Some(resolve_packages(image, &img, arch, request)?),
-        None => None,
+    let (packages, grow_root) = match &opts.packages {
+        Some(request) => {
+            let (resolved, grow) = resolve_packages(image, &img, arch, request)?;
+            (Some(resolved), grow)
+        }
+        None => (None, 0),
     };
 
     let mut entries = overlay::render(&opts.overlay, &opts.values)?;
@@ -248,16 +253,18 @@ pub fn prepare(
         cmdline,
         cloud_init,
         packages,
+        grow_root,
     })
 }
 
-/// Resolves and downloads `--packages` for the base in `img`, and checks they fit on its boot partition.
+/// Resolves and downloads `--packages` for the base in `img`, and checks they fit on its boot partition
+/// and, installed, on its root: with the bytes the root partition must grow by for that (0: none).
 fn resolve_packages(
     image: &Path,
     img: &Image,
     arch: Arch,
     request: &crate::packages::Request,
-) -> Result<crate::packages::Resolved> {
+) -> Result<(crate::packages::Resolved, u64)> {
     let resolved = crate::packages::resolve(&img.root(), arch, request, &mut |line| {
         eprintln!("    apt: {line}")
     })?;
@@ -270,10 +277,15 @@ fn resolve_packages(
         String::new()
     };
     let grows = grows_root_at_first_boot(&cmdline);
-    let note = root_fits(&resolved, img.root().free()?, grows)
-        .map_err(|why| Error::Invalid(format!("{}: {why}", image.display())))?;
+    let (note, grow) = root_fits(&resolved, img.root().free()?, grows);
+    if grow > 0 && !img.root_is_last {
+        return Err(Error::Invalid(format!(
+            "{}: {note}, but another partition lies after the root, so it cannot grow",
+            image.display()
+        )));
+    }
     eprintln!("    {note}");
-    Ok(resolved)
+    Ok((resolved, grow))
 }
 
 /// Whether Raspberry Pi OS grows the root file system to the card at first boot: Bookworm's kernel
@@ -290,45 +302,54 @@ fn grows_root_at_first_boot(cmdline: &str) -> bool {
 const ROOT_MARGIN: u64 = 64 << 20;
 
 /// Whether the packages, once installed, fit on a root with `free` bytes: a root that is grown at first
-/// boot has the card's room, one that is not must hold them now. A line saying what was found.
-fn root_fits(
-    resolved: &crate::packages::Resolved,
-    free: u64,
-    grows: bool,
-) -> std::result::Result<String, String> {
+/// boot has the card's room, one that is not must hold them now, or be made larger in the image. A line
+/// saying what was found, and the bytes to add to the root partition (0: none).
+fn root_fits(resolved: &crate::packages::Resolved, free: u64, grows: bool) -> (String, u64) {
     let total: u64 = resolved.installed.iter().sum();
     let mb = |b: u64| b as f64 / 1e6;
     if grows {
-        return Ok(format!(
+        let note = format!(
             "installed, the packages take {:.1} MB of the root file system, which the card grows to \
              its size at first boot",
             mb(total)
-        ));
+        );
+        return (note, 0);
     }
     if total + ROOT_MARGIN > free {
+        let short = total + ROOT_MARGIN - free;
+        // The groups resize2fs adds carry their own inode tables and bitmaps (about 2 MiB in each
+        // 128 MiB with mke2fs' defaults), and 5% is reserved for root: an eighth more covers both.
+        let grow = (short + short / 8).div_ceil(ROOT_GROW_STEP) * ROOT_GROW_STEP;
         let sizes = resolved
             .manifest
             .debs
             .iter()
             .map(|d| d.package.as_str())
             .zip(resolved.installed.iter().copied());
-        return Err(format!(
-            "--packages {} takes {:.1} MB once installed (with {} MiB kept free), but the root file \
-             system has {:.1} MB free and this base does not grow it at first boot (its cmdline.txt \
-             has neither Raspberry Pi OS's 'resize' nor its firstboot init=); the largest: {}",
+        let note = format!(
+            "installed, --packages {} takes {:.1} MB (with {} MiB kept free), the root file system \
+             has {:.1} MB free and this base does not grow it at first boot (its cmdline.txt has \
+             neither Raspberry Pi OS's 'resize' nor its firstboot init=), so the image's root \
+             partition is made {} MiB larger; the largest: {}",
             resolved.manifest.requested.join(","),
             mb(total),
             ROOT_MARGIN >> 20,
             mb(free),
+            grow >> 20,
             largest(sizes)
-        ));
+        );
+        return (note, grow);
     }
-    Ok(format!(
+    let note = format!(
         "installed, the packages take {:.1} MB of the root file system's {:.1} MB free",
         mb(total),
         mb(free)
-    ))
+    );
+    (note, 0)
 }
+
+/// The root partition grows in whole steps of this.
+const ROOT_GROW_STEP: u64 = 16 << 20;
 
 /// Whether the packages fit on a boot partition with `free` bytes, leaving the margin.
 fn fits(manifest: &crate::packages::Manifest, free: u64) -> std::result::Result<(), String> {
@@ -363,7 +384,10 @@ fn largest<'a>(sizes: impl Iterator<Item = (&'a str, u64)>) -> String {
 
 /// Writes a prepared bake into `image` (the image it was prepared on, or a byte-identical copy).
 pub fn finish(image: &Path, prepared: Prepared) -> Result<Baked> {
-    let img = Image::open(image)?;
+    let mut img = Image::open(image)?;
+    if prepared.grow_root > 0 {
+        img = img.grow_root(prepared.grow_root)?;
+    }
     img.root().run(&prepared.plan)?;
     let boot = img.boot()?;
     let mut boot_files = Vec::new();
@@ -548,15 +572,33 @@ mod tests {
             installed: vec![50_745_344, 71_918_592, 84_662_272, 10_151_936],
         };
         let total = 217_478_144u64;
-        assert!(super::root_fits(&r, total + (64 << 20), false).is_ok());
-        let e = super::root_fits(&r, total + (60 << 20), false).unwrap_err();
-        assert!(e.contains("takes 217.5 MB once installed"), "{e}");
+        let (ok, grow) = super::root_fits(&r, total + (64 << 20), false);
+        assert_eq!(grow, 0, "{ok}");
+        assert!(
+            ok.contains("217.5 MB of the root file system's 284.6 MB free"),
+            "{ok}"
+        );
+        // 4 MiB short: an eighth more for the new groups' metadata, in whole 16 MiB steps.
+        let (e, grow) = super::root_fits(&r, total + (60 << 20), false);
+        assert_eq!(grow, 16 << 20, "{e}");
+        assert!(e.contains("takes 217.5 MB (with 64 MiB kept free)"), "{e}");
         assert!(e.contains("does not grow it at first boot"), "{e}");
+        assert!(e.contains("made 16 MiB larger"), "{e}");
         assert!(
             e.contains("containerd (84.7 MB), docker.io (71.9 MB), git (50.7 MB)"),
             "{e}"
         );
-        let ok = super::root_fits(&r, 1 << 20, true).unwrap();
+        // docker.io on herd's Trixie base (416.2 MB free): 397.3 MB installed.
+        let big = Resolved {
+            installed: vec![397_300_000],
+            ..r.clone()
+        };
+        let short = 397_300_000 + (64 << 20) - 416_200_000u64;
+        let (_, grow) = super::root_fits(&big, 416_200_000, false);
+        assert!(grow >= short + short / 8 && grow < short + short / 8 + (16 << 20));
+        assert_eq!(grow % (16 << 20), 0);
+        let (ok, grow) = super::root_fits(&r, 1 << 20, true);
+        assert_eq!(grow, 0);
         assert!(ok.contains("grows to its size at first boot"), "{ok}");
     }
 

@@ -113,6 +113,8 @@ pub struct Image {
     pub boot: Partition,
     pub root: Partition,
     pub disk_signature: [u8; 4],
+    /// No partition lies after the root, so it can grow into a longer file ([`Image::grow_root`]).
+    pub root_is_last: bool,
 }
 
 const SECTOR: u64 = 512;
@@ -158,20 +160,84 @@ impl Image {
             parts.push(part);
         }
         let mut boot = None;
-        let mut root = None;
-        for p in parts {
+        let mut root: Option<Partition> = None;
+        for &p in &parts {
             if boot.is_none() && matches!(p.kind, 0x0b | 0x0c | 0x0e) && is_fat(&mut f, &p, path)? {
                 boot = Some(p);
             } else if root.is_none() && p.kind == 0x83 && is_ext(&mut f, &p, path)? {
                 root = Some(p);
             }
         }
+        let root = root.ok_or_else(|| Error::NoRoot(path.into()))?;
         Ok(Image {
             path: path.into(),
             boot: boot.ok_or_else(|| Error::NoBoot(path.into()))?,
-            root: root.ok_or_else(|| Error::NoRoot(path.into()))?,
+            root,
             disk_signature: mbr.header.disk_signature,
+            root_is_last: parts.iter().all(|p| p.start <= root.start),
         })
+    }
+
+    /// Makes the root partition `by` bytes larger (rounded up to whole MiB), the file longer to hold it
+    /// and the ext4 file system inside it as large as the partition (`resize2fs` at the partition's
+    /// offset, like the ext4 editing). Only for a root that is the last partition. Returns the image
+    /// reopened.
+    pub fn grow_root(self, by: u64) -> Result<Image> {
+        const MIB: u64 = 1 << 20;
+        if !self.root_is_last || self.root.number > 4 {
+            return Err(Error::Invalid(format!(
+                "{}: the root partition cannot grow: it is a logical partition or another lies after it",
+                self.path.display()
+            )));
+        }
+        let by = by.div_ceil(MIB) * MIB;
+        let sectors = u32::try_from((self.root.size + by) / SECTOR).map_err(|_| {
+            Error::Invalid(format!(
+                "{}: a root partition of {} bytes is past what an MBR can hold",
+                self.path.display(),
+                self.root.size + by
+            ))
+        })?;
+        let path = &self.path;
+        // resize2fs cannot work at an offset in a regular file: it truncates the file to the file
+        // system's new size, offset not counted (e2fsprogs 1.47), which would cut the image. So the
+        // partition is copied out beside the image, grown there and copied back; the partition table
+        // changes last, once the file system it describes is in place.
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let part = path.with_file_name(format!(".{name}.root.partial"));
+        let guard = RemoveOnDrop(&part);
+        copy_range(path, self.root.start, self.root.size, &part, 0)?;
+        // -f: the base was checked clean (no journal to recover) before anything was written.
+        let out = std::process::Command::new("resize2fs")
+            .arg("-f")
+            .arg(&part)
+            .arg(format!("{}K", (self.root.size + by) / 1024))
+            .output()
+            .map_err(|source| Error::Io {
+                path: "resize2fs (Debian package e2fsprogs)".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(Error::Tool {
+                what: format!("resize2fs on {}'s root partition", path.display()),
+                output: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        copy_range(&part, 0, self.root.size + by, path, self.root.start)?;
+        drop(guard);
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io(path))?;
+        let mut mbr = mbrman::MBR::read_from(&mut f, SECTOR as u32)
+            .map_err(|e| Error::Invalid(format!("{}: bad MBR: {e}", path.display())))?;
+        mbr[self.root.number].sectors = sectors;
+        mbr.write_into(&mut f)
+            .map_err(|e| Error::Invalid(format!("{}: writing the MBR: {e}", path.display())))?;
+        f.sync_all().map_err(io(path))?;
+        drop(f);
+        Image::open(path)
     }
 
     pub fn path(&self) -> &Path {
@@ -229,6 +295,37 @@ impl Image {
             },
         })
     }
+}
+
+/// Removes a scratch file when dropped, so no error path leaves it behind.
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
+
+/// Copies `len` bytes of `from` at `at` into `to` at `to_at` (created when missing, never truncated),
+/// through the kernel (`copy_file_range`, which shares blocks where the file system can).
+fn copy_range(from: &Path, at: u64, len: u64, to: &Path, to_at: u64) -> Result<()> {
+    let mut src = File::open(from).map_err(io(from))?;
+    src.seek(SeekFrom::Start(at)).map_err(io(from))?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(to)
+        .map_err(io(to))?;
+    dst.seek(SeekFrom::Start(to_at)).map_err(io(to))?;
+    let copied = std::io::copy(&mut src.take(len), &mut dst).map_err(io(to))?;
+    if copied != len {
+        return Err(Error::Invalid(format!(
+            "{}: {len} bytes expected at byte {at}, {copied} read",
+            from.display()
+        )));
+    }
+    dst.sync_all().map_err(io(to))
 }
 
 fn read_at(f: &mut File, at: u64, buf: &mut [u8], path: &Path) -> Result<()> {

@@ -637,3 +637,63 @@ fn packages_on_the_boot_partition_leave_it_clean() {
         "fsck.fat: {text}"
     );
 }
+
+/// A root that must hold more than it has room for (packages on a base that does not grow it at first
+/// boot) grows in the image: the partition table, the file's length and the ext4 file system agree
+/// (`sfdisk --dump`, `e2fsck -fn`), the files inside read back and the boot partition is untouched.
+#[test]
+fn the_root_partition_grows_in_the_image() {
+    for fixture in [
+        Fixture::default(),
+        Fixture {
+            aligned_2025: true,
+            ..Fixture::default()
+        },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("base.img");
+        fixture.build(&path).unwrap();
+        let img = Image::open(&path).unwrap();
+        assert!(img.root_is_last);
+        let (boot, root) = (img.boot, img.root);
+        let free = img.root().free().unwrap();
+        let os_release = img.root().read("/etc/os-release").unwrap();
+        let boot_bytes = {
+            let b = img.boot().unwrap();
+            b.read("cmdline.txt").unwrap()
+        };
+        let img = img.grow_root(40_000_000).unwrap();
+        let mib = 1u64 << 20;
+        assert_eq!(img.root.start, root.start);
+        assert_eq!(
+            img.root.size,
+            root.size + 39 * mib,
+            "40 MB is 38.2 MiB, rounded up"
+        );
+        assert_eq!(img.boot, boot);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            img.root.start + img.root.size
+        );
+        let (ok, text) = run(Command::new("sfdisk").arg("--dump").arg(&path));
+        assert!(ok, "sfdisk: {text}");
+        let line = text.lines().find(|l| l.contains("type=83")).unwrap();
+        let sectors = format!("size= {}", img.root.size / 512);
+        assert!(
+            line.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .contains(&sectors),
+            "{sectors} in {text}"
+        );
+        let (ok, text) = run(Command::new("e2fsck").arg("-fn").arg(img.root().spec()));
+        assert!(ok, "e2fsck: {text}");
+        let grown = img.root().free().unwrap();
+        assert!(
+            grown > free + 36 * mib,
+            "free {free} -> {grown}: the new groups' metadata takes little"
+        );
+        assert_eq!(img.root().read("/etc/os-release").unwrap(), os_release);
+        assert_eq!(img.boot().unwrap().read("cmdline.txt").unwrap(), boot_bytes);
+    }
+}
