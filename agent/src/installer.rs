@@ -445,15 +445,7 @@ fn restart(paths: &Paths) {
 /// no address that gossip names, where a key holder could be listening.
 pub fn prove_by_api(config: &Config) -> impl FnMut(&Pending) -> Result<(), String> {
     let token = config.api.token.as_ref().map(|t| t.0.clone());
-    let local = {
-        let bind = config.api.bind;
-        let ip = if bind.ip().is_unspecified() {
-            std::net::IpAddr::from([127, 0, 0, 1])
-        } else {
-            bind.ip()
-        };
-        format!("http://{}", std::net::SocketAddr::new(ip, bind.port()))
-    };
+    let local = config.api.local_url();
     move |pending: &Pending| {
         let mine =
             crate::client::Client::with_timeout(&local, token.clone(), Duration::from_secs(3))

@@ -12,6 +12,7 @@
 //! - [`actuator`]: the card's root side of reboot, shutdown, identify and restart, a program apart too.
 //! - [`packages`]: the card's root installer of the packages an image carries, at first boot.
 //! - [`swarm`]: the card's root side of the container engine: Docker's Engine API, spoken sans-IO.
+//! - [`conductor`]: that root side's loop (`herd engine-apply`): Docker's socket, the report, the plan.
 //! - [`client`]: the one blocking client of a node's HTTP API (the operator's tools, the installer).
 //! - [`model`]: what the daemon publishes and the API shows, shared by the daemon and the tools.
 //! - [`release`]: the signed release artifact of `herd upgrade`, packed by the tools, checked by the daemon
@@ -21,6 +22,7 @@
 
 pub mod actuator;
 pub mod client;
+pub mod conductor;
 pub mod config;
 pub mod daemon;
 pub mod files;

@@ -134,6 +134,13 @@ enum Command {
     /// boot partition, offline, then free the space.
     #[command(hide = true)]
     PackagesApply,
+    /// (Run by herd-engine.service, as root.) Form and keep the container engine's swarm from herd's
+    /// membership, as `[engine]` in herd.toml says, until stopped; a graceful stop leaves the swarm.
+    #[command(hide = true)]
+    EngineApply {
+        #[arg(long, short, default_value = "/etc/herd/herd.toml")]
+        config: PathBuf,
+    },
     /// Change a node's service meta-data.
     MetaData {
         #[command(subcommand)]
@@ -314,6 +321,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             herd::ops::cli::act(&target, &[member], herd::model::actions::Action::Restart)
         }
         Command::ActionApply { config } => herd::actuator::apply(&Config::load(&config)?),
+        Command::EngineApply { config } => {
+            let config = Config::load(&config)?;
+            herd::conductor::run(&config, &herd::conductor::Paths::card(&config))
+        }
         Command::PackagesApply => {
             herd::packages::apply(&herd::packages::Setup::default()).map(|_| ())
         }

@@ -63,6 +63,20 @@ pub fn parse_info(body: &str) -> Result<Local, String> {
         .map_err(|e| format!("the engine's /info: {e}"))
 }
 
+/// The worker join token from `GET /swarm`'s answer (a manager's: moby `api/types/swarm/swarm.go`,
+/// `Swarm.JoinTokens.Worker`). The manager token is never read: a node joins as a worker and the leader
+/// promotes it.
+pub fn parse_worker_token(body: &str) -> Result<String, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("the engine's /swarm: {e}"))?;
+    let token = v["JoinTokens"]["Worker"].as_str().unwrap_or_default();
+    if crate::model::join::token_ok(token) {
+        Ok(token.to_string())
+    } else {
+        Err("the engine's /swarm has no worker join token".into())
+    }
+}
+
 /// A node of the swarm as `GET /nodes` lists it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
@@ -245,6 +259,17 @@ mod tests {
       {"ID":"c1xw9x0f3t4kp","Version":{"Index":30},"Spec":{"Role":"worker","Availability":"active"},
        "Status":{"State":"down"}}
     ]"#;
+
+    #[test]
+    fn the_worker_token_is_read_and_the_managers_is_not() {
+        let body = r#"{"ID":"qz2ssj0yrm1nbrnpe5rgvt8yx","JoinTokens":{
+            "Worker":"SWMTKN-1-3pu6hszjas19xyp7ghgosyx9k8atbfcr8p2is99znpy26u2lkl-1awxwuwd3z9j1z3puu7rcgdbx",
+            "Manager":"SWMTKN-1-3pu6hszjas19xyp7ghgosyx9k8atbfcr8p2is99znpy26u2lkl-7p73s1dx5in4tatdymyhg9hu2"}}"#;
+        let t = parse_worker_token(body).unwrap();
+        assert!(t.ends_with("-1awxwuwd3z9j1z3puu7rcgdbx"), "{t}");
+        assert!(parse_worker_token(r#"{"JoinTokens":{"Worker":"$(reboot)"}}"#).is_err());
+        assert!(parse_worker_token("{}").is_err());
+    }
 
     #[test]
     fn the_swarms_list_becomes_the_plans() {

@@ -576,3 +576,93 @@ fn a_health_handler_runs_when_a_members_problem_comes_and_goes() {
         lines_of_1_about_3()
     );
 }
+
+/// A swarm's join token on its way, through real agents gossiping over loopback: the leader's root side
+/// seals it to one member and leaves the offers in its run directory; its agent gossips them; the member's
+/// agent hands the offer addressed to it to its own root side, where it opens to the token; the third
+/// member gets nothing it could open. Neither the token nor the sealed offer is ever shown by the API,
+/// the metrics or the dashboard; the leader's report, which is not secret, is.
+#[test]
+fn a_join_offer_reaches_its_member_only_and_is_never_shown() {
+    use herd::gossip::NodeKey;
+    use herd::model::join::{self, ForMe, Offers};
+    use rand::SeedableRng;
+    const SWARM: &str = "qz2ssj0yrm1nbrnpe5rgvt8yx";
+    const SECRET: &str =
+        "SWMTKN-1-3pu6hszjas19xyp7ghgosyx9k8atbfcr8p2is99znpy26u2lkl-1awxwuwd3z9j1z3puu7rcgdbx";
+    let c = Cluster::start(41);
+    let key = |i: usize| {
+        let text = std::fs::read_to_string(c.state_dir(i).join("node.key")).unwrap();
+        NodeKey::from_base64(&text).unwrap()
+    };
+    let (leader, member, other) = (key(0), key(1), key(2));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    // The cluster runs insecure: no cluster key, so the pair key is made with none.
+    let offer = join::seal(SECRET, SWARM, &leader, member.public(), None, &mut rng).unwrap();
+    let sealed = offer.sealed.clone();
+    let run = c.state_dir(0).join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let offers = Offers {
+        swarm: SWARM.into(),
+        offers: vec![offer],
+    };
+    std::fs::write(run.join(join::OFFERS_FILE), offers.to_gossip()).unwrap();
+    std::fs::write(
+        run.join(herd::model::engine::REPORT_FILE),
+        format!(r#"{{"swarm":"{SWARM}","node":"24ifsmvkjbyhk","role":"manager","leader":true}}"#),
+    )
+    .unwrap();
+    let handed = c.state_dir(1).join(join::OFFER_FILE);
+    wait(Duration::from_secs(20), "the offer handed over", || {
+        std::fs::read_to_string(&handed).is_ok_and(|t| t.contains(&sealed))
+    });
+    let mine: Vec<ForMe> =
+        serde_json::from_str(&std::fs::read_to_string(&handed).unwrap()).unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].from, leader.id());
+    assert_eq!(
+        join::open(&mine[0], &member, leader.public(), &[None]).unwrap(),
+        SECRET
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&handed).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode, 0o600,
+            "the offer file is the agent's (and root's) only"
+        );
+    }
+    // The third member sees the same gossip, and no offer is its own.
+    wait(Duration::from_secs(10), "the report gossiped", || {
+        c.client(2).nodes().unwrap().iter().any(|n| {
+            n.engine
+                .as_ref()
+                .is_some_and(|e| e.swarm.as_deref() == Some(SWARM))
+        })
+    });
+    assert!(!c.state_dir(2).join(join::OFFER_FILE).exists());
+    assert!(join::open(&mine[0], &other, leader.public(), &[None]).is_err());
+    // Shown nowhere: the member list (with the token and without), the metrics, the dashboard.
+    for i in 0..3 {
+        for (path, auth) in [
+            ("/api/v1/nodes", false),
+            ("/api/v1/nodes", true),
+            ("/nodes/alive", false),
+            ("/metrics", false),
+            ("/", false),
+        ] {
+            let r = c.client(i).raw("GET", path, auth).unwrap();
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+            assert!(
+                !r.body.contains("SWMTKN") && !r.body.contains(&sealed[..40]),
+                "node {i} {path} shows the offer: {}",
+                r.body
+            );
+        }
+    }
+    // The leader withdraws its offers: the member's hand-over empties.
+    std::fs::remove_file(run.join(join::OFFERS_FILE)).unwrap();
+    wait(Duration::from_secs(20), "the offer withdrawn", || {
+        std::fs::read_to_string(&handed).is_ok_and(|t| t.trim() == "[]")
+    });
+}

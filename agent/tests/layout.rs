@@ -243,6 +243,7 @@ fn the_rooms_form_no_circle() {
         "actuator",
         "packages",
         "swarm",
+        "conductor",
         "client",
     ] {
         assert!(r.contains_key(room), "no room {room}: {r:?}");
@@ -274,6 +275,13 @@ fn the_rooms_form_no_circle() {
     assert!(
         r["swarm"].iter().all(|x| x == "model"),
         "swarm must rest on model only: {r:?}"
+    );
+    // Its loop is a program apart too: Docker's socket, the local agent through the API, the plan.
+    assert!(
+        r["conductor"].iter().all(
+            |x| ["swarm", "model", "config", "client", "gossip", "files"].contains(&x.as_str())
+        ),
+        "conductor must not reach into the agent: {r:?}"
     );
     assert!(
         r["client"].iter().all(|x| x == "model" || x == "gossip"),

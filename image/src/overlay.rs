@@ -18,6 +18,8 @@ pub struct Values {
     pub hostname_template: String,
     /// `upgrade.public_key` of herd.toml: the public half of the cluster's signing key (base64).
     pub signing_public_key: String,
+    /// `engine.kind` of herd.toml: `none`, or `swarm` for an image that carries docker.io.
+    pub engine: String,
 }
 
 impl std::fmt::Debug for Values {
@@ -30,6 +32,7 @@ impl std::fmt::Debug for Values {
             .field("seeds", &self.seeds)
             .field("hostname_template", &self.hostname_template)
             .field("signing_public_key", &self.signing_public_key)
+            .field("engine", &self.engine)
             .finish()
     }
 }

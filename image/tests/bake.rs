@@ -41,6 +41,7 @@ fn options() -> BakeOptions {
             seeds: herd_image::overlay::seeds_toml(&["pi1.local:7496".into()]),
             hostname_template: "herd-{id:6}".into(),
             signing_public_key: "6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=".into(),
+            engine: "none".into(),
         },
         userconf: Some("alice:$6$saltsalt$hash".into()),
         ssh_keys: Some(("alice".into(), "ssh-ed25519 AAAAC3Nz alice@laptop\n".into())),
@@ -177,6 +178,11 @@ fn check_pipeline(fixture: Fixture) {
             "/etc/systemd/system/multi-user.target.wants/herd-packages.service",
             "/etc/systemd/system/herd-packages.service",
         ),
+        // [engine]: the swarm's root side (it does nothing on a card without docker.io).
+        (
+            "/etc/systemd/system/multi-user.target.wants/herd-engine.service",
+            "/etc/systemd/system/herd-engine.service",
+        ),
     ] {
         assert_eq!(root.stat(link).unwrap().kind, "symlink", "{link}");
         assert_eq!(root.resolve(link).unwrap(), unit);
@@ -190,6 +196,7 @@ fn check_pipeline(fixture: Fixture) {
     assert_eq!(config.cluster, "fixture");
     assert_eq!(config.gossip.seeds, ["pi1.local:7496"]);
     assert_eq!(config.hostname_template, "herd-{id:6}");
+    assert_eq!(config.engine.kind, herd::config::EngineKind::None);
     assert!(config.api.token.is_some());
     // The boot partition has the user and SSH switched on.
     let boot = img.boot().unwrap();
@@ -286,6 +293,7 @@ fn the_units_pass_systemd_analyze_verify() {
         "herd-action.path",
         "herd-action.service",
         "herd-packages.service",
+        "herd-engine.service",
     ];
     for unit in units {
         let from = workspace().join("overlay/etc/systemd/system").join(unit);

@@ -37,6 +37,7 @@ fn options(base: Base, dir: &Path, xz: bool) -> PipelineOptions {
                 seeds: "[]".into(),
                 hostname_template: "herd-{id:6}".into(),
                 signing_public_key: String::new(),
+                engine: "none".into(),
             },
             userconf: None,
             ssh_keys: None,

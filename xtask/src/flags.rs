@@ -123,6 +123,10 @@ pub struct Image {
     /// The same, one name a line ('#' starts a comment); added to --packages
     #[arg(long, value_name = "FILE")]
     pub packages_file: Option<PathBuf>,
+    /// A container engine the cards form from herd's membership, with no typing: `swarm` adds
+    /// docker.io to --packages and sets `[engine] kind = "swarm"` in herd.toml (docs/ENGINE.md)
+    #[arg(long, value_name = "KIND", value_enum, default_value_t)]
+    pub engine: Engine,
     /// Output name (default: herd-CLUSTER)
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -154,6 +158,23 @@ pub struct Base {
     /// missing built side by side (not with --suite or --arch)
     #[arg(long, conflicts_with_all = ["suite", "arch"])]
     pub all: bool,
+}
+
+/// `--engine`: what herd.toml's `engine.kind` says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Engine {
+    #[default]
+    None,
+    Swarm,
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::None => "none",
+            Engine::Swarm => "swarm",
+        })
+    }
 }
 
 /// The bases `cargo xtask base` makes.

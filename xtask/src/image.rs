@@ -335,6 +335,10 @@ pub fn make(a: &Image) -> anyhow::Result<()> {
     if let Some(f) = &a.packages_file {
         packages.extend(herd_image::packages::read_list(f)?);
     }
+    if a.engine == crate::flags::Engine::Swarm {
+        // Debian's Docker, with swarm mode, on Bookworm and Trixie alike (docs/ENGINE.md).
+        packages.push("docker.io".into());
+    }
     for p in &packages {
         herd_image::packages::check_name(p).map_err(|e| anyhow::anyhow!("--packages: {e}"))?;
     }
@@ -376,6 +380,7 @@ pub fn make(a: &Image) -> anyhow::Result<()> {
                 signing_public_key: secrets.signing_public_key.clone(),
                 seeds: seeds_toml(&a.seeds),
                 hostname_template: a.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME).into(),
+                engine: a.engine.to_string(),
             },
             userconf,
             ssh_keys,

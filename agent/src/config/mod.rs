@@ -59,6 +59,8 @@ pub struct Config {
     pub upgrade: UpgradeSection,
     #[serde(default)]
     pub logs: LogsSection,
+    #[serde(default)]
+    pub engine: EngineSection,
     /// `[service.NAME]`: settings of one service.
     #[serde(default)]
     pub service: std::collections::BTreeMap<String, ServiceSection>,
@@ -167,6 +169,73 @@ pub struct LogsSection {
     /// journal: a container's, or a copy's.
     #[serde(default)]
     pub journal_directory: Option<PathBuf>,
+}
+
+/// `[engine]`: the container engine herd forms from its membership (docs/ENGINE.md), run by the card's
+/// root side (`herd-engine.service`). Off by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    #[serde(default)]
+    pub kind: EngineKind,
+    /// How many eligible nodes must be up and agreed before a swarm is formed: a majority of the cards
+    /// (2 of 3, 3 of 5) keeps a partition at the very first formation from making two swarms.
+    #[serde(default = "default_expect")]
+    pub expect: usize,
+    /// From this many members on the swarm has five managers (three from three on, one below).
+    #[serde(default = "default_five_managers_from")]
+    pub five_managers_from: usize,
+    /// A node needs this much memory (MiB) to manage: a Pi 3 may, a Zero 2 W may not.
+    #[serde(default = "default_min_manager_memory_mib")]
+    pub min_manager_memory_mib: u64,
+    /// How long the set of up members must stay the same before the swarm is formed or its managers
+    /// change.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub settle: Duration,
+    /// How long a node must be dead before it is taken out of the swarm (one that left gracefully is
+    /// taken out at once).
+    #[serde(default = "default_remove_after", with = "humantime_serde")]
+    pub remove_after: Duration,
+    /// Where the root side and the agent hand each other files (the engine's report, the join offers):
+    /// `herd-engine.service`'s runtime directory.
+    #[serde(default = "default_engine_run_dir")]
+    pub run_dir: PathBuf,
+}
+
+/// Which engine `[engine]` forms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// herd does nothing to any engine.
+    #[default]
+    None,
+    /// Docker Swarm (`docker.io` on the card: `cargo xtask image --engine swarm`).
+    Swarm,
+}
+
+fn default_expect() -> usize {
+    1
+}
+fn default_five_managers_from() -> usize {
+    7
+}
+fn default_min_manager_memory_mib() -> u64 {
+    700
+}
+fn default_settle() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_engine_run_dir() -> PathBuf {
+    PathBuf::from("/run/herd-engine")
+}
+fn default_remove_after() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
 }
 
 /// `[monitoring]`: what the agent samples and gossips about its machine.
@@ -381,6 +450,18 @@ fn without_source(text: &str, e: &toml::de::Error) -> anyhow::Error {
     )
 }
 
+impl ApiSection {
+    /// Where this card's own agent answers: the bound address, loopback when it binds every address.
+    pub fn local_url(&self) -> String {
+        let ip = if self.bind.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            self.bind.ip()
+        };
+        format!("http://{}", SocketAddr::new(ip, self.bind.port()))
+    }
+}
+
 impl Config {
     /// Reads, parses and validates `path`; errors name the file and the key.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -439,6 +520,37 @@ impl Config {
             bail!(
                 "logs.journal_directory: {} must be an absolute path",
                 d.display()
+            );
+        }
+        let e = &self.engine;
+        if !(1..=1000).contains(&e.expect) {
+            bail!("engine.expect: {} must be between 1 and 1000", e.expect);
+        }
+        if e.five_managers_from < 5 {
+            bail!(
+                "engine.five_managers_from: {} must be at least 5 (five managers need five members)",
+                e.five_managers_from
+            );
+        }
+        if e.min_manager_memory_mib > 1 << 20 {
+            bail!(
+                "engine.min_manager_memory_mib: {} MiB is more than any card has",
+                e.min_manager_memory_mib
+            );
+        }
+        if !e.run_dir.is_absolute() {
+            bail!(
+                "engine.run_dir: {} must be an absolute path",
+                e.run_dir.display()
+            );
+        }
+        if e.settle > Duration::from_secs(3600) {
+            bail!("engine.settle: {:?} must be at most 1h", e.settle);
+        }
+        if e.remove_after < Duration::from_secs(60) {
+            bail!(
+                "engine.remove_after: {:?} must be at least 60s (a reboot must not cost a node its place)",
+                e.remove_after
             );
         }
         let g = &self.gossip;
@@ -620,6 +732,9 @@ mod tests {
         let text = text.replace("{{ seeds }}", "[]");
         let text = text.replace("{{ hostname_template }}", "herd-{id:6}");
         let text = text.replace("{{ signing_public_key }}", PUBLIC);
+        let c = Config::parse(&text.replace("{{ engine }}", "swarm")).unwrap();
+        assert_eq!(c.engine.kind, EngineKind::Swarm);
+        let text = text.replace("{{ engine }}", "none");
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.hostname_template, "herd-{id:6}");
         assert_eq!(c.upgrade.key().unwrap().unwrap().to_base64(), PUBLIC);
@@ -659,6 +774,16 @@ mod tests {
         assert_eq!(c.api.bind, d.api.bind);
         assert_eq!(c.api.enabled, d.api.enabled);
         assert_eq!(c.monitoring.interval, d.monitoring.interval);
+        assert_eq!(c.engine.kind, EngineKind::None);
+        assert_eq!(c.engine.expect, d.engine.expect);
+        assert_eq!(c.engine.five_managers_from, d.engine.five_managers_from);
+        assert_eq!(
+            c.engine.min_manager_memory_mib,
+            d.engine.min_manager_memory_mib
+        );
+        assert_eq!(c.engine.settle, d.engine.settle);
+        assert_eq!(c.engine.remove_after, d.engine.remove_after);
+        assert_eq!(c.engine.run_dir, d.engine.run_dir);
         assert!(c.api.token.is_some(), "images always set a token");
     }
 
@@ -691,6 +816,16 @@ mod tests {
         assert!(err("[gossip]\ninsecure = true\ninterval = \"1ms\"").contains("gossip.interval"));
         assert!(err("[gossip]\ninsecure = true\ninterval = \"soon\"").contains("interval"));
         assert!(err("[gossip]\ninsecure = true\nseeds = [\"pi1\"]").contains("gossip.seeds[0]"));
+        let engine = |body: &str| err(&format!("[gossip]\ninsecure = true\n[engine]\n{body}"));
+        assert!(engine("kind = \"k3s\"").contains("unknown variant `k3s`"));
+        assert!(engine("expect = 0").contains("engine.expect: 0 must be between 1 and 1000"));
+        assert!(engine("five_managers_from = 4").contains("engine.five_managers_from: 4"));
+        assert!(engine("remove_after = \"5s\"").contains("engine.remove_after"));
+        assert!(engine("settle = \"2h\"").contains("engine.settle"));
+        assert!(engine("run_dir = \"run\"").contains("engine.run_dir: run must be an absolute"));
+        assert!(
+            engine("min_manager_memory_mib = 99999999").contains("engine.min_manager_memory_mib")
+        );
         assert!(err("cluster = \"a b\"\n[gossip]\ninsecure = true").contains("cluster:"));
         assert!(
             err("[gossip]\ninsecure = true\n[failure_detector]\nwindow = 0")

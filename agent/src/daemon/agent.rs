@@ -141,7 +141,14 @@ impl Agent {
         helpers.push(tokio::spawn(record_events(handle.clone(), events)));
         helpers.push(tokio::spawn(engine_loop(
             handle.clone(),
-            std::path::PathBuf::from(crate::model::engine::REPORT_FILE),
+            EngineFiles {
+                report: config
+                    .engine
+                    .run_dir
+                    .join(crate::model::engine::REPORT_FILE),
+                offers: config.engine.run_dir.join(crate::model::join::OFFERS_FILE),
+                offer: config.state_dir.join(crate::model::join::OFFER_FILE),
+            },
         )));
         if config.monitoring.enabled {
             helpers.push(tokio::spawn(monitor_loop(
@@ -338,35 +345,102 @@ async fn monitor_loop(handle: Handle, interval: Duration) {
     }
 }
 
-/// Gossips what the card's engine says of itself (the root side's report file, read every 5 s) when it
-/// changes. A card without an engine has no file and gossips nothing; a bad file is logged once per
-/// distinct problem and not gossiped.
-async fn engine_loop(handle: Handle, path: std::path::PathBuf) {
-    use crate::model::engine::{EngineReport, ENGINE_KEY};
+/// The files between the agent and the card's root side of the engine.
+struct EngineFiles {
+    /// What the engine says of itself (root's): gossiped under `engine`.
+    report: std::path::PathBuf,
+    /// The leader's sealed join offers (root's): gossiped under `engine-join`.
+    offers: std::path::PathBuf,
+    /// The offers other members made to this one, for the root side (the agent's, 0600).
+    offer: std::path::PathBuf,
+}
+
+/// Every 5 s: gossips what the card's engine says of itself and the join offers its root side made,
+/// each when it changes, and hands the root side the offers addressed to this node. A card without an
+/// engine has no files and gossips nothing; a bad file is logged once per distinct problem and not
+/// gossiped.
+async fn engine_loop(handle: Handle, files: EngineFiles) {
+    use crate::model::engine::{read_bounded, EngineReport, ENGINE_KEY};
+    use crate::model::join::{ForMe, Offers, JOIN_KEY};
+    let files = std::sync::Arc::new(files);
     let mut published: Option<EngineReport> = None;
+    let mut published_offers: Option<Offers> = None;
+    let mut handed: Vec<ForMe> = Vec::new();
     let mut last_problem: Option<String> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let p = path.clone();
-        let Ok(read) = tokio::task::spawn_blocking(move || EngineReport::read(&p)).await else {
+        let f = files.clone();
+        let Ok((report, offers)) = tokio::task::spawn_blocking(move || {
+            let offers = read_bounded(&f.offers, 2048).and_then(|text| {
+                text.map(|t| Offers::check(&t).map_err(|e| format!("{}: {e}", f.offers.display())))
+                    .transpose()
+            });
+            (EngineReport::read(&f.report), offers)
+        })
+        .await
+        else {
             return;
         };
-        match read {
+        let mut problem = None;
+        match report {
             Ok(Some(report)) if published.as_ref() != Some(&report) => {
                 match handle.set(ENGINE_KEY, &report.to_gossip()) {
                     Ok(()) => published = Some(report),
                     Err(e) => tracing::warn!(error = %e, "cannot publish the engine's report"),
                 }
-                last_problem = None;
             }
-            Ok(_) => last_problem = None,
-            Err(problem) => {
-                if last_problem.as_ref() != Some(&problem) {
-                    tracing::warn!(%problem, "the engine's report is not gossiped");
-                    last_problem = Some(problem);
+            Ok(_) => {}
+            Err(p) => problem = Some(p),
+        }
+        // Offers withdrawn (no longer the leader, or nobody waits): an empty list replaces them.
+        let offers = match offers {
+            Ok(None) => published_offers.as_ref().map(|o| Offers {
+                swarm: o.swarm.clone(),
+                offers: Vec::new(),
+            }),
+            Ok(some) => some,
+            Err(p) => {
+                problem = problem.or(Some(p));
+                None
+            }
+        };
+        if let Some(offers) = offers.filter(|o| published_offers.as_ref() != Some(o)) {
+            match handle.set(JOIN_KEY, &offers.to_gossip()) {
+                Ok(()) => published_offers = Some(offers),
+                Err(e) => tracing::warn!(error = %e, "cannot publish the engine's join offers"),
+            }
+        }
+        if let Some(p) = &problem {
+            if last_problem.as_ref() != Some(p) {
+                tracing::warn!(problem = %p, "the engine's files are not gossiped");
+            }
+        }
+        last_problem = problem;
+        // The offers addressed to this node, checked on receipt like every value.
+        let me = handle.id();
+        let mine: Vec<ForMe> = handle
+            .members()
+            .iter()
+            .filter(|m| !m.is_self)
+            .filter_map(|m| {
+                let o = Offers::check(m.kvs.get(JOIN_KEY)?).ok()?;
+                o.for_me(me, m.id)
+            })
+            .collect();
+        if mine != handed {
+            let path = files.offer.clone();
+            let text = serde_json::to_string(&mine).expect("offers serialize");
+            let written =
+                tokio::task::spawn_blocking(move || crate::files::write_private(&path, &text))
+                    .await;
+            match written {
+                Ok(Ok(())) => handed = mine,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot hand the join offers to the root side")
                 }
+                Err(_) => return,
             }
         }
     }

@@ -23,19 +23,14 @@ use crate::gossip::{NodeId, NodeKey};
 pub fn node_key(state_dir: &Path) -> anyhow::Result<(NodeKey, bool)> {
     let path = state_dir.join("node.key");
     if let Some(bytes) = read_state(&path, 256)? {
-        let text = String::from_utf8_lossy(&bytes);
-        let seed: [u8; 32] = base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .with_context(|| {
-                format!(
-                    "{}: not a node key (32 bytes in base64); move it aside to start this card as a \
+        let key = NodeKey::from_base64(&String::from_utf8_lossy(&bytes)).with_context(|| {
+            format!(
+                "{}: not a node key (32 bytes in base64); move it aside to start this card as a \
                      new node",
-                    path.display()
-                )
-            })?;
-        return Ok((NodeKey::from_seed(seed), false));
+                path.display()
+            )
+        })?;
+        return Ok((key, false));
     }
     // The agent's own directory (systemd makes it, 0700), or made here for it by `herd set-hostname`
     // before the agent first runs: root's then, and systemd hands it to the agent's user at its start.

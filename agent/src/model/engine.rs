@@ -15,9 +15,9 @@ use crate::gossip::{Liveness, NodeId};
 /// Gossip key of a node's [`EngineReport`].
 pub const ENGINE_KEY: &str = "engine";
 
-/// Where the card's root side of the engine writes what its engine says of itself; the agent, which
-/// has no access to the engine, reads it and gossips it.
-pub const REPORT_FILE: &str = "/run/herd-engine/report.json";
+/// The file (in `engine.run_dir`) where the card's root side of the engine writes what its engine says of
+/// itself; the agent, which has no access to the engine, reads it and gossips it.
+pub const REPORT_FILE: &str = "report.json";
 
 /// A report file larger than this is refused unread (a report is a few hundred bytes).
 const REPORT_MAX: u64 = 4096;
@@ -60,19 +60,9 @@ impl EngineReport {
 
     /// Reads and checks the report file at `path`: `None` when there is none (no engine on this card).
     pub fn read(path: &std::path::Path) -> Result<Option<EngineReport>, String> {
-        use std::io::Read;
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+        let Some(text) = read_bounded(path, REPORT_MAX)? else {
+            return Ok(None);
         };
-        let mut text = String::new();
-        file.take(REPORT_MAX + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if text.len() as u64 > REPORT_MAX {
-            return Err(format!("{}: more than {REPORT_MAX} bytes", path.display()));
-        }
         EngineReport::check(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         serde_json::from_str(&text)
             .map(Some)
@@ -115,6 +105,24 @@ impl EngineReport {
         }
         Ok(())
     }
+}
+
+/// A file the root side wrote, at most `max` bytes; `None` when there is none.
+pub fn read_bounded(path: &std::path::Path, max: u64) -> Result<Option<String>, String> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut text = String::new();
+    file.take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if text.len() as u64 > max {
+        return Err(format!("{}: more than {max} bytes", path.display()));
+    }
+    Ok(Some(text))
 }
 
 /// The rules of the plan, from `[engine]` in herd.toml.

@@ -7,6 +7,7 @@ pub mod actions;
 pub mod engine;
 pub mod health;
 pub mod history;
+pub mod join;
 pub mod logs;
 pub mod proof;
 pub mod published;

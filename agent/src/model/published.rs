@@ -177,6 +177,7 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         }
         super::health::HEALTH_KEY => super::health::Health::check(value),
         super::engine::ENGINE_KEY => super::engine::EngineReport::check(value),
+        super::join::JOIN_KEY => super::join::Offers::check(value).map(|_| ()),
         FACTS_KEY => {
             let f: Facts = serde_json::from_str(value).map_err(|e| format!("{key}: {e}"))?;
             // The strings as decoded: JSON escapes (`\u001b`, `\n`) pass the raw text's check.

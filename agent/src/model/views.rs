@@ -48,6 +48,21 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// This node as the engine's plan sees it; `None` for an id that is not one.
+    pub fn engine_member(&self) -> Option<crate::model::engine::Member> {
+        use crate::gossip::Liveness;
+        Some(crate::model::engine::Member {
+            id: self.id.parse().ok()?,
+            addr: self.address,
+            liveness: self.state,
+            gone_for: matches!(self.state, Liveness::Dead | Liveness::Left)
+                .then(|| std::time::Duration::from_millis(self.last_heard_ms)),
+            healthy: self.health.state != crate::model::health::State::Critical,
+            memory: self.monitoring.as_ref().map(|m| m.mem_total),
+            engine: self.engine.clone(),
+        })
+    }
+
     pub fn from_member(m: &Member) -> NodeView {
         let kv = |k: &str| m.kvs.get(k).map(String::as_str);
         let facts: Option<Facts> = kv(FACTS_KEY).and_then(|v| serde_json::from_str(v).ok());

@@ -245,26 +245,11 @@ pub fn engine(t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A node of the API as the engine's plan sees it.
-fn plan_member(n: &NodeView) -> Option<crate::model::engine::Member> {
-    use crate::gossip::Liveness;
-    Some(crate::model::engine::Member {
-        id: n.id.parse().ok()?,
-        addr: n.address,
-        liveness: n.state,
-        gone_for: matches!(n.state, Liveness::Dead | Liveness::Left)
-            .then(|| std::time::Duration::from_millis(n.last_heard_ms)),
-        healthy: n.health.state != State::Critical,
-        memory: n.monitoring.as_ref().map(|m| m.mem_total),
-        engine: n.engine.clone(),
-    })
-}
-
 /// The engine table, and under it every disagreement between herd's view and the engines'.
 pub fn engine_table(nodes: &[NodeView]) -> String {
     use crate::gossip::Liveness;
     use crate::model::engine::{plan, Role, Settings, Situation};
-    let members: Vec<_> = nodes.iter().filter_map(plan_member).collect();
+    let members: Vec<_> = nodes.iter().filter_map(NodeView::engine_member).collect();
     let me = nodes
         .iter()
         .find(|n| n.is_self)

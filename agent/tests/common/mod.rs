@@ -33,10 +33,13 @@ fn config(ip: &str, seed: Option<&str>, state: &std::path::Path, extra: &str) ->
         [api]
         bind = "{ip}:0"
         token = "{TOKEN}"
+        [engine]
+        run_dir = "{}/run"
         [monitoring]
         {interval}
         {extra}
         "#,
+        state.display(),
         state.display()
     ))
     .unwrap()
@@ -108,6 +111,11 @@ impl Cluster {
             .push(self.runtime.block_on(Agent::start(c)).unwrap());
         self._dirs.push(dir);
         self.agents.len() - 1
+    }
+
+    /// Agent `i`'s state directory (its `engine.run_dir` is `run` in it).
+    pub fn state_dir(&self, i: usize) -> &std::path::Path {
+        self._dirs[i].path()
     }
 
     pub fn url(&self, i: usize) -> String {

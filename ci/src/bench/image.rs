@@ -135,6 +135,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                 seeds: "[]".into(),
                 hostname_template: String::new(),
                 signing_public_key: String::new(),
+                engine: "none".into(),
             },
             userconf: None,
             ssh_keys: None,

@@ -49,6 +49,17 @@ impl fmt::Debug for NodeKey {
 }
 
 impl NodeKey {
+    /// The keys stored as `text` (the seed in base64, as in the state directory's `node.key`).
+    pub fn from_base64(text: &str) -> Option<NodeKey> {
+        use base64::Engine;
+        let seed: [u8; 32] = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .ok()?
+            .try_into()
+            .ok()?;
+        Some(NodeKey::from_seed(seed))
+    }
+
     /// The keys whose secret is `seed` (as stored in the state directory).
     pub fn from_seed(seed: [u8; 32]) -> NodeKey {
         let derive = |label: &[u8]| -> [u8; 32] {

@@ -90,6 +90,13 @@ impl serde::Serialize for NodeId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::str::FromStr for NodeId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

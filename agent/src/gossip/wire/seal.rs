@@ -36,6 +36,11 @@ impl ClusterKey {
         Ok(ClusterKey(bytes))
     }
 
+    /// The key's bytes, for a key derived from it (a join offer's, `model::join`).
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     pub fn to_base64(&self) -> String {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(self.0)
