@@ -50,8 +50,10 @@ enum Command {
         target: Target,
     },
     /// Show each node's container engine (its swarm, role, leader) beside herd's view, and where they
-    /// disagree.
+    /// disagree; `herd engine env` prints what a laptop needs to use the swarm.
     Engine {
+        #[command(subcommand)]
+        what: Option<EngineCommand>,
         #[command(flatten)]
         target: Target,
     },
@@ -197,6 +199,17 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum EngineCommand {
+    /// Print `export DOCKER_HOST=ssh://USER@MANAGER` for the swarm's leader (other alive managers as
+    /// comments): `eval "$(herd engine env -l pi)"`, then `docker node ls` from the laptop.
+    Env {
+        /// The user to log in as (else ssh's choice); it must be in the card's docker group.
+        #[arg(long, short = 'l', env = "HERD_SSH_USER")]
+        user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum MetaDataCommand {
     /// Record that NODE (name, id or address) runs SERVICE.
     AddService {
@@ -280,7 +293,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Members { target } => herd::ops::cli::members(&target),
-        Command::Engine { target } => herd::ops::cli::engine(&target),
+        Command::Engine { what: None, target } => herd::ops::cli::engine(&target),
+        Command::Engine {
+            what: Some(EngineCommand::Env { user }),
+            target,
+        } => herd::ops::cli::engine_env(&target, user.as_deref()),
         Command::Open { member, target } => herd::ops::cli::open(&target, member.as_deref()),
         Command::Ssh {
             member,

@@ -660,6 +660,22 @@ fn a_join_offer_reaches_its_member_only_and_is_never_shown() {
             );
         }
     }
+    // A laptop's docker is pointed at the leader, by the real binary.
+    let out = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["engine", "env", "-l", "pi", "--node", &c.url(2)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leader_ip = c.agents[0].local_addr().ip();
+    assert!(
+        text.contains(&format!("export DOCKER_HOST=ssh://pi@{leader_ip}\n")),
+        "{text}"
+    );
     // The leader withdraws its offers: the member's hand-over empties.
     std::fs::remove_file(run.join(join::OFFERS_FILE)).unwrap();
     wait(Duration::from_secs(20), "the offer withdrawn", || {

@@ -245,6 +245,70 @@ pub fn engine(t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `herd engine env`: where a laptop's docker reaches the swarm.
+pub fn engine_env(t: &Target, user: Option<&str>) -> anyhow::Result<()> {
+    let nodes = t.client()?.nodes()?;
+    print!("{}", docker_host(&nodes, user).map_err(anyhow::Error::msg)?);
+    Ok(())
+}
+
+/// `export DOCKER_HOST=ssh://USER@ADDR` for the swarm's alive leader, else another alive manager of
+/// it, with the other managers under it as comments.
+pub fn docker_host(nodes: &[NodeView], user: Option<&str>) -> Result<String, String> {
+    use crate::gossip::Liveness;
+    use crate::model::engine::{plan, Role, Settings, Situation};
+    let members: Vec<_> = nodes.iter().filter_map(NodeView::engine_member).collect();
+    let swarm = plan(
+        &Situation {
+            me: members.first().map(|m| m.id).unwrap_or_default(),
+            members: &members,
+            stable_for: std::time::Duration::MAX,
+            clock_synced: true,
+            known_swarm: None,
+            swarm_nodes: &[],
+        },
+        &Settings::default(),
+    )
+    .swarm
+    .ok_or("no alive node is in a swarm (`herd engine` says why)")?;
+    let mut managers: Vec<&NodeView> = nodes
+        .iter()
+        .filter(|n| n.state == Liveness::Alive && n.address.is_some())
+        .filter(|n| {
+            n.engine
+                .as_ref()
+                .is_some_and(|e| e.role == Role::Manager && e.swarm.as_deref() == Some(&swarm))
+        })
+        .collect();
+    managers.sort_by_key(|n| (!n.engine.as_ref().is_some_and(|e| e.leader), n.name.clone()));
+    let Some(first) = managers.first() else {
+        return Err(format!(
+            "no alive manager of swarm {swarm} (`herd engine` says why)"
+        ));
+    };
+    let at = |n: &NodeView| {
+        let addr = n.address.expect("filtered");
+        match user {
+            Some(u) => format!("ssh://{u}@{addr}"),
+            None => format!("ssh://{addr}"),
+        }
+    };
+    let mut out = format!(
+        "# swarm {swarm}: {} manages it{}\nexport DOCKER_HOST={}\n",
+        first.name,
+        if first.engine.as_ref().is_some_and(|e| e.leader) {
+            " and leads"
+        } else {
+            ""
+        },
+        at(first)
+    );
+    for n in &managers[1..] {
+        out.push_str(&format!("# or {}: DOCKER_HOST={}\n", n.name, at(n)));
+    }
+    Ok(out)
+}
+
 /// The engine table, and under it every disagreement between herd's view and the engines'.
 pub fn engine_table(nodes: &[NodeView]) -> String {
     use crate::gossip::Liveness;
@@ -957,6 +1021,31 @@ mod tests {
         assert!(!out.contains("pi1: "), "{out}");
         let none = super::engine_table(&[node(1, "alive", serde_json::Value::Null)]);
         assert!(none.contains("No node reports an engine."), "{none}");
+    }
+
+    #[test]
+    fn engine_env_points_docker_at_an_alive_manager_of_the_clusters_swarm() {
+        let e = |swarm: &str, role: &str, leader: bool| serde_json::json!({"swarm": swarm, "node": format!("n{role}"), "role": role, "leader": leader});
+        let nodes = [
+            node(1, "alive", e("s1", "worker", false)),
+            node(2, "alive", e("s1", "manager", false)),
+            node(3, "alive", e("s1", "manager", true)),
+            node(4, "dead", e("s1", "manager", false)),
+            node(5, "alive", e("s9", "manager", true)),
+        ];
+        let out = super::docker_host(&nodes, Some("pi")).unwrap();
+        assert_eq!(
+            out,
+            "# swarm s1: pi3 manages it and leads\nexport DOCKER_HOST=ssh://pi@10.0.0.3\n\
+             # or pi2: DOCKER_HOST=ssh://pi@10.0.0.2\n"
+        );
+        // The leader gone: another manager; no user: ssh's own choice.
+        let out = super::docker_host(&[nodes[0].clone(), nodes[1].clone()], None).unwrap();
+        assert!(out.contains("export DOCKER_HOST=ssh://10.0.0.2\n"), "{out}");
+        let e = super::docker_host(&[nodes[0].clone()], None).unwrap_err();
+        assert!(e.contains("no alive manager of swarm s1"), "{e}");
+        let e = super::docker_host(&[node(1, "alive", serde_json::Value::Null)], None).unwrap_err();
+        assert!(e.contains("no alive node is in a swarm"), "{e}");
     }
 
     #[test]
