@@ -187,9 +187,28 @@ fn chromium_renders_every_node_with_its_phi_after_the_script_ran() {
             .iter()
             .any(|m| m.liveness == herd::gossip::Liveness::Left)
     });
+    // Node 1's root side says its engine leads the swarm; node 2's that it is a worker.
+    for (i, report) in [
+        (
+            0,
+            r#"{"swarm":"qz2ssj0yrm1nbrnpe5rgvt8yx","node":"a1","role":"manager","leader":true}"#,
+        ),
+        (
+            1,
+            r#"{"swarm":"qz2ssj0yrm1nbrnpe5rgvt8yx","node":"b2","role":"worker"}"#,
+        ),
+    ] {
+        let run = c.state_dir(i).join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join(herd::model::engine::REPORT_FILE), report).unwrap();
+    }
     wait(Duration::from_secs(10), "the services gossiped", || {
         let nodes = c.client(2).nodes().unwrap();
         nodes.iter().map(|n| n.services.len()).sum::<usize>() == 3
+    });
+    wait(Duration::from_secs(15), "the engines gossiped", || {
+        let nodes = c.client(1).nodes().unwrap();
+        nodes.iter().filter(|n| n.engine.is_some()).count() == 2
     });
     wait(
         Duration::from_secs(10),
@@ -266,6 +285,10 @@ fn chromium_renders_every_node_with_its_phi_after_the_script_ran() {
         .collect();
     expected.sort();
     assert_eq!(shown, expected);
+    // Each node's engine, as it reports it (none reported: a dash).
+    let mut engines = texts_after(&dom, r#"class="engine""#);
+    engines.sort();
+    assert_eq!(engines, ["manager, leads", "worker", "–", "–"]);
     let versions = texts_after(&dom, r#"data-label="Version""#);
     let ours = versions.iter().filter(|v| *v == env!("CARGO_PKG_VERSION"));
     assert!(versions.len() == 4 && ours.count() >= 3, "{versions:?}");

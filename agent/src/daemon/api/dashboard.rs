@@ -34,6 +34,9 @@ pub(super) struct Row {
     health_class: &'static str,
     health_title: String,
     services: Vec<String>,
+    /// The container engine's role (`[engine]`), as the node reports it; its error as the title.
+    engine: String,
+    engine_title: String,
     version: String,
     last_heard: String,
 }
@@ -121,6 +124,12 @@ impl Row {
                 .collect::<Vec<_>>()
                 .join("\n"),
             services: n.services.clone(),
+            engine: engine_role(n.engine.as_ref()),
+            engine_title: n
+                .engine
+                .as_ref()
+                .and_then(|e| e.error.clone())
+                .unwrap_or_default(),
             version: n.version.clone().unwrap_or_else(dash),
             last_heard: if n.is_self {
                 "self".into()
@@ -128,6 +137,22 @@ impl Row {
                 ago(n.last_heard_ms)
             },
         }
+    }
+}
+
+/// A node's engine in a word or two (the page's script words it the same way): none reported, its
+/// error, or its role, a leading manager said so.
+pub(super) fn engine_role(e: Option<&crate::model::engine::EngineReport>) -> String {
+    use crate::model::engine::Role;
+    match e {
+        None => "–".into(),
+        Some(e) if e.error.is_some() => "error".into(),
+        Some(e) => match e.role {
+            Role::None => "none".into(),
+            Role::Worker => "worker".into(),
+            Role::Manager if e.leader => "manager, leads".into(),
+            Role::Manager => "manager".into(),
+        },
     }
 }
 
