@@ -357,18 +357,21 @@ impl Conductor {
             let req = swarm::request(step, me_addr, token.as_deref(), &nodes)
                 .map_err(anyhow::Error::msg)?;
             self.say(format!("{step:?}"));
-            let body = self
-                .docker
+            // A formed swarm's id is read from the engine next round (init answers the node's id).
+            self.docker
                 .expect(&req)
                 .await
                 .with_context(|| format!("{step:?}"))?;
-            // A formed swarm's id is read from the engine next round (init answers the node's id).
-            let _ = body;
             match step {
                 Step::Join { swarm, .. } => self.remember(swarm)?,
                 Step::Leave => self.forget()?,
                 _ => {}
             }
+        }
+        // Labels after the steps, and only in a round without any: an update names the node's
+        // version, which a promotion or demotion has just moved on.
+        if leads && planned.steps.is_empty() {
+            self.label(&views, &nodes).await?;
         }
         Ok(())
     }
@@ -440,6 +443,24 @@ impl Conductor {
         }
         crate::files::write_atomic(&self.paths.offers, &value.to_gossip())
             .with_context(|| format!("cannot write {}", self.paths.offers.display()))
+    }
+
+    /// The leader keeps each member's swarm node labelled with its facts and services (a few nodes a
+    /// round, so a large swarm's first round is not one long burst of updates).
+    async fn label(&mut self, views: &[NodeView], nodes: &[Node]) -> anyhow::Result<()> {
+        const PER_ROUND: usize = 5;
+        let updates = views.iter().filter_map(|n| {
+            let id = n.engine.as_ref()?.node.as_deref()?;
+            let node = nodes.iter().find(|x| x.id == id)?;
+            swarm::label_request(node, &swarm::herd_labels(n.facts.as_ref(), &n.services))
+        });
+        for req in updates.take(PER_ROUND).collect::<Vec<_>>() {
+            self.docker
+                .expect(&req)
+                .await
+                .context("labelling a swarm node")?;
+        }
+        Ok(())
     }
 
     /// The worker token for joining `swarm`: the offer its leader made this node, opened.

@@ -63,6 +63,69 @@ pub fn parse_info(body: &str) -> Result<Local, String> {
         .map_err(|e| format!("the engine's /info: {e}"))
 }
 
+/// The prefix of the node labels herd keeps; labels under any other name are the operator's.
+pub const LABEL_PREFIX: &str = "herd.";
+
+/// The labels herd keeps on a member's swarm node, from what it gossips of itself: its board model, CPU
+/// family and count, and the services its meta-data names (comma-separated, sorted), so a service can be
+/// placed with `--constraint node.labels.herd.model==…`.
+pub fn herd_labels(
+    facts: Option<&crate::model::published::Facts>,
+    services: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    if let Some(f) = facts {
+        if let Some(model) = &f.model {
+            labels.insert(format!("{LABEL_PREFIX}model"), model.clone());
+        }
+        labels.insert(format!("{LABEL_PREFIX}arch"), f.arch.clone());
+        if let Some(cpus) = f.cpus {
+            labels.insert(format!("{LABEL_PREFIX}cpus"), cpus.to_string());
+        }
+    }
+    let mut services = services.to_vec();
+    services.sort();
+    labels.insert(format!("{LABEL_PREFIX}services"), services.join(","));
+    labels
+}
+
+/// The update that makes `node`'s `herd.` labels `want`, the operator's own labels and the rest of its
+/// spec kept; `None` when they already are.
+pub fn label_request(
+    node: &Node,
+    want: &std::collections::BTreeMap<String, String>,
+) -> Option<Request> {
+    let have: std::collections::BTreeMap<String, String> = node.spec["Labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.starts_with(LABEL_PREFIX))
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if &have == want {
+        return None;
+    }
+    let mut spec = node.spec.clone();
+    let mut labels: serde_json::Map<String, serde_json::Value> = spec["Labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(LABEL_PREFIX))
+        .collect();
+    for (k, v) in want {
+        labels.insert(k.clone(), serde_json::Value::from(v.as_str()));
+    }
+    spec["Labels"] = serde_json::Value::Object(labels);
+    Some(Request {
+        method: "POST",
+        path: format!("/nodes/{}/update?version={}", node.id, node.version),
+        body: Some(spec.to_string()),
+    })
+}
+
 /// The worker join token from `GET /swarm`'s answer (a manager's: moby `api/types/swarm/swarm.go`,
 /// `Swarm.JoinTokens.Worker`). The manager token is never read: a node joins as a worker and the leader
 /// promotes it.
@@ -259,6 +322,47 @@ mod tests {
       {"ID":"c1xw9x0f3t4kp","Version":{"Index":30},"Spec":{"Role":"worker","Availability":"active"},
        "Status":{"State":"down"}}
     ]"#;
+
+    #[test]
+    fn herds_labels_follow_the_facts_and_leave_the_operators_alone() {
+        let nodes = parse_nodes(NODES).unwrap();
+        let facts: crate::model::published::Facts = serde_json::from_value(serde_json::json!({
+            "model": "Raspberry Pi 4 Model B Rev 1.4", "arch": "aarch64", "os": null, "boot": 1,
+            "agent": "0.1.0", "cpus": 4,
+        }))
+        .unwrap();
+        let want = herd_labels(Some(&facts), &["web".into(), "db".into()]);
+        assert_eq!(want["herd.services"], "db,web");
+        // The first node carries herd.model=pi4 (stale) and nothing else of herd's: updated, at its
+        // version, with its role and availability kept and only herd's labels changed.
+        let req = label_request(&nodes[0], &want).unwrap();
+        assert_eq!(req.path, "/nodes/24ifsmvkjbyhk/update?version=8");
+        let spec: serde_json::Value = serde_json::from_str(req.body.as_deref().unwrap()).unwrap();
+        assert_eq!(spec["Role"], "manager");
+        assert_eq!(spec["Availability"], "active");
+        assert_eq!(
+            spec["Labels"]["herd.model"],
+            "Raspberry Pi 4 Model B Rev 1.4"
+        );
+        assert_eq!(spec["Labels"]["herd.cpus"], "4");
+        // Once they are as wanted, nothing is sent; an operator's own label is kept through an update.
+        let mut done = nodes[0].clone();
+        done.spec = spec.clone();
+        assert!(label_request(&done, &want).is_none());
+        done.spec["Labels"]["zone"] = "attic".into();
+        assert!(label_request(&done, &want).is_none());
+        let fewer = herd_labels(Some(&facts), &["web".into()]);
+        let spec: serde_json::Value = serde_json::from_str(
+            label_request(&done, &fewer)
+                .unwrap()
+                .body
+                .as_deref()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(spec["Labels"]["zone"], "attic");
+        assert_eq!(spec["Labels"]["herd.services"], "web");
+    }
 
     #[test]
     fn the_worker_token_is_read_and_the_managers_is_not() {
