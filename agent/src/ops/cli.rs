@@ -256,21 +256,10 @@ pub fn engine_env(t: &Target, user: Option<&str>) -> anyhow::Result<()> {
 /// it, with the other managers under it as comments.
 pub fn docker_host(nodes: &[NodeView], user: Option<&str>) -> Result<String, String> {
     use crate::gossip::Liveness;
-    use crate::model::engine::{plan, Role, Settings, Situation};
-    let members: Vec<_> = nodes.iter().filter_map(NodeView::engine_member).collect();
-    let swarm = plan(
-        &Situation {
-            me: members.first().map(|m| m.id).unwrap_or_default(),
-            members: &members,
-            stable_for: std::time::Duration::MAX,
-            clock_synced: true,
-            known_swarm: None,
-            swarm_nodes: &[],
-        },
-        &Settings::default(),
-    )
-    .swarm
-    .ok_or("no alive node is in a swarm (`herd engine` says why)")?;
+    use crate::model::engine::Role;
+    let swarm = seen_plan(nodes)
+        .swarm
+        .ok_or("no alive node is in a swarm (`herd engine` says why)")?;
     let mut managers: Vec<&NodeView> = nodes
         .iter()
         .filter(|n| n.state == Liveness::Alive && n.address.is_some())
@@ -309,17 +298,17 @@ pub fn docker_host(nodes: &[NodeView], user: Option<&str>) -> Result<String, Str
     Ok(out)
 }
 
-/// The engine table, and under it every disagreement between herd's view and the engines'.
-pub fn engine_table(nodes: &[NodeView]) -> String {
-    use crate::gossip::Liveness;
-    use crate::model::engine::{plan, Role, Settings, Situation};
+/// The plan as the node that answered computes it (settled and clock-synchronised, as a table's reader
+/// would assume): the cluster's swarm and the managers it wants.
+fn seen_plan(nodes: &[NodeView]) -> crate::model::engine::Plan {
+    use crate::model::engine::{plan, Settings, Situation};
     let members: Vec<_> = nodes.iter().filter_map(NodeView::engine_member).collect();
     let me = nodes
         .iter()
         .find(|n| n.is_self)
         .and_then(|n| n.id.parse().ok())
         .unwrap_or_default();
-    let planned = plan(
+    plan(
         &Situation {
             me,
             members: &members,
@@ -329,7 +318,14 @@ pub fn engine_table(nodes: &[NodeView]) -> String {
             swarm_nodes: &[],
         },
         &Settings::default(),
-    );
+    )
+}
+
+/// The engine table, and under it every disagreement between herd's view and the engines'.
+pub fn engine_table(nodes: &[NodeView]) -> String {
+    use crate::gossip::Liveness;
+    use crate::model::engine::Role;
+    let planned = seen_plan(nodes);
     let swarm = planned.swarm.clone();
     let mut out = format!(
         "{:<20}  {:<8}  {:<8}  {:<6}  SWARM\n",
@@ -391,7 +387,7 @@ pub fn engine_table(nodes: &[NodeView]) -> String {
     }
     if swarm.is_none() {
         problems.push(match planned.waiting {
-            Some(w) if members.iter().any(|m| m.engine.is_some()) => {
+            Some(w) if nodes.iter().any(|n| n.engine.is_some()) => {
                 format!("No swarm yet: {w}.")
             }
             _ => "No node reports an engine.".to_string(),
@@ -994,9 +990,13 @@ mod tests {
         .unwrap()
     }
 
+    /// An engine report: in `swarm`, with `role`, leading or not.
+    fn e(swarm: &str, role: &str, leader: bool) -> serde_json::Value {
+        serde_json::json!({"swarm": swarm, "node": format!("n{role}"), "role": role, "leader": leader})
+    }
+
     #[test]
     fn the_engine_table_says_where_herd_and_the_engines_disagree() {
-        let e = |swarm: &str, role: &str, leader: bool| serde_json::json!({"swarm": swarm, "node": format!("n{role}"), "role": role, "leader": leader});
         let nodes = [
             node(1, "alive", e("s1", "manager", true)),
             node(2, "alive", e("s1", "worker", false)),
@@ -1025,7 +1025,6 @@ mod tests {
 
     #[test]
     fn engine_env_points_docker_at_an_alive_manager_of_the_clusters_swarm() {
-        let e = |swarm: &str, role: &str, leader: bool| serde_json::json!({"swarm": swarm, "node": format!("n{role}"), "role": role, "leader": leader});
         let nodes = [
             node(1, "alive", e("s1", "worker", false)),
             node(2, "alive", e("s1", "manager", false)),
