@@ -280,6 +280,25 @@ fn prune_roots(roots: &Path, now: std::time::SystemTime, keep: std::time::Durati
     }
 }
 
+/// Downloaded packages are kept this long after a build last used one (a base's packages change with its
+/// point releases, so old versions would pile up for ever).
+const DEBS_KEPT_FOR: std::time::Duration = ROOTS_KEPT_FOR;
+
+/// Removes the `.deb` files under `archives` no build used for `keep` (each build marks the files it
+/// takes). Best effort, like [`prune_roots`].
+fn prune_debs(archives: &Path, now: std::time::SystemTime, keep: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(archives) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let is_deb = e.path().extension().is_some_and(|x| x == "deb");
+        let used = e.metadata().and_then(|m| m.modified());
+        if is_deb && used.is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > keep)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn copy_tree(
     root: &Root,
     dir: &str,
@@ -622,8 +641,15 @@ pub fn resolve(
             });
         }
         installed.push(installed_size(&path)?);
+        // Marked used now (apt leaves a file it already has untouched): what no build used for
+        // DEBS_KEPT_FOR is pruned below.
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         files.push(path);
     }
+    prune_debs(&archives, std::time::SystemTime::now(), DEBS_KEPT_FOR);
     let total: u64 = debs.iter().map(|d| d.size).sum();
     progress(&format!(
         "{} packages to bake ({:.1} MB), for {names}",
@@ -716,6 +742,35 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["arm64-recent", "armhf-new"]);
+    }
+
+    #[test]
+    fn downloaded_packages_unused_for_a_month_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(24 * 3600);
+        for (name, age) in [
+            ("nginx-light_1.26_arm64.deb", 40),
+            ("docker.io_26.1_arm64.deb", 3),
+            ("lock", 90),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(now - day * age)
+                .unwrap();
+        }
+        std::fs::create_dir(dir.path().join("partial")).unwrap();
+        super::prune_debs(dir.path(), now, super::DEBS_KEPT_FOR);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["docker.io_26.1_arm64.deb", "lock", "partial"]);
     }
 
     use super::*;
