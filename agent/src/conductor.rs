@@ -130,7 +130,8 @@ impl Docker {
         let body = req.body.clone().unwrap_or_default();
         let request = hyper::Request::builder()
             .method(req.method)
-            .uri(format!("http://docker{}", req.path))
+            // Origin form, as a client sends to the server it is connected to.
+            .uri(req.path.as_str())
             .header(hyper::header::HOST, "docker")
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(hyper::body::Bytes::from(body)))?;
@@ -599,6 +600,99 @@ fn write_state(path: &Path, content: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The transport against a real HTTP/1.1 server on a unix socket (hyper's, standing where Docker's
+    /// socket would: dockerd cannot run on the test machine): the request as sent (method, origin-form
+    /// path, JSON body), an answer read whole, the engine's error message carried, an answer past the
+    /// bound refused, a socket with nobody behind it named.
+    #[tokio::test]
+    async fn the_engine_api_is_spoken_over_a_unix_socket() {
+        use http_body_util::{BodyExt, Full};
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let log = log.clone();
+                            async move {
+                                let (head, body) = req.into_parts();
+                                let body = body.collect().await.unwrap().to_bytes();
+                                log.lock().unwrap().push(format!(
+                                    "{} {} {}",
+                                    head.method,
+                                    head.uri,
+                                    String::from_utf8_lossy(&body)
+                                ));
+                                let (status, text) = match head.uri.path() {
+                                    "/info" => (
+                                        200,
+                                        r#"{"Swarm":{"LocalNodeState":"inactive"}}"#.to_string(),
+                                    ),
+                                    "/swarm/init" => (
+                                        503,
+                                        r#"{"message":"This node is already part of a swarm."}"#
+                                            .into(),
+                                    ),
+                                    _ => (200, "x".repeat(MAX_ANSWER + 1)),
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .status(status)
+                                        .body(Full::new(hyper::body::Bytes::from(text)))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        let docker = Docker::new(&socket);
+        let info = docker.get("/info").await.unwrap();
+        assert_eq!(
+            swarm::parse_info(&info).unwrap().local_node_state,
+            "inactive"
+        );
+        let init = swarm::request(&Step::Form, "10.0.0.1".parse().unwrap(), None, &[]).unwrap();
+        let e = format!("{:#}", docker.expect(&init).await.unwrap_err());
+        assert_eq!(
+            e,
+            "POST /swarm/init: 503: This node is already part of a swarm."
+        );
+        assert!(
+            docker.get("/nodes").await.is_err(),
+            "an answer past the bound"
+        );
+        assert_eq!(
+            seen.lock().unwrap()[..2],
+            [
+                "GET /info ".to_string(),
+                r#"POST /swarm/init {"AdvertiseAddr":"10.0.0.1:2377","ListenAddr":"10.0.0.1:2377"}"#
+                    .to_string()
+            ]
+        );
+        let e = format!(
+            "{:#}",
+            Docker::new(dir.path().join("none"))
+                .get("/info")
+                .await
+                .unwrap_err()
+        );
+        assert!(e.contains("cannot reach the engine at"), "{e}");
+    }
 
     #[test]
     fn the_engines_message_is_read_short_and_printable() {
