@@ -20,6 +20,8 @@ pub struct Values {
     pub signing_public_key: String,
     /// `engine.kind` of herd.toml: `none`, or `swarm` for an image that carries docker.io.
     pub engine: String,
+    /// `engine.expect` of herd.toml.
+    pub engine_expect: u32,
 }
 
 impl std::fmt::Debug for Values {
@@ -33,6 +35,7 @@ impl std::fmt::Debug for Values {
             .field("hostname_template", &self.hostname_template)
             .field("signing_public_key", &self.signing_public_key)
             .field("engine", &self.engine)
+            .field("engine_expect", &self.engine_expect)
             .finish()
     }
 }

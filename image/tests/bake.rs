@@ -42,6 +42,7 @@ fn options() -> BakeOptions {
             hostname_template: "herd-{id:6}".into(),
             signing_public_key: "6kpsY+KcUgq+9VB7Ey7F+ZVHdq6+vnuSQh7qaRRG0iw=".into(),
             engine: "none".into(),
+            engine_expect: 3,
         },
         userconf: Some("alice:$6$saltsalt$hash".into()),
         ssh_keys: Some(("alice".into(), "ssh-ed25519 AAAAC3Nz alice@laptop\n".into())),
@@ -197,6 +198,7 @@ fn check_pipeline(fixture: Fixture) {
     assert_eq!(config.gossip.seeds, ["pi1.local:7496"]);
     assert_eq!(config.hostname_template, "herd-{id:6}");
     assert_eq!(config.engine.kind, herd::config::EngineKind::None);
+    assert_eq!(config.engine.expect, 3);
     assert!(config.api.token.is_some());
     // The boot partition has the user and SSH switched on.
     let boot = img.boot().unwrap();

@@ -38,6 +38,7 @@ fn options(base: Base, dir: &Path, xz: bool) -> PipelineOptions {
                 hostname_template: "herd-{id:6}".into(),
                 signing_public_key: String::new(),
                 engine: "none".into(),
+                engine_expect: 1,
             },
             userconf: None,
             ssh_keys: None,

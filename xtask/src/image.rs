@@ -381,6 +381,7 @@ pub fn make(a: &Image) -> anyhow::Result<()> {
                 seeds: seeds_toml(&a.seeds),
                 hostname_template: a.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME).into(),
                 engine: a.engine.to_string(),
+                engine_expect: a.engine_expect.into(),
             },
             userconf,
             ssh_keys,

@@ -732,9 +732,15 @@ mod tests {
         let text = text.replace("{{ seeds }}", "[]");
         let text = text.replace("{{ hostname_template }}", "herd-{id:6}");
         let text = text.replace("{{ signing_public_key }}", PUBLIC);
-        let c = Config::parse(&text.replace("{{ engine }}", "swarm")).unwrap();
-        assert_eq!(c.engine.kind, EngineKind::Swarm);
+        let c = Config::parse(
+            &text
+                .replace("{{ engine }}", "swarm")
+                .replace("{{ engine_expect }}", "3"),
+        )
+        .unwrap();
+        assert_eq!((c.engine.kind, c.engine.expect), (EngineKind::Swarm, 3));
         let text = text.replace("{{ engine }}", "none");
+        let text = text.replace("{{ engine_expect }}", "1");
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.hostname_template, "herd-{id:6}");
         assert_eq!(c.upgrade.key().unwrap().unwrap().to_base64(), PUBLIC);

@@ -136,6 +136,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
                 hostname_template: String::new(),
                 signing_public_key: String::new(),
                 engine: "none".into(),
+                engine_expect: 1,
             },
             userconf: None,
             ssh_keys: None,
