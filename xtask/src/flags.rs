@@ -129,8 +129,9 @@ pub struct Image {
     pub engine: Engine,
     /// With --engine: how many cards must be up and agreed before the swarm is formed; give a majority
     /// of the cards (2 of 3, 3 of 5) so that a partition at the first boot cannot make two swarms
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub engine_expect: u16,
+    /// (default: 1)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub engine_expect: Option<u16>,
     /// Output name (default: herd-CLUSTER)
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,

@@ -98,6 +98,12 @@ pub fn check(a: &Image) -> anyhow::Result<()> {
 /// Six hex digits: two cards of a 50-card cluster share a name once in 13,000 clusters.
 const DEFAULT_HOSTNAME: &str = "herd-{id:6}";
 
+/// `engine.expect` for the cards: `--engine-expect`, else 1. Not a clap default, which flags built in
+/// code with `Default` (the e2e's) would not get: they would bake 0, which every agent refuses.
+fn engine_expect(a: &crate::flags::Image) -> u32 {
+    a.engine_expect.unwrap_or(1).into()
+}
+
 /// What the agent's `hostname_template` accepts (checked here too, so a bad one fails the build rather
 /// than the first boot): `{id}` or `{id:N}` (N from 1 to 16) in a host name of a-z, 0-9 and '-'.
 fn check_hostname_template(template: &str) -> anyhow::Result<()> {
@@ -381,7 +387,7 @@ pub fn make(a: &Image) -> anyhow::Result<()> {
                 seeds: seeds_toml(&a.seeds),
                 hostname_template: a.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME).into(),
                 engine: a.engine.to_string(),
-                engine_expect: a.engine_expect.into(),
+                engine_expect: engine_expect(a),
             },
             userconf,
             ssh_keys,
@@ -482,7 +488,15 @@ pub fn fixture(flags: &crate::flags::Fixture) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_hostname_template, secrets_in, PathBuf, DEFAULT_HOSTNAME};
+    use super::{check_hostname_template, engine_expect, secrets_in, PathBuf, DEFAULT_HOSTNAME};
+
+    #[test]
+    fn flags_built_in_code_bake_an_expect_the_agent_takes() {
+        let mut flags = crate::flags::Image::default();
+        assert_eq!(engine_expect(&flags), 1);
+        flags.engine_expect = Some(3);
+        assert_eq!(engine_expect(&flags), 3);
+    }
     use crate::flags::{Image, Task, Xtask};
     use clap::Parser;
 
