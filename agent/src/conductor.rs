@@ -17,7 +17,7 @@ use crate::gossip::{Liveness, NodeKey};
 use crate::model::engine::{plan, EngineReport, Member, Role, Settings, Situation, Step};
 use crate::model::join::{self, ForMe, Offer, Offers, MAX_OFFERS};
 use crate::model::views::NodeView;
-use crate::swarm::{self, Local, Node, Request};
+use crate::swarm::{self, Node, Request};
 
 /// Docker's socket (docker.io's `docker.socket`).
 pub const DOCKER_SOCKET: &str = "/run/docker.sock";
@@ -232,7 +232,6 @@ struct Conductor {
     known: Option<String>,
     /// What was last logged of the plan's waiting, so a reason is logged once, not every round.
     said: Option<String>,
-    local: Option<Local>,
 }
 
 impl Conductor {
@@ -247,13 +246,9 @@ impl Conductor {
             agent: config.api.local_url(),
             token: config.api.token.as_ref().map(|t| t.0.clone()),
             state_dir: config.state_dir.clone(),
-            clusters: match &config.gossip.key {
-                None => vec![None],
-                Some(key) => std::iter::once(key)
-                    .chain(&config.gossip.previous_keys)
-                    .filter_map(|k| ClusterKey::from_base64(&k.0).ok())
-                    .map(Some)
-                    .collect(),
+            clusters: match config.cluster_keys() {
+                keys if keys.is_empty() => vec![None],
+                keys => keys.into_iter().map(Some).collect(),
             },
             made: Vec::new(),
             rounds: 0,
@@ -261,7 +256,6 @@ impl Conductor {
             stability: Stability::default(),
             known,
             said: None,
-            local: None,
         }
     }
 
@@ -303,7 +297,6 @@ impl Conductor {
         let leads = nodes.iter().any(|n| n.id == local.node_id && n.leader);
         let report = swarm::report(&local, self.known.as_deref(), leads);
         self.write_report(&report)?;
-        self.local = Some(local.clone());
 
         let views = crate::client::Client::with_timeout(
             &self.agent,
@@ -438,12 +431,7 @@ impl Conductor {
             swarm: swarm.to_string(),
             offers,
         };
-        if let Some(dir) = self.paths.offers.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot make {}", dir.display()))?;
-        }
-        crate::files::write_atomic(&self.paths.offers, &value.to_gossip())
-            .with_context(|| format!("cannot write {}", self.paths.offers.display()))
+        write_file(&self.paths.offers, &value.to_gossip(), false)
     }
 
     /// The leader keeps each member's swarm node labelled with its facts and services (a few nodes a
@@ -508,12 +496,7 @@ impl Conductor {
     }
 
     fn write_report(&self, report: &EngineReport) -> anyhow::Result<()> {
-        if let Some(dir) = self.paths.report.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot make {}", dir.display()))?;
-        }
-        crate::files::write_atomic(&self.paths.report, &report.to_gossip())
-            .with_context(|| format!("cannot write {}", self.paths.report.display()))
+        write_file(&self.paths.report, &report.to_gossip(), false)
     }
 
     fn remember(&mut self, swarm: &str) -> anyhow::Result<()> {
@@ -521,7 +504,7 @@ impl Conductor {
             bail!("the engine named swarm {swarm:?}, not an id");
         }
         if self.known.as_deref() != Some(swarm) {
-            write_state(&self.paths.known_swarm, swarm)?;
+            write_file(&self.paths.known_swarm, swarm, true)?;
             self.known = Some(swarm.to_string());
         }
         Ok(())
@@ -589,12 +572,18 @@ impl Conductor {
     }
 }
 
-fn write_state(path: &Path, content: &str) -> anyhow::Result<()> {
+/// Writes `content` to `path` atomically, its directory made first: readable by all (the report and the
+/// sealed offers, for the agent), or `private` to root.
+fn write_file(path: &Path, content: &str, private: bool) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
     }
-    crate::files::write_private(path, content)
-        .with_context(|| format!("cannot write {}", path.display()))
+    let write = if private {
+        crate::files::write_private
+    } else {
+        crate::files::write_atomic
+    };
+    write(path, content).with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -662,14 +662,22 @@ impl Config {
 
     /// The datagram protection this configuration asks for.
     pub fn security(&self) -> Security {
-        match &self.gossip.key {
+        match self.cluster_keys().split_first() {
             None => Security::Insecure,
-            Some(key) => {
-                let parse = |s: &Secret| ClusterKey::from_base64(&s.0).expect("validated");
-                let older: Vec<ClusterKey> = self.gossip.previous_keys.iter().map(parse).collect();
-                Security::keyring(&parse(key), &older)
-            }
+            Some((key, older)) => Security::keyring(key, older),
         }
+    }
+
+    /// The cluster keys, the current one first, then those kept during a rotation; none on an insecure
+    /// cluster.
+    pub fn cluster_keys(&self) -> Vec<ClusterKey> {
+        let Some(key) = &self.gossip.key else {
+            return Vec::new();
+        };
+        std::iter::once(key)
+            .chain(&self.gossip.previous_keys)
+            .map(|s| ClusterKey::from_base64(&s.0).expect("validated"))
+            .collect()
     }
 
     /// The settings of the gossip core (seeds are resolved by the caller).
